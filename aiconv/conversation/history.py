@@ -1,0 +1,84 @@
+"""Conversation turns and fitting them into the model's context budget."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: Role
+    text: str
+
+
+def approx_tokens(text: str) -> int:
+    """Over-estimate of the token count: English averages ~4 bytes per token, we assume 3."""
+    return math.ceil(len(text.encode("utf-8")) / 3)
+
+
+def merge_consecutive(turns: Iterable[Turn]) -> list[Turn]:
+    """Join adjacent same-role turns with newlines; chat templates expect alternating roles."""
+    merged: list[Turn] = []
+    for turn in turns:
+        if merged and merged[-1].role == turn.role:
+            merged[-1] = Turn(turn.role, merged[-1].text + "\n" + turn.text)
+        else:
+            merged.append(turn)
+    return merged
+
+
+def _truncate_front(
+    turn: Turn, count_tokens: Callable[[str], int], budget: int, overhead: int
+) -> Turn | None:
+    """Keep the longest end of ``turn.text`` that fits, or None if not even "" fits."""
+
+    def fits(keep: int) -> bool:
+        tail = turn.text[len(turn.text) - keep :]
+        return count_tokens(tail) + overhead <= budget
+
+    if not fits(0):
+        return None
+    lo, hi = 0, len(turn.text)  # fits(lo) holds; the full text is known not to fit
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return Turn(turn.role, turn.text[len(turn.text) - lo :])
+
+
+def fit_history(
+    turns: Sequence[Turn],
+    count_tokens: Callable[[str], int],
+    budget: int,
+    per_turn_overhead: int = 8,
+) -> list[Turn]:
+    """Most recent whole turns (oldest first) whose total cost fits ``budget``.
+
+    The window never starts with an assistant turn. If the last turn alone is too long it
+    is returned cut from the front, keeping its end, since the end is what gets answered.
+    """
+    if budget <= 0 or not turns:
+        return []
+    kept: list[Turn] = []
+    used = 0
+    for turn in reversed(turns):
+        cost = count_tokens(turn.text) + per_turn_overhead
+        if used + cost > budget:
+            break
+        kept.append(turn)
+        used += cost
+    if not kept:
+        cut = _truncate_front(turns[-1], count_tokens, budget, per_turn_overhead)
+        kept = [cut] if cut is not None else []
+    kept.reverse()
+    start = 0
+    while start < len(kept) and kept[start].role == "assistant":
+        start += 1
+    return kept[start:]

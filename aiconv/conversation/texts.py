@@ -1,0 +1,27 @@
+"""The bot's fixed replies, kept apart from logic so wording changes touch one file."""
+
+from __future__ import annotations
+
+from aiconv.conversation.commands import KNOWN_COMMANDS
+
+RESET_DONE = "Done — I've forgotten our conversation. Let's start fresh!"
+
+TEXT_ONLY = "Sorry, I can only understand text messages for now. Could you type it out for me?"
+
+UNKNOWN_COMMAND = "I don't know that command. Send /help to see what I understand."
+
+GENERATION_FAILED = "Sorry, something went wrong on my side. Could you try again in a moment?"
+
+
+def greeting(first_name: str | None) -> str:
+    name = (first_name or "").strip()
+    hello = f"Hi {name}!" if name else "Hi!"
+    return (
+        f"{hello} I'm an AI chat companion running on a local language model. "
+        "Just write to me and we'll talk. Send /help to see the commands."
+    )
+
+
+def help_text() -> str:
+    lines = [f"/{name} — {description}" for name, description in KNOWN_COMMANDS.items()]
+    return "Here's what I understand:\n" + "\n".join(lines) + "\n\nAnything else, just say it."

@@ -1,0 +1,121 @@
+from itertools import pairwise
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aiconv.conversation.history import (
+    Turn,
+    approx_tokens,
+    fit_history,
+    merge_consecutive,
+)
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def u(text: str) -> Turn:
+    return Turn("user", text)
+
+
+def a(text: str) -> Turn:
+    return Turn("assistant", text)
+
+
+def test_keeps_everything_when_it_fits() -> None:
+    turns = [u("hi there"), a("hello"), u("how are you")]
+    assert fit_history(turns, words, 100, per_turn_overhead=1) == turns
+
+
+def test_drops_oldest_whole_turns() -> None:
+    turns = [u("one two three"), a("four five"), u("six")]
+    # costs with overhead 1: 4, 3, 2 → budget 5 keeps the last two, which start with assistant
+    assert fit_history(turns, words, 5, per_turn_overhead=1) == [u("six")]
+    assert fit_history(turns, words, 9, per_turn_overhead=1) == turns
+    assert fit_history(turns, words, 8, per_turn_overhead=1) == [u("six")]
+
+
+def test_keeps_system_turn_start() -> None:
+    turns = [Turn("system", "be nice"), u("hi")]
+    assert fit_history(turns, words, 10, per_turn_overhead=0) == turns
+
+
+def test_zero_budget() -> None:
+    assert fit_history([u("hi")], words, 0) == []
+    assert fit_history([u("hi")], words, -5) == []
+    assert fit_history([], words, 10) == []
+
+
+def test_truncates_long_last_turn_from_front() -> None:
+    text = " ".join(f"w{i}" for i in range(100))
+    result = fit_history([u("old"), u(text)], words, 10, per_turn_overhead=2)
+    assert len(result) == 1
+    assert result[0].role == "user"
+    assert text.endswith(result[0].text)
+    assert result[0].text.endswith("w99")
+    assert words(result[0].text) + 2 <= 10
+
+
+def test_truncation_impossible_returns_empty() -> None:
+    assert fit_history([u("hello")], words, 3, per_turn_overhead=8) == []
+
+
+def test_approx_tokens() -> None:
+    assert approx_tokens("") == 0
+    assert approx_tokens("abc") == 1
+    assert approx_tokens("abcd") == 2
+    assert approx_tokens("é") == 1  # counts bytes, not characters
+    # Upper-ish bound: English runs ~4 characters per token.
+    sentence = "The quick brown fox jumps over the lazy dog."
+    assert approx_tokens(sentence) >= len(sentence) / 4
+
+
+def test_merge_consecutive() -> None:
+    turns = [u("a"), u("b"), u("c"), a("x"), a("y"), u("d")]
+    assert merge_consecutive(turns) == [u("a\nb\nc"), a("x\ny"), u("d")]
+    assert merge_consecutive([]) == []
+
+
+roles = st.sampled_from(["system", "user", "assistant"])
+turn_st = st.builds(Turn, role=roles, text=st.text(max_size=60))
+turns_st = st.lists(turn_st, max_size=12)
+
+
+@given(turns_st, st.integers(min_value=-5, max_value=200), st.integers(0, 10))
+def test_fit_history_properties(turns: list[Turn], budget: int, overhead: int) -> None:
+    result = fit_history(turns, approx_tokens, budget, per_turn_overhead=overhead)
+    if result:
+        assert result[0].role != "assistant"
+        assert budget > 0
+    total = sum(approx_tokens(t.text) + overhead for t in result)
+    last_fits = bool(turns) and approx_tokens(turns[-1].text) + overhead <= budget
+    if last_fits:
+        assert total <= budget
+        # a suffix of the input, made of whole turns
+        assert result == turns[len(turns) - len(result) :]
+    elif result:
+        # only the last turn, cut from the front, within budget
+        assert len(result) == 1
+        assert result[0].role == turns[-1].role
+        assert turns[-1].text.endswith(result[0].text)
+        assert total <= budget
+
+
+@given(turns_st, st.integers(1, 200))
+def test_fit_history_keeps_maximal_suffix(turns: list[Turn], budget: int) -> None:
+    result = fit_history(turns, approx_tokens, budget)
+    if result and len(result) < len(turns) and result == turns[len(turns) - len(result) :]:
+        # the dropped turns could not all have been added: either the next older one is too
+        # costly or only assistant turns were trimmed from the start
+        n = len(result)
+        suffix_cost = sum(approx_tokens(t.text) + 8 for t in turns[-n - 1 :])
+        assert suffix_cost > budget or turns[-n - 1].role == "assistant"
+
+
+@given(st.lists(turn_st, max_size=12))
+def test_merge_alternates_and_preserves_text(turns: list[Turn]) -> None:
+    merged = merge_consecutive(turns)
+    for left, right in pairwise(merged):
+        assert left.role != right.role
+    assert "\n".join(t.text for t in merged) == "\n".join(t.text for t in turns)
