@@ -1,0 +1,585 @@
+"""An in-process Telegram Bot API double served over real HTTP on loopback.
+
+Used by tests and by `aiconv demo`: the code under test talks to it exactly as it would
+to api.telegram.org (set TELEGRAM_API_URL to `double.url`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+MAX_MESSAGE_LENGTH = 4096
+
+
+class _QuietServer(uvicorn.Server):
+    # uvicorn would take over SIGINT/SIGTERM while serving; the host process owns them.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class LoopbackServer:
+    """Serve an ASGI app on 127.0.0.1 at a free port inside the running event loop."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+        self._server: _QuietServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        # Bind and listen ourselves: the port is known up front and connections made
+        # before uvicorn starts accepting wait in the backlog instead of being refused.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
+        self._server = _QuietServer(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10.0
+        while not self._server.started:
+            if self._task.done():
+                sock.close()
+                self._task.result()  # surfaces the start-up error
+                raise RuntimeError("loopback server exited during start-up")
+            if time.monotonic() > deadline:
+                raise RuntimeError("loopback server did not start within 10 s")
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        await self._task
+        self._server = None
+        self._task = None
+
+    async def __aenter__(self) -> LoopbackServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    method: str
+    params: dict[str, Any]
+    at: float  # time.monotonic() when the request arrived
+    status: int
+
+
+@dataclass
+class _Fault:
+    status: int
+    description: str
+    retry_after: int | None
+    times: int
+
+
+_DEFAULT_DESCRIPTIONS = {
+    400: "Bad Request: injected failure",
+    401: "Unauthorized",
+    403: "Forbidden: bot was blocked by the user",
+    404: "Not Found",
+    409: "Conflict: injected failure",
+    429: "Too Many Requests: retry later",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+def _as_int(value: Any) -> int | None:
+    # Query and form parameters arrive as strings; Telegram accepts both.
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _decode_value(value: str) -> Any:
+    # Telegram accepts JSON-serialised arrays/objects in form and query parameters.
+    if value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+class BotApiDouble:
+    """Fake Bot API: records every call, queues or webhooks user messages, injects faults.
+
+    `calls` is in completion order; `ApiCall.at` is the arrival time.
+    """
+
+    def __init__(
+        self, token: str = "123456:TEST-TOKEN", bot_username: str = "aiconv_test_bot"
+    ) -> None:
+        self.token = token
+        self.bot_username = bot_username
+        self.calls: list[ApiCall] = []
+        self.webhook_url: str | None = None
+        self.webhook_secret: str | None = None
+        self.allowed_updates: list[str] | None = None
+        self.webhook_responses: list[tuple[int, int]] = []
+        self.polling = 0  # getUpdates requests currently waiting
+        self._queue: list[dict[str, Any]] = []
+        self._faults: dict[str, list[_Fault]] = {}
+        self._chat_types: dict[int, str] = {}
+        self._next_update_id = 100_000
+        self._next_message_id = 1
+        self._cond = asyncio.Condition()
+        self._stopping = False
+        self._http: httpx.AsyncClient | None = None
+        app = Starlette(
+            routes=[Route("/bot{token}/{method}", self._handle, methods=["GET", "POST"])]
+        )
+        self._server = LoopbackServer(app)
+
+    @property
+    def url(self) -> str:
+        return self._server.url
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._http = httpx.AsyncClient(timeout=30.0)
+        await self._server.start()
+
+    async def stop(self) -> None:
+        # Release pending long polls first, or graceful shutdown would wait them out.
+        self._stopping = True
+        await self._notify()
+        await self._server.stop()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def __aenter__(self) -> BotApiDouble:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- inspection --------------------------------------------------------------------
+
+    def calls_of(self, method: str, chat_id: int | None = None) -> list[ApiCall]:
+        return [
+            c
+            for c in self.calls
+            if c.method == method
+            and (chat_id is None or _as_int(c.params.get("chat_id")) == chat_id)
+        ]
+
+    def sent_texts(self, chat_id: int) -> list[str]:
+        return [
+            str(c.params.get("text"))
+            for c in self.calls_of("sendMessage", chat_id)
+            if c.status == 200
+        ]
+
+    async def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        timeout: float = 30.0,  # noqa: ASYNC109 - the helpful timeout message is the point
+    ) -> None:
+        """Wait until predicate() holds; it is re-checked at every API call or update."""
+        try:
+            async with self._cond:
+                await asyncio.wait_for(self._cond.wait_for(predicate), timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"condition not met within {timeout} s; API calls so far:\n{self.describe_calls()}"
+            ) from None
+
+    async def wait_for_messages(
+        self,
+        chat_id: int,
+        count: int,
+        timeout: float = 60.0,  # noqa: ASYNC109 - as wait_for
+    ) -> list[str]:
+        await self.wait_for(lambda: len(self.sent_texts(chat_id)) >= count, timeout)
+        return self.sent_texts(chat_id)
+
+    def describe_calls(self) -> str:
+        if not self.calls:
+            return "  (none)"
+        lines = []
+        for c in self.calls:
+            params = {k: v for k, v in c.params.items() if k != "text"}
+            if "text" in c.params:
+                text = str(c.params["text"])
+                params["text"] = text if len(text) <= 60 else text[:57] + "..."
+            lines.append(f"  {c.method} -> {c.status} {params}")
+        return "\n".join(lines)
+
+    # -- driving -----------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        method: str,
+        status: int,
+        description: str | None = None,
+        retry_after: int | None = None,
+        times: int = 1,
+    ) -> None:
+        """Make the next `times` calls of `method` answer this error."""
+        if status == 429 and retry_after is None:
+            retry_after = 1
+        desc = description or _DEFAULT_DESCRIPTIONS.get(status, f"Error {status}")
+        self._faults.setdefault(method, []).append(_Fault(status, desc, retry_after, times))
+
+    def make_update(
+        self,
+        chat_id: int,
+        text: str | None = None,
+        *,
+        user_id: int | None = None,
+        kind: str = "text",
+        chat_type: str = "private",
+        update_id: int | None = None,
+    ) -> dict[str, Any]:
+        """Build a realistic Update JSON for a user message."""
+        if update_id is None:
+            update_id = self._next_update_id
+            self._next_update_id += 1
+        else:
+            self._next_update_id = max(self._next_update_id, update_id + 1)
+        message_id = self._take_message_id()
+        uid = user_id if user_id is not None else abs(chat_id)
+        user = {
+            "id": uid,
+            "is_bot": False,
+            "first_name": f"User{uid}",
+            "username": f"user{uid}",
+            "language_code": "en",
+        }
+        chat: dict[str, Any] = {"id": chat_id, "type": chat_type}
+        if chat_type == "private":
+            chat.update(first_name=user["first_name"], username=user["username"])
+        else:
+            chat["title"] = f"Chat {chat_id}"
+        self._chat_types[chat_id] = chat_type
+        message: dict[str, Any] = {
+            "message_id": message_id,
+            "from": user,
+            "chat": chat,
+            "date": int(time.time()),
+        }
+        file_ids = {"file_id": f"FILE{message_id}", "file_unique_id": f"U{message_id}"}
+        if kind == "text":
+            message["text"] = text if text is not None else ""
+            if message["text"].startswith("/"):
+                command = message["text"].split(maxsplit=1)[0]
+                message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
+        else:
+            if kind == "photo":
+                message["photo"] = [
+                    {**file_ids, "width": 90, "height": 60, "file_size": 1200},
+                    {**file_ids, "width": 1280, "height": 853, "file_size": 98000},
+                ]
+            elif kind == "voice":
+                message["voice"] = {
+                    **file_ids,
+                    "duration": 3,
+                    "mime_type": "audio/ogg",
+                    "file_size": 9000,
+                }
+            elif kind == "sticker":
+                message["sticker"] = {
+                    **file_ids,
+                    "width": 512,
+                    "height": 512,
+                    "type": "regular",
+                    "is_animated": False,
+                    "is_video": False,
+                    "emoji": "\U0001f600",
+                }
+            elif kind == "document":
+                message["document"] = {
+                    **file_ids,
+                    "file_name": "notes.pdf",
+                    "mime_type": "application/pdf",
+                    "file_size": 20480,
+                }
+            elif kind == "video":
+                message["video"] = {**file_ids, "width": 640, "height": 360, "duration": 5}
+            elif kind == "audio":
+                message["audio"] = {**file_ids, "duration": 120, "mime_type": "audio/mpeg"}
+            else:
+                raise ValueError(f"unknown message kind: {kind!r}")
+            if text is not None:
+                message["caption"] = text
+        return {"update_id": update_id, "message": message}
+
+    async def send_user_message(
+        self,
+        chat_id: int,
+        text: str | None = None,
+        *,
+        user_id: int | None = None,
+        kind: str = "text",
+        chat_type: str = "private",
+        update_id: int | None = None,
+    ) -> dict[str, Any]:
+        """Deliver a user message by webhook if one is set, else queue it for getUpdates."""
+        update = self.make_update(
+            chat_id, text, user_id=user_id, kind=kind, chat_type=chat_type, update_id=update_id
+        )
+        await self.deliver(update)
+        return update
+
+    async def deliver(self, update: dict[str, Any]) -> None:
+        """Deliver an arbitrary (possibly malformed) update the way Telegram would."""
+        if self.webhook_url is not None:
+            if self._http is None:
+                raise RuntimeError("BotApiDouble is not started")
+            headers = {}
+            if self.webhook_secret:
+                headers["X-Telegram-Bot-Api-Secret-Token"] = self.webhook_secret
+            response = await self._http.post(self.webhook_url, json=update, headers=headers)
+            uid = update.get("update_id")
+            self.webhook_responses.append(
+                (uid if isinstance(uid, int) else -1, response.status_code)
+            )
+        else:
+            self._queue.append(update)
+        await self._notify()
+
+    # -- server side -------------------------------------------------------------------
+
+    async def _notify(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
+
+    def _take_message_id(self) -> int:
+        message_id = self._next_message_id
+        self._next_message_id += 1
+        return message_id
+
+    async def _params(self, request: Request) -> dict[str, Any]:
+        params: dict[str, Any] = {k: _decode_value(v) for k, v in request.query_params.items()}
+        body = await request.body()
+        if not body:
+            return params
+        ctype = request.headers.get("content-type", "")
+        if "application/json" in ctype:
+            data = json.loads(body)
+            if not isinstance(data, dict):
+                raise ValueError("JSON body must be an object")
+            params.update(data)
+        elif "application/x-www-form-urlencoded" in ctype:
+            text = body.decode()
+            params.update({k: _decode_value(v) for k, v in parse_qsl(text, True)})
+        return params
+
+    async def _handle(self, request: Request) -> Response:
+        arrived = time.monotonic()
+        method = request.path_params["method"]
+        try:
+            params = await self._params(request)
+        except ValueError:  # includes JSON and Unicode decode errors
+            params = {}
+            status, body = 400, self._error(400, "Bad Request: can't parse request body")
+        else:
+            status, body = await self._dispatch(request.path_params["token"], method, params)
+        self.calls.append(ApiCall(method=method, params=params, at=arrived, status=status))
+        await self._notify()
+        return JSONResponse(body, status_code=status)
+
+    @staticmethod
+    def _error(status: int, description: str, retry_after: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+        if retry_after is not None:
+            body["parameters"] = {"retry_after": retry_after}
+        return body
+
+    async def _dispatch(
+        self, token: str, method: str, params: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        if token != self.token:
+            return 401, self._error(401, "Unauthorized")
+        faults = self._faults.get(method)
+        if faults:
+            fault = faults[0]
+            fault.times -= 1
+            if fault.times <= 0:
+                faults.pop(0)
+            return fault.status, self._error(fault.status, fault.description, fault.retry_after)
+        handler = {
+            "getMe": self._get_me,
+            "setWebhook": self._set_webhook,
+            "deleteWebhook": self._delete_webhook,
+            "getUpdates": self._get_updates,
+            "sendMessage": self._send_message,
+            "sendChatAction": self._send_chat_action,
+        }.get(method)
+        if handler is None:
+            return 404, self._error(404, "Not Found")
+        return await handler(params)
+
+    @staticmethod
+    def _ok(result: Any) -> tuple[int, dict[str, Any]]:
+        return 200, {"ok": True, "result": result}
+
+    def _bot_user(self) -> dict[str, Any]:
+        bot_id = _as_int(self.token.split(":", 1)[0]) or 123456
+        return {
+            "id": bot_id,
+            "is_bot": True,
+            "first_name": "aiconv test bot",
+            "username": self.bot_username,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
+
+    async def _get_me(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return self._ok(self._bot_user())
+
+    async def _set_webhook(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        url = params.get("url")
+        if not isinstance(url, str):
+            return 400, self._error(400, "Bad Request: bad webhook: url is empty")
+        # Telegram treats an empty url as "remove the webhook".
+        self.webhook_url = url or None
+        secret = params.get("secret_token")
+        self.webhook_secret = secret if isinstance(secret, str) and secret else None
+        allowed = params.get("allowed_updates")
+        if isinstance(allowed, list):
+            self.allowed_updates = [str(a) for a in allowed]
+        if params.get("drop_pending_updates") in (True, "true", "True", "1"):
+            self._queue.clear()
+        return self._ok(True)
+
+    async def _delete_webhook(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        self.webhook_url = None
+        self.webhook_secret = None
+        if params.get("drop_pending_updates") in (True, "true", "True", "1"):
+            self._queue.clear()
+        return self._ok(True)
+
+    def _confirm(self, offset: int | None) -> None:
+        if offset is None:
+            return
+        if offset < 0:
+            # Telegram: a negative offset keeps only the last -offset updates.
+            del self._queue[: max(0, len(self._queue) + offset)]
+        else:
+            self._queue = [u for u in self._queue if u.get("update_id", 0) >= offset]
+
+    async def _get_updates(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if self.webhook_url is not None:
+            return 409, self._error(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
+        offset = _as_int(params.get("offset"))
+        timeout = max(0, _as_int(params.get("timeout")) or 0)
+        limit = min(100, max(1, _as_int(params.get("limit")) or 100))
+        allowed = params.get("allowed_updates")
+        if isinstance(allowed, list):
+            self.allowed_updates = [str(a) for a in allowed]
+        self._confirm(offset)
+        if not self._queue and timeout > 0 and not self._stopping:
+            self.polling += 1
+            try:
+                async with self._cond:
+                    self._cond.notify_all()  # lets tests wait until a poll is pending
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._cond.wait_for(
+                                lambda: (
+                                    bool(self._queue)
+                                    or self._stopping
+                                    or self.webhook_url is not None
+                                )
+                            ),
+                            timeout,
+                        )
+            finally:
+                self.polling -= 1
+        return self._ok(self._queue[:limit])
+
+    def _chat(self, chat_id: int) -> dict[str, Any]:
+        chat_type = self._chat_types.get(chat_id, "private" if chat_id > 0 else "supergroup")
+        chat: dict[str, Any] = {"id": chat_id, "type": chat_type}
+        if chat_type == "private":
+            chat["first_name"] = f"User{chat_id}"
+        else:
+            chat["title"] = f"Chat {chat_id}"
+        return chat
+
+    async def _send_message(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        chat_id = _as_int(params.get("chat_id"))
+        if chat_id is None:
+            return 400, self._error(400, "Bad Request: chat_id is empty")
+        text = params.get("text")
+        if not isinstance(text, str) or not text.strip():
+            return 400, self._error(400, "Bad Request: message text is empty")
+        if len(text) > MAX_MESSAGE_LENGTH:
+            return 400, self._error(400, "Bad Request: message is too long")
+        message = {
+            "message_id": self._take_message_id(),
+            "from": self._bot_user(),
+            "chat": self._chat(chat_id),
+            "date": int(time.time()),
+            "text": text,
+        }
+        return self._ok(message)
+
+    async def _send_chat_action(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if _as_int(params.get("chat_id")) is None:
+            return 400, self._error(400, "Bad Request: chat_id is empty")
+        if not isinstance(params.get("action"), str):
+            return 400, self._error(400, "Bad Request: action is empty")
+        return self._ok(True)

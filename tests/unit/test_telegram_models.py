@@ -1,0 +1,166 @@
+"""parse_update: Telegram Update JSON into IncomingMessage."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from aiconv.telegram.models import IncomingMessage, InvalidUpdate, Update, parse_update
+
+
+def _text_update(text: str = "hello") -> dict[str, Any]:
+    return {
+        "update_id": 1001,
+        "message": {
+            "message_id": 7,
+            "from": {
+                "id": 42,
+                "is_bot": False,
+                "first_name": "Ada",
+                "username": "ada",
+                "language_code": "en",
+            },
+            "chat": {"id": 42, "first_name": "Ada", "username": "ada", "type": "private"},
+            "date": 1700000000,
+            "text": text,
+        },
+    }
+
+
+def test_text_message() -> None:
+    update = parse_update(_text_update())
+    assert update == Update(
+        update_id=1001,
+        message=IncomingMessage(
+            update_id=1001,
+            chat_id=42,
+            chat_type="private",
+            user_id=42,
+            username="ada",
+            first_name="Ada",
+            language_code="en",
+            message_id=7,
+            date=1700000000,
+            kind="text",
+            text="hello",
+        ),
+    )
+
+
+def test_command_is_text() -> None:
+    data = _text_update("/start")
+    data["message"]["entities"] = [{"type": "bot_command", "offset": 0, "length": 6}]
+    msg = parse_update(data).message
+    assert msg is not None
+    assert (msg.kind, msg.text) == ("text", "/start")
+
+
+def test_photo_with_caption() -> None:
+    data = _text_update()
+    del data["message"]["text"]
+    data["message"]["photo"] = [{"file_id": "a", "file_unique_id": "b", "width": 1, "height": 1}]
+    data["message"]["caption"] = "look"
+    msg = parse_update(data).message
+    assert msg is not None
+    assert (msg.kind, msg.text) == ("photo", "look")
+
+
+@pytest.mark.parametrize("kind", ["voice", "sticker", "document", "video", "audio"])
+def test_media_kinds_without_caption(kind: str) -> None:
+    data = _text_update()
+    del data["message"]["text"]
+    data["message"][kind] = {"file_id": "x", "file_unique_id": "y"}
+    msg = parse_update(data).message
+    assert msg is not None
+    assert (msg.kind, msg.text) == (kind, None)
+
+
+def test_unknown_content_is_other() -> None:
+    data = _text_update()
+    del data["message"]["text"]
+    data["message"]["location"] = {"latitude": 1.0, "longitude": 2.0}
+    msg = parse_update(data).message
+    assert msg is not None
+    assert (msg.kind, msg.text) == ("other", None)
+
+
+def test_group_message_without_from() -> None:
+    data = _text_update()
+    del data["message"]["from"]
+    data["message"]["chat"] = {"id": -100123, "type": "supergroup", "title": "G"}
+    msg = parse_update(data).message
+    assert msg is not None
+    assert (msg.chat_id, msg.chat_type, msg.user_id, msg.username) == (
+        -100123,
+        "supergroup",
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "key", ["edited_message", "callback_query", "my_chat_member", "channel_post"]
+)
+def test_other_update_types_are_ignored(key: str) -> None:
+    data = _text_update()
+    data[key] = data.pop("message")
+    assert parse_update(data) == Update(update_id=1001, message=None)
+
+
+def test_bare_update_is_valid() -> None:
+    assert parse_update({"update_id": 5}) == Update(update_id=5, message=None)
+
+
+def _without(path: tuple[str, ...]) -> dict[str, Any]:
+    data = copy.deepcopy(_text_update())
+    obj: Any = data
+    for key in path[:-1]:
+        obj = obj[key]
+    del obj[path[-1]]
+    return data
+
+
+def _with(path: tuple[str, ...], value: object) -> dict[str, Any]:
+    data = copy.deepcopy(_text_update())
+    obj: Any = data
+    for key in path[:-1]:
+        obj = obj[key]
+    obj[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        [],
+        "update",
+        42,
+        {},
+        {"update_id": "1"},
+        {"update_id": True},
+        {"update_id": 1.5},
+        _without(("update_id",)),
+        _without(("message", "chat")),
+        _without(("message", "chat", "id")),
+        _without(("message", "message_id")),
+        _without(("message", "date")),
+        _with(("message",), "hi"),
+        _with(("message",), None),
+        _with(("message", "chat"), []),
+        _with(("message", "chat", "id"), "42"),
+        _with(("message", "chat", "id"), False),
+        _with(("message", "message_id"), None),
+        _with(("message", "from"), "ada"),
+        _with(("message", "from", "id"), None),
+        _with(("message", "text"), 5),
+        _with(("message", "from", "username"), ["ada"]),
+    ],
+)
+def test_malformed_updates_raise(data: object) -> None:
+    with pytest.raises(InvalidUpdate) as info:
+        parse_update(data)
+    assert str(info.value).startswith("invalid update:")
+    assert isinstance(info.value, ValueError)
