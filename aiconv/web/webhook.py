@@ -1,0 +1,71 @@
+"""POST /webhook: authenticate, validate, deduplicate, enqueue — and answer in milliseconds."""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+import structlog
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from aiconv.jobs.queue import JobQueue
+from aiconv.telegram.models import InvalidUpdate, parse_update
+from aiconv.worker.updates import update_payload
+
+MAX_BODY_BYTES = 1024 * 1024
+SECRET_HEADER = "x-telegram-bot-api-secret-token"
+
+log = structlog.get_logger(__name__)
+
+
+def _error(status: int, message: str) -> Response:
+    return JSONResponse({"ok": False, "error": message}, status_code=status)
+
+
+async def _read_limited(request: Request) -> bytes | None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return None
+    return bytes(body)
+
+
+def make_webhook(secret: str | None, queue: JobQueue) -> object:
+    expected = secret.encode() if secret else None
+
+    async def webhook(request: Request) -> Response:
+        if expected is None:
+            return _error(404, "webhook mode is not configured")
+        given = request.headers.get(SECRET_HEADER, "").encode()
+        if not hmac.compare_digest(given, expected):
+            return _error(401, "wrong or missing secret token")
+        body = await _read_limited(request)
+        if body is None:
+            return _error(413, f"body over {MAX_BODY_BYTES} bytes")
+        try:
+            data = json.loads(body)
+            update = parse_update(data)
+        except (ValueError, InvalidUpdate) as error:
+            return _error(400, f"not a Telegram update: {str(error)[:200]}")
+        try:
+            added = await queue.enqueue(
+                queue.keys.updates, update_payload(data), f"update:{update.update_id}"
+            )
+        except (RedisError, OSError) as error:
+            # Telegram retries non-2xx answers later: nothing is lost.
+            log.warning(
+                "webhook cannot enqueue", update_id=update.update_id, error=type(error).__name__
+            )
+            return _error(503, "temporarily unavailable")
+        log.info(
+            "update received" if added else "duplicate update ignored", update_id=update.update_id
+        )
+        return JSONResponse({"ok": True})
+
+    return webhook

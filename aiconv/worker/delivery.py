@@ -1,0 +1,111 @@
+"""Delivery of a reply: split, paced like a person typing, sent once, stored with its id."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import structlog
+
+from aiconv.conversation import texts
+from aiconv.conversation.pacing import PacingConfig, plan_delivery
+from aiconv.jobs.queue import Job
+from aiconv.resources import Resources
+from aiconv.store.repository import GenerationStats
+from aiconv.telegram.client import Forbidden, NetworkError, RetryAfter, ServerError
+from aiconv.telegram.split import split_message
+from aiconv.worker.typing_keeper import TypingKeeper
+
+REPLIES_GROUP = "delivery"
+MAX_SEND_ATTEMPTS = 6
+UNPACED = PacingConfig(enabled=False)
+
+log = structlog.get_logger(__name__)
+
+
+class UserBlockedBot(Exception):
+    """403 from Telegram: this chat's replies can never be delivered."""
+
+
+class DeliveryHandler:
+    def __init__(self, resources: Resources, typing: TypingKeeper) -> None:
+        self.r = resources
+        self.typing = typing
+        self.rng = random.Random()
+
+    async def __call__(self, job: Job) -> None:
+        p = job.payload
+        chat_id = int(p["chat_id"])
+        paced = bool(p.get("paced"))
+        parts = split_message(str(p.get("text", ""))) or [texts.GENERATION_FAILED]
+        pacing = self.r.settings.pacing if paced else UNPACED
+        elapsed = time.time() - float(p.get("started_at", time.time()))
+        plans = plan_delivery(parts, pacing, already_elapsed=elapsed, rng=self.rng)
+        reply_to = p.get("reply_to_message_id") if p.get("chat_type") != "private" else None
+        bound = log.bind(chat_id=chat_id, job_key=job.key)
+        try:
+            for index, plan in enumerate(plans):
+                part_key = f"{job.key}:{index}"
+                if await self.r.store.message_by_key(part_key) is not None:
+                    continue  # sent by an earlier delivery of this job
+                if index > 0 and paced:
+                    await self.typing.send_now(chat_id)
+                if plan.wait_seconds > 0:
+                    await asyncio.sleep(plan.wait_seconds)  # the human pace itself
+                message_id = await self._send(chat_id, plan.text, reply_to if index == 0 else None)
+                await self.r.store.add_message(
+                    chat_id=chat_id,
+                    role="assistant",
+                    text=plan.text,
+                    idempotency_key=part_key,
+                    telegram_message_id=message_id,
+                    reply_to_message_id=p.get("reply_to_message_id"),
+                    stats=_stats(p.get("stats")) if index == 0 else None,
+                )
+            bound.info(
+                "reply delivered",
+                parts=len(plans),
+                latency_seconds=round(time.time() - float(p.get("started_at", 0)), 3),
+            )
+        except UserBlockedBot:
+            bound.info("user blocked the bot; reply dropped")
+            if p.get("user_id") is not None:
+                await self.r.store.set_user_blocked(int(p["user_id"]), True)
+        if paced:
+            await self.typing.end(chat_id)
+
+    async def _send(self, chat_id: int, text: str, reply_to: int | None) -> int:
+        """sendMessage, waiting out 429s and retrying transient failures with backoff."""
+        backoff = 0.5
+        for attempt in range(1, MAX_SEND_ATTEMPTS + 1):
+            try:
+                return await self.r.bot.send_message(chat_id, text, reply_to_message_id=reply_to)
+            except RetryAfter as error:
+                log.warning("telegram rate limit", chat_id=chat_id, retry_after=error.retry_after)
+                await asyncio.sleep(error.retry_after)
+            except (ServerError, NetworkError) as error:
+                if attempt == MAX_SEND_ATTEMPTS:
+                    raise
+                log.warning(
+                    "telegram send failed, retrying",
+                    chat_id=chat_id,
+                    error=type(error).__name__,
+                    attempt=attempt,
+                )
+                await asyncio.sleep(backoff * (1 + self.rng.random()))
+                backoff = min(backoff * 2, 10.0)
+            except Forbidden as error:
+                raise UserBlockedBot from error
+        raise RuntimeError(f"sendMessage to chat {chat_id} still rate-limited after retries")
+
+
+def _stats(raw: Any) -> GenerationStats:
+    stats = raw if isinstance(raw, dict) else {}
+    return GenerationStats(
+        prompt_tokens=stats.get("prompt_tokens"),
+        completion_tokens=stats.get("completion_tokens"),
+        generation_seconds=stats.get("generation_seconds"),
+        first_token_seconds=stats.get("first_token_seconds"),
+    )

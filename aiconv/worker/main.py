@@ -1,0 +1,57 @@
+"""The worker mode's wiring: update and reply consumers, the typing keeper, the poller."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from aiconv.jobs.consumer import Consumer, ConsumerOptions
+from aiconv.resources import Resources
+from aiconv.telegram.client import TelegramError
+from aiconv.worker.delivery import REPLIES_GROUP, DeliveryHandler
+from aiconv.worker.poller import Poller
+from aiconv.worker.typing_keeper import TypingKeeper
+from aiconv.worker.updates import UPDATES_GROUP, UpdateHandler, chat_lane
+
+log = structlog.get_logger(__name__)
+
+
+async def bot_username(resources: Resources) -> str | None:
+    """Used to tell `/cmd@thisbot` from commands meant for other bots in groups."""
+    try:
+        me = await resources.bot.get_me()
+    except TelegramError as error:
+        log.warning(
+            "getMe failed; group commands are accepted for any bot", error=type(error).__name__
+        )
+        return None
+    username = me.get("username")
+    return str(username) if username else None
+
+
+async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -> None:
+    settings = resources.settings
+    typing = TypingKeeper(resources.redis, resources.keys, resources.bot)
+    options = ConsumerOptions(concurrency=settings.worker_concurrency)
+    updates = Consumer(
+        resources.queue,
+        resources.keys.updates,
+        UPDATES_GROUP,
+        UpdateHandler(resources, typing, await bot_username(resources)),
+        lane_of=chat_lane,
+        options=options,
+    )
+    replies = Consumer(
+        resources.queue,
+        resources.keys.replies,
+        REPLIES_GROUP,
+        DeliveryHandler(resources, typing),
+        lane_of=chat_lane,
+        options=options,
+    )
+    loops = [updates.run(stop), replies.run(stop), typing.run(stop)]
+    if poll:
+        loops.append(Poller(resources).run(stop))
+    log.info("worker running", polling=poll, consumer=updates.name)
+    await asyncio.gather(*loops)

@@ -1,0 +1,139 @@
+"""Conversation logic for one incoming update: commands, storage, and queueing a generation."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from aiconv.conversation import texts
+from aiconv.conversation.commands import parse_command
+from aiconv.conversation.history import approx_tokens, fit_history
+from aiconv.jobs.queue import Job
+from aiconv.resources import Resources
+from aiconv.telegram.models import IncomingMessage, parse_update
+from aiconv.worker.typing_keeper import TypingKeeper
+
+UPDATES_GROUP = "worker"
+HISTORY_ROWS = 60  # rows read per turn; the ml mode trims them to the context exactly
+
+log = structlog.get_logger(__name__)
+
+
+def update_payload(update: dict[str, Any]) -> dict[str, Any]:
+    """The job the web and the poller enqueue for one Telegram update."""
+    message = update.get("message")
+    chat = message.get("chat") if isinstance(message, dict) else None
+    chat_id = chat.get("id") if isinstance(chat, dict) else None
+    return {
+        "key": f"update:{update['update_id']}",
+        "update_id": update["update_id"],
+        "chat_id": chat_id,
+        "received_at": time.time(),
+        "update": update,
+    }
+
+
+def message_key(message: IncomingMessage) -> str:
+    """Identifies a user's message for the effects it causes (message ids are per chat)."""
+    return f"{message.chat_id}:{message.message_id}"
+
+
+def chat_lane(job: Job) -> str | None:
+    chat_id = job.payload.get("chat_id")
+    return str(chat_id) if chat_id is not None else None
+
+
+class UpdateHandler:
+    def __init__(self, resources: Resources, typing: TypingKeeper, bot_username: str | None):
+        self.r = resources
+        self.typing = typing
+        self.bot_username = bot_username
+
+    async def __call__(self, job: Job) -> None:
+        update = parse_update(job.payload.get("update"))
+        message = update.message
+        if message is None:
+            return  # an update kind aiconv does not act on (edits, joins, ...)
+        bound = log.bind(update_id=update.update_id, chat_id=message.chat_id)
+        if not await self.r.store.record_sender(message):
+            bound.info("update from a blocked user ignored")
+            return
+        if message.kind != "text" or not message.text:
+            bound.info("non-text message", kind=message.kind)
+            await self._reply_now(job, message, texts.TEXT_ONLY)
+            return
+        command = parse_command(message.text, self.bot_username)
+        if command is not None:
+            bound.info("command", command=command.name)
+            await self._command(job, message, command.name)
+            return
+        await self._converse(job, message, received_at=float(job.payload.get("received_at", 0)))
+
+    async def _command(self, job: Job, message: IncomingMessage, name: str) -> None:
+        if name == "start":
+            reply = texts.greeting(message.first_name)
+        elif name == "help":
+            reply = texts.help_text()
+        elif name == "reset":
+            await self.r.store.reset_history(message.chat_id)
+            reply = texts.RESET_DONE
+        else:
+            reply = texts.UNKNOWN_COMMAND
+        await self._reply_now(job, message, reply)
+
+    async def _reply_now(self, job: Job, message: IncomingMessage, text: str) -> None:
+        """A fixed reply: straight to delivery, unpaced."""
+        key = f"reply:{message_key(message)}"
+        payload = reply_payload(key, message, text, started_at=time.time(), paced=False)
+        await self.r.queue.hand_over(job, UPDATES_GROUP, self.r.keys.replies, payload, key)
+
+    async def _converse(self, job: Job, message: IncomingMessage, received_at: float) -> None:
+        assert message.text is not None
+        row_id = await self.r.store.add_message(
+            chat_id=message.chat_id,
+            user_id=message.user_id,
+            role="user",
+            text=message.text,
+            idempotency_key=f"in:{message_key(message)}",
+            telegram_update_id=message.update_id,
+            telegram_message_id=message.message_id,
+        )
+        turns = await self.r.store.history(message.chat_id, HISTORY_ROWS, up_to_id=row_id)
+        # Coarse bound only (the byte estimate overcounts); ml trims with the real tokenizer.
+        turns = fit_history(turns, approx_tokens, budget=2 * self.r.settings.n_ctx)
+        await self.typing.begin(message.chat_id)
+        key = f"gen:{message_key(message)}"
+        payload = {
+            "key": key,
+            "chat_id": message.chat_id,
+            "chat_type": message.chat_type,
+            "user_id": message.user_id,
+            "reply_to_message_id": message.message_id,
+            "update_id": message.update_id,
+            "started_at": received_at or time.time(),
+            "turns": [[turn.role, turn.text] for turn in turns],
+        }
+        await self.r.queue.hand_over(job, UPDATES_GROUP, self.r.keys.generate, payload, key)
+
+
+def reply_payload(
+    key: str,
+    message: IncomingMessage,
+    text: str,
+    *,
+    started_at: float,
+    paced: bool,
+) -> dict[str, Any]:
+    return {
+        "key": key,
+        "chat_id": message.chat_id,
+        "chat_type": message.chat_type,
+        "user_id": message.user_id,
+        "reply_to_message_id": message.message_id,
+        "started_at": started_at,
+        "paced": paced,
+        "text": text,
+        "stats": {},
+    }

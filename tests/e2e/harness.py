@@ -1,0 +1,122 @@
+"""Runs aiconv as a real process against the test database, Redis prefix and Bot API double."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import REDIS_URL
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env(database_url: str, redis_prefix: str, api_url: str, token: str) -> dict[str, str]:
+    """Settings for a fast test run: short replies, quick but real pacing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "DB_", "REDIS_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=REDIS_URL,
+        REDIS_KEY_PREFIX=redis_prefix,
+        TELEGRAM_BOT_TOKEN=token,
+        TELEGRAM_API_URL=api_url,
+        ENVIRONMENT="dev",
+        LOG_FORMAT="json",
+        LOG_LEVEL="info",
+        MAX_TOKENS="32",
+        TEMPERATURE="0",
+        N_THREADS="2",
+        TYPING_CHARS_PER_SECOND="300",
+        TYPING_READ_PAUSE_SECONDS="0.3",
+        TYPING_MIN_DELAY_SECONDS="0.3",
+        TYPING_MAX_DELAY_SECONDS="1.5",
+        PORT=str(free_port()),
+        METRICS_PORT=str(free_port()),
+    )
+    return env
+
+
+class AiconvProcess:
+    def __init__(self, env: dict[str, str], mode: str, log_path: Path) -> None:
+        self.env = env
+        self.mode = mode
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['PORT']}"
+
+    @property
+    def ops_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['METRICS_PORT']}"
+
+    async def start(self, timeout: float = 90.0) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aiconv.cli", self.mode], env=self.env, stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"aiconv {self.mode} exited early:\n{self.logs()}")
+                try:
+                    if (await http.get(f"{self.ops_url}/ready")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)  # polling a readiness condition, bounded by the deadline
+        raise TimeoutError(f"aiconv {self.mode} not ready in {timeout}s:\n{self.logs()}")
+
+    def stop(self, timeout: float = 40.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def log_events(self) -> list[dict[str, Any]]:
+        import json
+
+        events = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    continue
+        return events
+
+
+async def eventually(check: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Poll `check()` (sync or async) until it returns a truthy value; raise after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition still false after {timeout} s")
+        await asyncio.sleep(interval)
