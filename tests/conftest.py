@@ -1,4 +1,4 @@
-"""Shared fixtures: a database and a Redis key prefix of this test run's own, on the real servers."""
+"""Shared fixtures: a database and a Redis key prefix of this run's own, on the real servers."""
 
 from __future__ import annotations
 

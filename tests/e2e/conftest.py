@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 import random
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
