@@ -1,0 +1,170 @@
+"""The Redis Streams job layer on a real Redis: idempotent enqueue, atomic hand-over, lanes,
+reclaiming a dead consumer's jobs, and the dead-letter stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from redis.asyncio import Redis
+
+from aiconv.jobs.consumer import Consumer, ConsumerOptions
+from aiconv.jobs.keys import Keys
+from aiconv.jobs.queue import Job, JobQueue
+from tests.e2e.harness import eventually
+
+
+@pytest.fixture
+async def queue(redis: Redis, redis_prefix: str) -> JobQueue:
+    return JobQueue(redis, Keys(redis_prefix))
+
+
+async def run_until(consumer: Consumer, done: asyncio.Event, timeout: float = 15.0) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await asyncio.wait_for(done.wait(), timeout)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_enqueue_with_the_same_key_adds_one_job(queue: JobQueue, redis: Redis) -> None:
+    stream = queue.keys.updates
+    first = await queue.enqueue(stream, {"n": 1}, "update:7")
+    second = await queue.enqueue(stream, {"n": 2}, "update:7")
+    assert first is not None and second is None
+    assert await redis.xlen(stream) == 1
+    assert await queue.enqueue(stream, {"n": 3}) is not None  # no key: no deduplication
+
+
+async def test_hand_over_enqueues_and_acknowledges_together(queue: JobQueue, redis: Redis) -> None:
+    source, target = queue.keys.updates, queue.keys.generate
+    await queue.ensure_group(source, "g")
+    await queue.enqueue(source, {"key": "a"})
+    [[_, [(entry_id, fields)]]] = await redis.xreadgroup("g", "c1", {source: ">"}, count=1)
+    job = Job(source, entry_id, json.loads(fields["job"]))
+    assert (await redis.xpending(source, "g"))["pending"] == 1
+
+    assert await queue.hand_over(job, "g", target, {"key": "b"}, "gen:a") is not None
+    assert (await redis.xpending(source, "g"))["pending"] == 0
+    assert await redis.xlen(target) == 1
+    # A redelivered source job hands over again: acknowledged, but nothing enqueued twice.
+    assert await queue.hand_over(job, "g", target, {"key": "b"}, "gen:a") is None
+    assert await redis.xlen(target) == 1
+
+
+async def test_jobs_of_one_lane_run_in_order_and_lanes_run_side_by_side(
+    queue: JobQueue,
+) -> None:
+    stream = queue.keys.replies
+    for n in range(6):
+        for lane in ("a", "b", "c"):
+            await queue.enqueue(stream, {"lane": lane, "n": n})
+    seen: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+    running = 0
+    most_at_once = 0
+    done = asyncio.Event()
+
+    async def handler(job: Job) -> None:
+        nonlocal running, most_at_once
+        running += 1
+        most_at_once = max(most_at_once, running)
+        await asyncio.sleep(0.01 * (5 - job.payload["n"]))  # later jobs finish faster
+        seen[job.payload["lane"]].append(job.payload["n"])
+        running -= 1
+        if sum(map(len, seen.values())) == 18:
+            done.set()
+
+    consumer = Consumer(
+        queue,
+        stream,
+        "g",
+        handler,
+        lane_of=lambda job: job.payload["lane"],
+        options=ConsumerOptions(concurrency=8, block_ms=100),
+    )
+    await run_until(consumer, done)
+    assert seen == {lane: list(range(6)) for lane in "abc"}
+    assert most_at_once > 1
+
+
+async def test_a_dead_consumers_job_is_claimed_and_done(queue: JobQueue, redis: Redis) -> None:
+    stream = queue.keys.generate
+    await queue.ensure_group(stream, "g")
+    await queue.enqueue(stream, {"key": "orphan"})
+    await redis.xreadgroup("g", "crashed-consumer", {stream: ">"}, count=1)  # never acked
+    done = asyncio.Event()
+    handled: list[Job] = []
+
+    async def handler(job: Job) -> None:
+        handled.append(job)
+        done.set()
+
+    consumer = Consumer(
+        queue,
+        stream,
+        "g",
+        handler,
+        options=ConsumerOptions(block_ms=50, visibility_timeout=0.2),
+    )
+    await run_until(consumer, done)
+    assert [job.key for job in handled] == ["orphan"]
+    assert handled[0].deliveries == 2
+    assert (await redis.xpending(stream, "g"))["pending"] == 0
+
+
+async def test_a_job_that_keeps_failing_moves_to_the_dead_letter_stream(
+    queue: JobQueue, redis: Redis
+) -> None:
+    stream = queue.keys.generate
+    await queue.enqueue(stream, {"key": "poison"})
+    attempts = 0
+
+    async def handler(job: Job) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ValueError("cannot handle this")
+
+    consumer = Consumer(
+        queue,
+        stream,
+        "g",
+        handler,
+        options=ConsumerOptions(block_ms=50, visibility_timeout=0.1, max_deliveries=2),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+
+    try:
+        await eventually(lambda: redis.xlen(queue.keys.dlq), timeout=15)
+    finally:
+        stop.set()
+        await task
+    [(_, fields)] = await redis.xrange(queue.keys.dlq)
+    record = json.loads(fields["job"])
+    assert record["payload"] == {"key": "poison"}
+    assert "ValueError: cannot handle this" in record["error"]
+    assert attempts == 2
+    assert (await redis.xpending(stream, "g"))["pending"] == 0
+
+
+async def test_graceful_stop_leaves_unfinished_jobs_pending(queue: JobQueue, redis: Redis) -> None:
+    stream = queue.keys.replies
+    await queue.enqueue(stream, {"key": "slow"})
+    started = asyncio.Event()
+
+    async def handler(job: Job) -> None:
+        started.set()
+        await asyncio.Event().wait()  # never finishes on its own
+
+    consumer = Consumer(
+        queue, stream, "g", handler, options=ConsumerOptions(block_ms=50, drain_seconds=0.2)
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    await asyncio.wait_for(started.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert (await redis.xpending(stream, "g"))["pending"] == 1

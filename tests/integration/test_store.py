@@ -1,0 +1,78 @@
+"""PostgreSQL access on a real server: migrations, idempotent writes, history and /reset."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from aiconv.conversation.history import Turn
+from aiconv.store.db import make_pool
+from aiconv.store.migrate import apply_migrations, available_migrations
+from aiconv.store.repository import GenerationStats, Store
+from aiconv.telegram.models import IncomingMessage
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    pool = make_pool(database_url, max_size=4)
+    await pool.open()
+    yield Store(pool)
+    await pool.close()
+
+
+def incoming(chat_id: int, user_id: int = 1, message_id: int = 1) -> IncomingMessage:
+    return IncomingMessage(
+        update_id=message_id,
+        chat_id=chat_id,
+        chat_type="private",
+        user_id=user_id,
+        username="ann",
+        first_name="Ann",
+        language_code="en",
+        message_id=message_id,
+        date=0,
+        kind="text",
+        text="hi",
+    )
+
+
+async def test_migrations_are_recorded_and_idempotent(database_url: str) -> None:
+    # The session fixture applied them already: a second run applies nothing.
+    assert await apply_migrations(database_url) == []
+    versions = [m.version for m in available_migrations()]
+    assert versions == sorted(set(versions)) and versions[0] == 1
+
+
+async def test_a_message_is_stored_once_per_key(store: Store) -> None:
+    await store.record_sender(incoming(9001))
+    first = await store.add_message(chat_id=9001, role="user", text="a", idempotency_key="k1")
+    again = await store.add_message(chat_id=9001, role="user", text="a", idempotency_key="k1")
+    assert first == again
+    assert await store.history(9001, 10) == [Turn("user", "a")]
+
+
+async def test_history_is_recent_first_limited_and_forgotten_on_reset(store: Store) -> None:
+    await store.record_sender(incoming(9002))
+    for n in range(5):
+        role = "user" if n % 2 == 0 else "assistant"
+        await store.add_message(
+            chat_id=9002,
+            role=role,
+            text=f"m{n}",
+            idempotency_key=f"h{n}",
+            stats=GenerationStats(completion_tokens=3) if role == "assistant" else None,
+        )
+    assert [t.text for t in await store.history(9002, 3)] == ["m2", "m3", "m4"]
+    await store.reset_history(9002)
+    assert await store.history(9002, 10) == []
+    await store.add_message(chat_id=9002, role="user", text="after", idempotency_key="h9")
+    assert await store.history(9002, 10) == [Turn("user", "after")]
+
+
+async def test_a_blocked_user_is_reported(store: Store) -> None:
+    assert await store.record_sender(incoming(9003, user_id=77)) is True
+    await store.set_user_blocked(77, True)
+    assert await store.record_sender(incoming(9003, user_id=77)) is False
+    await store.set_user_blocked(77, False)
+    assert await store.record_sender(incoming(9003, user_id=77)) is True
