@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
@@ -50,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(mode: str, settings: Settings) -> int:
     from aiconv.observability.logging import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)
+    # The demo's terminal is a chat: only warnings interrupt it unless LOG_LEVEL asks for more.
+    quiet = mode == "demo" and "LOG_LEVEL" not in os.environ
+    configure_logging("warning" if quiet else settings.log_level, settings.log_format)
     if mode == "migrate":
         from aiconv.store.migrate import apply_migrations
 

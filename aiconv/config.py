@@ -176,12 +176,12 @@ class Settings:
         try:
             pacing = PacingConfig(
                 enabled=read.flag("TYPING_SIMULATION_ENABLED", True),
-                chars_per_second=read.number("TYPING_CHARS_PER_SECOND", 12.0),
+                chars_per_second=read.number("TYPING_CHARS_PER_SECOND", 15.0),
                 jitter=read.number("TYPING_JITTER", 0.2),
                 read_pause_seconds=read.number("TYPING_READ_PAUSE_SECONDS", 1.0),
                 between_parts_pause_seconds=read.number("TYPING_BETWEEN_PARTS_SECONDS", 0.8),
                 min_delay_seconds=read.number("TYPING_MIN_DELAY_SECONDS", 1.0),
-                max_delay_seconds=read.number("TYPING_MAX_DELAY_SECONDS", 20.0),
+                max_delay_seconds=read.number("TYPING_MAX_DELAY_SECONDS", 12.0),
             )
         except ValueError as error:
             raise ConfigError("TYPING_*", str(error)) from None

@@ -43,7 +43,11 @@ async def _chat(double: BotApiDouble) -> None:
     print("aiconv demo — talk to the bot. Commands: /start /help /reset. Ctrl-D or /quit ends.")
     while True:
         try:
-            line = await asyncio.to_thread(input, "you> ")
+            sys.stdout.write("you> ")
+            sys.stdout.flush()
+            line = await asyncio.to_thread(sys.stdin.readline)
+            if not line:
+                raise EOFError
         except (EOFError, KeyboardInterrupt):
             print()
             return

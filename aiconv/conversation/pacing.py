@@ -11,12 +11,12 @@ from dataclasses import dataclass, fields
 @dataclass(frozen=True)
 class PacingConfig:
     enabled: bool = True
-    chars_per_second: float = 12.0
+    chars_per_second: float = 15.0
     jitter: float = 0.2  # fractional ± applied to the typing time
     read_pause_seconds: float = 1.0  # "reading" the user's message before the first part
     between_parts_pause_seconds: float = 0.8
     min_delay_seconds: float = 1.0
-    max_delay_seconds: float = 20.0
+    max_delay_seconds: float = 12.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

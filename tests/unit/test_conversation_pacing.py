@@ -10,7 +10,7 @@ from aiconv.conversation.pacing import PacingConfig, PartPlan, plan_delivery, ty
 
 def test_defaults_valid() -> None:
     config = PacingConfig()
-    assert config.enabled and config.chars_per_second == 12.0
+    assert config.enabled and config.chars_per_second == 15.0
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def test_validation(kwargs: dict[str, float], field: str) -> None:
         PacingConfig(**kwargs)  # type: ignore[arg-type]
 
 
-NO_JITTER = PacingConfig(jitter=0.0)
+NO_JITTER = PacingConfig(jitter=0.0, chars_per_second=12.0, max_delay_seconds=20.0)
 
 
 def test_example_without_jitter() -> None:
