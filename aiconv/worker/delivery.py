@@ -39,6 +39,10 @@ class DeliveryHandler:
         p = job.payload
         chat_id = int(p["chat_id"])
         paced = bool(p.get("paced"))
+        if p.get("cancelled"):
+            # A newer message or /reset superseded this generation: nothing to send.
+            await self.typing.end(chat_id)
+            return
         parts = split_message(str(p.get("text", ""))) or [texts.GENERATION_FAILED]
         pacing = self.r.settings.pacing if paced else UNPACED
         elapsed = time.time() - float(p.get("started_at", time.time()))
