@@ -16,6 +16,8 @@ from urllib.parse import quote, urlsplit
 
 from aiconv.conversation.pacing import PacingConfig
 from aiconv.conversation.prompt import DEFAULT_PERSONA
+from aiconv.jobs.consumer import ConsumerOptions
+from aiconv.worker.turns import TurnConfig
 
 T = TypeVar("T")
 
@@ -132,7 +134,19 @@ class Settings:
     persona: str = DEFAULT_PERSONA
 
     pacing: PacingConfig = field(default_factory=PacingConfig)
+    turns: TurnConfig = field(default_factory=TurnConfig)
     worker_concurrency: int = 64
+    job_visibility_timeout: float = 30.0
+    job_max_deliveries: int = 5
+    shutdown_grace_seconds: float = 25.0
+
+    def consumer_options(self, concurrency: int) -> ConsumerOptions:
+        return ConsumerOptions(
+            concurrency=concurrency,
+            visibility_timeout=self.job_visibility_timeout,
+            max_deliveries=self.job_max_deliveries,
+            drain_seconds=self.shutdown_grace_seconds,
+        )
 
     @property
     def webhook_mode(self) -> bool:
@@ -222,7 +236,14 @@ class Settings:
             temperature=read.number("TEMPERATURE", 0.7, minimum=0.0),
             persona=read.text("PERSONA", DEFAULT_PERSONA),
             pacing=pacing,
+            turns=TurnConfig(
+                debounce_seconds=read.number("TURN_DEBOUNCE_SECONDS", 1.5, minimum=0.0),
+                final_after_seconds=read.number("TURN_FINAL_AFTER_SECONDS", 15.0, minimum=0.0),
+            ),
             worker_concurrency=read.integer("WORKER_CONCURRENCY", 64, minimum=1),
+            job_visibility_timeout=read.number("JOB_VISIBILITY_TIMEOUT_SECONDS", 30.0, minimum=1.0),
+            job_max_deliveries=read.integer("JOB_MAX_DELIVERIES", 5, minimum=1),
+            shutdown_grace_seconds=read.number("SHUTDOWN_GRACE_SECONDS", 25.0, minimum=0.0),
         )
         settings.check_secrets()
         return settings

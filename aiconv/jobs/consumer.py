@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import socket
 import time
 import uuid
@@ -19,9 +20,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import psycopg
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aiconv.jobs.queue import Job, JobQueue, decode_entry
@@ -30,6 +32,29 @@ Handler = Callable[[Job], Awaitable[None]]
 LaneOf = Callable[[Job], str | None]
 
 log = structlog.get_logger(__name__)
+
+
+# Failures of a dependency (Redis, PostgreSQL, the network) rather than of the job itself.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    psycopg.OperationalError,
+    OSError,
+)
+
+
+class Backoff:
+    """Exponential backoff with full jitter."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.base * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
 
 
 def consumer_name() -> str:
@@ -41,8 +66,12 @@ def consumer_name() -> str:
 class ConsumerOptions:
     concurrency: int = 16
     block_ms: int = 1000
-    visibility_timeout: float = 60.0  # idle time after which a dead consumer's job is claimed
-    max_deliveries: int = 5  # a job delivered more often than this goes to the DLQ
+    # Idle time after which a dead consumer's job is claimed. Live consumers refresh their jobs'
+    # idle time every third of it, so it need not outlast the slowest job.
+    visibility_timeout: float = 30.0
+    max_deliveries: int = 5  # attempts (failures and crashes) before the job goes to the DLQ
+    retry_base_seconds: float = 0.5
+    retry_max_seconds: float = 30.0
     drain_seconds: float = 25.0  # graceful stop: how long in-flight jobs may finish
 
 
@@ -57,6 +86,7 @@ class Consumer:
         name: str | None = None,
         lane_of: LaneOf | None = None,
         options: ConsumerOptions | None = None,
+        on_dead_letter: Handler | None = None,
     ) -> None:
         self.queue = queue
         self.stream = stream
@@ -65,6 +95,7 @@ class Consumer:
         self.name = name or consumer_name()
         self.lane_of = lane_of
         self.options = options or ConsumerOptions()
+        self.on_dead_letter = on_dead_letter  # e.g. release the chat the job was holding
         self._tasks: dict[str, asyncio.Task[None]] = {}  # entry id -> its task
         self._lanes: dict[str, asyncio.Task[None]] = {}  # lane -> its last task
         self._log = log.bind(stream=stream, group=group, consumer=self.name)
@@ -143,21 +174,42 @@ class Consumer:
             await asyncio.wait([previous])  # its outcome is its own; we only keep the order
         bound = self._log.bind(job_id=job.id, job_key=job.key, deliveries=job.deliveries)
         if job.payload.get("invalid"):
-            await self._dead_letter(job, "unreadable job payload")
+            await self._settle(self._dead_letter, job, "unreadable job payload")
             return
-        try:
-            await self.handler(job)
-            await self.queue.ack(job, self.group)
-        except asyncio.CancelledError:
-            bound.info("job interrupted; left pending for another consumer")
-            raise
-        except Exception as error:
-            # Left unacknowledged on purpose: it is claimed again after the visibility timeout.
-            bound.error("job failed", error=type(error).__name__, detail=str(error)[:200])
-            with contextlib.suppress(RedisError):
-                await self.queue.redis.set(
-                    self._error_key(job.id), f"{type(error).__name__}: {error}"[:500], ex=86400
+        failures = job.deliveries - 1  # deliveries before this one ended without an ack
+        backoff = Backoff(self.options.retry_base_seconds, self.options.retry_max_seconds)
+        while True:
+            try:
+                await self.handler(job)
+                break
+            except asyncio.CancelledError:
+                bound.info("job interrupted; left pending for another consumer")
+                raise
+            except TRANSIENT_ERRORS as error:
+                # An outage, not a bad job: wait it out without spending the job's attempts.
+                bound.warning("job waiting for a dependency", error=type(error).__name__)
+            except Exception as error:
+                failures += 1
+                detail = f"{type(error).__name__}: {error}"[:500]
+                bound.error(
+                    "job failed", error=type(error).__name__, detail=detail[:200], attempt=failures
                 )
+                if failures >= self.options.max_deliveries:
+                    await self._settle(self._dead_letter, job, detail)
+                    return
+            await asyncio.sleep(backoff.next())
+        await self._settle(self.queue.ack, job, self.group)
+
+    async def _settle(self, action: Callable[..., Awaitable[object]], *args: Any) -> None:
+        """Run an acknowledging Redis call, retrying through a Redis outage."""
+        backoff = Backoff(self.options.retry_base_seconds, self.options.retry_max_seconds)
+        while True:
+            try:
+                await action(*args)
+                return
+            except TRANSIENT_ERRORS as error:
+                self._log.warning("cannot settle job yet", error=type(error).__name__)
+                await asyncio.sleep(backoff.next())
 
     async def _heartbeat(self) -> None:
         ids = list(self._tasks)
@@ -196,8 +248,7 @@ class Consumer:
             deliveries = await self._deliveries(entry_id)
             job = decode_entry(self.stream, entry_id, fields, deliveries=deliveries)
             if deliveries > self.options.max_deliveries:
-                last_error = await self.queue.redis.get(self._error_key(entry_id))
-                await self._dead_letter(job, str(last_error or "delivered too many times"))
+                await self._dead_letter(job, "delivered too many times without completing")
             else:
                 self._log.warning("claimed abandoned job", job_id=entry_id, deliveries=deliveries)
                 self._start(job)
@@ -209,6 +260,9 @@ class Consumer:
         return int(pending[0]["times_delivered"]) if pending else 1
 
     async def _dead_letter(self, job: Job, error: str) -> None:
+        with contextlib.suppress(Exception):
+            if self.on_dead_letter is not None:
+                await self.on_dead_letter(job)
         record: dict[str, Any] = {
             "stream": job.stream,
             "group": self.group,
@@ -220,9 +274,6 @@ class Consumer:
         }
         await self.queue.hand_over(job, self.group, self.queue.keys.dlq, record)
         self._log.error("job moved to dead-letter stream", job_id=job.id, error=error[:200])
-
-    def _error_key(self, entry_id: str) -> str:
-        return f"{self.queue.keys.prefix}error:{self.stream}:{entry_id}"
 
     async def _wait_for_slot(self, stop: asyncio.Event) -> None:
         stopping = asyncio.ensure_future(stop.wait())

@@ -42,12 +42,26 @@ class Keys:
         return f"{self.prefix}typing:due"
 
     @property
-    def typing_pending(self) -> str:
-        return f"{self.prefix}typing:pending"
-
-    @property
     def typing_deadline(self) -> str:
         return f"{self.prefix}typing:deadline"
+
+    @property
+    def turns_due(self) -> str:
+        """Chats with unanswered messages, scored by when their turn may start."""
+        return f"{self.prefix}turns:due"
+
+    @property
+    def turns_first(self) -> str:
+        """Per chat: when its oldest unanswered message arrived."""
+        return f"{self.prefix}turns:first"
+
+    def turn(self, chat_id: int | str) -> str:
+        """Held while one turn of the chat is being generated and delivered."""
+        return f"{self.prefix}turn:{chat_id}"
+
+    def latest(self, chat_id: int | str) -> str:
+        """The key of the chat's newest generation; an older one in flight is stale."""
+        return f"{self.prefix}latest:{chat_id}"
 
 
 def _digest(secret: str) -> str:

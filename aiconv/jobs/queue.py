@@ -9,6 +9,7 @@ the source entry in the same script: a crash can never leave a job both acknowle
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +21,7 @@ from aiconv.jobs.keys import Keys
 # How long an idempotency marker outlives its job: longer than Telegram keeps retrying a webhook
 # (24 h) so a late redelivery still finds it.
 DONE_TTL_SECONDS = 2 * 24 * 3600
-# Approximate stream length cap; trimming with ~ is cheap and, in this version, streams are
-# consumed within seconds, so entries this old are acknowledged long before they are trimmed.
-STREAM_MAXLEN = 100_000
-
-# KEYS: done-marker, target stream, [source stream]; ARGV: ttl, job json, maxlen, [group, id]
+# KEYS: done-marker, target stream, [source stream]; ARGV: ttl, job json, [group, id]
 _HAND_OVER = """
 local fresh = 1
 if KEYS[1] ~= '' then
@@ -32,10 +29,10 @@ if KEYS[1] ~= '' then
 end
 local id = false
 if fresh then
-  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'job', ARGV[2])
+  id = redis.call('XADD', KEYS[2], '*', 'job', ARGV[2])
 end
 if KEYS[3] then
-  redis.call('XACK', KEYS[3], ARGV[4], ARGV[5])
+  redis.call('XACK', KEYS[3], ARGV[3], ARGV[4])
 end
 return id
 """
@@ -86,6 +83,27 @@ class JobQueue:
     async def ack(self, job: Job, group: str) -> None:
         await self.redis.xack(job.stream, group, job.id)
 
+    async def trim(self, stream: str, keep_seconds: float) -> int:
+        """Drop entries older than `keep_seconds` that every group has read and acknowledged.
+
+        Streams are never capped at XADD: a length cap could drop unacknowledged work.
+        """
+        try:
+            groups = await self.redis.xinfo_groups(stream)
+        except ResponseError:
+            return 0  # no such stream yet
+        if not groups:
+            return 0
+        floor = (int(time.time() * 1000) - int(keep_seconds * 1000), 0)
+        candidates = [floor]
+        for group in groups:
+            candidates.append(_entry_id(group["last-delivered-id"]))
+            if int(group["pending"]) > 0:
+                summary = await self.redis.xpending(stream, group["name"])
+                candidates.append(_entry_id(summary["min"]))
+        oldest_needed = min(candidates)
+        return int(await self.redis.xtrim(stream, minid=f"{oldest_needed[0]}-{oldest_needed[1]}"))
+
     async def _run(
         self,
         stream: str,
@@ -94,7 +112,7 @@ class JobQueue:
         source: tuple[Job, str] | None,
     ) -> str | None:
         keys = [self.keys.done(idempotency_key) if idempotency_key else "", stream]
-        args: list[str | int] = [DONE_TTL_SECONDS, json.dumps(payload), STREAM_MAXLEN]
+        args: list[str | int] = [DONE_TTL_SECONDS, json.dumps(payload)]
         if source is not None:
             keys.append(source[0].stream)
             args += [source[1], source[0].id]
@@ -102,6 +120,12 @@ class JobQueue:
         if result is None:
             return None
         return result.decode() if isinstance(result, bytes) else str(result)
+
+
+def _entry_id(raw: str | bytes) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    millis, _, sequence = text.partition("-")
+    return int(millis), int(sequence or 0)
 
 
 def decode_entry(

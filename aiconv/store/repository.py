@@ -124,6 +124,19 @@ class Store:
             rows = await cursor.fetchall()
         return [Turn(role=row[0], text=row[1]) for row in reversed(rows)]
 
+    async def chat_party(self, chat_id: int) -> tuple[str, int | None]:
+        """The chat's type and the user who wrote its newest message."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                """SELECT c.type, (SELECT m.user_id FROM messages m
+                                    WHERE m.chat_id = c.id AND m.role = 'user'
+                                    ORDER BY m.id DESC LIMIT 1)
+                   FROM chats c WHERE c.id = %s""",
+                (chat_id,),
+            )
+            row = await cursor.fetchone()
+        return (str(row[0]), row[1]) if row else ("private", None)
+
     async def reset_history(self, chat_id: int) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(

@@ -16,6 +16,7 @@ from aiconv.resources import Resources
 from aiconv.store.repository import GenerationStats
 from aiconv.telegram.client import Forbidden, NetworkError, RetryAfter, ServerError
 from aiconv.telegram.split import split_message
+from aiconv.worker.turns import Turns
 from aiconv.worker.typing_keeper import TypingKeeper
 
 REPLIES_GROUP = "delivery"
@@ -30,9 +31,10 @@ class UserBlockedBot(Exception):
 
 
 class DeliveryHandler:
-    def __init__(self, resources: Resources, typing: TypingKeeper) -> None:
+    def __init__(self, resources: Resources, typing: TypingKeeper, turns: Turns) -> None:
         self.r = resources
         self.typing = typing
+        self.turns = turns
         self.rng = random.Random()
 
     async def __call__(self, job: Job) -> None:
@@ -41,7 +43,7 @@ class DeliveryHandler:
         paced = bool(p.get("paced"))
         if p.get("cancelled"):
             # A newer message or /reset superseded this generation: nothing to send.
-            await self.typing.end(chat_id)
+            await self._settle_turn(chat_id, delivered=False)
             return
         parts = split_message(str(p.get("text", ""))) or [texts.GENERATION_FAILED]
         pacing = self.r.settings.pacing if paced else UNPACED
@@ -49,15 +51,23 @@ class DeliveryHandler:
         plans = plan_delivery(parts, pacing, already_elapsed=elapsed, rng=self.rng)
         reply_to = p.get("reply_to_message_id") if p.get("chat_type") != "private" else None
         bound = log.bind(chat_id=chat_id, job_key=job.key)
+        generation_key = "gen:" + job.key.removeprefix("reply:")
+        sent_any = False
         try:
             for index, plan in enumerate(plans):
                 part_key = f"{job.key}:{index}"
                 if await self.r.store.message_by_key(part_key) is not None:
+                    sent_any = True
                     continue  # sent by an earlier delivery of this job
                 if index > 0 and paced:
                     await self.typing.send_now(chat_id)
                 if plan.wait_seconds > 0:
                     await asyncio.sleep(plan.wait_seconds)  # the human pace itself
+                if paced and not sent_any and await self.turns.is_stale(chat_id, generation_key):
+                    # The user wrote again while we were "typing": answer everything at once.
+                    bound.info("reply superseded before sending")
+                    await self._settle_turn(chat_id, delivered=False)
+                    return
                 message_id = await self._send(chat_id, plan.text, reply_to if index == 0 else None)
                 await self.r.store.add_message(
                     chat_id=chat_id,
@@ -68,16 +78,23 @@ class DeliveryHandler:
                     reply_to_message_id=p.get("reply_to_message_id"),
                     stats=_stats(p.get("stats")) if index == 0 else None,
                 )
+                sent_any = True
             bound.info(
                 "reply delivered",
                 parts=len(plans),
                 latency_seconds=round(time.time() - float(p.get("started_at", 0)), 3),
             )
         except UserBlockedBot:
-            bound.info("user blocked the bot; reply dropped")
+            bound.info("user blocked the bot; reply and pending work dropped")
             if p.get("user_id") is not None:
                 await self.r.store.set_user_blocked(int(p["user_id"]), True)
+            await self.turns.forget(chat_id, f"blocked:{job.key}")
         if paced:
+            await self._settle_turn(chat_id, delivered=True)
+
+    async def _settle_turn(self, chat_id: int, delivered: bool) -> None:
+        more = await self.turns.finish(chat_id, delivered)
+        if not more:
             await self.typing.end(chat_id)
 
     async def _send(self, chat_id: int, text: str, reply_to: int | None) -> int:

@@ -6,11 +6,13 @@ import asyncio
 
 import structlog
 
-from aiconv.jobs.consumer import Consumer, ConsumerOptions
+from aiconv.jobs.consumer import Consumer
+from aiconv.jobs.queue import Job
 from aiconv.resources import Resources
 from aiconv.telegram.client import TelegramError
 from aiconv.worker.delivery import REPLIES_GROUP, DeliveryHandler
 from aiconv.worker.poller import Poller
+from aiconv.worker.turns import Turns
 from aiconv.worker.typing_keeper import TypingKeeper
 from aiconv.worker.updates import UPDATES_GROUP, UpdateHandler, chat_lane
 
@@ -33,12 +35,18 @@ async def bot_username(resources: Resources) -> str | None:
 async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -> None:
     settings = resources.settings
     typing = TypingKeeper(resources.redis, resources.keys, resources.bot)
-    options = ConsumerOptions(concurrency=settings.worker_concurrency)
+    turns = Turns(resources.redis, resources.keys, settings.turns)
+    options = settings.consumer_options(concurrency=settings.worker_concurrency)
+
+    async def release_chat(job: Job) -> None:
+        """A reply that can never be delivered must not hold its chat's turn."""
+        await turns.finish(int(job.payload["chat_id"]), delivered=False)
+
     updates = Consumer(
         resources.queue,
         resources.keys.updates,
         UPDATES_GROUP,
-        UpdateHandler(resources, typing, await bot_username(resources)),
+        UpdateHandler(resources, typing, turns, await bot_username(resources)),
         lane_of=chat_lane,
         options=options,
     )
@@ -46,11 +54,12 @@ async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -
         resources.queue,
         resources.keys.replies,
         REPLIES_GROUP,
-        DeliveryHandler(resources, typing),
+        DeliveryHandler(resources, typing, turns),
         lane_of=chat_lane,
         options=options,
+        on_dead_letter=release_chat,
     )
-    loops = [updates.run(stop), replies.run(stop), typing.run(stop)]
+    loops = [updates.run(stop), replies.run(stop), typing.run(stop), turns.run(stop)]
     if poll:
         loops.append(Poller(resources).run(stop))
     log.info("worker running", polling=poll, consumer=updates.name)

@@ -1,8 +1,8 @@
 """Keeps "typing…" visible in every chat whose reply is being worked on.
 
 Telegram shows a chat action for about 5 s, so it must be repeated. The chats awaiting a reply live
-in Redis (a count of replies in flight and a sorted set of when each chat's next action is due),
-so whichever worker is alive sends the action, once per chat per interval, and a crashed worker's
+in Redis (a sorted set of when each chat's next action is due, and a deadline per chat), so
+whichever worker is alive sends the action, once per chat per interval, and a crashed worker's
 chats keep "typing" until their deadline passes.
 """
 
@@ -25,37 +25,19 @@ TICK_SECONDS = 0.25
 
 log = structlog.get_logger(__name__)
 
-# KEYS: due zset, pending hash, deadline hash; ARGV: chat, now, next due, deadline
-_BEGIN = """
-redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-"""
-# KEYS: due zset, pending hash, deadline hash; ARGV: chat
-_END = """
-local left = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
-if left <= 0 then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  redis.call('ZREM', KEYS[1], ARGV[1])
-end
-return left
-"""
 # Claims the chats whose action is due and pushes each one's next due time forward, so that of
-# all workers polling, exactly one sends each action. ARGV: now, next due, limit
+# all workers polling, exactly one sends each action. KEYS: due, deadline; ARGV: now, next, limit
 _CLAIM_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 local claimed = {}
 for _, chat in ipairs(due) do
-  local deadline = tonumber(redis.call('HGET', KEYS[3], chat) or '0')
-  local pending = tonumber(redis.call('HGET', KEYS[2], chat) or '0')
-  if pending > 0 and deadline > tonumber(ARGV[1]) then
+  local deadline = tonumber(redis.call('HGET', KEYS[2], chat) or '0')
+  if deadline > tonumber(ARGV[1]) then
     redis.call('ZADD', KEYS[1], ARGV[2], chat)
     table.insert(claimed, chat)
   else
     redis.call('ZREM', KEYS[1], chat)
     redis.call('HDEL', KEYS[2], chat)
-    redis.call('HDEL', KEYS[3], chat)
   end
 end
 return claimed
@@ -66,22 +48,23 @@ class TypingKeeper:
     def __init__(self, redis: Redis, keys: Keys, bot: BotClient) -> None:
         self.redis = redis
         self.bot = bot
-        self._keys = [keys.typing_due, keys.typing_pending, keys.typing_deadline]
-        self._begin = redis.register_script(_BEGIN)
-        self._end = redis.register_script(_END)
+        self.keys = keys
         self._claim = redis.register_script(_CLAIM_DUE)
 
     async def begin(self, chat_id: int) -> None:
         """Work on a reply for this chat started: show typing now and keep it up."""
         await self.send_now(chat_id)
         now = time.time()
-        await self._begin(
-            keys=self._keys,
-            args=[chat_id, now, now + INTERVAL_SECONDS, now + GIVE_UP_SECONDS],
-        )
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.typing_deadline, str(chat_id), now + GIVE_UP_SECONDS)
+            pipe.zadd(self.keys.typing_due, {str(chat_id): now + INTERVAL_SECONDS})
+            await pipe.execute()
 
     async def end(self, chat_id: int) -> None:
-        await self._end(keys=self._keys, args=[chat_id])
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.typing_due, str(chat_id))
+            pipe.hdel(self.keys.typing_deadline, str(chat_id))
+            await pipe.execute()
 
     async def send_now(self, chat_id: int) -> None:
         """One typing action; a failure never blocks the reply itself."""
@@ -91,10 +74,11 @@ class TypingKeeper:
             log.info("typing action failed", chat_id=chat_id, error=type(error).__name__)
 
     async def run(self, stop: asyncio.Event) -> None:
+        keys = [self.keys.typing_due, self.keys.typing_deadline]
         while not stop.is_set():
             try:
                 now = time.time()
-                chats = await self._claim(keys=self._keys, args=[now, now + INTERVAL_SECONDS, 100])
+                chats = await self._claim(keys=keys, args=[now, now + INTERVAL_SECONDS, 100])
                 if chats:
                     await asyncio.gather(*(self.send_now(int(chat)) for chat in chats))
             except RedisError as error:

@@ -13,6 +13,7 @@ from aiconv.conversation.history import approx_tokens, fit_history
 from aiconv.jobs.queue import Job
 from aiconv.resources import Resources
 from aiconv.telegram.models import IncomingMessage, parse_update
+from aiconv.worker.turns import Turns
 from aiconv.worker.typing_keeper import TypingKeeper
 
 UPDATES_GROUP = "worker"
@@ -46,12 +47,20 @@ def chat_lane(job: Job) -> str | None:
 
 
 class UpdateHandler:
-    def __init__(self, resources: Resources, typing: TypingKeeper, bot_username: str | None):
+    """Handles both jobs of the updates stream: Telegram updates, and claimed chat turns."""
+
+    def __init__(
+        self, resources: Resources, typing: TypingKeeper, turns: Turns, bot_username: str | None
+    ) -> None:
         self.r = resources
         self.typing = typing
+        self.turns = turns
         self.bot_username = bot_username
 
     async def __call__(self, job: Job) -> None:
+        if job.payload.get("kind") == "turn":
+            await self._start_turn(job)
+            return
         update = parse_update(job.payload.get("update"))
         message = update.message
         if message is None:
@@ -69,7 +78,7 @@ class UpdateHandler:
             bound.info("command", command=command.name)
             await self._command(job, message, command.name)
             return
-        await self._converse(job, message, received_at=float(job.payload.get("received_at", 0)))
+        await self._converse(message)
 
     async def _command(self, job: Job, message: IncomingMessage, name: str) -> None:
         if name == "start":
@@ -78,6 +87,8 @@ class UpdateHandler:
             reply = texts.help_text()
         elif name == "reset":
             await self.r.store.reset_history(message.chat_id)
+            await self.turns.forget(message.chat_id, f"reset:{message_key(message)}")
+            await self.typing.end(message.chat_id)
             reply = texts.RESET_DONE
         else:
             reply = texts.UNKNOWN_COMMAND
@@ -89,9 +100,9 @@ class UpdateHandler:
         payload = reply_payload(key, message, text, started_at=time.time(), paced=False)
         await self.r.queue.hand_over(job, UPDATES_GROUP, self.r.keys.replies, payload, key)
 
-    async def _converse(self, job: Job, message: IncomingMessage, received_at: float) -> None:
+    async def _converse(self, message: IncomingMessage) -> None:
         assert message.text is not None
-        row_id = await self.r.store.add_message(
+        await self.r.store.add_message(
             chat_id=message.chat_id,
             user_id=message.user_id,
             role="user",
@@ -100,19 +111,27 @@ class UpdateHandler:
             telegram_update_id=message.update_id,
             telegram_message_id=message.message_id,
         )
-        turns = await self.r.store.history(message.chat_id, HISTORY_ROWS, up_to_id=row_id)
+        await self.typing.begin(message.chat_id)
+        # The reply is generated when the chat's turn comes (see turns.py), not per message.
+        await self.turns.note_message(message.chat_id, message.message_id)
+
+    async def _start_turn(self, job: Job) -> None:
+        """A claimed turn: hand the chat's history to the ml stage, keyed by its newest message."""
+        p = job.payload
+        chat_id = int(p["chat_id"])
+        key = str(p["generation_key"])
+        reply_to = int(key.rsplit(":", 1)[1])
+        turns = await self.r.store.history(chat_id, HISTORY_ROWS)
         # Coarse bound only (the byte estimate overcounts); ml trims with the real tokenizer.
         turns = fit_history(turns, approx_tokens, budget=2 * self.r.settings.n_ctx)
-        await self.typing.begin(message.chat_id)
-        key = f"gen:{message_key(message)}"
+        chat_type, user_id = await self.r.store.chat_party(chat_id)
         payload = {
             "key": key,
-            "chat_id": message.chat_id,
-            "chat_type": message.chat_type,
-            "user_id": message.user_id,
-            "reply_to_message_id": message.message_id,
-            "update_id": message.update_id,
-            "started_at": received_at or time.time(),
+            "chat_id": chat_id,
+            "chat_type": chat_type,
+            "user_id": user_id,
+            "reply_to_message_id": reply_to,
+            "started_at": float(p.get("first_at") or time.time()),
             "turns": [[turn.role, turn.text] for turn in turns],
         }
         await self.r.queue.hand_over(job, UPDATES_GROUP, self.r.keys.generate, payload, key)

@@ -42,6 +42,8 @@ def base_env(database_url: str, redis_prefix: str, api_url: str, token: str) -> 
         TYPING_READ_PAUSE_SECONDS="0.3",
         TYPING_MIN_DELAY_SECONDS="0.3",
         TYPING_MAX_DELAY_SECONDS="1.5",
+        TURN_DEBOUNCE_SECONDS="0.3",
+        JOB_VISIBILITY_TIMEOUT_SECONDS="5",
         PORT=str(free_port()),
         METRICS_PORT=str(free_port()),
     )
