@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,9 @@ DESCRIPTIONS = {
 }
 
 
+DLQ_HELP = "Inspect the dead-letter stream: list, replay ID, drop ID."
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aiconv",
@@ -33,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
     for name, text in DESCRIPTIONS.items():
         modes.add_parser(name, help=text, description=text)
+    dlq = modes.add_parser("dlq", help=DLQ_HELP, description=DLQ_HELP)
+    actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="print dead jobs as JSON lines, oldest first")
+    listing.add_argument("--limit", type=int, default=100)
+    for action, text in (("replay", "put a dead job back on its stream"), ("drop", "delete it")):
+        actions.add_parser(action, help=text).add_argument("id", help="the dead job's id")
     return parser
 
 
@@ -40,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
+        if args.mode == "dlq":
+            return asyncio.run(_dlq(settings, args))
         return _run(args.mode, settings)
     except ConfigError as error:
         print(f"aiconv: configuration error: {error}", file=sys.stderr)
@@ -82,6 +94,29 @@ def _run(mode: str, settings: Settings) -> int:
 
     asyncio.run(run())
     return 0
+
+
+async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from aiconv.jobs.dlq import DeadLetters
+    from aiconv.jobs.keys import Keys
+    from aiconv.resources import make_redis
+
+    redis = make_redis(settings)
+    try:
+        dead = DeadLetters(redis, Keys(settings.redis_key_prefix))
+        if args.action == "list":
+            for job in await dead.list(args.limit):
+                print(json.dumps(job.as_dict()))
+            return 0
+        if args.action == "replay":
+            new_id = await dead.replay(args.id)
+            print(f"replayed {args.id} as {new_id}" if new_id else f"no dead job {args.id}")
+            return 0 if new_id else 1
+        found = await dead.drop(args.id)
+        print(f"dropped {args.id}" if found else f"no dead job {args.id}")
+        return 0 if found else 1
+    finally:
+        await redis.aclose()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 from aiconv.conversation.pacing import PacingConfig
 from aiconv.conversation.prompt import DEFAULT_PERSONA
 from aiconv.jobs.consumer import ConsumerOptions
+from aiconv.worker.rate_limit import RateLimits
 from aiconv.worker.turns import TurnConfig
 
 T = TypeVar("T")
@@ -135,6 +136,7 @@ class Settings:
 
     pacing: PacingConfig = field(default_factory=PacingConfig)
     turns: TurnConfig = field(default_factory=TurnConfig)
+    rate_limits: RateLimits = field(default_factory=RateLimits)
     worker_concurrency: int = 64
     job_visibility_timeout: float = 30.0
     job_max_deliveries: int = 5
@@ -239,6 +241,11 @@ class Settings:
             turns=TurnConfig(
                 debounce_seconds=read.number("TURN_DEBOUNCE_SECONDS", 1.5, minimum=0.0),
                 final_after_seconds=read.number("TURN_FINAL_AFTER_SECONDS", 15.0, minimum=0.0),
+            ),
+            rate_limits=RateLimits(
+                global_per_second=read.number("TELEGRAM_RATE_GLOBAL_PER_SECOND", 30.0, minimum=0.1),
+                chat_per_second=read.number("TELEGRAM_RATE_CHAT_PER_SECOND", 1.0, minimum=0.01),
+                group_per_minute=read.number("TELEGRAM_RATE_GROUP_PER_MINUTE", 20.0, minimum=0.1),
             ),
             worker_concurrency=read.integer("WORKER_CONCURRENCY", 64, minimum=1),
             job_visibility_timeout=read.number("JOB_VISIBILITY_TIMEOUT_SECONDS", 30.0, minimum=1.0),

@@ -97,12 +97,15 @@ class JobQueue:
         floor = (int(time.time() * 1000) - int(keep_seconds * 1000), 0)
         candidates = [floor]
         for group in groups:
-            candidates.append(_entry_id(group["last-delivered-id"]))
+            last = _entry_id(group["last-delivered-id"])
+            candidates.append((last[0], last[1] + 1))  # entries after it are not read yet
             if int(group["pending"]) > 0:
                 summary = await self.redis.xpending(stream, group["name"])
                 candidates.append(_entry_id(summary["min"]))
         oldest_needed = min(candidates)
-        return int(await self.redis.xtrim(stream, minid=f"{oldest_needed[0]}-{oldest_needed[1]}"))
+        # Groups' last-delivered ids are themselves delivered: keep from just after them.
+        minid = f"{oldest_needed[0]}-{oldest_needed[1]}"
+        return int(await self.redis.xtrim(stream, minid=minid, approximate=False))
 
     async def _run(
         self,

@@ -11,16 +11,19 @@ import structlog
 
 from aiconv.conversation import texts
 from aiconv.conversation.pacing import PacingConfig, plan_delivery
+from aiconv.jobs.consumer import Backoff
 from aiconv.jobs.queue import Job
 from aiconv.resources import Resources
 from aiconv.store.repository import GenerationStats
-from aiconv.telegram.client import Forbidden, NetworkError, RetryAfter, ServerError
+from aiconv.telegram.client import BadRequest, Forbidden, NetworkError, RetryAfter, ServerError
 from aiconv.telegram.split import split_message
+from aiconv.worker.rate_limit import SendLimiter
 from aiconv.worker.turns import Turns
 from aiconv.worker.typing_keeper import TypingKeeper
 
 REPLIES_GROUP = "delivery"
 MAX_SEND_ATTEMPTS = 6
+TELEGRAM_TEXT_LIMIT = 4096
 UNPACED = PacingConfig(enabled=False)
 
 log = structlog.get_logger(__name__)
@@ -31,10 +34,19 @@ class UserBlockedBot(Exception):
 
 
 class DeliveryHandler:
-    def __init__(self, resources: Resources, typing: TypingKeeper, turns: Turns) -> None:
+    def __init__(
+        self,
+        resources: Resources,
+        typing: TypingKeeper,
+        turns: Turns,
+        limiter: SendLimiter,
+        parse_mode: str | None = None,
+    ) -> None:
         self.r = resources
         self.typing = typing
         self.turns = turns
+        self.limiter = limiter
+        self.parse_mode = parse_mode
         self.rng = random.Random()
 
     async def __call__(self, job: Job) -> None:
@@ -45,7 +57,7 @@ class DeliveryHandler:
             # A newer message or /reset superseded this generation: nothing to send.
             await self._settle_turn(chat_id, delivered=False)
             return
-        parts = split_message(str(p.get("text", ""))) or [texts.GENERATION_FAILED]
+        parts = split_for_telegram(str(p.get("text", ""))) or [texts.GENERATION_FAILED]
         pacing = self.r.settings.pacing if paced else UNPACED
         elapsed = time.time() - float(p.get("started_at", time.time()))
         plans = plan_delivery(parts, pacing, already_elapsed=elapsed, rng=self.rng)
@@ -68,7 +80,9 @@ class DeliveryHandler:
                     bound.info("reply superseded before sending")
                     await self._settle_turn(chat_id, delivered=False)
                     return
-                message_id = await self._send(chat_id, plan.text, reply_to if index == 0 else None)
+                message_id = await self._send(
+                    chat_id, p.get("chat_type"), plan.text, reply_to if index == 0 else None
+                )
                 await self.r.store.add_message(
                     chat_id=chat_id,
                     role="assistant",
@@ -97,12 +111,18 @@ class DeliveryHandler:
         if not more:
             await self.typing.end(chat_id)
 
-    async def _send(self, chat_id: int, text: str, reply_to: int | None) -> int:
-        """sendMessage, waiting out 429s and retrying transient failures with backoff."""
-        backoff = 0.5
+    async def _send(
+        self, chat_id: int, chat_type: str | None, text: str, reply_to: int | None
+    ) -> int:
+        """sendMessage within Telegram's limits, waiting out 429s, retrying transient failures."""
+        backoff = Backoff(0.5, 10.0)
+        parse_mode = self.parse_mode
         for attempt in range(1, MAX_SEND_ATTEMPTS + 1):
+            await self.limiter.wait_for_slot(chat_id, chat_type)
             try:
-                return await self.r.bot.send_message(chat_id, text, reply_to_message_id=reply_to)
+                return await self.r.bot.send_message(
+                    chat_id, text, reply_to_message_id=reply_to, parse_mode=parse_mode
+                )
             except RetryAfter as error:
                 log.warning("telegram rate limit", chat_id=chat_id, retry_after=error.retry_after)
                 await asyncio.sleep(error.retry_after)
@@ -115,11 +135,29 @@ class DeliveryHandler:
                     error=type(error).__name__,
                     attempt=attempt,
                 )
-                await asyncio.sleep(backoff * (1 + self.rng.random()))
-                backoff = min(backoff * 2, 10.0)
+                await asyncio.sleep(backoff.next())
+            except BadRequest as error:
+                description = error.description.lower()
+                if parse_mode is not None and "can't parse entities" in description:
+                    parse_mode = None  # the model wrote broken markup: send it as plain text
+                elif reply_to is not None and "message to be replied not found" in description:
+                    reply_to = None  # the user deleted the message we answer
+                else:
+                    raise
             except Forbidden as error:
                 raise UserBlockedBot from error
         raise RuntimeError(f"sendMessage to chat {chat_id} still rate-limited after retries")
+
+
+def split_for_telegram(text: str) -> list[str]:
+    """Parts within Telegram's 4096 limit, which counts UTF-16 code units, not characters."""
+    parts = []
+    for part in split_message(text, TELEGRAM_TEXT_LIMIT):
+        if len(part.encode("utf-16-le")) // 2 <= TELEGRAM_TEXT_LIMIT:
+            parts.append(part)
+        else:  # astral characters (emoji) count twice
+            parts.extend(split_message(part, TELEGRAM_TEXT_LIMIT // 2))
+    return parts
 
 
 def _stats(raw: Any) -> GenerationStats:

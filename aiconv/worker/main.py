@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
+from redis.exceptions import RedisError
 
 from aiconv.jobs.consumer import Consumer
 from aiconv.jobs.queue import Job
@@ -12,9 +14,14 @@ from aiconv.resources import Resources
 from aiconv.telegram.client import TelegramError
 from aiconv.worker.delivery import REPLIES_GROUP, DeliveryHandler
 from aiconv.worker.poller import Poller
+from aiconv.worker.rate_limit import SendLimiter
 from aiconv.worker.turns import Turns
 from aiconv.worker.typing_keeper import TypingKeeper
 from aiconv.worker.updates import UPDATES_GROUP, UpdateHandler, chat_lane
+
+# Acknowledged entries stay this long for inspection (XRANGE) before they are trimmed.
+STREAM_RETENTION_SECONDS = 3600.0
+TRIM_INTERVAL_SECONDS = 60.0
 
 log = structlog.get_logger(__name__)
 
@@ -54,13 +61,37 @@ async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -
         resources.queue,
         resources.keys.replies,
         REPLIES_GROUP,
-        DeliveryHandler(resources, typing, turns),
+        DeliveryHandler(
+            resources,
+            typing,
+            turns,
+            SendLimiter(resources.redis, resources.keys, settings.rate_limits),
+        ),
         lane_of=chat_lane,
         options=options,
         on_dead_letter=release_chat,
     )
-    loops = [updates.run(stop), replies.run(stop), typing.run(stop), turns.run(stop)]
+    loops = [
+        updates.run(stop),
+        replies.run(stop),
+        typing.run(stop),
+        turns.run(stop),
+        trim_streams(resources, stop),
+    ]
     if poll:
         loops.append(Poller(resources).run(stop))
     log.info("worker running", polling=poll, consumer=updates.name)
     await asyncio.gather(*loops)
+
+
+async def trim_streams(resources: Resources, stop: asyncio.Event) -> None:
+    """Keep the streams short: drop entries every group has acknowledged, after a while."""
+    keys = resources.keys
+    while not stop.is_set():
+        for stream in (keys.updates, keys.generate, keys.replies):
+            try:
+                await resources.queue.trim(stream, STREAM_RETENTION_SECONDS)
+            except RedisError as error:
+                log.warning("stream trim failed", stream=stream, error=type(error).__name__)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), TRIM_INTERVAL_SECONDS)

@@ -1,0 +1,79 @@
+"""The dead-letter stream: jobs that failed too often, kept with their error for operators."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from aiconv.jobs.keys import Keys
+
+
+@dataclass(frozen=True)
+class DeadJob:
+    id: str  # the entry's id in the dead-letter stream
+    stream: str  # where it came from, and where a replay sends it
+    error: str
+    deliveries: int
+    failed_at: float
+    payload: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "stream": self.stream,
+            "error": self.error,
+            "deliveries": self.deliveries,
+            "failed_at": self.failed_at,
+            "payload": self.payload,
+        }
+
+
+class DeadLetters:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def count(self) -> int:
+        return int(await self.redis.xlen(self.keys.dlq))
+
+    async def list(self, limit: int = 100) -> list[DeadJob]:
+        entries = await self.redis.xrange(self.keys.dlq, count=limit)
+        return [_decode(entry) for entry in entries or []]
+
+    async def get(self, entry_id: str) -> DeadJob | None:
+        entries = await self.redis.xrange(self.keys.dlq, min=entry_id, max=entry_id)
+        return _decode(entries[0]) if entries else None
+
+    async def replay(self, entry_id: str) -> str | None:
+        """Put the job back on its stream as a fresh delivery; returns the new entry id."""
+        dead = await self.get(entry_id)
+        if dead is None:
+            return None
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(dead.stream, {"job": json.dumps(dead.payload)})
+            pipe.xdel(self.keys.dlq, entry_id)
+            new_id, _ = await pipe.execute()
+        return str(new_id)
+
+    async def drop(self, entry_id: str) -> bool:
+        return bool(await self.redis.xdel(self.keys.dlq, entry_id))
+
+
+def _decode(entry: Any) -> DeadJob:
+    entry_id, fields = entry
+    try:
+        record = json.loads((fields or {}).get("job", "{}"))
+    except ValueError:
+        record = {}
+    payload = record.get("payload")
+    return DeadJob(
+        id=str(entry_id),
+        stream=str(record.get("stream", "")),
+        error=str(record.get("error", "")),
+        deliveries=int(record.get("deliveries", 0)),
+        failed_at=float(record.get("failed_at", 0.0)),
+        payload=payload if isinstance(payload, dict) else {},
+    )

@@ -1,0 +1,81 @@
+"""Telegram's sending limits, shared by every worker through Redis.
+
+Telegram allows about one message per second in a chat, about 30 per second overall, and 20 per
+minute in a group. Each send reserves the earliest moment all applicable limits allow (GCRA:
+a "theoretical arrival time" per limit, kept in Redis) and waits until then, so many workers
+together never exceed the limits, and waiting senders keep their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from aiconv.jobs.keys import Keys
+
+# KEYS: one per limit; ARGV: now, then (interval, tolerance) per key.
+# Returns the seconds to wait before sending (a string: Lua numbers are truncated to integers).
+_RESERVE = """
+local now = tonumber(ARGV[1])
+local start = now
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i])
+  local tolerance = tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', key) or '0')
+  local earliest = math.max(now, tat - tolerance)
+  if earliest > start then start = earliest end
+end
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key) or '0')
+  local next_tat = math.max(tat, start) + interval
+  redis.call('SET', key, tostring(next_tat), 'PX', math.ceil((next_tat - now) * 1000) + 1000)
+end
+return tostring(start - now)
+"""
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    global_per_second: float = 30.0
+    chat_per_second: float = 1.0
+    group_per_minute: float = 20.0
+    group_burst: int = 3
+
+
+class SendLimiter:
+    def __init__(self, redis: Redis, keys: Keys, limits: RateLimits) -> None:
+        self.redis = redis
+        self.prefix = keys.prefix
+        self.limits = limits
+        self._reserve = redis.register_script(_RESERVE)
+
+    async def wait_for_slot(self, chat_id: int, chat_type: str | None) -> None:
+        """Sleep until this chat may send its next message."""
+        # The chat's own slot first, possibly seconds ahead; the global slot only once that
+        # has come, so one chat's queue never holds back the others.
+        seconds = await self.reserve_chat(chat_id, chat_type)
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+        seconds = await self.reserve_global()
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+
+    async def reserve_chat(self, chat_id: int, chat_type: str | None) -> float:
+        """Seconds until the chat's (and its group's) limits allow one more message."""
+        keys = [f"{self.prefix}ratelimit:chat:{chat_id}"]
+        args: list[float] = [time.time(), 1.0 / self.limits.chat_per_second, 0.0]
+        if chat_type in ("group", "supergroup"):
+            interval = 60.0 / self.limits.group_per_minute
+            keys.append(f"{self.prefix}ratelimit:group:{chat_id}")
+            args += [interval, interval * (self.limits.group_burst - 1)]
+        return max(0.0, float(await self._reserve(keys=keys, args=args)))
+
+    async def reserve_global(self) -> float:
+        """Seconds until the bot-wide limit allows one more message."""
+        keys = [f"{self.prefix}ratelimit:global"]
+        args = [time.time(), 1.0 / self.limits.global_per_second, 0.0]
+        return max(0.0, float(await self._reserve(keys=keys, args=args)))
