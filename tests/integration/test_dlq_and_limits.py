@@ -84,10 +84,8 @@ async def test_send_limits_space_messages_of_one_chat(
     )
     waits = [await limiter.reserve_chat(7, chat_type) for _ in range(5)]
     other_chat = await limiter.reserve_chat(8, "private")
-    if chat_type == "private":
-        expected = [0, 1, 2, 3, 4]  # one per second
-    else:
-        expected = [0, 1, 2, 3, 6]  # a burst of three at one per second, then one per 3 s
+    # Private: one per second. Group: a burst of three at one per second, then one per 3 s.
+    expected = [0, 1, 2, 3, 4] if chat_type == "private" else [0, 1, 2, 3, 6]
     assert waits == pytest.approx(expected, abs=0.2)
     assert other_chat == pytest.approx(0, abs=0.2)
 

@@ -1,0 +1,63 @@
+"""Shared helpers for the deployment validations.
+
+Each validation runs a real tool (nginx, openssl, promtool, kubectl, hadolint, just). When a
+tool is missing the test is skipped locally, with the command that installs it, and FAILS in CI
+(CI=true), so a green CI run means every validation really ran. `.ci/deploy-tools.sh` installs
+them all.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_DIR = ROOT / "compose"
+KUSTOMIZE_DIR = ROOT / "k8s-kustomize"
+NGINX_DIR = ROOT / "nginx"
+ALERTS_FILE = COMPOSE_DIR / "prometheus" / "alerts.yml"
+
+INSTALL_HINT = "run `sudo bash .ci/deploy-tools.sh` (or `just deploy-tools`)"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def missing(what: str) -> None:
+    """Skip locally, fail in CI: a validation that cannot run must not pass silently there."""
+    message = f"{what} is not installed; {INSTALL_HINT}"
+    if in_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def require_tool(name: str, *extra_dirs: str) -> str:
+    """An executable's path: next to this Python first (the venv's pip-installed tools), then
+    on PATH, then in extra_dirs (such as /usr/sbin for nginx)."""
+    search = os.pathsep.join(
+        [str(Path(sys.executable).parent), os.environ.get("PATH", ""), *extra_dirs]
+    )
+    found = shutil.which(name, path=search)
+    if found is None:
+        missing(name)
+    assert found is not None
+    return found
+
+
+def require_module(name: str, package: str) -> None:
+    """Whether a module is installed, without importing it (locust's import monkey-patches)."""
+    if importlib.util.find_spec(name) is None:
+        missing(f"Python package {package}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

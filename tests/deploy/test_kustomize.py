@@ -1,0 +1,363 @@
+"""k8s-kustomize: every overlay builds with `kubectl kustomize`, every built object validates
+against the Kubernetes OpenAPI schemas (kubernetes-validate, strict), and the manifests keep the
+promises of the design: namespace, labels, probes, restricted pod security, the production
+guide's resources and replicas, GPU scheduling, KEDA scaling, alert rules equal to compose's.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from . import sync_rules
+from ._support import KUSTOMIZE_DIR, require_module, require_tool
+
+# Schema-validated against this Kubernetes version (the production guide asks kubectl >= 1.28).
+KUBERNETES_VERSIONS = ("1.28.0", "1.37.0")
+
+# Custom resources: no schema in kubernetes-validate, so skipped there on purpose (their CRDs
+# belong to operators that are not installed here). The structural checks below cover them.
+CUSTOM_RESOURCES = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("postgresql.cnpg.io/v1", "Cluster"),
+}
+
+OVERLAYS = ("dev", "production", "gpu")
+# (name, overlay, components applied on top)
+BUILDS = [(o, o, ()) for o in OVERLAYS] + [
+    ("production+keda", "production", ("keda",)),
+    ("dev+keda", "dev", ("keda",)),
+]
+
+CLUSTER_SCOPED = {"Namespace"}
+COMPONENTS = {"web", "worker", "ml"}
+
+GUIDE_RESOURCES = {
+    "web": {
+        "requests": {"cpu": "1000m", "memory": "2Gi"},
+        "limits": {"cpu": "2000m", "memory": "4Gi"},
+    },
+    "worker": {
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"cpu": "1000m", "memory": "2Gi"},
+    },
+    "ml": {
+        "requests": {"cpu": "2000m", "memory": "3Gi"},
+        "limits": {"cpu": "3000m", "memory": "6Gi"},
+    },
+}
+
+Doc = dict[str, Any]
+
+
+@cache
+def build(overlay: str, components: tuple[str, ...], tmp: str) -> tuple[Doc, ...]:
+    kubectl = require_tool("kubectl")
+    target = KUSTOMIZE_DIR / "overlays" / overlay
+    if components:
+        # A throwaway kustomization that adds the components to the overlay (paths must be
+        # relative: kustomize refuses absolute roots).
+        wrapper = Path(tmp) / f"{overlay}-{'-'.join(components)}"
+        wrapper.mkdir(parents=True, exist_ok=True)
+        rel = os.path.relpath(KUSTOMIZE_DIR, wrapper)
+        lines = [
+            "apiVersion: kustomize.config.k8s.io/v1beta1",
+            "kind: Kustomization",
+            "resources:",
+            f"  - {rel}/overlays/{overlay}",
+            "components:",
+        ]
+        lines += [f"  - {rel}/components/{c}" for c in components]
+        (wrapper / "kustomization.yaml").write_text("\n".join(lines) + "\n")
+        target = wrapper
+    result = subprocess.run(
+        [kubectl, "kustomize", str(target)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, f"kubectl kustomize {target}:\n{result.stderr}"
+    docs = tuple(d for d in yaml.safe_load_all(result.stdout) if d)
+    assert docs, f"{target} built nothing"
+    return docs
+
+
+@pytest.fixture(scope="module")
+def tmpdir_str(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("kustomize"))
+
+
+def built(name: str, tmp: str) -> tuple[Doc, ...]:
+    [(overlay, components)] = [(o, c) for n, o, c in BUILDS if n == name]
+    return build(overlay, components, tmp)
+
+
+def of_kind(docs: tuple[Doc, ...], kind: str) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: tuple[Doc, ...], kind: str, name: str) -> Doc:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def pod_specs(docs: tuple[Doc, ...]) -> Iterator[tuple[str, Doc]]:
+    for d in docs:
+        kind = d["kind"]
+        if kind in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
+            yield f"{kind}/{d['metadata']['name']}", d["spec"]["template"]["spec"]
+        elif kind == "CronJob":
+            yield (
+                f"{kind}/{d['metadata']['name']}",
+                d["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+            )
+
+
+def aiconv_deployments(docs: tuple[Doc, ...]) -> dict[str, Doc]:
+    return {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: d
+        for d in of_kind(docs, "Deployment")
+        if d["metadata"]["labels"].get("app.kubernetes.io/name") == "aiconv"
+    }
+
+
+def main_container(deployment: Doc) -> Doc:
+    [c] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "aiconv"]
+    return c
+
+
+# --- build + schema -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [b[0] for b in BUILDS])
+def test_builds_and_validates_against_kubernetes_schemas(name: str, tmpdir_str: str) -> None:
+    require_module("kubernetes_validate", "kubernetes-validate")
+    import kubernetes_validate
+
+    docs = built(name, tmpdir_str)
+    skipped = set()
+    for doc in docs:
+        key = (doc["apiVersion"], doc["kind"])
+        if key in CUSTOM_RESOURCES:
+            skipped.add(key)
+            continue
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                pytest.fail(
+                    f"{name}: {doc['kind']}/{doc['metadata']['name']} invalid for "
+                    f"Kubernetes {version}: {e.message} at {list(e.path)}"
+                )
+            except kubernetes_validate.SchemaNotFoundError:
+                pytest.fail(
+                    f"{name}: no schema for {key} — a custom resource? list it in CUSTOM_RESOURCES"
+                )
+    # every custom resource kind the overlays use is accounted for
+    assert {
+        ("monitoring.coreos.com/v1", "ServiceMonitor"),
+        ("monitoring.coreos.com/v1", "PrometheusRule"),
+    } <= skipped
+
+
+@pytest.mark.parametrize("name", [b[0] for b in BUILDS])
+def test_every_object_is_in_the_aiconv_namespace(name: str, tmpdir_str: str) -> None:
+    docs = built(name, tmpdir_str)
+    for doc in docs:
+        if doc["kind"] in CLUSTER_SCOPED:
+            continue
+        assert doc["metadata"].get("namespace") == "aiconv", (
+            f"{doc['kind']}/{doc['metadata']['name']}"
+        )
+    [ns] = of_kind(docs, "Namespace")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+@pytest.mark.parametrize("name", [b[0] for b in BUILDS])
+def test_every_pod_meets_restricted_pod_security(name: str, tmpdir_str: str) -> None:
+    for where, spec in pod_specs(built(name, tmpdir_str)):
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("runAsNonRoot") is True, where
+        assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c.get("securityContext", {})
+            what = f"{where} container {c['name']}"
+            assert sc.get("allowPrivilegeEscalation") is False, what
+            assert sc.get("readOnlyRootFilesystem") is True, what
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], what
+            assert not sc.get("privileged"), what
+            assert "resources" in c and c["resources"].get("limits"), f"{what}: no limits"
+        for v in spec.get("volumes", []):
+            assert "hostPath" not in v, where
+
+
+@pytest.mark.parametrize("name", [b[0] for b in BUILDS])
+def test_deployments_labels_modes_and_probes(name: str, tmpdir_str: str) -> None:
+    docs = built(name, tmpdir_str)
+    deployments = aiconv_deployments(docs)
+    assert set(deployments) == COMPONENTS
+    for component, d in deployments.items():
+        labels = {"app.kubernetes.io/name": "aiconv", "app.kubernetes.io/component": component}
+        assert d["metadata"]["name"] == f"aiconv-{component}"
+        assert d["spec"]["selector"]["matchLabels"] == labels
+        assert labels.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        c = main_container(d)
+        assert c["args"] == [component]
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports["metrics"] == 8001
+        if component == "web":
+            assert ports["http"] == 8000
+        assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "metrics"}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "metrics"}
+        assert c["startupProbe"]["httpGet"]["port"] == "metrics"
+        [migrate] = d["spec"]["template"]["spec"]["initContainers"]
+        assert migrate["args"] == ["migrate"]
+
+
+@pytest.mark.parametrize("name", [b[0] for b in BUILDS])
+def test_references_resolve(name: str, tmpdir_str: str) -> None:
+    """ConfigMaps referenced exist (hashed names); Secrets exist or are made outside the repo."""
+    docs = built(name, tmpdir_str)
+    configmaps = {d["metadata"]["name"] for d in of_kind(docs, "ConfigMap")}
+    secrets = {d["metadata"]["name"] for d in of_kind(docs, "Secret")}
+    external = {"aiconv-secrets", "aiconv-redis", "aiconv-db-app", "aiconv-tls"}
+    text = yaml.safe_dump_all(docs)
+    for where, spec in pod_specs(docs):
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            refs = [e.get("configMapRef", e.get("secretRef")) for e in c.get("envFrom", [])]
+            refs += [
+                e["valueFrom"].get("configMapKeyRef") or e["valueFrom"].get("secretKeyRef")
+                for e in c.get("env", [])
+                if "valueFrom" in e and "resourceFieldRef" not in e["valueFrom"]
+            ]
+            for ref in refs:
+                assert ref["name"] in configmaps | secrets | external, f"{where}: {ref}"
+        for v in spec.get("volumes", []):
+            if "persistentVolumeClaim" in v:
+                claim = v["persistentVolumeClaim"]["claimName"]
+                assert f"name: {claim}" in text, f"{where}: PVC {claim}"
+    services = of_kind(docs, "Service")
+    templates = [
+        d["spec"]["template"]["metadata"]["labels"]
+        for d in docs
+        if d["kind"] in {"Deployment", "StatefulSet"}
+    ]
+    for s in services:
+        assert any(s["spec"]["selector"].items() <= t.items() for t in templates), s["metadata"]
+    if name.startswith("production") or name == "gpu":
+        assert "aiconv-secrets" not in secrets, "production must not ship placeholder secrets"
+        assert "change-me" not in text
+
+
+def test_production_follows_the_guide(tmpdir_str: str) -> None:
+    docs = built("production", tmpdir_str)
+    deployments = aiconv_deployments(docs)
+    for component, expected in GUIDE_RESOURCES.items():
+        assert main_container(deployments[component])["resources"] == expected, component
+    hpa = one(docs, "HorizontalPodAutoscaler", "aiconv-web")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 10)
+    targets = {
+        m["resource"]["name"]: m["resource"]["target"]["averageUtilization"] for m in hpa["metrics"]
+    }
+    assert targets == {"cpu": 70, "memory": 80}
+    assert deployments["web"]["spec"]["replicas"] == 3
+    for component in COMPONENTS:
+        pdb = one(docs, "PodDisruptionBudget", f"aiconv-{component}")
+        assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == component
+    cluster = one(docs, "Cluster", "aiconv-db")
+    assert cluster["spec"]["instances"] >= 2
+    config = of_kind(docs, "ConfigMap")[0]["data"]
+    assert config["ENVIRONMENT"] == "production"
+    assert config["DB_HOST"] == "aiconv-db-rw"
+    env = {e["name"]: e for e in main_container(deployments["worker"])["env"]}
+    assert env["DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "aiconv-db-app"
+    assert env["REDIS_HOST"]["valueFrom"]["secretKeyRef"]["name"] == "aiconv-redis"
+    ingress = one(docs, "Ingress", "aiconv")["spec"]
+    assert ingress["tls"][0]["secretName"] == "aiconv-tls"
+    paths = {p["path"] for p in ingress["rules"][0]["http"]["paths"]}
+    assert paths == {"/webhook", "/v1", "/health"}
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "CronJob",
+        "PersistentVolumeClaim",
+    } <= kinds
+    deny = one(docs, "NetworkPolicy", "default-deny")["spec"]
+    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    backup = one(docs, "CronJob", "aiconv-db-backup")
+    [pg_dump] = backup["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert "pg_dump" in pg_dump["args"][0]
+
+
+def test_dev_is_small_and_self_contained(tmpdir_str: str) -> None:
+    docs = built("dev", tmpdir_str)
+    for d in aiconv_deployments(docs).values():
+        assert d["spec"]["replicas"] == 1
+    for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
+        assert hpa["spec"]["minReplicas"] == 1
+    statefulsets = {d["metadata"]["name"] for d in of_kind(docs, "StatefulSet")}
+    assert statefulsets == {"postgres", "redis"}
+    config = of_kind(docs, "ConfigMap")[0]["data"]
+    assert (config["ENVIRONMENT"], config["DB_HOST"], config["REDIS_HOST"]) == (
+        "dev",
+        "postgres",
+        "redis",
+    )
+
+
+def test_gpu_runs_the_cuda_image_on_a_gpu_node(tmpdir_str: str) -> None:
+    docs = built("gpu", tmpdir_str)
+    ml = aiconv_deployments(docs)["ml"]
+    c = main_container(ml)
+    assert "aiconv-cuda" in c["image"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert {e["name"]: e.get("value") for e in c["env"]}["N_GPU_LAYERS"] == "-1"
+    spec = ml["spec"]["template"]["spec"]
+    assert spec["nodeSelector"]
+    assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+    for component in ("web", "worker"):
+        assert "aiconv-cuda" not in main_container(aiconv_deployments(docs)[component])["image"]
+
+
+@pytest.mark.parametrize("name", ["production+keda", "dev+keda"])
+def test_keda_scales_ml_on_generate_stream_lag(name: str, tmpdir_str: str) -> None:
+    docs = built(name, tmpdir_str)
+    so = one(docs, "ScaledObject", "aiconv-ml")["spec"]
+    assert so["scaleTargetRef"]["name"] == "aiconv-ml"
+    [trigger] = so["triggers"]
+    assert trigger["type"] == "redis-streams"
+    assert trigger["metadata"]["stream"] == "aiconv:generate"
+    assert trigger["metadata"]["consumerGroup"] == "ml"
+    ml = aiconv_deployments(docs)["ml"]
+    assert "replicas" not in ml["spec"], "KEDA owns the ml replica count"
+    names = {e["name"] for e in main_container(ml).get("env", [])}
+    config = of_kind(docs, "ConfigMap")[0]["data"]
+    for var in ("hostFromEnv", "portFromEnv"):
+        assert trigger["metadata"][var] in names | set(config)
+
+
+def test_prometheus_rule_equals_the_compose_alerts(tmpdir_str: str) -> None:
+    docs = built("production", tmpdir_str)
+    rule = one(docs, "PrometheusRule", "aiconv")
+    alerts = yaml.safe_load(sync_rules.ALERTS.read_text())
+    assert rule["spec"]["groups"] == alerts["groups"], "run `just sync-rules`"
+    assert sync_rules.main(["--check"]) == 0
+    monitor = one(docs, "ServiceMonitor", "aiconv")["spec"]
+    service_ports = {
+        p["name"]
+        for s in of_kind(docs, "Service")
+        if s["metadata"]["labels"].get("app.kubernetes.io/name") == "aiconv"
+        for p in s["spec"]["ports"]
+    }
+    assert {e["port"] for e in monitor["endpoints"]} <= service_ports

@@ -1,0 +1,324 @@
+"""nginx/nginx.conf under Debian's real nginx.
+
+The configuration is rendered into a temporary prefix: the upstream `web:8000` becomes a local
+app on loopback, the certificate paths point at a throwaway self-signed certificate made by
+openssl, and the listen ports become free high ports on 127.0.0.1. Everything else (TLS settings,
+routing, body limit, proxy headers) is the file that ships.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ._support import NGINX_DIR, free_port, require_tool
+
+SECRET = "test-webhook-secret_123"
+
+
+@dataclass
+class Rendered:
+    prefix: Path
+    conf: Path
+    http_port: int
+    https_port: int
+
+
+def make_cert(openssl: str, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-sha256",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            str(directory / "tls.key"),
+            "-out",
+            str(directory / "tls.crt"),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def render(prefix: Path, upstream_port: int) -> Rendered:
+    """Rewrite only what must differ on this machine: upstream, cert paths, ports, files."""
+    text = (NGINX_DIR / "nginx.conf").read_text()
+    http_port, https_port = free_port(), free_port()
+    replacements = {
+        "server web:8000;": f"server 127.0.0.1:{upstream_port};",
+        "/etc/nginx/certs/": f"{prefix}/certs/",
+        "listen 80 default_server;": f"listen 127.0.0.1:{http_port} default_server;",
+        "listen [::]:80 default_server;": "",
+        "listen 443 ssl http2 default_server;": (
+            f"listen 127.0.0.1:{https_port} ssl http2 default_server;"
+        ),
+        "listen [::]:443 ssl http2 default_server;": "",
+        "worker_processes auto;": "worker_processes 1;",
+        "access_log /dev/stdout main;": f"access_log {prefix}/access.log main;",
+        "error_log /dev/stderr warn;": f"error_log {prefix}/error.log warn;",
+        "http {": (
+            "http {\n"
+            f"    client_body_temp_path {prefix}/tmp/body;\n"
+            f"    proxy_temp_path {prefix}/tmp/proxy;\n"
+            f"    fastcgi_temp_path {prefix}/tmp/fastcgi;\n"
+            f"    uwsgi_temp_path {prefix}/tmp/uwsgi;\n"
+            f"    scgi_temp_path {prefix}/tmp/scgi;\n"
+        ),
+    }
+    for old, new in replacements.items():
+        assert old in text, f"nginx.conf no longer contains {old!r}; update the test's renderer"
+        text = text.replace(old, new)
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(text)
+    return Rendered(prefix, conf, http_port, https_port)
+
+
+def nginx_args(nginx: str, r: Rendered) -> list[str]:
+    globals_ = f"pid {r.prefix}/nginx.pid;"
+    if os.geteuid() == 0:  # run the workers as the current user too
+        globals_ += " user root;"
+    return [
+        nginx,
+        "-p",
+        str(r.prefix),
+        "-c",
+        str(r.conf),
+        "-e",
+        str(r.prefix / "error.log"),
+        "-g",
+        globals_,
+    ]
+
+
+@pytest.fixture(scope="module")
+def tools() -> tuple[str, str]:
+    return require_tool("nginx", "/usr/sbin"), require_tool("openssl")
+
+
+def test_nginx_t_accepts_the_configuration(tools: tuple[str, str], tmp_path: Path) -> None:
+    nginx, openssl = tools
+    make_cert(openssl, tmp_path / "certs")
+    rendered = render(tmp_path, free_port())
+    result = subprocess.run(
+        [*nginx_args(nginx, rendered), "-t"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+# --- the live proxy test ----------------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Upstream:
+    """A stand-in for `aiconv web` on loopback that records what reaches it."""
+
+    port: int
+    seen: list[Seen] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def paths(self) -> list[str]:
+        with self.lock:
+            return [s.path for s in self.seen]
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    state = Upstream(port=0)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            with state.lock:
+                state.seen.append(
+                    Seen(
+                        self.command,
+                        self.path,
+                        {k.lower(): v for k, v in self.headers.items()},
+                        body,
+                    )
+                )
+            payload = json.dumps({"ok": True}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = _handle
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.port = int(server.server_address[1])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def proxy(tools: tuple[str, str], tmp_path: Path, upstream: Upstream) -> Iterator[Rendered]:
+    nginx, openssl = tools
+    make_cert(openssl, tmp_path / "certs")
+    rendered = render(tmp_path, upstream.port)
+    process = subprocess.Popen(
+        [*nginx_args(nginx, rendered), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"nginx exited: {process.stderr.read().decode()}")  # type: ignore[union-attr]
+            try:
+                httpx.get(f"http://127.0.0.1:{rendered.http_port}/nginx-health", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # polling a condition, with a deadline
+        yield rendered
+    finally:
+        process.send_signal(signal.SIGQUIT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def client(base: str) -> httpx.Client:
+    return httpx.Client(base_url=base, verify=False, timeout=10)
+
+
+def test_webhook_reaches_the_app_over_tls_with_its_secret(
+    proxy: Rendered, upstream: Upstream
+) -> None:
+    update = {
+        "update_id": 1,
+        "message": {"message_id": 1, "date": 0, "text": "hi", "chat": {"id": 7, "type": "private"}},
+    }
+    with client(f"https://127.0.0.1:{proxy.https_port}") as c:
+        response = c.post(
+            "/webhook", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": SECRET}
+        )
+    assert response.status_code == 200
+    assert "max-age=63072000" in response.headers["strict-transport-security"]
+    [seen] = upstream.seen
+    assert (seen.method, seen.path) == ("POST", "/webhook")
+    assert seen.headers["x-telegram-bot-api-secret-token"] == SECRET
+    assert seen.headers["x-forwarded-proto"] == "https"
+    assert seen.headers["x-forwarded-for"] == "127.0.0.1"
+    assert seen.headers["x-real-ip"] == "127.0.0.1"
+    assert json.loads(seen.body) == update
+
+
+def test_only_public_routes_are_reachable(proxy: Rendered, upstream: Upstream) -> None:
+    with client(f"https://127.0.0.1:{proxy.https_port}") as c:
+        assert c.get("/health").status_code == 200
+        assert c.post("/v1/chat/completions", json={"model": "x"}).status_code == 200
+        assert c.get("/admin/dlq").status_code == 403
+        assert c.get("/admin").status_code == 403
+        for path in ("/metrics", "/ready", "/", "/webhookx", "/docs"):
+            assert c.get(path).status_code == 404, path
+        assert c.get("/webhook").status_code == 403  # only POST
+    assert upstream.paths() == ["/health", "/v1/chat/completions"]
+
+
+def test_oversized_body_is_refused_at_the_edge(proxy: Rendered, upstream: Upstream) -> None:
+    with client(f"https://127.0.0.1:{proxy.https_port}") as c:
+        response = c.post(
+            "/webhook",
+            content=b"x" * (1024 * 1024 + 1),
+            headers={"X-Telegram-Bot-Api-Secret-Token": SECRET},
+        )
+    assert response.status_code == 413
+    assert upstream.seen == []
+
+
+def test_http_redirects_to_https(proxy: Rendered, upstream: Upstream) -> None:
+    response = httpx.post(
+        f"http://127.0.0.1:{proxy.http_port}/webhook",
+        content=b"{}",
+        timeout=10,
+        follow_redirects=False,
+    )
+    assert response.status_code == 301
+    assert response.headers["location"].startswith("https://127.0.0.1")
+    assert response.headers["location"].endswith("/webhook")
+    assert upstream.seen == []
+
+
+def _handshake(port: int, context: ssl.SSLContext) -> str | None:
+    import socket
+
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        return tls.version()
+
+
+def test_tls_follows_mozilla_intermediate(proxy: Rendered) -> None:
+    def ctx() -> ssl.SSLContext:
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        c.check_hostname = False
+        c.verify_mode = ssl.CERT_NONE
+        return c
+
+    assert _handshake(proxy.https_port, ctx()) == "TLSv1.3"
+
+    tls12 = ctx()
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    tls12.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    assert _handshake(proxy.https_port, tls12) == "TLSv1.2"
+
+    # Static-RSA key exchange and CBC suites are not in the intermediate profile.
+    weak = ctx()
+    weak.maximum_version = ssl.TLSVersion.TLSv1_2
+    weak.set_ciphers("AES128-SHA256:AES256-SHA")
+    with pytest.raises(ssl.SSLError):
+        _handshake(proxy.https_port, weak)
