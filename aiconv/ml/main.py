@@ -7,7 +7,7 @@ import asyncio
 import structlog
 
 from aiconv.config import Settings
-from aiconv.jobs.consumer import Consumer, ConsumerOptions
+from aiconv.jobs.consumer import Consumer
 from aiconv.jobs.queue import JobQueue
 from aiconv.ml.engine import Engine, EngineConfig
 from aiconv.ml.generator import GENERATE_GROUP, GenerateHandler
@@ -34,7 +34,7 @@ async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyn
         queue.keys.generate,
         GENERATE_GROUP,
         GenerateHandler(engine, queue, queue.keys, settings.persona),
-        options=ConsumerOptions(concurrency=1, visibility_timeout=120.0),
+        options=settings.consumer_options(concurrency=1),
     )
     log.info("ml running", consumer=consumer.name)
     await consumer.run(stop)

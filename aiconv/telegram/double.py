@@ -169,6 +169,7 @@ class BotApiDouble:
         self.polling = 0  # getUpdates requests currently waiting
         self._queue: list[dict[str, Any]] = []
         self._faults: dict[str, list[_Fault]] = {}
+        self._delays: dict[str, list[float]] = {}
         self._chat_types: dict[int, str] = {}
         self._next_update_id = first_update_id
         self._next_message_id = 1
@@ -279,6 +280,10 @@ class BotApiDouble:
             retry_after = 1
         desc = description or _DEFAULT_DESCRIPTIONS.get(status, f"Error {status}")
         self._faults.setdefault(method, []).append(_Fault(status, desc, retry_after, times))
+
+    def delay_next(self, method: str, seconds: float, times: int = 1) -> None:
+        """Make the next `times` calls of `method` answer only after `seconds` (a slow server)."""
+        self._delays.setdefault(method, []).extend([seconds] * times)
 
     def make_update(
         self,
@@ -450,6 +455,9 @@ class BotApiDouble:
     ) -> tuple[int, dict[str, Any]]:
         if token != self.token:
             return 401, self._error(401, "Unauthorized")
+        delays = self._delays.get(method)
+        if delays:
+            await asyncio.sleep(delays.pop(0))  # the injected slowness itself
         faults = self._faults.get(method)
         if faults:
             fault = faults[0]
