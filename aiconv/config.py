@@ -200,7 +200,7 @@ class Settings:
                 max_delay_seconds=read.number("TYPING_MAX_DELAY_SECONDS", 12.0),
             )
         except ValueError as error:
-            raise ConfigError("TYPING_*", str(error)) from None
+            raise ConfigError(_pacing_variable(str(error)), str(error)) from None
 
         n_threads = read.integer("N_THREADS", 0, minimum=0) or None
         settings = cls(
@@ -275,6 +275,24 @@ class Settings:
         if not self.telegram_bot_token:
             raise ConfigError("TELEGRAM_BOT_TOKEN", "required (get one from @BotFather)")
         return self.telegram_bot_token
+
+
+_PACING_VARIABLES = {
+    "chars_per_second": "TYPING_CHARS_PER_SECOND",
+    "jitter": "TYPING_JITTER",
+    "read_pause_seconds": "TYPING_READ_PAUSE_SECONDS",
+    "between_parts_pause_seconds": "TYPING_BETWEEN_PARTS_SECONDS",
+    "min_delay_seconds": "TYPING_MIN_DELAY_SECONDS",
+    "max_delay_seconds": "TYPING_MAX_DELAY_SECONDS",
+}
+
+
+def _pacing_variable(problem: str) -> str:
+    """The variable behind a PacingConfig complaint, which names its field first."""
+    for field_name, variable in _PACING_VARIABLES.items():
+        if problem.startswith(field_name):
+            return variable
+    return "TYPING_SIMULATION"
 
 
 def _valid_webhook_secret(secret: str) -> bool:

@@ -32,13 +32,18 @@ TURN_LOCK_SECONDS = 900  # safety net only: a turn is released when its reply is
 
 log = structlog.get_logger(__name__)
 
-# KEYS: due, first, latest:{chat}, turn:{chat}; ARGV: chat, now, debounce, final_after, gen key
+# KEYS: due, first, latest:{chat}, turn:{chat}
+# ARGV: chat, now, debounce, final_after, generation key, message id
 _NOTE_MESSAGE = """
 redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
 local first = tonumber(redis.call('HGET', KEYS[2], ARGV[1]))
 local due = math.min(tonumber(ARGV[2]) + tonumber(ARGV[3]), first + tonumber(ARGV[4]))
 redis.call('ZADD', KEYS[1], due, ARGV[1])
-if redis.call('GET', KEYS[4]) ~= 'final' then
+-- Messages of one chat may be handled out of order by different workers: the latest key only
+-- ever moves forward (values end in the message id: gen:CHAT:ID, reset:CHAT:ID).
+local current = redis.call('GET', KEYS[3])
+local current_id = current and tonumber(string.match(current, ':(%d+)$')) or -1
+if redis.call('GET', KEYS[4]) ~= 'final' and tonumber(ARGV[6]) > current_id then
   redis.call('SET', KEYS[3], ARGV[5], 'EX', 86400)
 end
 """
@@ -116,6 +121,7 @@ class Turns:
                 self.config.debounce_seconds,
                 self.config.final_after_seconds,
                 generation_key(chat_id, message_id),
+                message_id,
             ],
         )
 

@@ -83,6 +83,12 @@ class AiconvProcess:
                 await asyncio.sleep(0.1)  # polling a readiness condition, bounded by the deadline
         raise TimeoutError(f"aiconv {self.mode} not ready in {timeout}s:\n{self.logs()}")
 
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def stop(self, timeout: float = 40.0) -> int:
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0

@@ -65,7 +65,8 @@ def test_urls_win_over_parts() -> None:
         ({"ENVIRONMENT": "staging"}, "ENVIRONMENT"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"REDIS_CLUSTER_ENABLED": "true"}, "REDIS_CLUSTER_ENABLED"),
-        ({"TYPING_MIN_DELAY_SECONDS": "30", "TYPING_MAX_DELAY_SECONDS": "5"}, "TYPING_"),
+        ({"TYPING_MIN_DELAY_SECONDS": "30", "TYPING_MAX_DELAY_SECONDS": "5"}, "TYPING_MIN_DELAY"),
+        ({"TYPING_JITTER": "3"}, "TYPING_JITTER"),
     ],
 )
 def test_a_bad_value_names_its_variable(env: dict[str, str], variable: str) -> None:

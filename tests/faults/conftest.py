@@ -1,0 +1,3 @@
+from tests.e2e.conftest import double, launch
+
+__all__ = ["double", "launch"]
