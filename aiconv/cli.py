@@ -25,6 +25,7 @@ DESCRIPTIONS = {
 
 
 DLQ_HELP = "Inspect the dead-letter stream: list, replay ID, drop ID."
+ADMIN_HELP = "Admin API helpers: token mints a bearer token (needs JWT_SECRET_KEY)."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +44,29 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=100)
     for action, text in (("replay", "put a dead job back on its stream"), ("drop", "delete it")):
         actions.add_parser(action, help=text).add_argument("id", help="the dead job's id")
+    admin = modes.add_parser("admin", help=ADMIN_HELP, description=ADMIN_HELP)
+    admin_actions = admin.add_subparsers(dest="action", required=True, metavar="ACTION")
+    token = admin_actions.add_parser("token", help="print a signed token for the admin API")
+    token.add_argument(
+        "--sub", required=True, type=_subject, help="who the token is for (logged with each call)"
+    )
+    token.add_argument("--ttl", type=_ttl, default="1h", help="lifetime: 90s, 30m, 1h, 7d")
     return parser
+
+
+def _subject(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text.strip()
+
+
+def _ttl(text: str) -> int:
+    from aiconv.web.jwt import parse_ttl
+
+    try:
+        return parse_ttl(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.mode == "dlq":
             return asyncio.run(_dlq(settings, args))
+        if args.mode == "admin":
+            return _admin_token(settings, args)
         return _run(args.mode, settings)
     except ConfigError as error:
         print(f"aiconv: configuration error: {error}", file=sys.stderr)
@@ -62,10 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(mode: str, settings: Settings) -> int:
     from aiconv.observability.logging import configure_logging
+    from aiconv.observability.sentry import init_sentry
 
     # The demo's terminal is a chat: only warnings interrupt it unless LOG_LEVEL asks for more.
     quiet = mode == "demo" and "LOG_LEVEL" not in os.environ
     configure_logging("warning" if quiet else settings.log_level, settings.log_format)
+    init_sentry(settings)
     if mode == "migrate":
         from aiconv.store.migrate import apply_migrations
 
@@ -93,6 +120,15 @@ def _run(mode: str, settings: Settings) -> int:
         await run_modes(settings, ("web", "worker", "ml") if mode == "all" else (mode,), stop)
 
     asyncio.run(run())
+    return 0
+
+
+def _admin_token(settings: Settings, args: argparse.Namespace) -> int:
+    from aiconv.web.jwt import mint
+
+    if not settings.jwt_secret_key:
+        raise ConfigError("JWT_SECRET_KEY", "is not set; the admin API is disabled without it")
+    print(mint(settings.jwt_secret_key, args.sub, args.ttl))
     return 0
 
 

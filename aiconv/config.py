@@ -101,6 +101,16 @@ class _Reader:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """Intervals of the embedded scheduler's jobs, in seconds."""
+
+    sweep_seconds: float = 60.0
+    gauges_seconds: float = 60.0
+    retention_seconds: float = 3600.0
+    backup_seconds: float = 86400.0
+
+
+@dataclass(frozen=True)
 class Settings:
     environment: Environment = "dev"
     log_level: str = "info"
@@ -125,6 +135,7 @@ class Settings:
     metrics_enabled: bool = True
     metrics_port: int = 8001
     sentry_dsn: str | None = None
+    sentry_environment: str | None = None
 
     model_path: Path | None = None  # None: the bundled SmolLM2 GGUF
     n_ctx: int = 2048
@@ -133,11 +144,19 @@ class Settings:
     max_tokens: int = 256
     temperature: float = 0.7
     persona: str = DEFAULT_PERSONA
+    stop_sequences: tuple[str, ...] = ()
+    ml_parallel: int = 4
+    ml_prefix_cache_mb: int = 512
+    openai_api_keys: tuple[str, ...] = ()
 
     pacing: PacingConfig = field(default_factory=PacingConfig)
     turns: TurnConfig = field(default_factory=TurnConfig)
     rate_limits: RateLimits = field(default_factory=RateLimits)
     worker_concurrency: int = 64
+    schedule: Schedule = field(default_factory=lambda: Schedule())
+    message_retention_days: int | None = None
+    backup_dir: Path | None = None
+    backup_keep: int = 7
     job_visibility_timeout: float = 30.0
     job_max_deliveries: int = 5
     shutdown_grace_seconds: float = 25.0
@@ -224,12 +243,13 @@ class Settings:
             telegram_webhook_secret=webhook_secret,
             secret_key=read.raw("SECRET_KEY"),
             jwt_secret_key=read.raw("JWT_SECRET_KEY"),
-            encryption_key=read.raw("ENCRYPTION_KEY"),
+            encryption_key=_encryption_keys(read),
             port=read.integer("PORT", 8000, minimum=0),
             web_workers=read.integer("WEB_WORKERS", 1, minimum=1),
             metrics_enabled=read.flag("METRICS_ENABLED", True),
             metrics_port=read.integer("METRICS_PORT", 8001, minimum=0),
             sentry_dsn=read.raw("SENTRY_DSN"),
+            sentry_environment=read.raw("SENTRY_ENVIRONMENT"),
             model_path=model_path,
             n_ctx=read.integer("N_CTX", 2048, minimum=256),
             n_threads=n_threads,
@@ -237,6 +257,10 @@ class Settings:
             max_tokens=read.integer("MAX_TOKENS", 256, minimum=1),
             temperature=read.number("TEMPERATURE", 0.7, minimum=0.0),
             persona=read.text("PERSONA", DEFAULT_PERSONA),
+            stop_sequences=_list(read.raw("STOP_SEQUENCES"), unescape=True),
+            ml_parallel=read.integer("ML_PARALLEL", 4, minimum=1),
+            ml_prefix_cache_mb=read.integer("ML_PREFIX_CACHE_MB", 512, minimum=0),
+            openai_api_keys=_list(read.raw("OPENAI_API_KEYS")),
             pacing=pacing,
             turns=TurnConfig(
                 debounce_seconds=read.number("TURN_DEBOUNCE_SECONDS", 1.5, minimum=0.0),
@@ -248,6 +272,15 @@ class Settings:
                 group_per_minute=read.number("TELEGRAM_RATE_GROUP_PER_MINUTE", 20.0, minimum=0.1),
             ),
             worker_concurrency=read.integer("WORKER_CONCURRENCY", 64, minimum=1),
+            schedule=Schedule(
+                sweep_seconds=read.number("SCHEDULE_SWEEP_SECONDS", 60.0, minimum=1.0),
+                gauges_seconds=read.number("SCHEDULE_GAUGES_SECONDS", 60.0, minimum=1.0),
+                retention_seconds=read.number("SCHEDULE_RETENTION_SECONDS", 3600.0, minimum=1.0),
+                backup_seconds=read.number("SCHEDULE_BACKUP_SECONDS", 86400.0, minimum=1.0),
+            ),
+            message_retention_days=read.integer("MESSAGE_RETENTION_DAYS", 0, minimum=0) or None,
+            backup_dir=Path(backup) if (backup := read.raw("BACKUP_DIR")) else None,
+            backup_keep=read.integer("BACKUP_KEEP", 7, minimum=1),
             job_visibility_timeout=read.number("JOB_VISIBILITY_TIMEOUT_SECONDS", 30.0, minimum=1.0),
             job_max_deliveries=read.integer("JOB_MAX_DELIVERIES", 5, minimum=1),
             shutdown_grace_seconds=read.number("SHUTDOWN_GRACE_SECONDS", 25.0, minimum=0.0),
@@ -293,6 +326,23 @@ def _pacing_variable(problem: str) -> str:
         if problem.startswith(field_name):
             return variable
     return "TYPING_SIMULATION"
+
+
+def _list(value: str | None, unescape: bool = False) -> tuple[str, ...]:
+    """Comma-separated items, blanks dropped; with `unescape`, \\n and \\t mean newline, tab."""
+    items = (value or "").split(",")
+    if unescape:
+        items = [i.replace("\\n", "\n").replace("\\t", "\t") for i in items]
+    return (
+        tuple(i for i in items if i) if unescape else tuple(i.strip() for i in items if i.strip())
+    )
+
+
+def _encryption_keys(read: _Reader) -> str | None:
+    value = read.raw("ENCRYPTION_KEY")
+    if value is not None and any(len(part.strip()) < 16 for part in value.split(",")):
+        raise ConfigError("ENCRYPTION_KEY", "each comma-separated key needs 16+ characters")
+    return value
 
 
 def _valid_webhook_secret(secret: str) -> bool:

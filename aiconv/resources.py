@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from aiconv.config import Settings
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import JobQueue
+from aiconv.store.crypto import TextCipher
 from aiconv.store.db import make_pool
 from aiconv.store.repository import Store
 from aiconv.telegram.client import BotClient
@@ -56,7 +57,7 @@ async def open_resources(settings: Settings, *, database: bool = True) -> AsyncI
             settings=settings,
             redis=redis,
             queue=JobQueue(redis, Keys(settings.redis_key_prefix)),
-            store=Store(pool),
+            store=Store(pool, TextCipher.from_setting(settings.encryption_key)),
             http=http,
             bot=BotClient(http, settings.telegram_api_url, settings.telegram_bot_token),
         )

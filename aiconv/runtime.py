@@ -12,6 +12,8 @@ import structlog
 from aiconv.config import Settings
 from aiconv.ml.engine import Engine
 from aiconv.ml.main import engine_config, run_ml
+from aiconv.observability.gauges import run_gauges
+from aiconv.observability.metrics import MODEL_LOADED
 from aiconv.observability.ops import Check, ops_app
 from aiconv.resources import Resources, open_resources
 from aiconv.telegram.client import TelegramError
@@ -49,25 +51,41 @@ async def run_modes(
     wanted = set(modes)
     stop = stop or asyncio.Event()
     async with open_resources(settings) as resources:
+        engines: list[Engine] = []
+
+        async def model_loaded() -> None:
+            if not engines:
+                raise RuntimeError("model still loading")
+
         checks: dict[str, Check] = {"redis": resources.redis.ping, "postgres": resources.store.ping}
-        loops: list[Awaitable[None]] = []
-        engine: Engine | None = None
         if "ml" in wanted:
-            engine = await Engine.load(engine_config(settings))
-            loops.append(run_ml(engine, resources.queue, settings, stop))
-        if "worker" in wanted:
-            loops.append(run_worker(resources, stop, poll=not settings.webhook_mode))
-        if "web" in wanted:
-            if settings.webhook_mode:
-                await _retrying(register_webhook, resources, stop)
-            loops.append(serve(create_app(settings), "0.0.0.0", settings.port, stop))
-        loops.append(serve(ops_app(checks), "0.0.0.0", settings.metrics_port, stop))
-        log.info("aiconv running", modes=sorted(wanted), environment=settings.environment)
-        tasks = [asyncio.ensure_future(loop) for loop in loops]
-        if on_ready is not None:  # e.g. the demo's chat; it sets `stop` when it is done
-            tasks.append(asyncio.ensure_future(on_ready(resources)))
-        stopping = asyncio.ensure_future(stop.wait())
+            checks["model"] = model_loaded
+        # Probes and metrics answer first, so a slow model load reads as "not ready yet".
+        tasks = [
+            asyncio.ensure_future(serve(ops_app(checks), "0.0.0.0", settings.metrics_port, stop)),
+            asyncio.ensure_future(
+                run_gauges(resources.redis, resources.keys, resources.store.pool, stop)
+            ),
+        ]
         try:
+            if "ml" in wanted:
+                engines.append(await Engine.load(engine_config(settings)))
+                MODEL_LOADED.set(1)
+                tasks.append(
+                    asyncio.ensure_future(run_ml(engines[0], resources.queue, settings, stop))
+                )
+            if "worker" in wanted:
+                poll = not settings.webhook_mode
+                tasks.append(asyncio.ensure_future(run_worker(resources, stop, poll=poll)))
+            if "web" in wanted:
+                if settings.webhook_mode:
+                    await _retrying(register_webhook, resources, stop)
+                app = create_app(settings)
+                tasks.append(asyncio.ensure_future(serve(app, "0.0.0.0", settings.port, stop)))
+            log.info("aiconv running", modes=sorted(wanted), environment=settings.environment)
+            if on_ready is not None:  # e.g. the demo's chat; it sets `stop` when it is done
+                tasks.append(asyncio.ensure_future(on_ready(resources)))
+            stopping = asyncio.ensure_future(stop.wait())
             # Loops end only after `stop`; one that ends earlier has failed and stops the rest.
             done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
             failures = [t.exception() for t in done if t is not stopping and t.exception()]
@@ -76,7 +94,7 @@ async def run_modes(
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if engine is not None:
+            for engine in engines:
                 engine.close()
         log.info("aiconv stopped")
 

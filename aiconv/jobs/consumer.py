@@ -27,6 +27,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aiconv.jobs.queue import Job, JobQueue, decode_entry
+from aiconv.observability.metrics import JOB_DURATION, JOBS
 
 Handler = Callable[[Job], Awaitable[None]]
 LaneOf = Callable[[Job], str | None]
@@ -99,6 +100,8 @@ class Consumer:
         self._tasks: dict[str, asyncio.Task[None]] = {}  # entry id -> its task
         self._lanes: dict[str, asyncio.Task[None]] = {}  # lane -> its last task
         self._log = log.bind(stream=stream, group=group, consumer=self.name)
+        # Metrics name streams without the key prefix: "updates", "generate", "replies".
+        self.stream_label = stream.removeprefix(queue.keys.prefix)
         self.ready = asyncio.Event()  # set once the group exists and reading has begun
 
     @property
@@ -172,7 +175,15 @@ class Consumer:
     async def _process(self, job: Job, previous: asyncio.Task[None] | None) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # its outcome is its own; we only keep the order
-        bound = self._log.bind(job_id=job.id, job_key=job.key, deliveries=job.deliveries)
+        # Every log line on this job's path carries its ids (contextvars are per task).
+        structlog.contextvars.bind_contextvars(
+            stream=self.stream,
+            job_id=job.id,
+            job_key=job.key,
+            chat_id=job.payload.get("chat_id"),
+            update_id=job.payload.get("update_id"),
+        )
+        started = time.perf_counter()
         if job.payload.get("invalid"):
             await self._settle(self._dead_letter, job, "unreadable job payload")
             return
@@ -183,22 +194,26 @@ class Consumer:
                 await self.handler(job)
                 break
             except asyncio.CancelledError:
-                bound.info("job interrupted; left pending for another consumer")
+                log.info("job interrupted; left pending for another consumer")
                 raise
             except TRANSIENT_ERRORS as error:
                 # An outage, not a bad job: wait it out without spending the job's attempts.
-                bound.warning("job waiting for a dependency", error=type(error).__name__)
+                JOBS.labels(self.stream_label, "waiting").inc()
+                log.warning("job waiting for a dependency", error=type(error).__name__)
             except Exception as error:
                 failures += 1
                 detail = f"{type(error).__name__}: {error}"[:500]
-                bound.error(
+                log.error(
                     "job failed", error=type(error).__name__, detail=detail[:200], attempt=failures
                 )
                 if failures >= self.options.max_deliveries:
                     await self._settle(self._dead_letter, job, detail)
                     return
+                JOBS.labels(self.stream_label, "retried").inc()
             await asyncio.sleep(backoff.next())
         await self._settle(self.queue.ack, job, self.group)
+        JOBS.labels(self.stream_label, "ok").inc()
+        JOB_DURATION.labels(self.stream_label).observe(time.perf_counter() - started)
 
     async def _settle(self, action: Callable[..., Awaitable[object]], *args: Any) -> None:
         """Run an acknowledging Redis call, retrying through a Redis outage."""
@@ -250,6 +265,7 @@ class Consumer:
             if deliveries > self.options.max_deliveries:
                 await self._dead_letter(job, "delivered too many times without completing")
             else:
+                JOBS.labels(self.stream_label, "claimed").inc()
                 self._log.warning("claimed abandoned job", job_id=entry_id, deliveries=deliveries)
                 self._start(job)
 
@@ -273,6 +289,7 @@ class Consumer:
             "failed_at": time.time(),
         }
         await self.queue.hand_over(job, self.group, self.queue.keys.dlq, record)
+        JOBS.labels(self.stream_label, "dead_lettered").inc()
         self._log.error("job moved to dead-letter stream", job_id=job.id, error=error[:200])
 
     async def _wait_for_slot(self, stop: asyncio.Event) -> None:

@@ -63,17 +63,27 @@ class DeadLetters:
 
 
 def _decode(entry: Any) -> DeadJob:
+    """Read a dead-letter record; a damaged one is still listed, never an error."""
     entry_id, fields = entry
     try:
         record = json.loads((fields or {}).get("job", "{}"))
     except ValueError:
-        record = {}
+        record = None
+    if not isinstance(record, dict):
+        record = {"error": "unreadable dead-letter record"}
     payload = record.get("payload")
     return DeadJob(
         id=str(entry_id),
         stream=str(record.get("stream", "")),
         error=str(record.get("error", "")),
-        deliveries=int(record.get("deliveries", 0)),
-        failed_at=float(record.get("failed_at", 0.0)),
+        deliveries=_number(record.get("deliveries"), int, 0),
+        failed_at=_number(record.get("failed_at"), float, 0.0),
         payload=payload if isinstance(payload, dict) else {},
     )
+
+
+def _number(value: Any, kind: type[Any], default: Any) -> Any:
+    try:
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        return default

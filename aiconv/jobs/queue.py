@@ -69,6 +69,14 @@ class JobQueue:
         """Add a job; with a key, a second enqueue of the same key is a no-op returning None."""
         return await self._run(stream, payload, idempotency_key, source=None)
 
+    async def enqueue_many(self, stream: str, payloads: list[dict[str, Any]]) -> list[str]:
+        """Add jobs without idempotency keys in one round trip (bulk producers, benchmarks)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for payload in payloads:
+                pipe.xadd(stream, {"job": json.dumps(payload)})
+            ids = await pipe.execute()
+        return [str(entry_id) for entry_id in ids]
+
     async def hand_over(
         self,
         source: Job,

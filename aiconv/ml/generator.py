@@ -1,8 +1,16 @@
-"""The ml stage: a generation job in, a reply job out (handed over atomically)."""
+"""The ml stage: a generation job in, a reply job out (handed over atomically).
+
+Two kinds of generation job arrive on `{prefix}generate`: a chat turn from the worker (its reply
+goes to `{prefix}replies`) and an OpenAI-API request from the web (see `aiconv.ml.api`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -11,45 +19,149 @@ from aiconv.conversation.history import Turn, fit_history
 from aiconv.conversation.prompt import build_messages
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import Job, JobQueue
+from aiconv.ml.api import API_KIND, ApiHandler
+from aiconv.ml.cancel import CancelWatcher, latest_key
 from aiconv.ml.engine import Completion, Engine
+from aiconv.ml.stats import observe
 
 GENERATE_GROUP = "ml"
 PROMPT_MARGIN_TOKENS = 32  # chat-template tokens around each turn, beyond the per-turn overhead
+TRIM_TO = 0.6  # share of the history budget left after a cut (see fit_turns)
+ANCHORS_KEPT = 10_000  # chats whose window start this process remembers (LRU)
 
 log = structlog.get_logger(__name__)
 
 
+def lane_of(job: Job) -> str | None:
+    """Jobs of one chat run one after another, in stream order; API requests run freely."""
+    if job.payload.get("kind") == API_KIND:
+        return None
+    chat_id = job.payload.get("chat_id")
+    return f"chat:{chat_id}" if chat_id is not None else None
+
+
+def fit_turns(
+    turns: list[Turn], count: Callable[[str], int], budget: int, anchor: Turn | None = None
+) -> list[Turn]:
+    """The turns that fit `budget`, cut so that the prompt's beginning changes rarely.
+
+    Everything fits: all of it. Otherwise, if the window of the previous turn still fits from
+    its first turn (`anchor`) on, that window grows by the new turns; if not, the history is cut
+    down to TRIM_TO of the budget, which leaves room for the next few turns. Cutting one turn
+    per turn instead would change the prompt's start every turn, and so throw away the reuse
+    of its evaluated prefix every turn.
+    """
+    whole = fit_history(turns, count, budget)
+    if len(whole) == len(turns):
+        return whole
+    if anchor is not None:
+        for start in range(len(turns) - 1, -1, -1):
+            if turns[start] == anchor:
+                window = fit_history(turns[start:], count, budget)
+                if len(window) == len(turns) - start:
+                    return window
+                break
+    return fit_history(turns, count, int(budget * TRIM_TO)) or whole
+
+
+def prompt_tokens(
+    engine: Engine, persona: str, turns: list[Turn], anchor: Turn | None = None
+) -> tuple[list[int], Turn | None]:
+    """The chat prompt, its history trimmed (oldest turns first) so an answer fits the context,
+    and the first turn it kept (the `anchor` of the next turn's window).
+
+    A single message too long for the context keeps its end. Runs off the event loop.
+    """
+    n_ctx = engine.n_ctx_seq
+    reserve = min(engine.config.max_tokens, n_ctx // 2)  # room left for the answer
+    persona_tokens = engine.count_tokens(persona) if persona.strip() else 0
+    budget = n_ctx - reserve - persona_tokens - PROMPT_MARGIN_TOKENS
+    tokens: list[int] = []
+    fitted: list[Turn] = []
+    for _ in range(6):
+        fitted = fit_turns(turns, engine.count_tokens, max(budget, 0), anchor)
+        tokens = engine.chat_tokens(build_messages(persona, fitted))
+        over = len(tokens) + reserve - n_ctx
+        if over <= 0:
+            break
+        budget -= over + PROMPT_MARGIN_TOKENS  # the template cost more than estimated
+        anchor = None
+    else:
+        if len(tokens) >= n_ctx:
+            raise ValueError(f"no prompt fits a context of {n_ctx} tokens")
+        # no full answer fits, but a short one does
+    return tokens, (fitted[0] if fitted else None)
+
+
 class GenerateHandler:
-    def __init__(self, engine: Engine, queue: JobQueue, keys: Keys, persona: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        queue: JobQueue,
+        keys: Keys,
+        persona: str,
+        watcher: CancelWatcher,
+        model_id: str = "",
+    ) -> None:
         self.engine = engine
         self.queue = queue
         self.keys = keys
         self.persona = persona
+        self.watcher = watcher
+        self.api = ApiHandler(engine, queue, keys, watcher, model_id)
+        self._anchors: OrderedDict[Any, Turn] = OrderedDict()  # chat -> first turn of its window
 
     async def __call__(self, job: Job) -> None:
+        if job.payload.get("kind") == API_KIND:
+            await self.api(job)
+            return
         p = job.payload
         turns = [Turn(role=role, text=text) for role, text in p.get("turns", [])]
-        bound = log.bind(job_key=job.key, chat_id=p.get("chat_id"))
-        stats: dict[str, float | int | None] = {}
+        chat_id = p.get("chat_id")
+        bound = log.bind(job_key=job.key, chat_id=chat_id)
+        stats: dict[str, Any] = {}
+        cancelled = False
+        latest = latest_key(self.keys, chat_id if chat_id is not None else "")
         try:
-            messages = await self.engine.run(self._prompt, turns)
-            completion: Completion = await self.engine.complete(messages)
-            text = completion.text or texts.GENERATION_FAILED
-            stats = {
-                "prompt_tokens": completion.prompt_tokens,
-                "completion_tokens": completion.completion_tokens,
-                "generation_seconds": round(completion.seconds, 4),
-                "first_token_seconds": completion.first_token_seconds,
-                "tokens_per_second": round(completion.tokens_per_second, 2),
-            }
-            bound.info("generated", **stats)
+            if await self.watcher.stale(latest, job.key):
+                cancelled = True
+                text = ""
+                bound.info("generation skipped: superseded")
+                observe(None, "cancelled")
+            else:
+                prompt, first = await asyncio.to_thread(
+                    prompt_tokens, self.engine, self.persona, turns, self._anchors.get(chat_id)
+                )
+                self._remember(chat_id, first)
+                generation = self.engine.submit(prompt, cache_key=f"chat:{chat_id}")
+                try:
+                    with self.watcher.watch(latest, job.key, generation):
+                        completion: Completion = await generation.result()
+                except asyncio.CancelledError:
+                    generation.cancel()  # shutting down: the job stays pending for another
+                    raise
+                cancelled = completion.finish_reason == "cancelled"
+                text = "" if cancelled else completion.text.strip() or texts.GENERATION_FAILED
+                stats = {
+                    "prompt_tokens": completion.prompt_tokens,
+                    "cached_tokens": completion.cached_tokens,
+                    "completion_tokens": completion.completion_tokens,
+                    "generation_seconds": round(completion.seconds, 4),
+                    "first_token_seconds": completion.first_token_seconds,
+                    "tokens_per_second": round(completion.tokens_per_second, 2),
+                    "finish_reason": completion.finish_reason,
+                }
+                bound.info("generation cancelled" if cancelled else "generated", **stats)
+                observe(completion, "cancelled" if cancelled else "ok")
         except Exception as error:  # the user gets an apology, never silence
             bound.error("generation failed", error=type(error).__name__, detail=str(error)[:200])
+            observe(None, "failed")
             text = texts.GENERATION_FAILED
+            cancelled = False
         reply_key = "reply:" + job.key.removeprefix("gen:")
         reply = {
             "key": reply_key,
-            "chat_id": p.get("chat_id"),
+            "chat_id": chat_id,
             "chat_type": p.get("chat_type"),
             "user_id": p.get("user_id"),
             "reply_to_message_id": p.get("reply_to_message_id"),
@@ -58,11 +170,15 @@ class GenerateHandler:
             "text": text,
             "stats": stats,
         }
+        if cancelled:
+            reply["cancelled"] = True
         await self.queue.hand_over(job, GENERATE_GROUP, self.keys.replies, reply, reply_key)
 
-    def _prompt(self, turns: list[Turn]) -> list[dict[str, str]]:
-        config = self.engine.config
-        persona_tokens = self.engine.count_tokens(self.persona) if self.persona.strip() else 0
-        budget = config.n_ctx - config.max_tokens - persona_tokens - PROMPT_MARGIN_TOKENS
-        fitted = fit_history(turns, self.engine.count_tokens, budget)
-        return build_messages(self.persona, fitted)
+    def _remember(self, chat_id: Any, first: Turn | None) -> None:
+        if first is None:
+            self._anchors.pop(chat_id, None)
+            return
+        self._anchors[chat_id] = first
+        self._anchors.move_to_end(chat_id)
+        while len(self._anchors) > ANCHORS_KEPT:
+            self._anchors.popitem(last=False)

@@ -1,16 +1,19 @@
-"""The ml mode's wiring: load the model, then consume generation jobs."""
+"""The ml mode's wiring: load the model, then consume generation jobs, ML_PARALLEL at once."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 
 from aiconv.config import Settings
 from aiconv.jobs.consumer import Consumer
 from aiconv.jobs.queue import JobQueue
+from aiconv.ml.cancel import CancelWatcher
 from aiconv.ml.engine import Engine, EngineConfig
-from aiconv.ml.generator import GENERATE_GROUP, GenerateHandler
+from aiconv.ml.generator import GENERATE_GROUP, GenerateHandler, lane_of
+from aiconv.ml.protocol import served_model_id
 
 log = structlog.get_logger(__name__)
 
@@ -23,18 +26,50 @@ def engine_config(settings: Settings) -> EngineConfig:
         n_gpu_layers=settings.n_gpu_layers,
         max_tokens=settings.max_tokens,
         temperature=settings.temperature,
+        stop=settings.stop_sequences,
+        parallel=settings.ml_parallel,
+        cache_mb=settings.ml_prefix_cache_mb,
     )
 
 
+def model_id(settings: Settings) -> str:
+    return served_model_id(settings.resolved_model_path())
+
+
 async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyncio.Event) -> None:
-    # One sequence at a time per model for now: reading only what we can run leaves the rest
-    # of the stream to other ml processes.
+    # As many jobs in hand as the engine has slots: the rest of the stream stays with other ml
+    # processes. A chat's jobs share a lane, so they are generated one after another, in order.
+    watcher = CancelWatcher(queue.redis)
     consumer = Consumer(
         queue,
         queue.keys.generate,
         GENERATE_GROUP,
-        GenerateHandler(engine, queue, queue.keys, settings.persona),
-        options=settings.consumer_options(concurrency=1),
+        GenerateHandler(engine, queue, queue.keys, settings.persona, watcher, model_id(settings)),
+        lane_of=lane_of,
+        options=settings.consumer_options(concurrency=engine.context.n_seq),
     )
-    log.info("ml running", consumer=consumer.name)
-    await consumer.run(stop)
+    log.info("ml running", consumer=consumer.name, parallel=engine.context.n_seq)
+    # A dead decode loop would answer every job with an apology: stop consuming instead and fail,
+    # so that the process exits non-zero and is restarted; other ml processes go on meanwhile.
+    loop = asyncio.get_running_loop()
+    halt = asyncio.Event()
+
+    def halt_on_failure(_: BaseException) -> None:
+        loop.call_soon_threadsafe(halt.set)
+
+    async def relay_stop() -> None:
+        await stop.wait()
+        halt.set()
+
+    engine.on_failure(halt_on_failure)
+    helpers = [asyncio.create_task(relay_stop()), asyncio.create_task(watcher.run(halt))]
+    try:
+        await consumer.run(halt)
+    finally:
+        for task in helpers:
+            task.cancel()
+        for task in helpers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if engine.failure is not None:
+        raise RuntimeError("the llama.cpp decode loop failed") from engine.failure

@@ -11,6 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from aiconv.observability.metrics import DEPENDENCY_UP, exposition
+
 Check = Callable[[], Awaitable[object]]
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -26,6 +28,9 @@ async def run_checks(checks: Mapping[str, Check]) -> tuple[bool, dict[str, str]]
     names = list(checks)
     results = await asyncio.gather(*(one(checks[name]) for name in names))
     status = dict(zip(names, results, strict=True))
+    for name in ("postgres", "redis"):
+        if name in status:
+            DEPENDENCY_UP.labels(name).set(1 if status[name] == "ok" else 0)
     return all(r == "ok" for r in results), status
 
 
@@ -45,8 +50,6 @@ def health_routes(checks: Mapping[str, Check]) -> list[Route]:
 
 def ops_app(checks: Mapping[str, Check]) -> Starlette:
     async def metrics(_: Request) -> Response:
-        return Response(
-            prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST
-        )
+        return Response(exposition(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[*health_routes(checks), Route("/metrics", metrics)])

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from psycopg_pool import AsyncConnectionPool
 
 from aiconv.conversation.history import Role, Turn
+from aiconv.store.crypto import TextCipher
 from aiconv.telegram.models import IncomingMessage
 
 
@@ -28,8 +29,16 @@ class GenerationStats:
 
 
 class Store:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, cipher: TextCipher | None = None) -> None:
         self.pool = pool
+        self.cipher = cipher
+
+    def seal(self, text: str) -> str:
+        """Message text as stored: encrypted when ENCRYPTION_KEY is set."""
+        return self.cipher.encrypt(text) if self.cipher else text
+
+    def unseal(self, stored: str) -> str:
+        return self.cipher.decrypt(stored) if self.cipher else stored
 
     async def ping(self) -> None:
         async with self.pool.connection(timeout=2.0) as conn:
@@ -86,7 +95,7 @@ class Store:
                     chat_id,
                     user_id,
                     role,
-                    text,
+                    self.seal(text),
                     idempotency_key,
                     telegram_update_id,
                     telegram_message_id,
@@ -109,7 +118,9 @@ class Store:
                 (idempotency_key,),
             )
             row = await cursor.fetchone()
-        return StoredMessage(*row) if row else None
+        if row is None:
+            return None
+        return StoredMessage(row[0], row[1], row[2], self.unseal(row[3]), row[4])
 
     async def history(self, chat_id: int, limit: int, up_to_id: int | None = None) -> list[Turn]:
         """The chat's most recent turns since its last /reset, oldest first."""
@@ -122,7 +133,7 @@ class Store:
                 (chat_id, up_to_id, up_to_id, limit),
             )
             rows = await cursor.fetchall()
-        return [Turn(role=row[0], text=row[1]) for row in reversed(rows)]
+        return [Turn(role=row[0], text=self.unseal(row[1])) for row in reversed(rows)]
 
     async def chat_party(self, chat_id: int) -> tuple[str, int | None]:
         """The chat's type and the user who wrote its newest message."""
@@ -152,4 +163,71 @@ class Store:
             await conn.execute(
                 "UPDATE users SET blocked = %s, updated_at = now() WHERE id = %s",
                 (blocked, user_id),
+            )
+
+
+@dataclass(frozen=True)
+class BusinessStats:
+    active_users: dict[str, int]  # window -> users who wrote in it
+    conversations: dict[str, int]  # window -> chats with a message in it
+    messages: dict[str, int]  # role -> messages stored
+
+
+ACTIVITY_WINDOWS = {"5m": "5 minutes", "1h": "1 hour", "24h": "24 hours"}
+
+
+class Maintenance:
+    """The scheduler's queries: retention and the figures behind the business gauges."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    async def purge_messages_older_than(self, days: int, batch: int = 5000) -> int:
+        """Delete in batches so a large purge never holds long locks."""
+        deleted = 0
+        async with self.pool.connection() as conn:
+            while True:
+                cursor = await conn.execute(
+                    """DELETE FROM messages WHERE id IN (
+                           SELECT id FROM messages
+                           WHERE created_at < now() - make_interval(days => %s) LIMIT %s)""",
+                    (days, batch),
+                )
+                deleted += cursor.rowcount
+                if cursor.rowcount < batch:
+                    return deleted
+
+    async def business_stats(self) -> BusinessStats:
+        active: dict[str, int] = {}
+        conversations: dict[str, int] = {}
+        async with self.pool.connection() as conn:
+            for window, interval in ACTIVITY_WINDOWS.items():
+                cursor = await conn.execute(
+                    """SELECT count(DISTINCT user_id) FILTER (WHERE role = 'user'),
+                              count(DISTINCT chat_id)
+                       FROM messages WHERE created_at > now() - %s::interval""",
+                    (interval,),
+                )
+                row = await cursor.fetchone()
+                active[window], conversations[window] = (row[0], row[1]) if row else (0, 0)
+            cursor = await conn.execute("SELECT role, count(*) FROM messages GROUP BY role")
+            messages = {str(role): int(n) for role, n in await cursor.fetchall()}
+        return BusinessStats(active, conversations, messages)
+
+    async def record_run_start(self, job: str, slot: int, runner: str) -> int:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "INSERT INTO scheduled_runs (job, slot, runner) VALUES (%s, %s, %s) RETURNING id",
+                (job, slot, runner),
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def record_run_end(self, run_id: int, outcome: str, detail: str | None) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                """UPDATE scheduled_runs SET finished_at = now(), outcome = %s, detail = %s
+                   WHERE id = %s""",
+                (outcome, detail, run_id),
             )

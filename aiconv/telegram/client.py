@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from aiconv.observability.metrics import TELEGRAM_CALLS, TELEGRAM_RATE_LIMITED
+
 # Extra seconds on top of a getUpdates long-poll so the HTTP timeout never fires first.
 _LONG_POLL_MARGIN = 10.0
 
@@ -93,8 +95,12 @@ class BotClient:
         try:
             response = await self._http.post(url, **kwargs)
         except httpx.RequestError as exc:
+            TELEGRAM_CALLS.labels(method, "0").inc()
             # `from None`: the httpx exception's message and request carry the URL/token.
             raise NetworkError(method, None, f"network error: {type(exc).__name__}") from None
+        TELEGRAM_CALLS.labels(method, str(response.status_code)).inc()
+        if response.status_code == 429:
+            TELEGRAM_RATE_LIMITED.labels(method).inc()
         try:
             body = response.json()
         except ValueError:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from aiconv.config import Settings
@@ -13,6 +14,10 @@ from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import JobQueue
 from aiconv.observability.ops import health_routes
 from aiconv.resources import make_redis
+from aiconv.store.db import make_pool
+from aiconv.web.admin import ADMIN_POOL_SIZE, admin_routes
+from aiconv.web.instrument import MetricsMiddleware
+from aiconv.web.openai import openai_routes
 from aiconv.web.webhook import make_webhook
 
 
@@ -20,12 +25,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     redis = make_redis(settings)
     queue = JobQueue(redis, Keys(settings.redis_key_prefix))
+    # PostgreSQL serves only the admin API here (enabled by JWT_SECRET_KEY); the pool opens
+    # without waiting, so a database outage never stops the webhook.
+    pool = (
+        make_pool(settings.database_url, min(settings.db_pool_size, ADMIN_POOL_SIZE), "admin")
+        if settings.jwt_secret_key
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        if pool is not None:
+            await pool.open(wait=False)
         try:
             yield
         finally:
+            if pool is not None:
+                await pool.close()
             await redis.aclose()
 
     async def redis_ping() -> object:
@@ -38,5 +54,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             methods=["POST"],
         ),
         *health_routes({"redis": redis_ping}),
+        *openai_routes(settings, queue),
+        *admin_routes(settings, redis, pool),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(MetricsMiddleware)])

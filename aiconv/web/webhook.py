@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from aiconv.jobs.queue import JobQueue
 from aiconv.telegram.models import InvalidUpdate, parse_update
-from aiconv.worker.updates import update_payload
+from aiconv.worker.updates import count_update, update_payload
 
 MAX_BODY_BYTES = 1024 * 1024
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
@@ -63,6 +63,7 @@ def make_webhook(secret: str | None, queue: JobQueue) -> object:
                 "webhook cannot enqueue", update_id=update.update_id, error=type(error).__name__
             )
             return _error(503, "temporarily unavailable")
+        count_update(update, added is not None)
         log.info(
             "update received" if added else "duplicate update ignored", update_id=update.update_id
         )

@@ -13,6 +13,12 @@ from aiconv.conversation import texts
 from aiconv.conversation.pacing import PacingConfig, plan_delivery
 from aiconv.jobs.consumer import Backoff
 from aiconv.jobs.queue import Job
+from aiconv.observability.metrics import (
+    MESSAGES_SENT,
+    REPLIES,
+    REPLY_LATENCY,
+    TYPING_SECONDS,
+)
 from aiconv.resources import Resources
 from aiconv.store.repository import GenerationStats
 from aiconv.telegram.client import BadRequest, Forbidden, NetworkError, RetryAfter, ServerError
@@ -75,9 +81,11 @@ class DeliveryHandler:
                     await self.typing.send_now(chat_id)
                 if plan.wait_seconds > 0:
                     await asyncio.sleep(plan.wait_seconds)  # the human pace itself
+                TYPING_SECONDS.observe(plan.wait_seconds)
                 if paced and not sent_any and await self.turns.is_stale(chat_id, generation_key):
                     # The user wrote again while we were "typing": answer everything at once.
                     bound.info("reply superseded before sending")
+                    REPLIES.labels("superseded").inc()
                     await self._settle_turn(chat_id, delivered=False)
                     return
                 message_id = await self._send(
@@ -92,7 +100,11 @@ class DeliveryHandler:
                     reply_to_message_id=p.get("reply_to_message_id"),
                     stats=_stats(p.get("stats")) if index == 0 else None,
                 )
+                MESSAGES_SENT.inc()
+                if index == 0 and paced:
+                    REPLY_LATENCY.observe(time.time() - float(p.get("started_at", time.time())))
                 sent_any = True
+            REPLIES.labels("delivered").inc()
             bound.info(
                 "reply delivered",
                 parts=len(plans),
@@ -100,6 +112,7 @@ class DeliveryHandler:
             )
         except UserBlockedBot:
             bound.info("user blocked the bot; reply and pending work dropped")
+            REPLIES.labels("blocked").inc()
             if p.get("user_id") is not None:
                 await self.r.store.set_user_blocked(int(p["user_id"]), True)
             await self.turns.forget(chat_id, f"blocked:{job.key}")

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
-from redis.exceptions import RedisError
 
 from aiconv.jobs.consumer import Consumer
 from aiconv.jobs.queue import Job
 from aiconv.resources import Resources
+from aiconv.store.repository import Maintenance
 from aiconv.telegram.client import TelegramError
 from aiconv.worker.delivery import REPLIES_GROUP, DeliveryHandler
+from aiconv.worker.maintenance import scheduled_jobs
 from aiconv.worker.poller import Poller
 from aiconv.worker.rate_limit import SendLimiter
+from aiconv.worker.scheduler import EmbeddedScheduler
 from aiconv.worker.turns import Turns
 from aiconv.worker.typing_keeper import TypingKeeper
 from aiconv.worker.updates import UPDATES_GROUP, UpdateHandler, chat_lane
-
-# Acknowledged entries stay this long for inspection (XRANGE) before they are trimmed.
-STREAM_RETENTION_SECONDS = 3600.0
-TRIM_INTERVAL_SECONDS = 60.0
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +39,7 @@ async def bot_username(resources: Resources) -> str | None:
 async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -> None:
     settings = resources.settings
     typing = TypingKeeper(resources.redis, resources.keys, resources.bot)
+    maintenance = Maintenance(resources.store.pool)
     turns = Turns(resources.redis, resources.keys, settings.turns)
     options = settings.consumer_options(concurrency=settings.worker_concurrency)
 
@@ -76,22 +74,15 @@ async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -
         replies.run(stop),
         typing.run(stop),
         turns.run(stop),
-        trim_streams(resources, stop),
+        EmbeddedScheduler(
+            resources.redis,
+            resources.keys,
+            maintenance,
+            updates.name,
+            scheduled_jobs(resources, maintenance),
+        ).run(stop),
     ]
     if poll:
         loops.append(Poller(resources).run(stop))
     log.info("worker running", polling=poll, consumer=updates.name)
     await asyncio.gather(*loops)
-
-
-async def trim_streams(resources: Resources, stop: asyncio.Event) -> None:
-    """Keep the streams short: drop entries every group has acknowledged, after a while."""
-    keys = resources.keys
-    while not stop.is_set():
-        for stream in (keys.updates, keys.generate, keys.replies):
-            try:
-                await resources.queue.trim(stream, STREAM_RETENTION_SECONDS)
-            except RedisError as error:
-                log.warning("stream trim failed", stream=stream, error=type(error).__name__)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), TRIM_INTERVAL_SECONDS)

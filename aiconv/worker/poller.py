@@ -17,7 +17,8 @@ from redis.exceptions import RedisError
 
 from aiconv.resources import Resources
 from aiconv.telegram.client import RetryAfter, TelegramError
-from aiconv.worker.updates import update_payload
+from aiconv.telegram.models import InvalidUpdate, parse_update
+from aiconv.worker.updates import count_update, update_payload
 
 ALLOWED_UPDATES = ["message"]
 LOCK_TTL_MS = 60_000
@@ -103,9 +104,11 @@ class Poller:
             update_id = update.get("update_id")
             if not isinstance(update_id, int) or isinstance(update_id, bool):
                 continue
-            await self.r.queue.enqueue(
+            added = await self.r.queue.enqueue(
                 self.r.keys.updates, update_payload(update), f"update:{update_id}"
             )
+            with contextlib.suppress(InvalidUpdate):
+                count_update(parse_update(update), added is not None)
             await self.r.redis.set(self.offset_key, update_id + 1)
 
 

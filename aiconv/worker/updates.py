@@ -11,8 +11,9 @@ from aiconv.conversation import texts
 from aiconv.conversation.commands import parse_command
 from aiconv.conversation.history import approx_tokens, fit_history
 from aiconv.jobs.queue import Job
+from aiconv.observability.metrics import UPDATES_RECEIVED
 from aiconv.resources import Resources
-from aiconv.telegram.models import IncomingMessage, parse_update
+from aiconv.telegram.models import IncomingMessage, Update, parse_update
 from aiconv.worker.turns import Turns
 from aiconv.worker.typing_keeper import TypingKeeper
 
@@ -34,6 +35,20 @@ def update_payload(update: dict[str, Any]) -> dict[str, Any]:
         "received_at": time.time(),
         "update": update,
     }
+
+
+def update_kind(update: Update) -> str:
+    """The label of aiconv_updates_received_total for one update."""
+    message = update.message
+    if message is None:
+        return "other"
+    if message.kind != "text":
+        return "media"
+    return "command" if (message.text or "").lstrip().startswith("/") else "text"
+
+
+def count_update(update: Update, added: bool) -> None:
+    UPDATES_RECEIVED.labels(update_kind(update) if added else "duplicate").inc()
 
 
 def message_key(message: IncomingMessage) -> str:

@@ -37,7 +37,7 @@ def base_env(database_url: str, redis_prefix: str, api_url: str, token: str) -> 
         LOG_LEVEL="info",
         MAX_TOKENS="32",
         TEMPERATURE="0",
-        N_THREADS="2",
+        N_THREADS="1",  # the test process and the double need the other core
         TYPING_CHARS_PER_SECOND="300",
         TYPING_READ_PAUSE_SECONDS="0.3",
         TYPING_MIN_DELAY_SECONDS="0.3",
@@ -71,12 +71,16 @@ class AiconvProcess:
             [sys.executable, "-m", "aiconv.cli", self.mode], env=self.env, stdout=log, stderr=log
         )
         deadline = time.monotonic() + timeout
+        probes = [f"{self.ops_url}/ready"]
+        if self.mode in ("web", "all"):
+            probes.append(f"{self.web_url}/health")  # granian's workers bind after the ops port
         async with httpx.AsyncClient(timeout=2.0) as http:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"aiconv {self.mode} exited early:\n{self.logs()}")
                 try:
-                    if (await http.get(f"{self.ops_url}/ready")).status_code == 200:
+                    answers = [await http.get(probe) for probe in probes]
+                    if all(answer.status_code == 200 for answer in answers):
                         return
                 except httpx.TransportError:
                     pass

@@ -125,7 +125,8 @@ async def test_two_chats_at_once_each_get_their_own_reply(
     second = await double.send_user_message(602, "Please say hello to Bob.")
     await double.wait_for_messages(601, 1)
     await double.wait_for_messages(602, 1)
-    rows = await eventually(lambda: stored_replies(database_url, 601, 602), timeout=10)
+    await eventually(lambda: len(stored_replies(database_url, 601, 602)) == 2, timeout=10)
+    rows = stored_replies(database_url, 601, 602)
     assert rows == [
         (601, first["message"]["message_id"]),
         (602, second["message"]["message_id"]),

@@ -36,6 +36,8 @@ SECRET = "fault-secret"
 FAST_RECOVERY = {
     "JOB_VISIBILITY_TIMEOUT_SECONDS": "3",  # a dead process's jobs are taken over quickly
     "MAX_TOKENS": "24",
+    # Two ml processes share 2 cores: llama.cpp's spinning threads must not oversubscribe them.
+    "N_THREADS": "1",
 }
 
 

@@ -76,3 +76,25 @@ async def test_a_blocked_user_is_reported(store: Store) -> None:
     assert await store.record_sender(incoming(9003, user_id=77)) is False
     await store.set_user_blocked(77, False)
     assert await store.record_sender(incoming(9003, user_id=77)) is True
+
+
+async def test_message_text_is_encrypted_at_rest(database_url: str) -> None:
+    from aiconv.store.crypto import TextCipher
+
+    pool = make_pool(database_url, max_size=2)
+    await pool.open()
+    try:
+        store = Store(pool, TextCipher(["a-key-of-at-least-16-chars"]))
+        await store.record_sender(incoming(9004))
+        await store.add_message(
+            chat_id=9004, role="user", text="secret words", idempotency_key="e1"
+        )
+        async with pool.connection() as conn:
+            cursor = await conn.execute("SELECT text FROM messages WHERE idempotency_key = 'e1'")
+            row = await cursor.fetchone()
+        assert row is not None and row[0].startswith("enc1:") and "secret" not in row[0]
+        assert await store.history(9004, 10) == [Turn("user", "secret words")]
+        found = await store.message_by_key("e1")
+        assert found is not None and found.text == "secret words"
+    finally:
+        await pool.close()

@@ -1,0 +1,150 @@
+"""ml's side of the OpenAI-compatible API: run a request's messages, stream events to Redis.
+
+The consumer acknowledges the job when the handler returns; the events are the effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import structlog
+
+from aiconv.jobs.keys import Keys
+from aiconv.jobs.queue import Job, JobQueue
+from aiconv.ml.cancel import CancelWatcher
+from aiconv.ml.engine import Engine, PromptTooLong
+from aiconv.ml.protocol import API_KIND, RESPONSE_TTL_SECONDS, api_cancel_key, api_response_key
+from aiconv.ml.stats import observe
+
+__all__ = ["API_KIND", "ApiHandler"]
+
+# Deltas are written at most this often per request (tokens in between are joined).
+FLUSH_SECONDS = 0.02
+
+log = structlog.get_logger(__name__)
+
+
+class ApiHandler:
+    def __init__(
+        self, engine: Engine, queue: JobQueue, keys: Keys, watcher: CancelWatcher, model_id: str
+    ) -> None:
+        self.engine = engine
+        self.queue = queue
+        self.keys = keys
+        self.watcher = watcher
+        self.model_id = model_id
+
+    async def __call__(self, job: Job) -> None:
+        p = job.payload
+        request_id = str(p.get("id", ""))
+        out = api_response_key(self.keys, request_id)
+        redis = self.queue.redis
+        bound = log.bind(job_key=job.key, request_id=request_id)
+
+        async def emit(event: dict[str, Any]) -> None:
+            await redis.xadd(out, {"event": json.dumps(event)}, maxlen=100_000, approximate=True)
+
+        cancel_key = api_cancel_key(self.keys, request_id)
+        if not request_id or await self.watcher.stale(cancel_key, None):
+            return
+        # A rerun (after a crash or a Redis outage) announces itself with a new attempt id.
+        await emit({"type": "start", "attempt": uuid.uuid4().hex})
+        await redis.expire(out, RESPONSE_TTL_SECONDS)
+        try:
+            messages = _messages(p.get("messages"))
+            prompt = await asyncio.to_thread(self.engine.chat_tokens, messages)
+            generation = self.engine.submit(
+                prompt,
+                max_tokens=_int(p.get("max_tokens")),
+                temperature=_float(p.get("temperature")),
+                top_p=_float(p.get("top_p")) or 1.0,
+                seed=_int(p.get("seed")),
+                stop=[str(s) for s in p.get("stop") or []][:4],
+            )
+        except PromptTooLong as error:
+            await emit(
+                {
+                    "type": "error",
+                    "status": 400,
+                    "code": "context_length_exceeded",
+                    "message": f"the messages do not fit the model's context: {error}",
+                }
+            )
+            return
+        except (ValueError, TypeError) as error:
+            await emit(
+                {"type": "error", "status": 400, "code": "invalid_request", "message": str(error)}
+            )
+            return
+        try:
+            with self.watcher.watch(cancel_key, None, generation):
+                buffer: list[str] = []
+                last = asyncio.get_running_loop().time()
+                async for piece in generation:
+                    buffer.append(piece)
+                    now = asyncio.get_running_loop().time()
+                    if now - last >= FLUSH_SECONDS:
+                        await emit({"type": "delta", "text": "".join(buffer)})
+                        buffer.clear()
+                        last = now
+                if buffer:
+                    await emit({"type": "delta", "text": "".join(buffer)})
+        except asyncio.CancelledError:
+            generation.cancel()
+            raise
+        except Exception as error:
+            bound.error("api generation failed", error=type(error).__name__, detail=str(error))
+            observe(None, "failed")
+            await emit(
+                {
+                    "type": "error",
+                    "status": 500,
+                    "code": "generation_failed",
+                    "message": "generation failed",
+                }
+            )
+            return
+        completion = generation.completion
+        assert completion is not None
+        await emit(
+            {
+                "type": "done",
+                "finish_reason": completion.finish_reason,
+                "prompt_tokens": completion.prompt_tokens,
+                "completion_tokens": completion.completion_tokens,
+                "cached_tokens": completion.cached_tokens,
+            }
+        )
+        await redis.expire(out, RESPONSE_TTL_SECONDS)
+        observe(completion, "cancelled" if completion.finish_reason == "cancelled" else "ok")
+        bound.info(
+            "api request generated",
+            prompt_tokens=completion.prompt_tokens,
+            cached_tokens=completion.cached_tokens,
+            completion_tokens=completion.completion_tokens,
+            finish_reason=completion.finish_reason,
+            first_token_seconds=completion.first_token_seconds,
+        )
+
+
+def _messages(raw: Any) -> list[dict[str, str]]:
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("messages must be a non-empty list")
+    messages = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise ValueError("each message must be an object")
+        role, content = str(item.get("role", "")), str(item.get("content", ""))
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

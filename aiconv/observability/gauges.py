@@ -1,0 +1,96 @@
+"""Gauges read from Redis and the pool, refreshed by every process so none goes stale.
+
+Stream figures come straight from Redis; the business figures (active users, conversations) are
+computed once per interval by the scheduler and shared through a Redis hash, so every process
+exports the same values and a dashboard's max() is always current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from aiconv.jobs.keys import Keys
+from aiconv.observability.metrics import (
+    ACTIVE_USERS,
+    CONVERSATIONS,
+    DB_POOL_CONNECTIONS,
+    DLQ_SIZE,
+    STORED_MESSAGES,
+    STREAM_LAG,
+    STREAM_LENGTH,
+    STREAM_OLDEST_PENDING_AGE,
+    STREAM_PENDING,
+)
+
+REFRESH_SECONDS = 15.0
+
+log = structlog.get_logger(__name__)
+
+
+def business_key(keys: Keys) -> str:
+    return f"{keys.prefix}gauges:business"
+
+
+async def refresh_streams(redis: Redis, keys: Keys) -> None:
+    for stream in (keys.updates, keys.generate, keys.replies):
+        label = stream.removeprefix(keys.prefix)
+        STREAM_LENGTH.labels(label).set(await redis.xlen(stream))
+        try:
+            groups = await redis.xinfo_groups(stream)
+        except ResponseError:
+            groups = []  # the stream does not exist yet
+        lag = pending = 0
+        oldest_age = 0.0
+        for group in groups:
+            lag += int(group.get("lag") or 0)
+            pending += int(group["pending"])
+            if int(group["pending"]):
+                summary = await redis.xpending(stream, group["name"])
+                oldest_ms = int(str(summary["min"]).split("-")[0])
+                oldest_age = max(oldest_age, time.time() - oldest_ms / 1000)
+        STREAM_LAG.labels(label).set(lag)
+        STREAM_PENDING.labels(label).set(pending)
+        STREAM_OLDEST_PENDING_AGE.labels(label).set(oldest_age)
+    DLQ_SIZE.set(await redis.xlen(keys.dlq))
+
+
+async def refresh_business(redis: Redis, keys: Keys) -> None:
+    figures = await redis.hgetall(business_key(keys))
+    for field, value in figures.items():
+        kind, _, label = str(field).partition(":")
+        gauge = {
+            "active_users": ACTIVE_USERS,
+            "conversations": CONVERSATIONS,
+            "messages": STORED_MESSAGES,
+        }.get(kind)
+        if gauge is not None:
+            gauge.labels(label).set(float(value))
+
+
+def refresh_pool(pool: AsyncConnectionPool) -> None:
+    stats = pool.get_stats()
+    DB_POOL_CONNECTIONS.labels("size").set(stats.get("pool_size", 0))
+    DB_POOL_CONNECTIONS.labels("idle").set(stats.get("pool_available", 0))
+    DB_POOL_CONNECTIONS.labels("waiting").set(stats.get("requests_waiting", 0))
+
+
+async def run_gauges(
+    redis: Redis, keys: Keys, pool: AsyncConnectionPool | None, stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        try:
+            await refresh_streams(redis, keys)
+            await refresh_business(redis, keys)
+        except (RedisError, OSError) as error:
+            log.debug("gauges not refreshed", error=type(error).__name__)
+        if pool is not None:
+            refresh_pool(pool)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), REFRESH_SECONDS)

@@ -1,0 +1,398 @@
+"""An OpenAI-compatible API on `aiconv web`: /v1/chat/completions and /v1/models.
+
+Guarded by bearer keys from OPENAI_API_KEYS (no keys: the endpoints answer 404). A request
+becomes a generation job on the same stream as chat turns, so the same ml pool serves it; ml
+streams the tokens back on a per-request Redis stream that this side reads (see
+`aiconv.ml.protocol`). A client that goes away cancels its generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from aiconv.config import Settings
+from aiconv.jobs.queue import JobQueue
+from aiconv.ml.protocol import (
+    API_KIND,
+    RESPONSE_TTL_SECONDS,
+    api_cancel_key,
+    api_response_key,
+    served_model_id,
+)
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+REQUEST_TIMEOUT_SECONDS = 600.0  # a request waiting longer for ml (queue + generation) fails
+READ_BLOCK_MS = 5000
+ROLES = {"system", "user", "assistant"}
+
+log = structlog.get_logger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.kind = kind
+
+    def response(self) -> Response:
+        body = {"error": {"message": self.message, "type": self.kind, "param": None,
+                          "code": self.code}}  # fmt: skip
+        return JSONResponse(body, status_code=self.status)
+
+
+UNAVAILABLE = ApiError(503, "temporarily unavailable", "unavailable", "server_error")
+
+
+def openai_routes(settings: Settings, queue: JobQueue) -> list[Route]:
+    api = OpenAiApi(settings, queue)
+    return [
+        Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+        Route("/v1/models", api.models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", api.model, methods=["GET"]),
+    ]
+
+
+class OpenAiApi:
+    def __init__(self, settings: Settings, queue: JobQueue) -> None:
+        self.api_keys = [key.encode() for key in settings.openai_api_keys]
+        self.queue = queue
+        self.redis: Redis = queue.redis
+        self.keys = queue.keys
+        self.model_id = served_model_id(settings.resolved_model_path())
+        self.created = int(time.time())
+
+    def _check(self, request: Request) -> None:
+        if not self.api_keys:
+            raise ApiError(404, "the API is not enabled (set OPENAI_API_KEYS)", "not_found")
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        token = given.strip().encode()
+        valid = False
+        for key in self.api_keys:  # compare with every key: time does not tell which matched
+            valid |= hmac.compare_digest(token, key)
+        if scheme.lower() != "bearer" or not valid:
+            raise ApiError(401, "invalid or missing API key", "invalid_api_key")
+
+    def _model_card(self) -> dict[str, Any]:
+        return {"id": self.model_id, "object": "model", "created": self.created,
+                "owned_by": "aiconv"}  # fmt: skip
+
+    async def models(self, request: Request) -> Response:
+        try:
+            self._check(request)
+        except ApiError as error:
+            return error.response()
+        return JSONResponse({"object": "list", "data": [self._model_card()]})
+
+    async def model(self, request: Request) -> Response:
+        try:
+            self._check(request)
+            if request.path_params["model_id"] != self.model_id:
+                raise ApiError(404, "no such model", "model_not_found")
+        except ApiError as error:
+            return error.response()
+        return JSONResponse(self._model_card())
+
+    async def chat_completions(self, request: Request) -> Response:
+        try:
+            self._check(request)
+            body = await _read_json(request)
+            job, stream, include_usage = self._job(body)
+        except ApiError as error:
+            return error.response()
+        request_id = job["id"]
+        try:
+            await self.queue.enqueue(self.keys.generate, job, job["key"])
+            events = self._events(request_id)
+            events = _chain(await _until_content(events), events)
+        except RedisError as error:
+            log.warning("api cannot reach redis", error=type(error).__name__)
+            await self._cancel(request_id)
+            return UNAVAILABLE.response()
+        except ApiError as error:
+            await self._cancel(request_id)
+            return error.response()
+        head = {"id": f"chatcmpl-{request_id}", "created": job["created"], "model": self.model_id}
+        if stream:
+            return StreamingResponse(
+                self._sse(head, events, include_usage, request_id),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            )
+        try:
+            return await self._whole(head, events)
+        except RedisError:
+            return UNAVAILABLE.response()
+        except ApiError as error:
+            return error.response()
+        finally:
+            await self._cleanup(request_id)
+
+    def _job(self, body: Any) -> tuple[dict[str, Any], bool, bool]:
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object", "invalid_request")
+        messages = _messages(body.get("messages"))
+        n = body.get("n", 1)
+        if n not in (1, None):
+            raise ApiError(400, "only n=1 is supported", "unsupported_parameter")
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
+            raise ApiError(400, "max_tokens must be a positive integer", "invalid_value")
+        temperature = _number(body, "temperature", 0.0, 2.0)
+        top_p = _number(body, "top_p", 0.0, 1.0)
+        seed = body.get("seed")
+        if seed is not None and not _is_int(seed):
+            raise ApiError(400, "seed must be an integer", "invalid_value")
+        stop = body.get("stop")
+        stops: Any = [stop] if isinstance(stop, str) else [] if stop is None else stop
+        if (
+            not isinstance(stops, list)
+            or len(stops) > 4
+            or not all(isinstance(s, str) for s in stops)
+        ):
+            raise ApiError(400, "stop: a string or a list of up to 4 strings", "invalid_value")
+        options: Any = body.get("stream_options") or {}
+        request_id = uuid.uuid4().hex
+        job = {
+            "kind": API_KIND,
+            "key": f"oai:{request_id}",
+            "id": request_id,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "seed": seed,
+            "stop": stops,
+            "created": int(time.time()),
+        }
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        return job, bool(body.get("stream")), include_usage
+
+    async def _events(self, request_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The request's events from ml, in order, until done or error."""
+        key = api_response_key(self.keys, request_id)
+        last = "0-0"
+        deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            response: Any = await self.redis.xread({key: last}, count=256, block=READ_BLOCK_MS)
+            for _stream, entries in response or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    event = json.loads(fields.get("event", "{}"))
+                    yield event
+                    if event.get("type") in ("done", "error"):
+                        return
+        raise ApiError(504, "no answer from the model in time", "timeout", "server_error")
+
+    async def _whole(self, head: dict[str, Any], events: AsyncIterator[dict[str, Any]]) -> Response:
+        text: list[str] = []
+        attempt = None
+        async for event in events:
+            kind = event.get("type")
+            if kind == "start":
+                if attempt is not None and attempt != event.get("attempt"):
+                    text.clear()  # a rerun starts over
+                attempt = event.get("attempt")
+            elif kind == "delta":
+                text.append(str(event.get("text", "")))
+            elif kind == "error":
+                raise _event_error(event)
+            elif kind == "done":
+                return JSONResponse(
+                    {
+                        **head,
+                        "object": "chat.completion",
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": "".join(text)},
+                                "logprobs": None,
+                                "finish_reason": _finish_reason(event),
+                            }
+                        ],
+                        "usage": _usage(event),
+                    }
+                )
+        raise ApiError(502, "the model's answer ended early", "incomplete", "server_error")
+
+    async def _sse(
+        self,
+        head: dict[str, Any],
+        events: AsyncIterator[dict[str, Any]],
+        include_usage: bool,
+        request_id: str,
+    ) -> AsyncIterator[str]:
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+            data = {**head, "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                 "finish_reason": finish}]}  # fmt: skip
+            return f"data: {json.dumps(data)}\n\n"
+
+        finished = False
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            attempt = None
+            sent = False
+            async for event in events:
+                kind = event.get("type")
+                if kind == "start":
+                    if attempt is not None and attempt != event.get("attempt") and sent:
+                        raise ApiError(502, "generation was interrupted", "interrupted",
+                                       "server_error")  # fmt: skip
+                    attempt = event.get("attempt")
+                elif kind == "delta" and event.get("text"):
+                    sent = True
+                    yield chunk({"content": str(event["text"])})
+                elif kind == "error":
+                    raise _event_error(event)
+                elif kind == "done":
+                    yield chunk({}, _finish_reason(event))
+                    if include_usage:
+                        usage = {**head, "object": "chat.completion.chunk", "choices": [],
+                                 "usage": _usage(event)}  # fmt: skip
+                        yield f"data: {json.dumps(usage)}\n\n"
+                    yield "data: [DONE]\n\n"
+                    finished = True
+                    return
+            raise ApiError(502, "the model's answer ended early", "incomplete", "server_error")
+        except (ApiError, RedisError) as error:
+            failure = error if isinstance(error, ApiError) else UNAVAILABLE
+            body = {"error": {"message": failure.message, "type": failure.kind,
+                              "code": failure.code}}  # fmt: skip
+            yield f"data: {json.dumps(body)}\n\n"
+            finished = True
+        finally:
+            with anyio.CancelScope(shield=True):
+                if not finished:
+                    await self._cancel(request_id)  # the client went away mid-answer
+                await self._cleanup(request_id)
+
+    async def _cancel(self, request_id: str) -> None:
+        with contextlib.suppress(RedisError):
+            key = api_cancel_key(self.keys, request_id)
+            await self.redis.set(key, "1", ex=RESPONSE_TTL_SECONDS)
+
+    async def _cleanup(self, request_id: str) -> None:
+        with contextlib.suppress(RedisError):
+            await self.redis.delete(api_response_key(self.keys, request_id))
+
+
+async def _until_content(events: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events up to the first delta or done: errors before any text get a real HTTP status."""
+    seen: list[dict[str, Any]] = []
+    async for event in events:
+        if event.get("type") == "error":
+            raise _event_error(event)
+        seen.append(event)
+        if event.get("type") != "start":
+            return seen
+    raise ApiError(502, "the model's answer ended early", "incomplete", "server_error")
+
+
+async def _chain(
+    seen: list[dict[str, Any]], events: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
+    for event in seen:
+        yield event
+    async for event in events:
+        yield event
+
+
+def _event_error(event: dict[str, Any]) -> ApiError:
+    status = int(event.get("status", 500))
+    return ApiError(
+        status,
+        str(event.get("message", "generation failed")),
+        str(event.get("code", "generation_failed")),
+        "invalid_request_error" if status < 500 else "server_error",
+    )
+
+
+def _finish_reason(event: dict[str, Any]) -> str:
+    return "length" if event.get("finish_reason") == "length" else "stop"
+
+
+def _usage(event: dict[str, Any]) -> dict[str, Any]:
+    prompt = int(event.get("prompt_tokens", 0))
+    completion = int(event.get("completion_tokens", 0))
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": int(event.get("cached_tokens", 0))},
+    }
+
+
+def _messages(raw: Any) -> list[dict[str, str]]:
+    if not isinstance(raw, list) or not raw:
+        raise ApiError(400, "messages must be a non-empty array", "invalid_value")
+    messages = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise ApiError(400, "each message must be an object", "invalid_value")
+        role = item.get("role")
+        role = "system" if role == "developer" else role
+        if role not in ROLES:
+            raise ApiError(400, f"unsupported message role {role!r}", "invalid_value")
+        messages.append({"role": str(role), "content": _content(item.get("content"))})
+    return messages
+
+
+def _content(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: Sequence[Any] = content
+        texts = []
+        for part in parts:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise ApiError(400, "only text content parts are supported", "invalid_value")
+            texts.append(str(part.get("text", "")))
+        return "".join(texts)
+    raise ApiError(400, "message content must be a string or text parts", "invalid_value")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ApiError(400, f"{name} must be a number from {low} to {high}", "invalid_value")
+    return float(value)
+
+
+async def _read_json(request: Request) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"body over {MAX_BODY_BYTES} bytes", "request_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, f"body over {MAX_BODY_BYTES} bytes", "request_too_large")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise ApiError(400, "the body is not valid JSON", "invalid_json") from None

@@ -1,0 +1,99 @@
+"""The scheduler's jobs: stream sweep, business gauges, retention purge, database backup."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+import psycopg.conninfo
+
+from aiconv.config import Settings
+from aiconv.observability.gauges import business_key
+from aiconv.resources import Resources
+from aiconv.store.repository import Maintenance
+from aiconv.worker.scheduler import ScheduledJob
+
+# Acknowledged stream entries stay this long for inspection (XRANGE) before they are trimmed.
+STREAM_RETENTION_SECONDS = 3600.0
+
+
+def scheduled_jobs(resources: Resources, maintenance: Maintenance) -> list[ScheduledJob]:
+    settings = resources.settings
+    schedule = settings.schedule
+
+    async def sweep_streams() -> str:
+        keys = resources.keys
+        trimmed = 0
+        for stream in (keys.updates, keys.generate, keys.replies):
+            trimmed += await resources.queue.trim(stream, STREAM_RETENTION_SECONDS)
+        return f"trimmed {trimmed} acknowledged entries"
+
+    async def refresh_business_gauges() -> str:
+        stats = await maintenance.business_stats()
+        figures: dict[Any, Any] = {}
+        figures.update({f"active_users:{w}": n for w, n in stats.active_users.items()})
+        figures.update({f"conversations:{w}": n for w, n in stats.conversations.items()})
+        figures.update({f"messages:{role}": n for role, n in stats.messages.items()})
+        if figures:
+            await resources.redis.hset(business_key(resources.keys), mapping=figures)
+        return f"{len(figures)} figures"
+
+    jobs = [
+        ScheduledJob("stream_sweep", schedule.sweep_seconds, sweep_streams),
+        ScheduledJob("gauges_refresh", schedule.gauges_seconds, refresh_business_gauges),
+    ]
+    if settings.message_retention_days is not None:
+        days = settings.message_retention_days
+
+        async def purge() -> str:
+            return f"deleted {await maintenance.purge_messages_older_than(days)} messages"
+
+        jobs.append(ScheduledJob("retention_purge", schedule.retention_seconds, purge))
+    if settings.backup_dir is not None:
+        folder = settings.backup_dir
+
+        async def backup() -> str:
+            path = await backup_database(settings, folder)
+            removed = rotate_backups(folder, settings.backup_keep)
+            return f"{path.name}, {len(removed)} old removed"
+
+        jobs.append(ScheduledJob("database_backup", schedule.backup_seconds, backup))
+    return jobs
+
+
+async def backup_database(settings: Settings, folder: Path) -> Path:
+    """pg_dump in custom format, written under a temporary name and renamed when complete."""
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    final = folder / f"aiconv-{stamp}.dump"
+    partial = final.with_suffix(".dump.partial")
+    params = psycopg.conninfo.conninfo_to_dict(settings.database_url)
+    password = params.pop("password", None)  # via the environment: never on a command line
+    env = dict(os.environ)
+    if password:
+        env["PGPASSWORD"] = str(password)
+    process = await asyncio.create_subprocess_exec(
+        "pg_dump",
+        "--format=custom",
+        f"--file={partial}",
+        f"--dbname={psycopg.conninfo.make_conninfo(**params)}",  # type: ignore[arg-type]
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await process.communicate()
+    if process.returncode != 0:
+        await asyncio.to_thread(partial.unlink, missing_ok=True)
+        raise RuntimeError(f"pg_dump failed: {stderr.decode(errors='replace')[-300:]}")
+    await asyncio.to_thread(partial.rename, final)
+    return final
+
+
+def rotate_backups(folder: Path, keep: int) -> list[Path]:
+    dumps = sorted(folder.glob("aiconv-*.dump"))
+    old = dumps[:-keep] if keep > 0 else dumps
+    for path in old:
+        path.unlink()
+    return old

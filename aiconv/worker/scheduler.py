@@ -1,0 +1,131 @@
+"""The embedded scheduler of worker mode: periodic jobs, each run exactly once across workers.
+
+Every worker runs an APScheduler whose interval triggers are aligned to the epoch, so all of them
+agree on when a run is due. Only the holder of a Redis leader lease executes jobs, and each run
+also takes a per-slot Redis key with SET NX, so a leadership hand-over in the middle of an
+interval still runs that slot once. Runs are recorded in `scheduled_runs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from aiconv.jobs.keys import Keys
+from aiconv.observability.metrics import SCHEDULED_RUNS
+from aiconv.store.repository import Maintenance
+
+LEASE_SECONDS = 15.0
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+log = structlog.get_logger(__name__)
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class ScheduledJob:
+    name: str
+    interval_seconds: float
+    run: Callable[[], Awaitable[str | None]]  # returns a short detail for the record
+
+
+class EmbeddedScheduler:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        maintenance: Maintenance,
+        runner: str,
+        jobs: list[ScheduledJob],
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.maintenance = maintenance
+        self.runner = runner
+        self.jobs = jobs
+        self.leading = False
+        self._lease_key = f"{keys.prefix}scheduler:leader"
+        self._renew = redis.register_script(_RENEW)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        scheduler = AsyncIOScheduler(timezone=dt.UTC)
+        for job in self.jobs:
+            scheduler.add_job(
+                self._execute,
+                IntervalTrigger(seconds=job.interval_seconds, start_date=EPOCH),
+                args=[job],
+                id=job.name,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(job.interval_seconds)),
+            )
+        scheduler.start()
+        try:
+            while not stop.is_set():
+                await self._hold_lease()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), LEASE_SECONDS / 3)
+        finally:
+            scheduler.shutdown(wait=False)
+            if self.leading:
+                with contextlib.suppress(RedisError):
+                    if await self.redis.get(self._lease_key) == self.runner:
+                        await self.redis.delete(self._lease_key)
+
+    async def _hold_lease(self) -> None:
+        lease_ms = int(LEASE_SECONDS * 1000)
+        try:
+            if self.leading and await self._renew(
+                keys=[self._lease_key], args=[self.runner, lease_ms]
+            ):
+                return
+            was_leading = self.leading
+            self.leading = bool(
+                await self.redis.set(self._lease_key, self.runner, nx=True, px=lease_ms)
+            )
+            if self.leading != was_leading:
+                log.info("scheduler leadership", leading=self.leading)
+        except RedisError as error:
+            self.leading = False
+            log.warning("scheduler cannot reach redis", error=type(error).__name__)
+
+    async def _execute(self, job: ScheduledJob) -> None:
+        if not self.leading:
+            return
+        slot = round(time.time() / job.interval_seconds)
+        claimed = await self.redis.set(
+            f"{self.keys.prefix}scheduler:{job.name}:{slot}",
+            self.runner,
+            nx=True,
+            ex=max(60, int(job.interval_seconds * 3)),
+        )
+        if not claimed:
+            return
+        bound = log.bind(scheduled_job=job.name, slot=slot)
+        run_id = await self.maintenance.record_run_start(job.name, slot, self.runner)
+        try:
+            detail = await job.run()
+        except Exception as error:  # a failed run is recorded and retried next interval
+            SCHEDULED_RUNS.labels(job.name, "failed").inc()
+            bound.error("scheduled job failed", error=type(error).__name__, detail=str(error)[:200])
+            await self.maintenance.record_run_end(run_id, "failed", str(error)[:500])
+            return
+        SCHEDULED_RUNS.labels(job.name, "ok").inc()
+        bound.info("scheduled job done", detail=detail)
+        await self.maintenance.record_run_end(run_id, "ok", detail)

@@ -1,0 +1,64 @@
+"""The scheduler's jobs on the real database: retention purge and pg_dump backups."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from aiconv.config import Settings
+from aiconv.store.db import make_pool
+from aiconv.store.repository import Maintenance
+from aiconv.worker.maintenance import backup_database, rotate_backups
+
+
+@pytest.fixture
+async def maintenance(database_url: str) -> AsyncIterator[Maintenance]:
+    pool = make_pool(database_url, max_size=2)
+    await pool.open()
+    yield Maintenance(pool)
+    await pool.close()
+
+
+async def test_retention_purges_only_old_messages(
+    maintenance: Maintenance, database_url: str
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO chats (id, type) VALUES (7001, 'private') ON CONFLICT DO NOTHING")
+        for n, age in enumerate((40, 31, 29, 0)):
+            conn.execute(
+                "INSERT INTO messages (chat_id, role, text, idempotency_key, created_at) "
+                "VALUES (7001, 'user', 'x', %s, now() - make_interval(days => %s))",
+                (f"retention-{n}", age),
+            )
+    assert await maintenance.purge_messages_older_than(30, batch=1) == 2
+    with psycopg.connect(database_url) as conn:
+        left = conn.execute(
+            "SELECT idempotency_key FROM messages WHERE chat_id = 7001 ORDER BY id"
+        ).fetchall()
+    assert [row[0] for row in left] == ["retention-2", "retention-3"]
+
+
+async def test_business_stats_count_recent_activity(maintenance: Maintenance) -> None:
+    stats = await maintenance.business_stats()
+    assert set(stats.active_users) == {"5m", "1h", "24h"}
+    assert stats.active_users["5m"] <= stats.active_users["24h"]
+
+
+async def test_backups_are_restorable_and_rotated(database_url: str, tmp_path: Path) -> None:
+    settings = dataclasses.replace(Settings.from_env({}), database_url=database_url)
+    made = await backup_database(settings, tmp_path)
+    listing = subprocess.run(
+        ["pg_restore", "--list", str(made)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "TABLE public messages" in listing and "TABLE public scheduled_runs" in listing
+    older = [tmp_path / f"aiconv-2026010{day}-020000.dump" for day in (1, 2, 3)]
+    for path in older:
+        path.write_bytes(b"an older backup")
+    removed = rotate_backups(tmp_path, keep=2)
+    assert removed == older[:2]
+    assert sorted(tmp_path.glob("aiconv-*.dump")) == [older[2], made]
