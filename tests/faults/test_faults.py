@@ -243,8 +243,11 @@ async def test_a_message_while_the_bot_types_is_answered_together(
     launch: Launcher, double: BotApiDouble, redis: Redis, redis_prefix: str, database_url: str
 ) -> None:
     await launch(
-        "all", **webhook(free_port()), TURN_DEBOUNCE_SECONDS="0.2",
-        TYPING_MIN_DELAY_SECONDS="4", TYPING_MAX_DELAY_SECONDS="6",
+        "all",
+        **webhook(free_port()),
+        TURN_DEBOUNCE_SECONDS="0.2",
+        TYPING_MIN_DELAY_SECONDS="4",
+        TYPING_MAX_DELAY_SECONDS="6",
     )
     first = double.make_update(1601, "What is the capital of France?")
     await telegram_delivers(double, first)
