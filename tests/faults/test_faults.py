@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from aiconv.telegram.double import BotApiDouble
 from tests.e2e.conftest import Launcher
@@ -134,7 +135,14 @@ async def test_redis_restarted_while_messages_flow(
 ) -> None:
     url, server = private_redis
     redis = Redis.from_url(url, decode_responses=True)
-    await eventually(redis.ping, timeout=20)
+
+    async def answers() -> bool:
+        try:
+            return bool(await redis.ping())
+        except RedisError:
+            return False  # still starting
+
+    await eventually(answers, timeout=20)
     await launch("all", REDIS_URL=url, **webhook(free_port()))
     chats, turns = list(range(1201, 1205)), 5
     tally = Tally("Redis restarted")
@@ -148,7 +156,7 @@ async def test_redis_restarted_while_messages_flow(
             server.start()
 
     await asyncio.gather(converse(double, chats, turns, tally), restart_redis())
-    await eventually(redis.ping, timeout=20)
+    await eventually(answers, timeout=20)
     await settled(redis, redis_prefix)
     await redis.aclose()
     count(double, chats, turns, tally)
