@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import psycopg
@@ -25,15 +26,22 @@ def _database_url(name: str) -> str:
     return urlsplit(ADMIN_DATABASE_URL)._replace(path=f"/{name}").geturl()
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """A fresh, migrated database for this test run, dropped at the end."""
-    url = _database_url(f"aiconv_test_{RUN_ID}")
+@contextmanager
+def migrated_database(name: str) -> Iterator[str]:
+    """A fresh, migrated database of this name, dropped afterwards."""
+    url = _database_url(name)
     asyncio.run(ensure_database(url))
     asyncio.run(apply_migrations(url))
     yield url
     with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS aiconv_test_{RUN_ID} WITH (FORCE)")
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """The test run's own database."""
+    with migrated_database(f"aiconv_test_{RUN_ID}") as url:
+        yield url
 
 
 @pytest.fixture

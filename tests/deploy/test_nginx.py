@@ -16,12 +16,17 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
+
+from aiconv.telegram.double import BotApiDouble
+from tests.e2e.harness import AiconvProcess, base_env
 
 from ._support import NGINX_DIR, free_port, require_tool
 
@@ -198,11 +203,12 @@ def upstream() -> Iterator[Upstream]:
         server.server_close()
 
 
-@pytest.fixture
-def proxy(tools: tuple[str, str], tmp_path: Path, upstream: Upstream) -> Iterator[Rendered]:
+@contextmanager
+def running_nginx(tools: tuple[str, str], folder: Path, upstream_port: int) -> Iterator[Rendered]:
+    """The shipped configuration, served by Debian's nginx in front of a loopback port."""
     nginx, openssl = tools
-    make_cert(openssl, tmp_path / "certs")
-    rendered = render(tmp_path, upstream.port)
+    make_cert(openssl, folder / "certs")
+    rendered = render(folder, upstream_port)
     process = subprocess.Popen(
         [*nginx_args(nginx, rendered), "-g", "daemon off;"],
         stdout=subprocess.DEVNULL,
@@ -228,6 +234,12 @@ def proxy(tools: tuple[str, str], tmp_path: Path, upstream: Upstream) -> Iterato
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+
+@pytest.fixture
+def proxy(tools: tuple[str, str], tmp_path: Path, upstream: Upstream) -> Iterator[Rendered]:
+    with running_nginx(tools, tmp_path, upstream.port) as rendered:
+        yield rendered
 
 
 def client(base: str) -> httpx.Client:
@@ -322,3 +334,37 @@ def test_tls_follows_mozilla_intermediate(proxy: Rendered) -> None:
     weak.set_ciphers("AES128-SHA256:AES256-SHA")
     with pytest.raises(ssl.SSLError):
         _handshake(proxy.https_port, weak)
+
+
+async def test_a_webhook_through_nginx_reaches_aiconv_web(
+    tools: tuple[str, str], tmp_path: Path, database_url: str, redis_prefix: str, redis: Redis
+) -> None:
+    """The real `aiconv web` behind the shipped nginx: the update lands on the Redis stream."""
+    async with BotApiDouble() as double:
+        port = free_port()
+        env = base_env(database_url, redis_prefix, double.url, double.token)
+        env.update(
+            PORT=str(port),
+            TELEGRAM_WEBHOOK_URL="https://bot.example/webhook",
+            TELEGRAM_WEBHOOK_SECRET=SECRET,
+        )
+        web = AiconvProcess(env, "web", tmp_path / "web.log")
+        await web.start()
+        try:
+            with running_nginx(tools, tmp_path / "nginx", port) as rendered:
+                update = double.make_update(4242, "hello through nginx")
+                async with httpx.AsyncClient(verify=False, timeout=10) as http:
+                    response = await http.post(
+                        f"https://127.0.0.1:{rendered.https_port}/webhook",
+                        json=update,
+                        headers={"X-Telegram-Bot-Api-Secret-Token": SECRET},
+                    )
+                    refused = await http.post(
+                        f"https://127.0.0.1:{rendered.https_port}/webhook", json=update
+                    )
+        finally:
+            web.stop()
+    assert response.status_code == 200
+    assert refused.status_code == 401  # aiconv's own secret check, behind nginx
+    [(_, fields)] = await redis.xrange(f"{redis_prefix}updates")
+    assert json.loads(fields["job"])["update"] == update

@@ -28,13 +28,12 @@ from redis.asyncio import Redis
 from aiconv.config import Settings
 from aiconv.jobs.keys import Keys
 from aiconv.store.db import make_pool
-from aiconv.store.migrate import apply_migrations, ensure_database
 from aiconv.store.repository import GenerationStats, Store
 from aiconv.telegram.models import IncomingMessage
 from aiconv.web import jwt
 from aiconv.web.admin import OPENAPI
 from aiconv.web.app import create_app
-from tests.conftest import ADMIN_DATABASE_URL, REDIS_URL, RUN_ID, _database_url
+from tests.conftest import REDIS_URL, RUN_ID, migrated_database
 from tests.e2e.harness import free_port
 
 KEY = "admin-test-signing-key-0123456789abcdef"
@@ -55,12 +54,8 @@ ENDPOINTS = [
 
 @pytest.fixture(scope="module")
 def admin_database_url() -> Iterator[str]:
-    url = _database_url(ADMIN_DB)
-    asyncio.run(ensure_database(url))
-    asyncio.run(apply_migrations(url))
-    yield url
-    with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {ADMIN_DB} WITH (FORCE)")
+    with migrated_database(ADMIN_DB) as url:
+        yield url
 
 
 @pytest.fixture
