@@ -49,15 +49,16 @@ def redis_prefix() -> Iterator[str]:
     """A key prefix of this test's own; its keys are deleted afterwards."""
     prefix = f"aiconv-test-{RUN_ID}-{uuid.uuid4().hex[:6]}:"
     yield prefix
+    asyncio.run(delete_prefixed(prefix))
 
-    async def clean() -> None:
-        redis = Redis.from_url(REDIS_URL)
-        keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=500)]
-        if keys:
-            await redis.delete(*keys)
-        await redis.aclose()
 
-    asyncio.run(clean())
+async def delete_prefixed(prefix: str) -> None:
+    """Delete every Redis key under a test's prefix."""
+    redis = Redis.from_url(REDIS_URL)
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=500)]
+    if keys:
+        await redis.delete(*keys)
+    await redis.aclose()
 
 
 @pytest.fixture

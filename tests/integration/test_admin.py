@@ -33,7 +33,7 @@ from aiconv.telegram.models import IncomingMessage
 from aiconv.web import jwt
 from aiconv.web.admin import OPENAPI
 from aiconv.web.app import create_app
-from tests.conftest import REDIS_URL, RUN_ID, migrated_database
+from tests.conftest import REDIS_URL, RUN_ID, delete_prefixed, migrated_database
 from tests.e2e.harness import free_port
 
 KEY = "admin-test-signing-key-0123456789abcdef"
@@ -596,16 +596,9 @@ def fuzz_prefix(admin_database_url: str) -> Iterator[str]:
             await redis.xadd(keys.dlq, {"job": json.dumps(record)}, id=f"1700000000000-{n}")
         await redis.aclose()
 
-    async def clean() -> None:
-        redis = Redis.from_url(REDIS_URL)
-        keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=500)]
-        if keys:
-            await redis.delete(*keys)
-        await redis.aclose()
-
     asyncio.run(seed())
     yield prefix
-    asyncio.run(clean())
+    asyncio.run(delete_prefixed(prefix))
 
 
 @pytest.fixture
