@@ -1,17 +1,33 @@
-"""Every Redis key aiconv uses, under one prefix so installs (and test runs) never collide."""
+"""Every Redis key aiconv uses, named in one place, under one prefix (installs and test runs never
+collide).
+
+All keys of one chat carry the same hash tag, `{c:<chat id>}`, so a Lua script that touches
+several keys of one chat stays within one Redis Cluster slot. Global keys (the streams, the due
+sets, the bot-wide rate limit) have no tag. No module builds a key by string concatenation, and
+no Lua script builds one at run time: scripts receive their keys through KEYS.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 
+# Stream -> the consumer group that works it. A job is alive while its entry is unacknowledged
+# in that group (read and pending, or not read yet).
+UPDATES_GROUP = "worker"
+GENERATE_GROUP = "ml"
+REPLIES_GROUP = "delivery"
+
 
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "aiconv:"
 
+    # --- streams -------------------------------------------------------------------------------
+
     @property
     def updates(self) -> str:
+        """Telegram updates (web, poller) and claimed chat turns (turn scheduler) for the worker."""
         return f"{self.prefix}updates"
 
     @property
@@ -26,16 +42,62 @@ class Keys:
     def dlq(self) -> str:
         return f"{self.prefix}dlq"
 
+    def group_of(self, stream: str) -> str:
+        """The consumer group of one of the job streams."""
+        return {
+            self.updates: UPDATES_GROUP,
+            self.generate: GENERATE_GROUP,
+            self.replies: REPLIES_GROUP,
+        }[stream]
+
+    def label(self, key: str) -> str:
+        """A key without the install's prefix: metrics labels ("updates", "generate", ...)."""
+        return key.removeprefix(self.prefix)
+
+    # --- idempotency ---------------------------------------------------------------------------
+
     def done(self, idempotency_key: str) -> str:
         """Marker that the job with this key has already handed its effect on."""
         return f"{self.prefix}done:{idempotency_key}"
 
-    def poller_lock(self, bot_token: str) -> str:
-        # The token itself is a secret; only a digest of it may appear in Redis.
-        return f"{self.prefix}poller:{_digest(bot_token)}:lock"
+    # --- per chat (hash tag {c:ID}) ------------------------------------------------------------
 
-    def poller_offset(self, bot_token: str) -> str:
-        return f"{self.prefix}poller:{_digest(bot_token)}:offset"
+    def chat_tag(self, chat_id: int | str) -> str:
+        return f"{self.prefix}{{c:{chat_id}}}"
+
+    def chat_state(self, chat_id: int | str) -> str:
+        """Hash: the chat's turn state (noted/covered/answered counters, its turn in flight)."""
+        return f"{self.chat_tag(chat_id)}:turn"
+
+    def chat_noted(self, chat_id: int | str) -> str:
+        """Sorted set: message ids already noted for a turn (a redelivered update is ignored)."""
+        return f"{self.chat_tag(chat_id)}:noted"
+
+    def sent_parts(self, chat_id: int | str, turn_id: str) -> str:
+        """Hash: part index -> Telegram message id, written right after Telegram accepts a part."""
+        return f"{self.chat_tag(chat_id)}:sent:{turn_id}"
+
+    def chat_rate(self, chat_id: int | str) -> str:
+        """GCRA state of the chat's own send limit (about one message a second)."""
+        return f"{self.chat_tag(chat_id)}:rate"
+
+    def group_rate(self, chat_id: int | str) -> str:
+        """GCRA state of a group's send limit (20 a minute)."""
+        return f"{self.chat_tag(chat_id)}:grouprate"
+
+    # --- turns (global) ------------------------------------------------------------------------
+
+    @property
+    def turns_due(self) -> str:
+        """Chats with unanswered messages and no turn in flight, scored by when a turn may start."""
+        return f"{self.prefix}turns:due"
+
+    @property
+    def turns_held(self) -> str:
+        """Chats with a turn in flight, scored by when its lease ends unless renewed."""
+        return f"{self.prefix}turns:held"
+
+    # --- typing --------------------------------------------------------------------------------
 
     @property
     def typing_due(self) -> str:
@@ -45,23 +107,40 @@ class Keys:
     def typing_deadline(self) -> str:
         return f"{self.prefix}typing:deadline"
 
-    @property
-    def turns_due(self) -> str:
-        """Chats with unanswered messages, scored by when their turn may start."""
-        return f"{self.prefix}turns:due"
+    # --- rate limits, scheduler, poller, gauges ------------------------------------------------
 
     @property
-    def turns_first(self) -> str:
-        """Per chat: when its oldest unanswered message arrived."""
-        return f"{self.prefix}turns:first"
+    def global_rate(self) -> str:
+        """GCRA state of the bot-wide send limit (about 30 messages a second)."""
+        return f"{self.prefix}ratelimit:global"
 
-    def turn(self, chat_id: int | str) -> str:
-        """Held while one turn of the chat is being generated and delivered."""
-        return f"{self.prefix}turn:{chat_id}"
+    @property
+    def scheduler_leader(self) -> str:
+        return f"{self.prefix}scheduler:leader"
 
-    def latest(self, chat_id: int | str) -> str:
-        """The key of the chat's newest generation; an older one in flight is stale."""
-        return f"{self.prefix}latest:{chat_id}"
+    def scheduler_slot(self, job: str, slot: int) -> str:
+        """Taken once per scheduled run, so a leadership hand-over still runs a slot once."""
+        return f"{self.prefix}scheduler:{job}:{slot}"
+
+    def poller_lock(self, bot_token: str) -> str:
+        # The token itself is a secret; only a digest of it may appear in Redis.
+        return f"{self.prefix}poller:{_digest(bot_token)}:lock"
+
+    def poller_offset(self, bot_token: str) -> str:
+        return f"{self.prefix}poller:{_digest(bot_token)}:offset"
+
+    @property
+    def business_gauges(self) -> str:
+        """Hash of business figures computed by the scheduler, exported by every process."""
+        return f"{self.prefix}gauges:business"
+
+    # --- OpenAI-compatible API -----------------------------------------------------------------
+
+    def api_response(self, request_id: str) -> str:
+        return f"{self.prefix}oai:{request_id}"
+
+    def api_cancel(self, request_id: str) -> str:
+        return f"{self.prefix}oai:{request_id}:cancel"
 
 
 def _digest(secret: str) -> str:

@@ -27,11 +27,11 @@ def latest_key(keys: Keys, chat_id: int | str) -> str:
 
 
 def api_response_key(keys: Keys, request_id: str) -> str:
-    return f"{keys.prefix}oai:{request_id}"
+    return keys.api_response(request_id)
 
 
 def api_cancel_key(keys: Keys, request_id: str) -> str:
-    return f"{keys.prefix}oai:{request_id}:cancel"
+    return keys.api_cancel(request_id)
 
 
 def served_model_id(model_path: Path) -> str:

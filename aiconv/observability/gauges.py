@@ -35,7 +35,7 @@ log = structlog.get_logger(__name__)
 
 
 def business_key(keys: Keys) -> str:
-    return f"{keys.prefix}gauges:business"
+    return keys.business_gauges
 
 
 async def refresh_streams(redis: Redis, keys: Keys) -> None:

@@ -49,7 +49,7 @@ class RateLimits:
 class SendLimiter:
     def __init__(self, redis: Redis, keys: Keys, limits: RateLimits) -> None:
         self.redis = redis
-        self.prefix = keys.prefix
+        self.keys = keys
         self.limits = limits
         self._reserve = redis.register_script(_RESERVE)
 
@@ -66,16 +66,16 @@ class SendLimiter:
 
     async def reserve_chat(self, chat_id: int, chat_type: str | None) -> float:
         """Seconds until the chat's (and its group's) limits allow one more message."""
-        keys = [f"{self.prefix}ratelimit:chat:{chat_id}"]
+        keys = [self.keys.chat_rate(chat_id)]
         args: list[float] = [time.time(), 1.0 / self.limits.chat_per_second, 0.0]
         if chat_type in ("group", "supergroup"):
             interval = 60.0 / self.limits.group_per_minute
-            keys.append(f"{self.prefix}ratelimit:group:{chat_id}")
+            keys.append(self.keys.group_rate(chat_id))
             args += [interval, interval * (self.limits.group_burst - 1)]
         return max(0.0, float(await self._reserve(keys=keys, args=args)))
 
     async def reserve_global(self) -> float:
         """Seconds until the bot-wide limit allows one more message."""
-        keys = [f"{self.prefix}ratelimit:global"]
+        keys = [self.keys.global_rate]
         args = [time.time(), 1.0 / self.limits.global_per_second, 0.0]
         return max(0.0, float(await self._reserve(keys=keys, args=args)))

@@ -60,7 +60,7 @@ class EmbeddedScheduler:
         self.runner = runner
         self.jobs = jobs
         self.leading = False
-        self._lease_key = f"{keys.prefix}scheduler:leader"
+        self._lease_key = keys.scheduler_leader
         self._renew = redis.register_script(_RENEW)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -110,7 +110,7 @@ class EmbeddedScheduler:
             return
         slot = round(time.time() / job.interval_seconds)
         claimed = await self.redis.set(
-            f"{self.keys.prefix}scheduler:{job.name}:{slot}",
+            self.keys.scheduler_slot(job.name, slot),
             self.runner,
             nx=True,
             ex=max(60, int(job.interval_seconds * 3)),
