@@ -73,6 +73,10 @@ class Keys:
         """Sorted set: message ids already noted for a turn (a redelivered update is ignored)."""
         return f"{self.chat_tag(chat_id)}:noted"
 
+    def chat_live(self, chat_id: int | str) -> str:
+        """String: the id of the chat's turn until something supersedes it (ml then cancels)."""
+        return f"{self.chat_tag(chat_id)}:live"
+
     def sent_parts(self, chat_id: int | str, turn_id: str) -> str:
         """Hash: part index -> Telegram message id, written right after Telegram accepts a part."""
         return f"{self.chat_tag(chat_id)}:sent:{turn_id}"

@@ -21,21 +21,47 @@ from aiconv.jobs.keys import Keys
 # How long an idempotency marker outlives its job: longer than Telegram keeps retrying a webhook
 # (24 h) so a late redelivery still finds it.
 DONE_TTL_SECONDS = 2 * 24 * 3600
-# KEYS: done-marker, target stream, [source stream]; ARGV: ttl, job json, [group, id]
+# A chat turn's lease: renewed while its job is alive (worker/turns.py), so it only bounds how long
+# a turn whose work vanished keeps its chat waiting.
+TURN_LEASE_SECONDS = 60.0
+
+# KEYS: done marker or '', target stream, source stream or '', turn state or '', turns held or ''
+# ARGV: ttl, job json, group, source id, turn, chat, lease
+# With a turn guard, the next job is added only while that turn owns its chat; the turn's state
+# then records where its work is (so its lease is renewed while that entry lives). The source is
+# acknowledged either way: a stale turn's work simply ends.
 _HAND_OVER = """
-local fresh = 1
-if KEYS[1] ~= '' then
-  fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
-end
 local id = false
-if fresh then
-  id = redis.call('XADD', KEYS[2], '*', 'job', ARGV[2])
+local owner = true
+if KEYS[4] ~= '' then owner = redis.call('HGET', KEYS[4], 'turn') == ARGV[5] end
+if owner then
+  local fresh = true
+  if KEYS[1] ~= '' then
+    fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
+  end
+  if fresh then
+    id = redis.call('XADD', KEYS[2], '*', 'job', ARGV[2])
+    if KEYS[4] ~= '' then
+      local t = redis.call('TIME')
+      local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+      redis.call('HSET', KEYS[4], 'stage_stream', KEYS[2], 'stage_id', id)
+      redis.call('ZADD', KEYS[5], now + tonumber(ARGV[7]), ARGV[6])
+    end
+  end
 end
-if KEYS[3] then
+if KEYS[3] ~= '' then
   redis.call('XACK', KEYS[3], ARGV[3], ARGV[4])
 end
 return id
 """
+
+
+@dataclass(frozen=True)
+class TurnGuard:
+    """The chat turn a job works for: its hand-over happens only while the turn owns the chat."""
+
+    chat_id: int
+    turn: str
 
 
 @dataclass(frozen=True)
@@ -67,7 +93,7 @@ class JobQueue:
         self, stream: str, payload: dict[str, Any], idempotency_key: str | None = None
     ) -> str | None:
         """Add a job; with a key, a second enqueue of the same key is a no-op returning None."""
-        return await self._run(stream, payload, idempotency_key, source=None)
+        return await self._run(stream, payload, idempotency_key, None, None)
 
     async def enqueue_many(self, stream: str, payloads: list[dict[str, Any]]) -> list[str]:
         """Add jobs without idempotency keys in one round trip (bulk producers, benchmarks)."""
@@ -84,9 +110,14 @@ class JobQueue:
         stream: str,
         payload: dict[str, Any],
         idempotency_key: str | None = None,
+        guard: TurnGuard | None = None,
     ) -> str | None:
-        """Enqueue the next stage's job and acknowledge `source`, atomically."""
-        return await self._run(stream, payload, idempotency_key, source=(source, group))
+        """Enqueue the next stage's job and acknowledge `source`, atomically.
+
+        Returns the new entry's id, or None when nothing was added (the key was already handed
+        on, or the guarding turn no longer owns its chat).
+        """
+        return await self._run(stream, payload, idempotency_key, (source, group), guard)
 
     async def ack(self, job: Job, group: str) -> None:
         await self.redis.xack(job.stream, group, job.id)
@@ -121,12 +152,25 @@ class JobQueue:
         payload: dict[str, Any],
         idempotency_key: str | None,
         source: tuple[Job, str] | None,
+        guard: TurnGuard | None,
     ) -> str | None:
-        keys = [self.keys.done(idempotency_key) if idempotency_key else "", stream]
-        args: list[str | int] = [DONE_TTL_SECONDS, json.dumps(payload)]
-        if source is not None:
-            keys.append(source[0].stream)
-            args += [source[1], source[0].id]
+        k = self.keys
+        keys = [
+            k.done(idempotency_key) if idempotency_key else "",
+            stream,
+            source[0].stream if source else "",
+            k.chat_state(guard.chat_id) if guard else "",
+            k.turns_held if guard else "",
+        ]
+        args: list[str | int | float] = [
+            DONE_TTL_SECONDS,
+            json.dumps(payload),
+            source[1] if source else "",
+            source[0].id if source else "",
+            guard.turn if guard else "",
+            guard.chat_id if guard else "",
+            TURN_LEASE_SECONDS,
+        ]
         result = await self._hand_over(keys=keys, args=args)
         if result is None:
             return None

@@ -1,8 +1,8 @@
 """Cancelling generations nobody will read: a stale chat turn, an abandoned API request.
 
-The worker writes `{prefix}latest:{chat_id}` = the key of the chat's newest generation job (or
-a value starting with `reset:` after /reset). A generation whose key is no longer its chat's
-latest is stale. The web writes `{prefix}oai:{id}:cancel` when an API client goes away.
+A chat's `live` key (jobs/keys.py `chat_live`) holds the id of its turn in flight until a newer
+message or /reset supersedes it (worker/turns.py): a generation for any other value is stale.
+The web writes `{prefix}oai:{id}:cancel` when an API client goes away.
 
 One watcher task checks every watched generation with one MGET per interval, off the decode
 loop: a decode step never waits for Redis.
@@ -20,12 +20,12 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from aiconv.ml.protocol import api_cancel_key, latest_key
+from aiconv.ml.protocol import api_cancel_key
 
 if TYPE_CHECKING:
     from aiconv.ml.engine import Generation
 
-__all__ = ["CancelWatcher", "api_cancel_key", "is_stale", "latest_key"]
+__all__ = ["CancelWatcher", "api_cancel_key", "is_stale"]
 
 CHECK_INTERVAL_SECONDS = 0.25
 

@@ -17,14 +17,14 @@ import structlog
 from aiconv.conversation import texts
 from aiconv.conversation.history import Turn, fit_history
 from aiconv.conversation.prompt import build_messages
-from aiconv.jobs.keys import Keys
-from aiconv.jobs.queue import Job, JobQueue
+from aiconv.jobs.keys import GENERATE_GROUP, Keys
+from aiconv.jobs.messages import GenerateJob, ReplyJob
+from aiconv.jobs.queue import Job, JobQueue, TurnGuard
 from aiconv.ml.api import API_KIND, ApiHandler
-from aiconv.ml.cancel import CancelWatcher, latest_key
+from aiconv.ml.cancel import CancelWatcher
 from aiconv.ml.engine import Completion, Engine
 from aiconv.ml.stats import observe
 
-GENERATE_GROUP = "ml"
 PROMPT_MARGIN_TOKENS = 32  # chat-template tokens around each turn, beyond the per-turn overhead
 TRIM_TO = 0.6  # share of the history budget left after a cut (see fit_turns)
 ANCHORS_KEPT = 10_000  # chats whose window start this process remembers (LRU)
@@ -115,15 +115,16 @@ class GenerateHandler:
         if job.payload.get("kind") == API_KIND:
             await self.api(job)
             return
-        p = job.payload
-        turns = [Turn(role=role, text=text) for role, text in p.get("turns", [])]
-        chat_id = p.get("chat_id")
-        bound = log.bind(job_key=job.key, chat_id=chat_id)
+        gen = GenerateJob.from_payload(job.payload)
+        turns = [Turn(role=role, text=text) for role, text in gen.turns]  # type: ignore[arg-type]
+        chat_id = gen.chat_id
+        bound = log.bind(job_key=gen.key, chat_id=chat_id)
         stats: dict[str, Any] = {}
         cancelled = False
-        latest = latest_key(self.keys, chat_id if chat_id is not None else "")
+        # The chat's `live` key holds the turn's id until a newer message or /reset supersedes it.
+        live = self.keys.chat_live(chat_id)
         try:
-            if await self.watcher.stale(latest, job.key):
+            if await self.watcher.stale(live, gen.turn):
                 cancelled = True
                 text = ""
                 bound.info("generation skipped: superseded")
@@ -135,7 +136,7 @@ class GenerateHandler:
                 self._remember(chat_id, first)
                 generation = self.engine.submit(prompt, cache_key=f"chat:{chat_id}")
                 try:
-                    with self.watcher.watch(latest, job.key, generation):
+                    with self.watcher.watch(live, gen.turn, generation):
                         completion: Completion = await generation.result()
                 except asyncio.CancelledError:
                     generation.cancel()  # shutting down: the job stays pending for another
@@ -158,21 +159,27 @@ class GenerateHandler:
             observe(None, "failed")
             text = texts.GENERATION_FAILED
             cancelled = False
-        reply_key = "reply:" + job.key.removeprefix("gen:")
-        reply = {
-            "key": reply_key,
-            "chat_id": chat_id,
-            "chat_type": p.get("chat_type"),
-            "user_id": p.get("user_id"),
-            "reply_to_message_id": p.get("reply_to_message_id"),
-            "started_at": p.get("started_at", time.time()),
-            "paced": True,
-            "text": text,
-            "stats": stats,
-        }
-        if cancelled:
-            reply["cancelled"] = True
-        await self.queue.hand_over(job, GENERATE_GROUP, self.keys.replies, reply, reply_key)
+        reply = ReplyJob(
+            key=f"reply:{gen.turn}",
+            chat_id=chat_id,
+            chat_type=gen.chat_type,
+            user_id=gen.user_id,
+            reply_to_message_id=gen.reply_to_message_id,
+            started_at=gen.started_at or time.time(),
+            paced=True,
+            text=text,
+            turn=gen.turn,
+            cancelled=cancelled,
+            stats=stats,
+        )
+        await self.queue.hand_over(
+            job,
+            GENERATE_GROUP,
+            self.keys.replies,
+            reply.to_payload(),
+            reply.key,
+            guard=TurnGuard(chat_id=chat_id, turn=gen.turn),
+        )
 
     def _remember(self, chat_id: Any, first: Turn | None) -> None:
         if first is None:

@@ -9,11 +9,13 @@ import structlog
 
 from aiconv.config import Settings
 from aiconv.jobs.consumer import Consumer
-from aiconv.jobs.queue import JobQueue
+from aiconv.jobs.keys import GENERATE_GROUP
+from aiconv.jobs.queue import Job, JobQueue
 from aiconv.ml.cancel import CancelWatcher
 from aiconv.ml.engine import Engine, EngineConfig
-from aiconv.ml.generator import GENERATE_GROUP, GenerateHandler, lane_of
+from aiconv.ml.generator import GenerateHandler, lane_of
 from aiconv.ml.protocol import served_model_id
+from aiconv.worker.turns import Turns
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +42,12 @@ async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyn
     # As many jobs in hand as the engine has slots: the rest of the stream stays with other ml
     # processes. A chat's jobs share a lane, so they are generated one after another, in order.
     watcher = CancelWatcher(queue.redis)
+    turns = Turns(queue.redis, queue.keys, settings.turns)
+
+    async def abandon(job: Job) -> None:
+        """A generation that can never complete must not hold its chat's turn."""
+        await turns.abandon(queue, job.payload)
+
     consumer = Consumer(
         queue,
         queue.keys.generate,
@@ -47,6 +55,7 @@ async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyn
         GenerateHandler(engine, queue, queue.keys, settings.persona, watcher, model_id(settings)),
         lane_of=lane_of,
         options=settings.consumer_options(concurrency=engine.context.n_seq),
+        on_dead_letter=abandon,
     )
     log.info("ml running", consumer=consumer.name, parallel=engine.context.n_seq)
     # A dead decode loop would answer every job with an apology: stop consuming instead and fail,

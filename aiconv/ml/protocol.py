@@ -21,11 +21,6 @@ API_KIND = "openai"
 RESPONSE_TTL_SECONDS = 600
 
 
-def latest_key(keys: Keys, chat_id: int | str) -> str:
-    """The chat's newest generation job key, written by the worker (`reset:...` after /reset)."""
-    return keys.latest(chat_id)
-
-
 def api_response_key(keys: Keys, request_id: str) -> str:
     return keys.api_response(request_id)
 

@@ -119,6 +119,15 @@ TELEGRAM_CALLS = Counter(
 TELEGRAM_RATE_LIMITED = Counter(
     "aiconv_telegram_rate_limited_total", "Bot API calls answered 429", ["method"]
 )
+TELEGRAM_SEND_RETRIES = Counter(
+    "aiconv_telegram_send_retries_total",
+    "sendMessage calls retried, by reason: server_error, network, rate_limited",
+    ["reason"],
+)
+REPLY_PARTS_UNCERTAIN = Counter(
+    "aiconv_reply_parts_uncertain_total",
+    "Reply parts whose sendMessage answer was lost after sending; counted as sent, never resent",
+)
 
 # -- storage and business -------------------------------------------------------------------
 DB_POOL_CONNECTIONS = Gauge(

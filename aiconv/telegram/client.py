@@ -67,7 +67,19 @@ class ServerError(TelegramError):
 
 
 class NetworkError(TelegramError):
-    """Transport failure or timeout; no HTTP status."""
+    """Transport failure or timeout; no HTTP status.
+
+    `maybe_processed`: the request was fully sent and the answer was lost (a read timeout, a
+    dropped connection), so Telegram may have acted on it. Connection failures are definite.
+    """
+
+    def __init__(self, method: str, description: str, maybe_processed: bool = False) -> None:
+        super().__init__(method, None, description)
+        self.maybe_processed = maybe_processed
+
+
+# Transport errors after which the request may have reached Telegram and been acted on.
+_AMBIGUOUS = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError)
 
 
 def _redact(text: str, token: str) -> str:
@@ -97,7 +109,11 @@ class BotClient:
         except httpx.RequestError as exc:
             TELEGRAM_CALLS.labels(method, "0").inc()
             # `from None`: the httpx exception's message and request carry the URL/token.
-            raise NetworkError(method, None, f"network error: {type(exc).__name__}") from None
+            raise NetworkError(
+                method,
+                f"network error: {type(exc).__name__}",
+                maybe_processed=isinstance(exc, _AMBIGUOUS),
+            ) from None
         TELEGRAM_CALLS.labels(method, str(response.status_code)).inc()
         if response.status_code == 429:
             TELEGRAM_RATE_LIMITED.labels(method).inc()

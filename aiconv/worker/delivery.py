@@ -1,22 +1,39 @@
-"""Delivery of a reply: split, paced like a person typing, sent once, stored with its id."""
+"""Delivery of a reply: split, paced like a person typing, each part sent once, then stored.
+
+A part Telegram accepted is recorded at once, before anything else can fail: in this process's
+memory and in Redis (`sent_parts`, keyed by the reply). A handler run again after any failure
+(PostgreSQL down while storing, Redis blip, crash and redelivery to another worker) finds the
+record and does not send that part again; PostgreSQL gets the part when it can. A send whose answer
+was lost after the request went out (read timeout) may have been shown to the user: it is counted
+as sent and never resent (at most once per part), and the metric aiconv_reply_parts_uncertain_total
+says how often that happens.
+
+Outages of Telegram (5xx, network errors, 429) are waited out here, with backoff and a metric, and
+use up none of the job's attempts: only a definite refusal (4xx) fails the job. A turn's reply is
+sent only while the turn owns its chat (worker/turns.py), and releases the turn when it is done.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
-from typing import Any
+from collections import OrderedDict
 
 import structlog
 
 from aiconv.conversation import texts
 from aiconv.conversation.pacing import PacingConfig, plan_delivery
 from aiconv.jobs.consumer import Backoff
-from aiconv.jobs.queue import Job
+from aiconv.jobs.keys import REPLIES_GROUP
+from aiconv.jobs.messages import ReplyJob
+from aiconv.jobs.queue import DONE_TTL_SECONDS, Job
 from aiconv.observability.metrics import (
     MESSAGES_SENT,
     REPLIES,
     REPLY_LATENCY,
+    REPLY_PARTS_UNCERTAIN,
+    TELEGRAM_SEND_RETRIES,
     TYPING_SECONDS,
 )
 from aiconv.resources import Resources
@@ -24,19 +41,22 @@ from aiconv.store.repository import GenerationStats
 from aiconv.telegram.client import BadRequest, Forbidden, NetworkError, RetryAfter, ServerError
 from aiconv.telegram.split import split_message
 from aiconv.worker.rate_limit import SendLimiter
-from aiconv.worker.turns import Turns
+from aiconv.worker.turns import Outcome, Turns
 from aiconv.worker.typing_keeper import TypingKeeper
 
-REPLIES_GROUP = "delivery"
-MAX_SEND_ATTEMPTS = 6
+__all__ = ["REPLIES_GROUP", "DeliveryHandler", "UserBlockedBot", "split_for_telegram"]
+
 TELEGRAM_TEXT_LIMIT = 4096
 UNPACED = PacingConfig(enabled=False)
+OUTAGE_BACKOFF_CAP_SECONDS = 30.0
+UNKNOWN_MESSAGE_ID = 0  # recorded for a part whose sendMessage answer was lost
+REMEMBERED_PARTS = 10_000  # parts this process remembers having sent (LRU)
 
 log = structlog.get_logger(__name__)
 
 
 class UserBlockedBot(Exception):
-    """403 from Telegram: this chat's replies can never be delivered."""
+    """403 from Telegram: this chat's replies cannot be delivered until the user writes again."""
 
 
 class DeliveryHandler:
@@ -54,101 +74,148 @@ class DeliveryHandler:
         self.limiter = limiter
         self.parse_mode = parse_mode
         self.rng = random.Random()
+        self._sent: OrderedDict[str, int] = OrderedDict()  # part key -> Telegram message id
 
     async def __call__(self, job: Job) -> None:
-        p = job.payload
-        chat_id = int(p["chat_id"])
-        paced = bool(p.get("paced"))
-        if p.get("cancelled"):
-            # A newer message or /reset superseded this generation: nothing to send.
-            await self._settle_turn(chat_id, delivered=False)
-            return
-        parts = split_for_telegram(str(p.get("text", ""))) or [texts.GENERATION_FAILED]
-        pacing = self.r.settings.pacing if paced else UNPACED
-        elapsed = time.time() - float(p.get("started_at", time.time()))
+        reply = ReplyJob.from_payload(job.payload)
+        if reply.turn is not None:
+            status = await self.turns.status(reply.chat_id, reply.turn)
+            if status == "lost":
+                log.info("reply of a released turn dropped", chat_id=reply.chat_id)
+                return
+            if reply.cancelled:
+                # A newer message or /reset superseded this generation: nothing to send.
+                await self._settle(reply, "superseded")
+                return
+        outcome = await self._deliver(reply)
+        if reply.turn is not None and outcome is not None:
+            await self._settle(reply, outcome)
+
+    async def _deliver(self, reply: ReplyJob) -> Outcome | None:
+        """Send the reply's parts; the turn's outcome, or None if the turn was lost meanwhile."""
+        chat_id = reply.chat_id
+        parts = split_for_telegram(reply.text) or [texts.GENERATION_FAILED]
+        pacing = self.r.settings.pacing if reply.paced else UNPACED
+        elapsed = time.time() - (reply.started_at or time.time())
         plans = plan_delivery(parts, pacing, already_elapsed=elapsed, rng=self.rng)
-        reply_to = p.get("reply_to_message_id") if p.get("chat_type") != "private" else None
-        bound = log.bind(chat_id=chat_id, job_key=job.key)
-        generation_key = "gen:" + job.key.removeprefix("reply:")
+        reply_to = reply.reply_to_message_id if reply.chat_type != "private" else None
+        bound = log.bind(chat_id=chat_id, job_key=reply.key)
+        sent_record = self.r.keys.sent_parts(chat_id, reply.key)
         sent_any = False
         try:
             for index, plan in enumerate(plans):
-                part_key = f"{job.key}:{index}"
-                if await self.r.store.message_by_key(part_key) is not None:
+                part_key = f"{reply.key}:{index}"
+                known = await self._already_sent(sent_record, part_key, index)
+                if known is not None:
+                    await self._store_part(reply, index, plan.text, known)
                     sent_any = True
-                    continue  # sent by an earlier delivery of this job
-                if index > 0 and paced:
+                    continue
+                if index > 0 and reply.paced:
                     await self.typing.send_now(chat_id)
                 if plan.wait_seconds > 0:
                     await asyncio.sleep(plan.wait_seconds)  # the human pace itself
                 TYPING_SECONDS.observe(plan.wait_seconds)
-                if paced and not sent_any and await self.turns.is_stale(chat_id, generation_key):
-                    # The user wrote again while we were "typing": answer everything at once.
-                    bound.info("reply superseded before sending")
-                    REPLIES.labels("superseded").inc()
-                    await self._settle_turn(chat_id, delivered=False)
-                    return
+                if reply.turn is not None:
+                    status = await self.turns.status(chat_id, reply.turn)
+                    if status == "lost":
+                        bound.warning("turn released while typing; the rest is not sent")
+                        return None
+                    if status == "stale" and not sent_any:
+                        # The user wrote again while we were "typing": answer everything at once.
+                        bound.info("reply superseded before sending")
+                        REPLIES.labels("superseded").inc()
+                        return "superseded"
                 message_id = await self._send(
-                    chat_id, p.get("chat_type"), plan.text, reply_to if index == 0 else None
+                    chat_id, reply.chat_type, plan.text, reply_to if index == 0 else None
                 )
-                await self.r.store.add_message(
-                    chat_id=chat_id,
-                    role="assistant",
-                    text=plan.text,
-                    idempotency_key=part_key,
-                    telegram_message_id=message_id,
-                    reply_to_message_id=p.get("reply_to_message_id"),
-                    stats=_stats(p.get("stats")) if index == 0 else None,
-                )
+                await self._record_sent(sent_record, part_key, index, message_id)
                 MESSAGES_SENT.inc()
-                if index == 0 and paced:
-                    REPLY_LATENCY.observe(time.time() - float(p.get("started_at", time.time())))
+                if index == 0 and reply.paced:
+                    REPLY_LATENCY.observe(time.time() - (reply.started_at or time.time()))
                 sent_any = True
-            REPLIES.labels("delivered").inc()
-            bound.info(
-                "reply delivered",
-                parts=len(plans),
-                latency_seconds=round(time.time() - float(p.get("started_at", 0)), 3),
-            )
+                await self._store_part(reply, index, plan.text, message_id)
         except UserBlockedBot:
             bound.info("user blocked the bot; reply and pending work dropped")
             REPLIES.labels("blocked").inc()
-            if p.get("user_id") is not None:
-                await self.r.store.set_user_blocked(int(p["user_id"]), True)
-            await self.turns.forget(chat_id, f"blocked:{job.key}")
-        if paced:
-            await self._settle_turn(chat_id, delivered=True)
+            if reply.user_id is not None:
+                await self.r.store.mark_bot_blocked(reply.user_id)
+            await self.turns.forget(chat_id)
+            return "dropped"
+        REPLIES.labels("delivered").inc()
+        bound.info(
+            "reply delivered",
+            parts=len(plans),
+            latency_seconds=round(time.time() - (reply.started_at or time.time()), 3),
+        )
+        return "delivered"
 
-    async def _settle_turn(self, chat_id: int, delivered: bool) -> None:
-        more = await self.turns.finish(chat_id, delivered)
+    async def _settle(self, reply: ReplyJob, outcome: Outcome) -> None:
+        assert reply.turn is not None
+        more = await self.turns.finish(reply.chat_id, reply.turn, outcome)
         if not more:
-            await self.typing.end(chat_id)
+            await self.typing.end(reply.chat_id)
+
+    async def _already_sent(self, record: str, part_key: str, index: int) -> int | None:
+        """The Telegram id of a part sent before (by this process, any worker, or stored)."""
+        if part_key in self._sent:
+            return self._sent[part_key]
+        recorded = await self.r.redis.hget(record, str(index))
+        if recorded is not None:
+            return int(recorded)
+        stored = await self.r.store.message_by_key(part_key)
+        if stored is not None:
+            return stored.telegram_message_id or UNKNOWN_MESSAGE_ID
+        return None
+
+    async def _record_sent(self, record: str, part_key: str, index: int, message_id: int) -> None:
+        """Remember a sent part here at once, then in Redis (waiting out a Redis outage)."""
+        self._sent[part_key] = message_id
+        self._sent.move_to_end(part_key)
+        while len(self._sent) > REMEMBERED_PARTS:
+            self._sent.popitem(last=False)
+        async with self.r.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(record, str(index), message_id)
+            pipe.expire(record, DONE_TTL_SECONDS)
+            await pipe.execute()
+
+    async def _store_part(self, reply: ReplyJob, index: int, text: str, message_id: int) -> None:
+        await self.r.store.add_message(
+            chat_id=reply.chat_id,
+            role="assistant",
+            text=text,
+            idempotency_key=f"{reply.key}:{index}",
+            telegram_message_id=message_id or None,
+            reply_to_message_id=reply.reply_to_message_id,
+            stats=_stats(reply.stats) if index == 0 else None,
+        )
 
     async def _send(
         self, chat_id: int, chat_type: str | None, text: str, reply_to: int | None
     ) -> int:
-        """sendMessage within Telegram's limits, waiting out 429s, retrying transient failures."""
-        backoff = Backoff(0.5, 10.0)
+        """sendMessage within Telegram's limits; outages and 429s are waited out, however long."""
+        backoff = Backoff(0.5, OUTAGE_BACKOFF_CAP_SECONDS)
         parse_mode = self.parse_mode
-        for attempt in range(1, MAX_SEND_ATTEMPTS + 1):
+        while True:
             await self.limiter.wait_for_slot(chat_id, chat_type)
             try:
                 return await self.r.bot.send_message(
                     chat_id, text, reply_to_message_id=reply_to, parse_mode=parse_mode
                 )
             except RetryAfter as error:
+                TELEGRAM_SEND_RETRIES.labels("rate_limited").inc()
                 log.warning("telegram rate limit", chat_id=chat_id, retry_after=error.retry_after)
                 await asyncio.sleep(error.retry_after)
-            except (ServerError, NetworkError) as error:
-                if attempt == MAX_SEND_ATTEMPTS:
-                    raise
-                log.warning(
-                    "telegram send failed, retrying",
-                    chat_id=chat_id,
-                    error=type(error).__name__,
-                    attempt=attempt,
-                )
-                await asyncio.sleep(backoff.next())
+            except NetworkError as error:
+                if error.maybe_processed:
+                    # Telegram may have shown it: resending could show it twice.
+                    REPLY_PARTS_UNCERTAIN.inc()
+                    log.warning("sendMessage answer lost; part counted as sent", chat_id=chat_id)
+                    return UNKNOWN_MESSAGE_ID
+                TELEGRAM_SEND_RETRIES.labels("network").inc()
+                await self._wait_out(chat_id, error, backoff)
+            except ServerError as error:
+                TELEGRAM_SEND_RETRIES.labels("server_error").inc()
+                await self._wait_out(chat_id, error, backoff)
             except BadRequest as error:
                 description = error.description.lower()
                 if parse_mode is not None and "can't parse entities" in description:
@@ -159,7 +226,16 @@ class DeliveryHandler:
                     raise
             except Forbidden as error:
                 raise UserBlockedBot from error
-        raise RuntimeError(f"sendMessage to chat {chat_id} still rate-limited after retries")
+
+    async def _wait_out(self, chat_id: int, error: Exception, backoff: Backoff) -> None:
+        delay = backoff.next()
+        log.warning(
+            "telegram unavailable, waiting",
+            chat_id=chat_id,
+            error=type(error).__name__,
+            retry_in=round(delay, 2),
+        )
+        await asyncio.sleep(delay)
 
 
 def split_for_telegram(text: str) -> list[str]:
@@ -173,11 +249,15 @@ def split_for_telegram(text: str) -> list[str]:
     return parts
 
 
-def _stats(raw: Any) -> GenerationStats:
-    stats = raw if isinstance(raw, dict) else {}
+def _stats(raw: dict[str, object]) -> GenerationStats:
+    def number(name: str) -> float | None:
+        value = raw.get(name)
+        return float(value) if isinstance(value, int | float) else None
+
+    prompt, completion = number("prompt_tokens"), number("completion_tokens")
     return GenerationStats(
-        prompt_tokens=stats.get("prompt_tokens"),
-        completion_tokens=stats.get("completion_tokens"),
-        generation_seconds=stats.get("generation_seconds"),
-        first_token_seconds=stats.get("first_token_seconds"),
+        prompt_tokens=int(prompt) if prompt is not None else None,
+        completion_tokens=int(completion) if completion is not None else None,
+        generation_seconds=number("generation_seconds"),
+        first_token_seconds=number("first_token_seconds"),
     )

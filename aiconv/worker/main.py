@@ -7,18 +7,19 @@ import asyncio
 import structlog
 
 from aiconv.jobs.consumer import Consumer
+from aiconv.jobs.keys import REPLIES_GROUP, UPDATES_GROUP
 from aiconv.jobs.queue import Job
 from aiconv.resources import Resources
 from aiconv.store.repository import Maintenance
 from aiconv.telegram.client import TelegramError
-from aiconv.worker.delivery import REPLIES_GROUP, DeliveryHandler
+from aiconv.worker.delivery import DeliveryHandler
 from aiconv.worker.maintenance import scheduled_jobs
 from aiconv.worker.poller import Poller
 from aiconv.worker.rate_limit import SendLimiter
 from aiconv.worker.scheduler import EmbeddedScheduler
 from aiconv.worker.turns import Turns
 from aiconv.worker.typing_keeper import TypingKeeper
-from aiconv.worker.updates import UPDATES_GROUP, UpdateHandler, chat_lane
+from aiconv.worker.updates import UpdateHandler, chat_lane
 
 log = structlog.get_logger(__name__)
 
@@ -43,9 +44,9 @@ async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -
     turns = Turns(resources.redis, resources.keys, settings.turns)
     options = settings.consumer_options(concurrency=settings.worker_concurrency)
 
-    async def release_chat(job: Job) -> None:
-        """A reply that can never be delivered must not hold its chat's turn."""
-        await turns.finish(int(job.payload["chat_id"]), delivered=False)
+    async def abandon(job: Job) -> None:
+        """A turn whose job can never complete must not hold its chat; its user is told."""
+        await turns.abandon(resources.queue, job.payload)
 
     updates = Consumer(
         resources.queue,
@@ -54,6 +55,7 @@ async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -
         UpdateHandler(resources, typing, turns, await bot_username(resources)),
         lane_of=chat_lane,
         options=options,
+        on_dead_letter=abandon,
     )
     replies = Consumer(
         resources.queue,
@@ -67,7 +69,7 @@ async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -
         ),
         lane_of=chat_lane,
         options=options,
-        on_dead_letter=release_chat,
+        on_dead_letter=abandon,
     )
     loops = [
         updates.run(stop),

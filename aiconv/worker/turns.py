@@ -1,17 +1,25 @@
-"""Turns: one reply at a time per chat, in order, answering a burst of messages once.
+"""Turns: one reply at a time per chat, every message answered, in order, nothing sent twice.
 
 A person reads everything that arrived before answering. So a user's message does not queue a
-generation directly: it marks the chat as having unanswered messages, due after a short debounce
-window. When the chat is due and no turn of it is in flight, one turn is claimed (a Redis lock per
-chat, held until the reply is delivered) and a `turn` job is enqueued on the updates stream in the
-same Lua script, so a crash cannot lose a claimed turn. A message that arrives while the chat's turn
-is still being generated or "typed" makes that turn stale (its generation key is no longer the
-chat's latest): it is cancelled and the next turn answers everything. A turn whose first message has
-waited longer than `final_after` is final: newer messages no longer cancel it, so a chatty user is
-never starved of answers.
+generation: it is *noted* (the chat's `noted` counter grows by one, once per message id however
+often its update is redelivered), and the chat becomes due after a short debounce. A due chat with
+no turn in flight gets one turn, claimed atomically with its `turn` job. The turn *covers* the
+messages noted so far; a delivered turn makes them `answered`. Whenever `noted > answered` and no
+turn is in flight, the chat is due again: a message that arrives during any turn, or is handled
+late by another worker, is answered by the next turn. That one comparison replaces every "is this
+message newer" test by message id, which breaks under redelivery and reordering.
 
-Across any number of workers and ml processes, a chat therefore has at most one reply in flight,
-and replies leave in the order of the user's messages.
+The lock is the turn itself: the chat's state hash holds the turn's identity (`turn`), and only a
+caller presenting that identity may hand the turn's work on (queue.hand_over with a guard), finish
+it or renew it. Its lease (`turns:held`) is renewed while its current job is alive in the job layer
+(unacknowledged in its stream, read or not), whatever the backlog; a turn whose job vanished
+(Redis lost it, a dead letter whose handler failed) is released and its chat is due again. A turn
+is *active* until its oldest unanswered message has waited `final_after`; a message arriving during
+an active turn supersedes it (`live` key changes; ml and delivery stop before sending anything), a
+final turn is delivered anyway so a user who writes in fragments still gets answers.
+
+All time is Redis time (`TIME` inside the scripts). PostgreSQL stays the truth: `recover` re-notes
+the newest unanswered stored message of every chat, so losing Redis state loses no stored message.
 """
 
 from __future__ import annotations
@@ -20,71 +28,182 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
+from aiconv.conversation import texts
 from aiconv.jobs.keys import Keys
+from aiconv.jobs.messages import ReplyJob, chat_of
+from aiconv.jobs.queue import TURN_LEASE_SECONDS, JobQueue, TurnGuard
 
 TICK_SECONDS = 0.1
-TURN_LOCK_SECONDS = 900  # safety net only: a turn is released when its reply is settled
+SWEEP_SECONDS = 1.0
+CLAIM_BATCH = 200
+STATE_TTL_SECONDS = 7 * 24 * 3600  # a chat's turn state outlives any pause in a conversation
+NOTED_TTL_SECONDS = 2 * 24 * 3600  # longer than Telegram redelivers a webhook (24 h)
+
+Outcome = Literal["delivered", "superseded", "dropped", "lost"]
+Status = Literal["owner", "stale", "lost"]
 
 log = structlog.get_logger(__name__)
 
-# KEYS: due, first, latest:{chat}, turn:{chat}
-# ARGV: chat, now, debounce, final_after, generation key, message id
-_NOTE_MESSAGE = """
-redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
-local first = tonumber(redis.call('HGET', KEYS[2], ARGV[1]))
-local due = math.min(tonumber(ARGV[2]) + tonumber(ARGV[3]), first + tonumber(ARGV[4]))
-redis.call('ZADD', KEYS[1], due, ARGV[1])
--- Messages of one chat may be handled out of order by different workers: the latest key only
--- ever moves forward (values end in the message id: gen:CHAT:ID, reset:CHAT:ID).
-local current = redis.call('GET', KEYS[3])
-local current_id = current and tonumber(string.match(current, ':(%d+)$')) or -1
-if redis.call('GET', KEYS[4]) ~= 'final' and tonumber(ARGV[6]) > current_id then
-  redis.call('SET', KEYS[3], ARGV[5], 'EX', 86400)
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
+# Puts a chat with unanswered messages and no turn in flight on the due set: after the debounce
+# from its newest message, but no later than final_after from its oldest.
+# Expects: state = KEYS[1], due key in `due_key`, chat in `chat`, now, debounce, final_after.
+_SCHEDULE = """
+local function schedule(state, due_key, chat, now, debounce, final_after)
+  local first = tonumber(redis.call('HGET', state, 'first') or now)
+  local last = tonumber(redis.call('HGET', state, 'last') or now)
+  local at = math.max(now, math.min(last + debounce, first + final_after))
+  redis.call('ZADD', due_key, at, chat)
 end
 """
 
-# KEYS: due, first, updates stream; ARGV: now, limit, key prefix, lock ttl, final_after
-_CLAIM_DUE = """
-local chats = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-local claimed = 0
-for _, chat in ipairs(chats) do
-  local turn = ARGV[3] .. 'turn:' .. chat
-  if redis.call('EXISTS', turn) == 0 then
-    redis.call('ZREM', KEYS[1], chat)
-    local latest = redis.call('GET', ARGV[3] .. 'latest:' .. chat)
-    if latest and string.sub(latest, 1, 4) == 'gen:' then
-      local first = tonumber(redis.call('HGET', KEYS[2], chat) or ARGV[1])
-      local mode = 'active'
-      if tonumber(ARGV[1]) - first >= tonumber(ARGV[5]) then mode = 'final' end
-      redis.call('SET', turn, mode, 'EX', ARGV[4])
-      local job = cjson.encode({kind = 'turn', key = 'turn:' .. latest, chat_id = chat,
-                                generation_key = latest, mode = mode, first_at = first})
-      redis.call('XADD', KEYS[3], '*', 'job', job)
-      claimed = claimed + 1
-    else
-      redis.call('HDEL', KEYS[2], chat)  -- nothing left to answer (e.g. after /reset)
-    end
+# KEYS: state, noted, due, live
+# ARGV: chat, message id, debounce, final_after, state ttl, noted ttl. Returns 1 if newly noted.
+_NOTE = (
+    _SCHEDULE
+    + _NOW
+    + """
+if redis.call('ZADD', KEYS[2], 'NX', now, ARGV[2]) == 0 then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[6]))
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('HINCRBY', KEYS[1], 'noted', 1)
+redis.call('HSET', KEYS[1], 'last', now)
+if not redis.call('HGET', KEYS[1], 'first') then redis.call('HSET', KEYS[1], 'first', now) end
+local reply_to = tonumber(redis.call('HGET', KEYS[1], 'reply_to') or '-1')
+if tonumber(ARGV[2]) > reply_to then redis.call('HSET', KEYS[1], 'reply_to', ARGV[2]) end
+if redis.call('HEXISTS', KEYS[1], 'turn') == 1 then
+  redis.call('HSETNX', KEYS[1], 'next_first', now)
+  if redis.call('HGET', KEYS[1], 'mode') == 'active' then
+    redis.call('SET', KEYS[4], 'superseded', 'EX', ARGV[5])
   end
+else
+  schedule(KEYS[1], KEYS[3], ARGV[1], now, tonumber(ARGV[3]), tonumber(ARGV[4]))
 end
-return claimed
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
 """
+)
 
-# KEYS: due, first, turn:{chat}; ARGV: chat, now, delivered (1/0). Returns 1 if more is due.
-_FINISH = """
-redis.call('DEL', KEYS[3])
-local more = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if ARGV[3] == '1' then
-  if more then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-  else redis.call('HDEL', KEYS[2], ARGV[1]) end
+# KEYS: due. ARGV: limit. The chats whose turn may start now.
+_DUE_NOW = (
+    _NOW
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
+"""
+)
+
+# KEYS: due, held, state, updates stream, live
+# ARGV: chat, lease, final_after, state ttl. Returns 1 if a turn was claimed.
+_CLAIM = (
+    _NOW
+    + """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) > now then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('HEXISTS', KEYS[3], 'turn') == 1 then return 0 end  -- its finish re-schedules
+local noted = tonumber(redis.call('HGET', KEYS[3], 'noted') or '0')
+local answered = tonumber(redis.call('HGET', KEYS[3], 'answered') or '0')
+if noted <= answered then
+  redis.call('HDEL', KEYS[3], 'first')
+  return 0
 end
-if more then return 1 end
+local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
+local reply_to = redis.call('HGET', KEYS[3], 'reply_to') or '0'
+local turn = ARGV[1] .. ':' .. reply_to .. ':' .. seq
+local first = tonumber(redis.call('HGET', KEYS[3], 'first') or now)
+local mode = 'active'
+if now - first >= tonumber(ARGV[3]) then mode = 'final' end
+redis.call('HSET', KEYS[3], 'turn', turn, 'covers', noted, 'mode', mode)
+redis.call('HDEL', KEYS[3], 'next_first')
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('SET', KEYS[5], turn, 'EX', ARGV[4])
+local job = cjson.encode({kind = 'turn', key = 'turn:' .. turn, turn = turn, chat_id = ARGV[1],
+                          reply_to = reply_to, covers = noted, mode = mode, first_at = first})
+local entry = redis.call('XADD', KEYS[4], '*', 'job', job)
+redis.call('HSET', KEYS[3], 'stage_stream', KEYS[4], 'stage_id', entry)
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return 1
+"""
+)
+
+# KEYS: state, due, held, live
+# ARGV: chat, turn, outcome, debounce, final_after, expected stage id ('' = any)
+# Returns -1 when the caller does not own the chat's turn, else 1 if more is due, 0 if not.
+_FINISH = (
+    _SCHEDULE
+    + _NOW
+    + """
+if redis.call('HGET', KEYS[1], 'turn') ~= ARGV[2] then return -1 end
+if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'stage_id') ~= ARGV[6] then return -1 end
+local covers = tonumber(redis.call('HGET', KEYS[1], 'covers') or '0')
+local noted = tonumber(redis.call('HGET', KEYS[1], 'noted') or '0')
+local answered = tonumber(redis.call('HGET', KEYS[1], 'answered') or '0')
+if ARGV[3] == 'delivered' or ARGV[3] == 'dropped' then
+  if covers > answered then
+    answered = covers
+    redis.call('HSET', KEYS[1], 'answered', answered)
+  end
+  local next_first = redis.call('HGET', KEYS[1], 'next_first')
+  if next_first then redis.call('HSET', KEYS[1], 'first', next_first) end
+end
+redis.call('HDEL', KEYS[1], 'turn', 'covers', 'mode', 'next_first', 'stage_stream', 'stage_id')
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[4])
+if noted > answered then
+  if not redis.call('HGET', KEYS[1], 'first') then redis.call('HSET', KEYS[1], 'first', now) end
+  schedule(KEYS[1], KEYS[2], ARGV[1], now, tonumber(ARGV[4]), tonumber(ARGV[5]))
+  return 1
+end
+redis.call('HDEL', KEYS[1], 'first')
 return 0
 """
+)
+
+# KEYS: state, due, live. ARGV: chat, state ttl. /reset: nothing unanswered remains; a turn in
+# flight (even a final one) becomes stale.
+_FORGET = """
+local noted = redis.call('HGET', KEYS[1], 'noted') or '0'
+redis.call('HSET', KEYS[1], 'answered', noted)
+redis.call('HDEL', KEYS[1], 'first', 'next_first')
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('HEXISTS', KEYS[1], 'turn') == 1 then
+  redis.call('SET', KEYS[3], 'reset', 'EX', ARGV[2])
+end
+"""
+
+# KEYS: state, held. ARGV: chat, turn, stage id, lease. Extends the lease of a live turn.
+_RENEW = (
+    _NOW
+    + """
+if redis.call('HGET', KEYS[1], 'turn') ~= ARGV[2] then return 0 end
+if redis.call('HGET', KEYS[1], 'stage_id') ~= ARGV[3] then return 0 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[1])
+return 1
+"""
+)
+
+# KEYS: state, held. ARGV: chat. Drops a held entry whose chat has no turn (state lost).
+_FORGET_HELD = """
+if redis.call('HEXISTS', KEYS[1], 'turn') == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
+"""
+
+# KEYS: held, lease window. Chats whose lease ends within the window.
+_EXPIRING = (
+    _NOW
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now + tonumber(ARGV[1]), 'LIMIT', 0, ARGV[2])
+"""
+)
 
 
 @dataclass(frozen=True)
@@ -93,74 +212,225 @@ class TurnConfig:
     final_after_seconds: float = 15.0
 
 
-def generation_key(chat_id: int, message_id: int) -> str:
-    return f"gen:{chat_id}:{message_id}"
-
-
 class Turns:
     def __init__(self, redis: Redis, keys: Keys, config: TurnConfig) -> None:
         self.redis = redis
         self.keys = keys
         self.config = config
-        self._note = redis.register_script(_NOTE_MESSAGE)
-        self._claim = redis.register_script(_CLAIM_DUE)
+        self._note = redis.register_script(_NOTE)
+        self._due_now = redis.register_script(_DUE_NOW)
+        self._claim = redis.register_script(_CLAIM)
         self._finish = redis.register_script(_FINISH)
+        self._forget = redis.register_script(_FORGET)
+        self._renew = redis.register_script(_RENEW)
+        self._forget_held = redis.register_script(_FORGET_HELD)
+        self._expiring = redis.register_script(_EXPIRING)
 
-    async def note_message(self, chat_id: int, message_id: int) -> None:
-        """A user's message is stored: the chat is due for a turn after the debounce window."""
-        await self._note(
-            keys=[
-                self.keys.turns_due,
-                self.keys.turns_first,
-                self.keys.latest(chat_id),
-                self.keys.turn(chat_id),
-            ],
+    # --- the conversation path -----------------------------------------------------------------
+
+    async def note_message(self, chat_id: int, message_id: int) -> bool:
+        """A user's message is stored: it will be answered by a turn. False if already noted."""
+        k = self.keys
+        noted = await self._note(
+            keys=[k.chat_state(chat_id), k.chat_noted(chat_id), k.turns_due, k.chat_live(chat_id)],
             args=[
                 chat_id,
-                time.time(),
+                message_id,
                 self.config.debounce_seconds,
                 self.config.final_after_seconds,
-                generation_key(chat_id, message_id),
-                message_id,
+                STATE_TTL_SECONDS,
+                NOTED_TTL_SECONDS,
             ],
         )
+        return bool(noted)
 
-    async def forget(self, chat_id: int, reset_key: str) -> None:
-        """/reset: nothing unanswered remains, and a turn in flight becomes stale."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.keys.turns_due, str(chat_id))
-            pipe.hdel(self.keys.turns_first, str(chat_id))
-            pipe.set(self.keys.latest(chat_id), reset_key, ex=86400)
-            await pipe.execute()
-
-    async def is_stale(self, chat_id: int, key: str) -> bool:
-        latest = await self.redis.get(self.keys.latest(chat_id))
-        return latest is not None and latest != key
-
-    async def finish(self, chat_id: int, delivered: bool) -> bool:
-        """Release the chat's turn; returns True when newer messages are waiting for the next."""
-        more = await self._finish(
-            keys=[self.keys.turns_due, self.keys.turns_first, self.keys.turn(chat_id)],
-            args=[chat_id, time.time(), 1 if delivered else 0],
+    async def forget(self, chat_id: int) -> None:
+        """/reset (or a user who blocked the bot): nothing unanswered remains."""
+        k = self.keys
+        await self._forget(
+            keys=[k.chat_state(chat_id), k.turns_due, k.chat_live(chat_id)],
+            args=[chat_id, STATE_TTL_SECONDS],
         )
+
+    async def claim_due(self, limit: int = CLAIM_BATCH) -> int:
+        """Claim a turn for every due chat (any worker may; each claim happens once)."""
+        k = self.keys
+        chats = await self._due_now(keys=[k.turns_due], args=[limit])
+        if not chats:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for chat in chats:
+                await self._claim(
+                    keys=[
+                        k.turns_due,
+                        k.turns_held,
+                        k.chat_state(chat),
+                        k.updates,
+                        k.chat_live(chat),
+                    ],
+                    args=[
+                        chat,
+                        TURN_LEASE_SECONDS,
+                        self.config.final_after_seconds,
+                        STATE_TTL_SECONDS,
+                    ],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        return sum(int(r) for r in results)
+
+    async def status(self, chat_id: int, turn: str) -> Status:
+        """owner: the turn may go on; stale: superseded or reset, finish it; lost: not ours."""
+        state = self.keys.chat_state(chat_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(state, "turn")
+            pipe.get(self.keys.chat_live(chat_id))
+            owner, live = await pipe.execute()
+        if owner != turn:
+            return "lost"
+        if live is not None and live != turn:
+            return "stale"
+        return "owner"
+
+    def guard(self, chat_id: int, turn: str) -> TurnGuard:
+        """Makes a hand-over of the turn's work happen only while the turn owns its chat."""
+        return TurnGuard(chat_id=chat_id, turn=turn)
+
+    async def finish(self, chat_id: int, turn: str, outcome: Outcome, stage_id: str = "") -> bool:
+        """Release the chat's turn (owner only); True when newer messages wait for the next.
+
+        delivered / dropped: the messages it covered are answered (dropped: nobody can read the
+        answer, e.g. the user blocked the bot). superseded / lost: they are not; the next turn
+        answers them together with anything newer.
+        """
+        k = self.keys
+        more = await self._finish(
+            keys=[k.chat_state(chat_id), k.turns_due, k.turns_held, k.chat_live(chat_id)],
+            args=[
+                chat_id,
+                turn,
+                outcome,
+                self.config.debounce_seconds,
+                self.config.final_after_seconds,
+                stage_id,
+            ],
+        )
+        if int(more) < 0:
+            log.info("turn already released", chat_id=chat_id, turn=turn, outcome=outcome)
+            return False
         return bool(more)
 
+    async def abandon(self, queue: JobQueue, payload: dict[str, Any]) -> None:
+        """A job of a turn was dead-lettered: release the turn and tell the user, briefly.
+
+        Its messages count as answered (by the apology), so a job that fails every time does not
+        come back as the next turn.
+        """
+        turn, chat_id = payload.get("turn"), chat_of(payload)
+        if not isinstance(turn, str) or chat_id is None:
+            return
+        reply_to = payload.get("reply_to_message_id", payload.get("reply_to"))
+        sorry = ReplyJob(
+            key=f"sorry:{turn}",
+            chat_id=chat_id,
+            chat_type=str(payload.get("chat_type") or "private"),
+            user_id=None,
+            reply_to_message_id=int(reply_to) if isinstance(reply_to, int | str) else None,
+            started_at=time.time(),
+            paced=False,
+            text=texts.GENERATION_FAILED,
+        )
+        if payload.get("kind") != "reply" or not str(payload.get("key", "")).startswith("sorry:"):
+            await queue.enqueue(self.keys.replies, sorry.to_payload(), sorry.key)
+        await self.finish(chat_id, turn, "dropped")
+
+    # --- leases --------------------------------------------------------------------------------
+
+    async def sweep_leases(self, limit: int = 100) -> tuple[int, int]:
+        """Renew the leases of turns whose job is alive; release those whose job is gone.
+
+        Returns (renewed, released). Any worker may run it: every step is owner-checked.
+        """
+        k = self.keys
+        chats = await self._expiring(keys=[k.turns_held], args=[TURN_LEASE_SECONDS / 2, limit])
+        renewed = released = 0
+        for chat in chats:
+            state = k.chat_state(chat)
+            turn, stream, entry = (
+                _text(v)
+                for v in await self.redis.hmget(state, ["turn", "stage_stream", "stage_id"])
+            )
+            if turn is None or stream is None or entry is None:
+                await self._forget_held(keys=[state, k.turns_held], args=[chat])
+                continue
+            if await self._job_alive(stream, entry):
+                renewed += int(
+                    await self._renew(
+                        keys=[state, k.turns_held], args=[chat, turn, entry, TURN_LEASE_SECONDS]
+                    )
+                )
+            elif await self.finish(int(chat), turn, "lost", stage_id=entry):
+                released += 1
+                log.warning("turn lost its job; chat queued again", chat_id=chat, turn=turn)
+        return renewed, released
+
+    async def _job_alive(self, stream: str, entry: str) -> bool:
+        """Is the entry unacknowledged in its stream's group (being worked on, or not read yet)?"""
+        try:
+            group = self.keys.group_of(stream)
+        except KeyError:
+            return False
+        pending = await self.redis.xpending_range(stream, group, min=entry, max=entry, count=1)
+        if pending:
+            return True
+        if not await self.redis.xrange(stream, min=entry, max=entry, count=1):
+            return False  # trimmed or deleted: acknowledged long ago, or lost with Redis data
+        try:
+            groups = await self.redis.xinfo_groups(stream)
+        except ResponseError:
+            return True
+        for info in groups:
+            if info["name"] == group:
+                return _entry_after(entry, str(info["last-delivered-id"]))
+        return True  # the group does not exist yet: nobody has read the entry
+
+    # --- recovery ------------------------------------------------------------------------------
+
+    async def recover(self, unanswered: list[tuple[int, int]]) -> int:
+        """Note each (chat, newest unanswered message id) from PostgreSQL; returns how many were
+        new to Redis (its state was lost: restart without persistence, FLUSHALL, failover)."""
+        recovered = 0
+        for chat_id, message_id in unanswered:
+            if await self.note_message(chat_id, message_id):
+                recovered += 1
+                log.warning("unanswered stored message queued again", chat_id=chat_id)
+        return recovered
+
+    # --- the loop ------------------------------------------------------------------------------
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Claim due turns (any worker may; the script makes each claim happen once)."""
-        keys = [self.keys.turns_due, self.keys.turns_first, self.keys.updates]
+        """Claim due turns every tick and look after leases every second."""
+        ticks_per_sweep = max(1, round(SWEEP_SECONDS / TICK_SECONDS))
+        tick = 0
         while not stop.is_set():
             try:
-                await self._claim(
-                    keys=keys,
-                    args=[
-                        time.time(),
-                        200,
-                        self.keys.prefix,
-                        TURN_LOCK_SECONDS,
-                        self.config.final_after_seconds,
-                    ],
-                )
+                await self.claim_due()
+                if tick % ticks_per_sweep == 0:
+                    await self.sweep_leases()
             except RedisError as error:
                 log.warning("turn scheduler cannot reach redis", error=type(error).__name__)
+            tick += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_SECONDS)
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entry_after(entry: str, last_delivered: str) -> bool:
+    def parse(raw: str) -> tuple[int, int]:
+        millis, _, seq = raw.partition("-")
+        return int(millis), int(seq or 0)
+
+    return parse(entry) > parse(last_delivered)

@@ -1,4 +1,10 @@
-"""Conversation logic for one incoming update: commands, storage, and queueing a generation."""
+"""Conversation logic for one incoming update: commands, storage, and a chat's claimed turns.
+
+A user's text is stored in PostgreSQL first, then noted for a turn (worker/turns.py): a crash in
+between leaves a stored, un-noted message, which the recovery sweep notes. A claimed turn reads the
+chat's history and hands it to ml, guarded by the turn: a turn that no longer owns its chat hands
+nothing on.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ import structlog
 from aiconv.conversation import texts
 from aiconv.conversation.commands import parse_command
 from aiconv.conversation.history import approx_tokens, fit_history
+from aiconv.jobs.keys import UPDATES_GROUP
+from aiconv.jobs.messages import GenerateJob, ReplyJob, TurnJob, UpdateJob, chat_of
 from aiconv.jobs.queue import Job
 from aiconv.observability.metrics import UPDATES_RECEIVED
 from aiconv.resources import Resources
@@ -17,10 +25,11 @@ from aiconv.telegram.models import IncomingMessage, Update, parse_update
 from aiconv.worker.turns import Turns
 from aiconv.worker.typing_keeper import TypingKeeper
 
-UPDATES_GROUP = "worker"
 HISTORY_ROWS = 60  # rows read per turn; the ml mode trims them to the context exactly
 
 log = structlog.get_logger(__name__)
+
+__all__ = ["UPDATES_GROUP", "UpdateHandler", "chat_lane", "update_payload"]
 
 
 def update_payload(update: dict[str, Any]) -> dict[str, Any]:
@@ -28,13 +37,12 @@ def update_payload(update: dict[str, Any]) -> dict[str, Any]:
     message = update.get("message")
     chat = message.get("chat") if isinstance(message, dict) else None
     chat_id = chat.get("id") if isinstance(chat, dict) else None
-    return {
-        "key": f"update:{update['update_id']}",
-        "update_id": update["update_id"],
-        "chat_id": chat_id,
-        "received_at": time.time(),
-        "update": update,
-    }
+    return UpdateJob(
+        update_id=update["update_id"],
+        chat_id=chat_id if isinstance(chat_id, int) else None,
+        received_at=time.time(),
+        update=update,
+    ).to_payload()
 
 
 def update_kind(update: Update) -> str:
@@ -57,7 +65,7 @@ def message_key(message: IncomingMessage) -> str:
 
 
 def chat_lane(job: Job) -> str | None:
-    chat_id = job.payload.get("chat_id")
+    chat_id = chat_of(job.payload)
     return str(chat_id) if chat_id is not None else None
 
 
@@ -74,9 +82,9 @@ class UpdateHandler:
 
     async def __call__(self, job: Job) -> None:
         if job.payload.get("kind") == "turn":
-            await self._start_turn(job)
+            await self._start_turn(job, TurnJob.from_payload(job.payload))
             return
-        update = parse_update(job.payload.get("update"))
+        update = parse_update(UpdateJob.from_payload(job.payload).update)
         message = update.message
         if message is None:
             return  # an update kind aiconv does not act on (edits, joins, ...)
@@ -102,7 +110,7 @@ class UpdateHandler:
             reply = texts.help_text()
         elif name == "reset":
             await self.r.store.reset_history(message.chat_id)
-            await self.turns.forget(message.chat_id, f"reset:{message_key(message)}")
+            await self.turns.forget(message.chat_id)
             await self.typing.end(message.chat_id)
             reply = texts.RESET_DONE
         else:
@@ -110,10 +118,20 @@ class UpdateHandler:
         await self._reply_now(job, message, reply)
 
     async def _reply_now(self, job: Job, message: IncomingMessage, text: str) -> None:
-        """A fixed reply: straight to delivery, unpaced."""
-        key = f"reply:{message_key(message)}"
-        payload = reply_payload(key, message, text, started_at=time.time(), paced=False)
-        await self.r.queue.hand_over(job, UPDATES_GROUP, self.r.keys.replies, payload, key)
+        """A fixed reply: straight to delivery, unpaced, outside any turn."""
+        reply = ReplyJob(
+            key=f"reply:{message_key(message)}",
+            chat_id=message.chat_id,
+            chat_type=message.chat_type,
+            user_id=message.user_id,
+            reply_to_message_id=message.message_id,
+            started_at=time.time(),
+            paced=False,
+            text=text,
+        )
+        await self.r.queue.hand_over(
+            job, UPDATES_GROUP, self.r.keys.replies, reply.to_payload(), reply.key
+        )
 
     async def _converse(self, message: IncomingMessage) -> None:
         assert message.text is not None
@@ -126,48 +144,39 @@ class UpdateHandler:
             telegram_update_id=message.update_id,
             telegram_message_id=message.message_id,
         )
-        await self.typing.begin(message.chat_id)
         # The reply is generated when the chat's turn comes (see turns.py), not per message.
-        await self.turns.note_message(message.chat_id, message.message_id)
+        if await self.turns.note_message(message.chat_id, message.message_id):
+            await self.typing.begin(message.chat_id)
 
-    async def _start_turn(self, job: Job) -> None:
-        """A claimed turn: hand the chat's history to the ml stage, keyed by its newest message."""
-        p = job.payload
-        chat_id = int(p["chat_id"])
-        key = str(p["generation_key"])
-        reply_to = int(key.rsplit(":", 1)[1])
-        turns = await self.r.store.history(chat_id, HISTORY_ROWS)
+    async def _start_turn(self, job: Job, turn: TurnJob) -> None:
+        """A claimed turn: hand the chat's history to the ml stage, keyed by the turn."""
+        status = await self.turns.status(turn.chat_id, turn.turn)
+        if status != "owner":
+            if status == "stale":
+                # Superseded before generation began: the next turn answers everything.
+                more = await self.turns.finish(turn.chat_id, turn.turn, "superseded")
+                if not more:
+                    await self.typing.end(turn.chat_id)
+            await self.r.queue.ack(job, UPDATES_GROUP)
+            return
+        history = await self.r.store.history(turn.chat_id, HISTORY_ROWS)
         # Coarse bound only (the byte estimate overcounts); ml trims with the real tokenizer.
-        turns = fit_history(turns, approx_tokens, budget=2 * self.r.settings.n_ctx)
-        chat_type, user_id = await self.r.store.chat_party(chat_id)
-        payload = {
-            "key": key,
-            "chat_id": chat_id,
-            "chat_type": chat_type,
-            "user_id": user_id,
-            "reply_to_message_id": reply_to,
-            "started_at": float(p.get("first_at") or time.time()),
-            "turns": [[turn.role, turn.text] for turn in turns],
-        }
-        await self.r.queue.hand_over(job, UPDATES_GROUP, self.r.keys.generate, payload, key)
-
-
-def reply_payload(
-    key: str,
-    message: IncomingMessage,
-    text: str,
-    *,
-    started_at: float,
-    paced: bool,
-) -> dict[str, Any]:
-    return {
-        "key": key,
-        "chat_id": message.chat_id,
-        "chat_type": message.chat_type,
-        "user_id": message.user_id,
-        "reply_to_message_id": message.message_id,
-        "started_at": started_at,
-        "paced": paced,
-        "text": text,
-        "stats": {},
-    }
+        history = fit_history(history, approx_tokens, budget=2 * self.r.settings.n_ctx)
+        chat_type, user_id = await self.r.store.chat_party(turn.chat_id)
+        generate = GenerateJob(
+            turn=turn.turn,
+            chat_id=turn.chat_id,
+            chat_type=chat_type,
+            user_id=user_id,
+            reply_to_message_id=turn.reply_to,
+            started_at=turn.first_at or time.time(),
+            turns=[(t.role, t.text) for t in history],
+        )
+        await self.r.queue.hand_over(
+            job,
+            UPDATES_GROUP,
+            self.r.keys.generate,
+            generate.to_payload(),
+            generate.key,
+            guard=self.turns.guard(turn.chat_id, turn.turn),
+        )

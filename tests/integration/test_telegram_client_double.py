@@ -205,7 +205,7 @@ def test_every_error_type_hides_token() -> None:
         Forbidden("sendMessage", 403, "Forbidden", 403),
         BadRequest("sendMessage", 400, "Bad Request", 400),
         ServerError("sendMessage", 500, "Internal", 500),
-        NetworkError("getUpdates", None, "network error: ConnectError"),
+        NetworkError("getUpdates", "network error: ConnectError"),
     ]
     for err in errors:
         _assert_no_token(err)

@@ -1,0 +1,181 @@
+"""The jobs passed between stages, typed: one encode/decode pair per kind.
+
+A stream entry's `job` field holds one of these as JSON. `kind` says which; Telegram updates carry
+no kind (they are written by the web and the poller, and came first). Ids are integers in Python and
+may arrive as strings from Lua (`cjson` would round large chat ids), so decoding converts them.
+
+A chat turn's jobs all carry the turn's identity (`turn`, e.g. `123:456:7` = chat 123, answering up
+to message 456, the chat's 7th turn): every effect of the turn is keyed by it, and only the turn
+that owns its chat (worker/turns.py) may hand its work on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+TurnMode = Literal["active", "final"]
+
+
+class InvalidJob(ValueError):
+    """A stream entry that is not a job of the expected kind."""
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str | float):
+        raise InvalidJob(f"not an integer: {value!r}")
+    try:
+        return int(value)
+    except ValueError as error:
+        raise InvalidJob(f"not an integer: {value!r}") from error
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else _int(value)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class UpdateJob:
+    """One Telegram update, as received (web or poller)."""
+
+    update_id: int
+    chat_id: int | None
+    received_at: float
+    update: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"update:{self.update_id}"
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"key": self.key, **asdict(self)}
+
+    @classmethod
+    def from_payload(cls, p: dict[str, Any]) -> UpdateJob:
+        update = p.get("update")
+        if not isinstance(update, dict):
+            raise InvalidJob("update job without an update")
+        return cls(
+            update_id=_int(p.get("update_id")),
+            chat_id=_opt_int(p.get("chat_id")),
+            received_at=float(p.get("received_at") or 0.0),
+            update=update,
+        )
+
+
+@dataclass(frozen=True)
+class TurnJob:
+    """A claimed chat turn (written by the claim script in worker/turns.py, in Lua)."""
+
+    turn: str
+    chat_id: int
+    reply_to: int
+    covers: int  # how many of the chat's messages had been noted when the turn was claimed
+    mode: TurnMode
+    first_at: float  # Redis time of the oldest message the turn answers
+
+    @property
+    def key(self) -> str:
+        return f"turn:{self.turn}"
+
+    @classmethod
+    def from_payload(cls, p: dict[str, Any]) -> TurnJob:
+        mode = p.get("mode")
+        if p.get("kind") != "turn" or mode not in ("active", "final"):
+            raise InvalidJob("not a turn job")
+        return cls(
+            turn=str(p["turn"]),
+            chat_id=_int(p.get("chat_id")),
+            reply_to=_int(p.get("reply_to")),
+            covers=_int(p.get("covers")),
+            mode=mode,
+            first_at=float(p.get("first_at") or 0.0),
+        )
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    """A chat's history for the model, on behalf of one turn."""
+
+    turn: str
+    chat_id: int
+    chat_type: str
+    user_id: int | None
+    reply_to_message_id: int
+    started_at: float
+    turns: list[tuple[str, str]]  # (role, text), oldest first
+    kind: Literal["chat"] = "chat"
+
+    @property
+    def key(self) -> str:
+        return f"gen:{self.turn}"
+
+    def to_payload(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["turns"] = [list(t) for t in self.turns]
+        return {"key": self.key, **payload}
+
+    @classmethod
+    def from_payload(cls, p: dict[str, Any]) -> GenerateJob:
+        raw_turns = p.get("turns") or []
+        if not isinstance(raw_turns, list):
+            raise InvalidJob("turns must be a list")
+        return cls(
+            turn=str(p["turn"]),
+            chat_id=_int(p.get("chat_id")),
+            chat_type=str(p.get("chat_type") or "private"),
+            user_id=_opt_int(p.get("user_id")),
+            reply_to_message_id=_int(p.get("reply_to_message_id")),
+            started_at=float(p.get("started_at") or 0.0),
+            turns=[(str(role), str(text)) for role, text in raw_turns],
+        )
+
+
+@dataclass(frozen=True)
+class ReplyJob:
+    """Text for a chat: a turn's generated answer (paced), or a fixed reply (unpaced)."""
+
+    key: str  # reply:<turn> for a turn; reply:<chat>:<message> or sorry:<turn> for fixed texts
+    chat_id: int
+    chat_type: str
+    user_id: int | None
+    reply_to_message_id: int | None
+    started_at: float
+    paced: bool
+    text: str
+    turn: str | None = None  # set when the reply belongs to a turn, which it settles
+    cancelled: bool = False  # the turn was superseded before its text was written
+    stats: dict[str, Any] = field(default_factory=dict)
+    kind: Literal["reply"] = "reply"
+
+    def to_payload(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_payload(cls, p: dict[str, Any]) -> ReplyJob:
+        stats = p.get("stats")
+        return cls(
+            key=str(p["key"]),
+            chat_id=_int(p.get("chat_id")),
+            chat_type=str(p.get("chat_type") or "private"),
+            user_id=_opt_int(p.get("user_id")),
+            reply_to_message_id=_opt_int(p.get("reply_to_message_id")),
+            started_at=float(p.get("started_at") or 0.0),
+            paced=bool(p.get("paced")),
+            text=str(p.get("text") or ""),
+            turn=_opt_str(p.get("turn")),
+            cancelled=bool(p.get("cancelled")),
+            stats=stats if isinstance(stats, dict) else {},
+        )
+
+
+def chat_of(payload: dict[str, Any]) -> int | None:
+    """The chat a job belongs to, for per-chat lanes and dead-letter handling."""
+    try:
+        return _opt_int(payload.get("chat_id"))
+    except InvalidJob:
+        return None
