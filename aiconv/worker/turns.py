@@ -329,6 +329,8 @@ class Turns:
         turn, chat_id = payload.get("turn"), chat_of(payload)
         if not isinstance(turn, str) or chat_id is None:
             return
+        if await self.status(chat_id, turn) == "lost":
+            return  # a newer turn answers
         reply_to = payload.get("reply_to_message_id", payload.get("reply_to"))
         sorry = ReplyJob(
             key=f"sorry:{turn}",

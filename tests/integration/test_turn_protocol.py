@@ -1,0 +1,500 @@
+"""The turn and delivery protocol as a state machine, against the real Redis and the real scripts.
+
+Two chats, users who write at any moment (in fragments, during any turn), two workers that read
+jobs from the real streams and may crash at any step (their jobs stay pending and are claimed by
+the other), updates redelivered out of order, leases that run out, jobs lost with Redis data, /reset
+and dead letters. The stages below do what the worker's and ml's handlers do, through the same
+`Turns` and `JobQueue` calls; Telegram and PostgreSQL are modelled in memory.
+
+Invariants, after every step: no part is sent twice; a chat never has two turns sending at once; a
+turn's reply was written from a history that holds every message it covers. Once the chat goes
+quiet (everything drained): every noted message is covered by a later reply, replies left in
+message order, and no lock, lease or due entry outlives its work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import types
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from redis.asyncio import Redis
+
+import aiconv.jobs.queue as queue_module
+import aiconv.worker.turns as turns_module
+from aiconv.jobs.keys import GENERATE_GROUP, REPLIES_GROUP, UPDATES_GROUP, Keys
+from aiconv.jobs.messages import GenerateJob, ReplyJob, TurnJob
+from aiconv.jobs.queue import Job, JobQueue, decode_entry
+from aiconv.worker.turns import TurnConfig, Turns
+from tests.conftest import REDIS_URL, delete_prefixed
+
+CHATS = (101, -100200)
+WORKERS = (0, 1)
+PARTS = 2  # every generated reply is sent in two parts
+
+
+@dataclass
+class InHand:
+    """A job a worker has read and not yet settled; `part` is delivery's progress."""
+
+    job: Job
+    part: int = 0
+    sent_any: bool = False
+
+
+@dataclass
+class ChatModel:
+    next_id: int = 1
+    stored: list[int] = field(default_factory=list)  # "PostgreSQL": user messages, stored order
+    noted: list[int] = field(default_factory=list)  # successful notes, in order
+    reset_at: int = 0  # len(noted) at the last /reset: earlier messages need no answer
+    covered: set[int] = field(default_factory=set)  # messages covered by a sent reply
+    delivered_covers: list[int] = field(default_factory=list)  # covers of each delivered turn
+    sending: set[str] = field(default_factory=set)  # turns that sent a part and are not settled
+    apologies_owed: set[str] = field(default_factory=set)  # dead-lettered turns, until told
+    settled: int = 0  # most messages a finished or apologised turn (or /reset) may have answered
+
+
+class TurnProtocol(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.redis = Redis.from_url(REDIS_URL, decode_responses=True)
+        self.keys = Keys(f"aiconv-sm-{uuid.uuid4().hex[:8]}:")
+        self.queue = JobQueue(self.redis, self.keys)
+        self.chats = {chat: ChatModel() for chat in CHATS}
+        self.hands: dict[int, list[InHand]] = {w: [] for w in WORKERS}
+        self.incarnation = dict.fromkeys(WORKERS, 0)
+        self.dead_consumers: set[str] = set()
+        self.sent: list[tuple[str, int]] = []  # (reply key, part) as "Telegram" received them
+        self.turn_covers: dict[str, int] = {}  # turn -> covers, from its turn job
+        self.turn_history: dict[str, set[int]] = {}  # turn -> message ids its history held
+        self.turns = Turns(self.redis, self.keys, TurnConfig(0.0, 1000.0))
+        for stream in (self.keys.updates, self.keys.generate, self.keys.replies):
+            self.run(self.queue.ensure_group(stream, self.keys.group_of(stream)))
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def teardown(self) -> None:
+        self.run(delete_prefixed(self.keys.prefix))
+        self.run(self.redis.aclose())
+        self.loop.close()
+
+    def consumer(self, worker: int) -> str:
+        return f"w{worker}-{self.incarnation[worker]}"
+
+    # --- configuration -------------------------------------------------------------------------
+
+    @initialize(final=st.booleans())
+    def configure(self, final: bool) -> None:
+        """Every turn final (a user typing in fragments for long) or every turn active."""
+        self.turns = Turns(self.redis, self.keys, TurnConfig(0.0, 0.0 if final else 1000.0))
+
+    # --- users ---------------------------------------------------------------------------------
+
+    @rule(chat=st.sampled_from(CHATS))
+    def user_writes(self, chat: int) -> None:
+        """A message is stored; its note may come later (another worker, a redelivery)."""
+        model = self.chats[chat]
+        model.stored.append(model.next_id)
+        model.next_id += 1
+
+    @rule(chat=st.sampled_from(CHATS), pick=st.integers(0, 1000))
+    def worker_notes_a_stored_message(self, chat: int, pick: int) -> None:
+        """Any stored message, newest or older, first time or redelivered."""
+        model = self.chats[chat]
+        if not model.stored:
+            return
+        message = model.stored[-1 - pick % min(3, len(model.stored))]
+        if self.run(self.turns.note_message(chat, message)):
+            assert message not in model.noted
+            model.noted.append(message)
+        else:
+            assert message in model.noted
+
+    @rule(chat=st.sampled_from(CHATS))
+    def user_resets(self, chat: int) -> None:
+        model = self.chats[chat]
+        for message in model.stored:  # /reset stores nothing, but every update is noted first
+            if message not in model.noted and self.run(self.turns.note_message(chat, message)):
+                model.noted.append(message)
+        self.run(self.turns.forget(chat))
+        model.reset_at = len(model.noted)
+        model.settled = max(model.settled, len(model.noted))
+
+    # --- the turn scheduler and the lease sweeper ----------------------------------------------
+
+    @rule()
+    def claim(self) -> None:
+        self.run(self.turns.claim_due())
+
+    @rule()
+    def leases_run_out_and_are_swept(self) -> None:
+        async def expire() -> None:
+            held = await self.redis.zrange(self.keys.turns_held, 0, -1)
+            if held:
+                await self.redis.zadd(self.keys.turns_held, dict.fromkeys(held, 0))
+            await self.turns.sweep_leases()
+
+        self.run(expire())
+
+    @rule(pick=st.integers(0, 100))
+    def redis_loses_an_unread_job(self, pick: int) -> None:
+        """A failover loses an entry nobody has read: its turn's lease is not renewed."""
+
+        async def lose() -> None:
+            streams = [self.keys.updates, self.keys.generate, self.keys.replies]
+            stream = streams[pick % 3]
+            group = self.keys.group_of(stream)
+            info = {g["name"]: g for g in await self.redis.xinfo_groups(stream)}
+            last = info[group]["last-delivered-id"]
+            unread = await self.redis.xrange(stream, min=f"({last}", max="+", count=1)
+            if unread:
+                self._forget_apology(unread[0][1])
+                await self.redis.xdel(stream, unread[0][0])
+
+        self.run(lose())
+
+    @precondition(lambda self: any(self.hands.values()))
+    @rule(worker=st.sampled_from(WORKERS), pick=st.integers(0, 100))
+    def redis_loses_a_job_in_hand(self, worker: int, pick: int) -> None:
+        """A failover loses a pending entry while a worker still works on it: its turn's lease
+        runs out and the chat may get a new turn while the old job's worker goes on."""
+        hand = self.hands[worker]
+        if not hand:
+            return
+        job = hand[pick % len(hand)].job
+        self._forget_apology({"job": json.dumps(job.payload)})
+
+        async def lose() -> None:
+            await self.redis.xack(job.stream, self.keys.group_of(job.stream), job.id)
+            await self.redis.xdel(job.stream, job.id)
+
+        self.run(lose())
+
+    def _forget_apology(self, fields: dict[str, str]) -> None:
+        """An apology lost with Redis data is not owed any more (nothing can send it)."""
+        payload = json.loads(fields.get("job", "{}"))
+        key = str(payload.get("key", ""))
+        if key.startswith("sorry:"):
+            self.chats[int(payload["chat_id"])].apologies_owed.discard(key.removeprefix("sorry:"))
+
+    # --- workers -------------------------------------------------------------------------------
+
+    @rule(worker=st.sampled_from(WORKERS), which=st.integers(0, 2))
+    def worker_reads(self, worker: int, which: int) -> None:
+        stream = [self.keys.updates, self.keys.generate, self.keys.replies][which]
+        response = self.run(
+            self.redis.xreadgroup(
+                self.keys.group_of(stream), self.consumer(worker), {stream: ">"}, count=1
+            )
+        )
+        for _, entries in response or []:
+            for entry_id, fields in entries:
+                self.hands[worker].append(InHand(decode_entry(stream, entry_id, fields, 1)))
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def worker_crashes(self, worker: int) -> None:
+        """Its jobs stay pending under its old name; a new process starts."""
+        self.dead_consumers.add(self.consumer(worker))
+        self.hands[worker] = []
+        self.incarnation[worker] += 1
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def worker_claims_abandoned_jobs(self, worker: int) -> None:
+        """The visibility timeout of a dead consumer's jobs has passed."""
+        self.run(self._claim_dead(worker))
+
+    async def _claim_dead(self, worker: int) -> None:
+        for stream in (self.keys.updates, self.keys.generate, self.keys.replies):
+            group = self.keys.group_of(stream)
+            pending = await self.redis.xpending_range(stream, group, "-", "+", 100)
+            ids = [p["message_id"] for p in pending if p["consumer"] in self.dead_consumers]
+            if not ids:
+                continue
+            claimed = await self.redis.xclaim(stream, group, self.consumer(worker), 0, ids)
+            for entry_id, fields in claimed:
+                if fields:
+                    self.hands[worker].append(InHand(decode_entry(stream, entry_id, fields, 2)))
+
+    @precondition(lambda self: any(self.hands.values()))
+    @rule(worker=st.sampled_from(WORKERS), pick=st.integers(0, 100))
+    def worker_steps(self, worker: int, pick: int) -> None:
+        hand = self.hands[worker]
+        if not hand:
+            return
+        item = hand[pick % len(hand)]
+        done = self.run(self._step(item))
+        if done:
+            hand.remove(item)
+
+    @precondition(lambda self: any(self.hands.values()))
+    @rule(worker=st.sampled_from(WORKERS), pick=st.integers(0, 100))
+    def job_dead_lettered(self, worker: int, pick: int) -> None:
+        hand = self.hands[worker]
+        if not hand:
+            return
+        item = hand.pop(pick % len(hand))
+        if item.sent_any:  # delivery only fails before its first part in this model
+            hand.append(item)
+            return
+        group = self.keys.group_of(item.job.stream)
+
+        async def dead_letter() -> None:
+            await self.turns.abandon(self.queue, item.job.payload)
+            await self.queue.ack(item.job, group)
+
+        turn = item.job.payload.get("turn")
+        if isinstance(turn, str):
+            model = self.chats[int(item.job.payload["chat_id"])]
+            model.sending.discard(turn)
+            if self.run(self.turns.status(model_chat(turn), turn)) != "lost":
+                covers = item.job.payload.get("covers", self.turn_covers.get(turn))
+                model.settled = max(model.settled, int(covers))
+                model.apologies_owed.add(turn)
+        self.run(dead_letter())
+
+    # --- the stages, as the handlers do them ---------------------------------------------------
+
+    async def _step(self, item: InHand) -> bool:
+        job = item.job
+        if job.stream == self.keys.updates:
+            await self._turn_stage(job)
+            return True
+        if job.stream == self.keys.generate:
+            await self._generate_stage(job)
+            return True
+        return await self._delivery_step(item)
+
+    async def _turn_stage(self, job: Job) -> None:
+        turn = TurnJob.from_payload(job.payload)
+        self.turn_covers[turn.turn] = turn.covers
+        status = await self.turns.status(turn.chat_id, turn.turn)
+        if status == "stale":
+            await self.turns.finish(turn.chat_id, turn.turn, "superseded")
+        if status != "owner":
+            await self.queue.ack(job, UPDATES_GROUP)
+            return
+        history = list(self.chats[turn.chat_id].stored)  # PostgreSQL's view now
+        self.turn_history[turn.turn] = set(history)
+        gen = GenerateJob(
+            turn=turn.turn,
+            chat_id=turn.chat_id,
+            chat_type="private",
+            user_id=None,
+            reply_to_message_id=turn.reply_to,
+            started_at=turn.first_at,
+            turns=[("user", str(m)) for m in history],
+        )
+        await self.queue.hand_over(
+            job,
+            UPDATES_GROUP,
+            self.keys.generate,
+            gen.to_payload(),
+            gen.key,
+            guard=self.turns.guard(turn.chat_id, turn.turn),
+        )
+
+    async def _generate_stage(self, job: Job) -> None:
+        gen = GenerateJob.from_payload(job.payload)
+        live = await self.redis.get(self.keys.chat_live(gen.chat_id))
+        cancelled = live is not None and live != gen.turn
+        reply = ReplyJob(
+            key=f"reply:{gen.turn}",
+            chat_id=gen.chat_id,
+            chat_type=gen.chat_type,
+            user_id=None,
+            reply_to_message_id=gen.reply_to_message_id,
+            started_at=gen.started_at,
+            paced=True,
+            text="" if cancelled else "|".join(["part"] * PARTS),
+            turn=gen.turn,
+            cancelled=cancelled,
+        )
+        await self.queue.hand_over(
+            job,
+            GENERATE_GROUP,
+            self.keys.replies,
+            reply.to_payload(),
+            reply.key,
+            guard=self.turns.guard(gen.chat_id, gen.turn),
+        )
+
+    async def _delivery_step(self, item: InHand) -> bool:
+        """One part at a time, so that crashes fall between parts. True when settled."""
+        reply = ReplyJob.from_payload(item.job.payload)
+        model = self.chats[reply.chat_id]
+        parts = reply.text.split("|") if reply.text else []
+        if reply.turn is not None:
+            status = await self.turns.status(reply.chat_id, reply.turn)
+            if status == "lost":
+                model.sending.discard(reply.turn)  # it stops here, mid-reply if need be
+                await self.queue.ack(item.job, REPLIES_GROUP)
+                return True
+            if reply.cancelled or (status == "stale" and not item.sent_any):
+                await self.turns.finish(reply.chat_id, reply.turn, "superseded")
+                await self.queue.ack(item.job, REPLIES_GROUP)
+                return True
+        record = self.keys.sent_parts(reply.chat_id, reply.key)
+        if item.part < len(parts):
+            index = item.part
+            item.part += 1
+            if await self.redis.hget(record, str(index)) is not None:
+                item.sent_any = True
+                return False
+            self.sent.append((reply.key, index))
+            await self.redis.hset(record, str(index), 1)
+            item.sent_any = True
+            if reply.turn is not None:
+                model.sending.add(reply.turn)
+            return False
+        if reply.turn is not None:
+            covers = self.turn_covers[reply.turn]
+            model.covered.update(model.noted[:covers])
+            model.delivered_covers.append(covers)
+            model.settled = max(model.settled, covers)
+            await self.turns.finish(reply.chat_id, reply.turn, "delivered")
+            model.sending.discard(reply.turn)
+        elif reply.key.startswith("sorry:"):
+            turn = reply.key.removeprefix("sorry:")
+            model.apologies_owed.discard(turn)
+            model.covered.update(model.noted[: self.turn_covers.get(turn, 0)])
+        await self.queue.ack(item.job, REPLIES_GROUP)
+        return True
+
+    # --- invariants ----------------------------------------------------------------------------
+
+    @invariant()
+    def no_part_sent_twice(self) -> None:
+        assert len(self.sent) == len(set(self.sent)), self.sent
+
+    @invariant()
+    def one_turn_sending_per_chat(self) -> None:
+        for chat, model in self.chats.items():
+            assert len(model.sending) <= 1, (chat, model.sending)
+
+    @invariant()
+    def a_reply_is_written_from_what_it_covers(self) -> None:
+        for turn, history in self.turn_history.items():
+            chat = self.chats[int(turn.split(":")[0])]
+            assert set(chat.noted[: self.turn_covers[turn]]) <= history, turn
+
+    @invariant()
+    def nothing_is_answered_without_an_answer(self) -> None:
+        """Only a delivered reply, an apology or /reset makes messages answered."""
+        for chat, model in self.chats.items():
+            answered = self.run(self.redis.hget(self.keys.chat_state(chat), "answered"))
+            assert int(answered or 0) <= model.settled, (chat, answered, model.settled)
+
+    def quiesce(self) -> None:
+        """Everyone recovers, the users stop writing: run every stage until nothing is left."""
+        for worker in WORKERS:
+            self.worker_crashes(worker)
+        for _ in range(400):
+            self.claim()
+            self.run(self._claim_dead(0))
+            self.leases_run_out_and_are_swept()
+            for which in range(3):
+                self.worker_reads(0, which)
+            if not self.hands[0]:
+                due = self.run(self.redis.zcard(self.keys.turns_due))
+                held = self.run(self.redis.zcard(self.keys.turns_held))
+                if not due and not held:
+                    return
+                continue
+            while self.hands[0]:
+                self.worker_steps(0, 0)
+        raise AssertionError("the protocol did not settle")
+
+    def check_quiet(self) -> None:
+        self.quiesce()
+        for chat, model in self.chats.items():
+            for message in model.stored:  # a message stored but never noted is the sweep's job
+                if message not in model.noted:
+                    assert self.run(self.turns.note_message(chat, message))
+                    model.noted.append(message)
+        self.quiesce()
+        for chat, model in self.chats.items():
+            owed = set(model.noted[model.reset_at :])
+            assert owed <= model.covered, (chat, sorted(owed - model.covered))
+            assert model.delivered_covers == sorted(model.delivered_covers), chat
+            assert not model.apologies_owed, (chat, "dead-lettered turn without an apology")
+            state = self.run(self.redis.hgetall(self.keys.chat_state(chat)))
+            assert "turn" not in state, (chat, state)
+            assert self.run(self.redis.get(self.keys.chat_live(chat))) is None
+        assert self.run(self.redis.zcard(self.keys.turns_due)) == 0
+        assert self.run(self.redis.zcard(self.keys.turns_held)) == 0
+        for stream in (self.keys.updates, self.keys.generate, self.keys.replies):
+            pending = self.run(self.redis.xpending(stream, self.keys.group_of(stream)))
+            assert pending["pending"] == 0, stream
+
+
+def model_chat(turn: str) -> int:
+    return int(turn.split(":")[0])
+
+
+class QuietAtTheEnd(TurnProtocol):
+    """The same machine; at the end of every run, the quiescence invariants."""
+
+    def teardown(self) -> None:
+        try:
+            self.check_quiet()
+        finally:
+            super().teardown()
+
+
+@pytest.fixture
+def skewed_process_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every process clock the protocol could read is hours off: shared time is Redis's."""
+    import random
+    import time
+
+    def skewed() -> float:
+        return time.time() + random.uniform(-7200, 7200)
+
+    fake = types.SimpleNamespace(time=skewed, monotonic=time.monotonic)
+    monkeypatch.setattr(turns_module, "time", fake)
+    monkeypatch.setattr(queue_module, "time", fake)
+
+
+def test_turn_protocol_state_machine(skewed_process_clocks: None) -> None:
+    run_state_machine_as_test(
+        QuietAtTheEnd,
+        settings=settings(
+            max_examples=400,
+            stateful_step_count=50,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            database=None,
+        ),
+    )
+
+
+def test_job_payloads_round_trip() -> None:
+    reply = ReplyJob(
+        key="reply:1:2:3",
+        chat_id=-1001234567890123,
+        chat_type="supergroup",
+        user_id=7,
+        reply_to_message_id=2,
+        started_at=1.5,
+        paced=True,
+        text="hi",
+        turn="1:2:3",
+    )
+    assert ReplyJob.from_payload(json.loads(json.dumps(reply.to_payload()))) == reply
