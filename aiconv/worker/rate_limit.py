@@ -4,37 +4,43 @@ Telegram allows about one message per second in a chat, about 30 per second over
 minute in a group. Each send reserves the earliest moment all applicable limits allow (GCRA:
 a "theoretical arrival time" per limit, kept in Redis) and waits until then, so many workers
 together never exceed the limits, and waiting senders keep their order.
+
+The limits' clock is Redis's own (`TIME`, read inside the script), never the calling process's:
+every worker compares against the same timestamps, so a worker whose clock runs 30 s ahead
+neither makes the others wait 30 s per send nor, running behind, sends early. (Redis >= 5
+replicates a script's effects, so reading `TIME` before writing is allowed.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from aiconv.jobs.keys import Keys
 
-# KEYS: one per limit; ARGV: now, then (interval, tolerance) per key.
-# Returns the seconds to wait before sending (a string: Lua numbers are truncated to integers).
+# KEYS: one per limit; ARGV: (interval, tolerance) per key. Times are Redis's, in seconds; they
+# are stored and returned as "%.6f" strings (tostring would keep 14 digits, Lua-to-Redis
+# conversion would truncate to an integer). Returns the seconds to wait before sending.
 _RESERVE = """
-local now = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local start = now
 for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i])
-  local tolerance = tonumber(ARGV[2 * i + 1])
+  local tolerance = tonumber(ARGV[2 * i])
   local tat = tonumber(redis.call('GET', key) or '0')
   local earliest = math.max(now, tat - tolerance)
   if earliest > start then start = earliest end
 end
 for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i])
+  local interval = tonumber(ARGV[2 * i - 1])
   local tat = tonumber(redis.call('GET', key) or '0')
   local next_tat = math.max(tat, start) + interval
-  redis.call('SET', key, tostring(next_tat), 'PX', math.ceil((next_tat - now) * 1000) + 1000)
+  redis.call('SET', key, string.format('%.6f', next_tat),
+             'PX', math.ceil((next_tat - now) * 1000) + 1000)
 end
-return tostring(start - now)
+return string.format('%.6f', start - now)
 """
 
 
@@ -67,7 +73,7 @@ class SendLimiter:
     async def reserve_chat(self, chat_id: int, chat_type: str | None) -> float:
         """Seconds until the chat's (and its group's) limits allow one more message."""
         keys = [self.keys.chat_rate(chat_id)]
-        args: list[float] = [time.time(), 1.0 / self.limits.chat_per_second, 0.0]
+        args: list[float] = [1.0 / self.limits.chat_per_second, 0.0]
         if chat_type in ("group", "supergroup"):
             interval = 60.0 / self.limits.group_per_minute
             keys.append(self.keys.group_rate(chat_id))
@@ -77,5 +83,5 @@ class SendLimiter:
     async def reserve_global(self) -> float:
         """Seconds until the bot-wide limit allows one more message."""
         keys = [self.keys.global_rate]
-        args = [time.time(), 1.0 / self.limits.global_per_second, 0.0]
+        args = [1.0 / self.limits.global_per_second, 0.0]
         return max(0.0, float(await self._reserve(keys=keys, args=args)))

@@ -1,0 +1,121 @@
+"""The typing keeper shared by workers whose clocks disagree: real Redis, the Bot API double over
+loopback HTTP. Process clocks are skewed per task as in test_rate_limit; the keepers must keep
+one action per chat per interval, sent by one of them, and stop at the deadline, all on Redis's
+clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from aiconv.jobs.keys import Keys
+from aiconv.telegram.client import BotClient
+from aiconv.telegram.double import BotApiDouble
+from aiconv.worker import typing_keeper
+from aiconv.worker.typing_keeper import TypingKeeper
+from tests.e2e.harness import eventually
+from tests.integration.test_rate_limit import on_clock, process_clocks
+
+INTERVAL = 1.0  # shortened from 4 s so that a test sees several intervals
+TOKEN = "123456:TEST-TOKEN"
+
+
+@pytest.fixture
+async def double() -> AsyncIterator[BotApiDouble]:
+    async with BotApiDouble(token=TOKEN) as d:
+        yield d
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        yield client
+
+
+@pytest.fixture(autouse=True)
+def short_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(typing_keeper, "INTERVAL_SECONDS", INTERVAL)
+
+
+def action_times(double: BotApiDouble, chat_id: int) -> list[float]:
+    return [call.at for call in double.calls_of("sendChatAction", chat_id) if call.status == 200]
+
+
+async def run_keepers(
+    redis: Redis, keys: Keys, bot: BotClient, skews: list[float], stop: asyncio.Event
+) -> tuple[list[TypingKeeper], list[asyncio.Task[None]]]:
+    keepers = [TypingKeeper(redis, keys, bot) for _ in skews]
+    tasks = [on_clock(skew, keeper.run(stop)) for keeper, skew in zip(keepers, skews, strict=True)]
+    return keepers, tasks
+
+
+async def test_one_action_per_chat_per_interval_whatever_the_workers_clocks(
+    redis: Redis, redis_prefix: str, double: BotApiDouble, http: httpx.AsyncClient
+) -> None:
+    bot = BotClient(http, double.url, TOKEN)
+    skews = [0.0, 30.0, -30.0]
+    stop = asyncio.Event()
+    with process_clocks():
+        keepers, tasks = await run_keepers(redis, Keys(redis_prefix), bot, skews, stop)
+        try:
+            # Chat 1 begun by the honest worker, 2 by the one ahead, 3 by the one behind.
+            for chat_id, (keeper, skew) in enumerate(zip(keepers, skews, strict=True), start=1):
+                await on_clock(skew, keeper.begin(chat_id))
+            await double.wait_for(
+                lambda: all(len(action_times(double, chat)) >= 4 for chat in (1, 2, 3)),
+                timeout=30,
+            )
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+    for chat_id in (1, 2, 3):
+        times = action_times(double, chat_id)
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+        # Never two workers for one due action (a gap near 0), never a chat forgotten.
+        assert all(INTERVAL * 0.75 <= gap <= INTERVAL + 2.0 for gap in gaps), (chat_id, gaps)
+
+
+@pytest.mark.parametrize("begun_on", [0.0, 30.0, -30.0])
+async def test_the_deadline_is_kept_whatever_the_workers_clocks(
+    redis: Redis,
+    redis_prefix: str,
+    double: BotApiDouble,
+    http: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    begun_on: float,
+) -> None:
+    give_up = 3.0
+    monkeypatch.setattr(typing_keeper, "GIVE_UP_SECONDS", give_up)
+    keys = Keys(redis_prefix)
+    bot = BotClient(http, double.url, TOKEN)
+    # The chat is begun on one clock and kept by workers on the two others.
+    skews = [skew for skew in (0.0, 30.0, -30.0) if skew != begun_on]
+    stop = asyncio.Event()
+
+    async def forgotten() -> bool:
+        due = await redis.zscore(keys.typing_due, "5")
+        return due is None and not await redis.hexists(keys.typing_deadline, "5")
+
+    with process_clocks():
+        _, tasks = await run_keepers(redis, keys, bot, skews, stop)
+        try:
+            began = time.monotonic()
+            await on_clock(begun_on, TypingKeeper(redis, keys, bot).begin(5))
+            await eventually(forgotten, timeout=give_up + INTERVAL + 10)
+            ended = time.monotonic()
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+    times = action_times(double, 5)
+    # Typing until the deadline (not dropped at once by a worker ahead, not left waiting 30 s for
+    # one behind), no action after it, and the chat let go soon after.
+    assert len(times) >= 2, times
+    assert all(at - began <= give_up + 0.5 for at in times), [at - began for at in times]
+    assert give_up - 0.1 <= ended - began <= give_up + INTERVAL + 3.0
