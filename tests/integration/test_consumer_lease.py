@@ -86,3 +86,46 @@ async def test_sleep_or_stop_ends_early_when_stopped() -> None:
     assert time.monotonic() - started < 30
     await setter
     assert await sleep_or_stop(stop, 60) is True  # already set: returns at once
+
+
+async def test_one_scheduler_leads_and_hands_over_when_it_stops(
+    redis: Redis, redis_prefix: str
+) -> None:
+    from aiconv.jobs.keys import Keys
+    from aiconv.worker.scheduler import EmbeddedScheduler
+
+    keys = Keys(redis_prefix)
+    # No scheduled jobs: only leadership is exercised, so no database is needed.
+    first = EmbeddedScheduler(redis, keys, None, "first", [])  # type: ignore[arg-type]
+    second = EmbeddedScheduler(redis, keys, None, "second", [])  # type: ignore[arg-type]
+    refused = 0
+    hold = second._lease.hold
+
+    async def counted_hold() -> bool:
+        nonlocal refused
+        held = await hold()
+        refused += not held
+        return held
+
+    second._lease.hold = counted_hold  # type: ignore[method-assign]
+    stop_first, stop_second = asyncio.Event(), asyncio.Event()
+    running_first = asyncio.create_task(first.run(stop_first))
+    try:
+        await eventually(lambda: first.leading, timeout=10)
+        running_second = asyncio.create_task(second.run(stop_second))
+        try:
+            await eventually(lambda: refused > 0, timeout=10)  # it tried while `first` led
+            assert not second.leading
+            stop_first.set()
+            await asyncio.wait_for(running_first, 10)
+            assert not first.leading
+            # The lease was released, not left to expire: the next round of `second` takes it.
+            await eventually(lambda: second.leading, timeout=30)
+            assert await redis.get(keys.scheduler_leader) == "second"
+        finally:
+            stop_second.set()
+            await asyncio.wait_for(running_second, 10)
+    finally:
+        stop_first.set()
+        await asyncio.wait_for(running_first, 10)
+    assert await redis.get(keys.scheduler_leader) is None
