@@ -1,10 +1,28 @@
 """A consumer-group reader that runs jobs concurrently, in order within a lane.
 
 Jobs of one lane (a chat) run one after another in stream order; jobs of different lanes run
-side by side up to `concurrency`. A job is acknowledged only after its handler returns. While a
-job runs, its entry's idle time is refreshed (XCLAIM to ourselves), so the visibility timeout
-only has to outlast a dead consumer, not the slowest job; entries idle past it are claimed back
-from dead consumers with XAUTOCLAIM, and a job delivered too often goes to the dead-letter stream.
+side by side up to `concurrency`. A job is acknowledged only after its handler returns.
+
+Visibility: from the moment a job is read or claimed until it is settled (acknowledged, handed
+over, dead-lettered, or given up at the end of a drain), a heartbeat task refreshes its entry's
+idle time (XCLAIM JUSTID to ourselves, which does not count a delivery). The heartbeat lives
+until the last job is settled, graceful drain included, so the visibility timeout only has to
+outlast a dead consumer, never the slowest job or the drain: no live job is claimed by another
+consumer.
+
+Take-over: entries idle past the visibility timeout belong to a dead consumer and are claimed
+with XAUTOCLAIM whatever our own load. Redis scans at most 10 × COUNT pending entries per call,
+so the cursor is kept from call to call (a pass restarts at 0-0 once Redis returns 0-0) and each
+round makes up to `_CLAIM_CALLS_PER_ROUND` calls: a dead consumer's jobs are all taken within
+the visibility timeout plus a claim interval. Claimed jobs beyond our free slots wait locally for
+a slot; the heartbeat keeps them ours meanwhile. Consumers idle for long with nothing pending are
+removed from the group. The check and the removal are one script, so a consumer that has just
+read something is kept (its pending entries would go with it); removing a live consumer that has
+nothing pending loses nothing, Redis adds it back on its next delivery.
+
+Attempts: an outage (see `aiconv.jobs.errors`) is waited out with backoff and never counted; the
+job's own failures and deliveries that ended without an ack (crashes) count toward
+`max_deliveries`, after which the job moves to the dead-letter stream.
 """
 
 from __future__ import annotations
@@ -12,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import socket
 import time
 import uuid
@@ -20,14 +37,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-import psycopg
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from aiconv.jobs.errors import TRANSIENT_ERRORS, DependencyUnavailable
 from aiconv.jobs.queue import Job, JobQueue, decode_entry
+from aiconv.jobs.retry import Backoff, sleep_or_stop
 from aiconv.observability.metrics import JOB_DURATION, JOBS
+
+__all__ = [
+    "TRANSIENT_ERRORS",
+    "Backoff",  # re-exported: imported from here by older callers
+    "Consumer",
+    "ConsumerOptions",
+    "DependencyUnavailable",
+    "consumer_name",
+]
 
 Handler = Callable[[Job], Awaitable[None]]
 LaneOf = Callable[[Job], str | None]
@@ -35,27 +62,26 @@ LaneOf = Callable[[Job], str | None]
 log = structlog.get_logger(__name__)
 
 
-# Failures of a dependency (Redis, PostgreSQL, the network) rather than of the job itself.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    psycopg.OperationalError,
-    OSError,
-)
-
-
-class Backoff:
-    """Exponential backoff with full jitter."""
-
-    def __init__(self, base: float, cap: float) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
-
-    def next(self) -> float:
-        ceiling = min(self.cap, self.base * 2**self.attempt)
-        self.attempt += 1
-        return random.uniform(ceiling / 2, ceiling)
+# XAUTOCLAIM calls per claim round: each scans up to 10 x COUNT pending entries.
+_CLAIM_CALLS_PER_ROUND = 10
+# Removes the group's consumers idle longer than ARGV[2] ms with nothing pending, except
+# ARGV[3] (ourselves). One script, so a consumer that reads between the check and the delete
+# (and would lose its pending entries with it) cannot exist. Returns the removed names.
+# KEYS: stream; ARGV: group, idle bound ms, own name.
+_FORGET_IDLE_CONSUMERS = """
+local removed = {}
+local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+for _, consumer in ipairs(consumers) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if info['name'] ~= ARGV[3] and tonumber(info['pending']) == 0
+      and tonumber(info['idle']) > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    table.insert(removed, info['name'])
+  end
+end
+return removed
+"""
 
 
 def consumer_name() -> str:
@@ -72,8 +98,26 @@ class ConsumerOptions:
     visibility_timeout: float = 30.0
     max_deliveries: int = 5  # attempts (failures and crashes) before the job goes to the DLQ
     retry_base_seconds: float = 0.5
-    retry_max_seconds: float = 30.0
+    retry_max_seconds: float = 30.0  # also the longest wait between tries during an outage
     drain_seconds: float = 25.0  # graceful stop: how long in-flight jobs may finish
+    claim_batch: int = 100  # XAUTOCLAIM COUNT, whatever our free slots
+    # A consumer idle this long with nothing pending has died: it leaves the group.
+    # None: 10 x the visibility timeout.
+    forget_consumers_after: float | None = None
+
+    @property
+    def claim_interval(self) -> float:
+        return max(0.5, min(self.visibility_timeout / 2, 5.0))
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.visibility_timeout / 3
+
+    @property
+    def forget_after(self) -> float:
+        if self.forget_consumers_after is not None:
+            return self.forget_consumers_after
+        return 10 * self.visibility_timeout
 
 
 class Consumer:
@@ -103,43 +147,69 @@ class Consumer:
         # Metrics name streams without the key prefix: "updates", "generate", "replies".
         self.stream_label = stream.removeprefix(queue.keys.prefix)
         self.ready = asyncio.Event()  # set once the group exists and reading has begun
+        self._slots = asyncio.Semaphore(self.options.concurrency)  # handlers running at once
+        self._claim_cursor = "0-0"  # where the next XAUTOCLAIM continues its pass
+        self._forget_idle = queue.redis.register_script(_FORGET_IDLE_CONSUMERS)
 
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = 0.1
-        last_claim = last_heartbeat = 0.0
+        """Read, claim and run jobs until `stop`; then drain. Heartbeats last until the end."""
+        heartbeat = asyncio.create_task(self._keep_fresh(), name=f"heartbeat-{self.name}")
+        try:
+            await self._consume(stop)
+            await self._drain()
+        finally:
+            # Not a graceful stop (run itself cancelled): whatever still runs is given up, so
+            # that no job outlives its heartbeat.
+            for task in self._tasks.values():
+                task.cancel()
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(0.1, 5.0)
+        last_claim = last_forget = 0.0
         while not stop.is_set():
             try:
                 if not self.ready.is_set():
                     await self.queue.ensure_group(self.stream, self.group)
                     self.ready.set()
                 now = time.monotonic()
-                if now - last_heartbeat > self.options.visibility_timeout / 3:
-                    await self._heartbeat()
-                    last_heartbeat = now
-                if now - last_claim > max(1.0, self.options.visibility_timeout / 2):
+                if now - last_claim > self.options.claim_interval:
                     await self._claim_abandoned()
                     last_claim = now
+                if now - last_forget > max(1.0, self.options.forget_after / 4):
+                    await self._forget_dead_consumers()
+                    last_forget = now
                 free = self.options.concurrency - len(self._tasks)
                 if free <= 0:
                     await self._wait_for_slot(stop)
                     continue
                 await self._read(free)
-                backoff = 0.1
+                backoff.reset()
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                 self.ready.clear()
+                delay = backoff.next()
                 self._log.warning(
                     "redis unavailable, retrying",
                     error=type(error).__name__,
-                    retry_in=round(backoff, 2),
+                    retry_in=round(delay, 2),
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, 5.0)
-        await self._drain()
+                await sleep_or_stop(stop, delay)
+
+    async def _keep_fresh(self) -> None:
+        """Refresh the idle time of every job we hold, until cancelled after the drain."""
+        while True:
+            await asyncio.sleep(self.options.heartbeat_interval)
+            try:
+                await self._heartbeat()
+            except RedisError as error:
+                # Retried next beat; a job whose entry goes idle meanwhile may be claimed.
+                self._log.warning("heartbeat failed", error=type(error).__name__)
 
     async def _read(self, free: int) -> None:
         response = await self.queue.redis.xreadgroup(
@@ -187,20 +257,39 @@ class Consumer:
         if job.payload.get("invalid"):
             await self._settle(self._dead_letter, job, "unreadable job payload")
             return
-        failures = job.deliveries - 1  # deliveries before this one ended without an ack
-        backoff = Backoff(self.options.retry_base_seconds, self.options.retry_max_seconds)
+        async with self._slots:  # claimed jobs beyond our free slots wait here, kept fresh
+            if not await self._run_handler(job):
+                return
+            await self._settle(self.queue.ack, job, self.group)
+        JOBS.labels(self.stream_label, "ok").inc()
+        JOB_DURATION.labels(self.stream_label).observe(time.perf_counter() - started)
+
+    async def _run_handler(self, job: Job) -> bool:
+        """Run the handler until it succeeds (True) or the job is dead-lettered (False)."""
+        # Deliveries before this one ended without an ack (a crash, a lost consumer): they
+        # count as attempts. Outages met in this delivery do not.
+        failures = job.deliveries - 1
+        retry = Backoff(self.options.retry_base_seconds, self.options.retry_max_seconds)
+        outage = Backoff(self.options.retry_base_seconds, self.options.retry_max_seconds)
         while True:
             try:
                 await self.handler(job)
-                break
+                return True
             except asyncio.CancelledError:
                 log.info("job interrupted; left pending for another consumer")
                 raise
             except TRANSIENT_ERRORS as error:
                 # An outage, not a bad job: wait it out without spending the job's attempts.
                 JOBS.labels(self.stream_label, "waiting").inc()
-                log.warning("job waiting for a dependency", error=type(error).__name__)
+                delay = outage.next()
+                log.warning(
+                    "job waiting for a dependency",
+                    error=type(error).__name__,
+                    detail=str(error)[:200],
+                    retry_in=round(delay, 2),
+                )
             except Exception as error:
+                outage.reset()
                 failures += 1
                 detail = f"{type(error).__name__}: {error}"[:500]
                 log.error(
@@ -208,12 +297,10 @@ class Consumer:
                 )
                 if failures >= self.options.max_deliveries:
                     await self._settle(self._dead_letter, job, detail)
-                    return
+                    return False
                 JOBS.labels(self.stream_label, "retried").inc()
-            await asyncio.sleep(backoff.next())
-        await self._settle(self.queue.ack, job, self.group)
-        JOBS.labels(self.stream_label, "ok").inc()
-        JOB_DURATION.labels(self.stream_label).observe(time.perf_counter() - started)
+                delay = retry.next()
+            await asyncio.sleep(delay)
 
     async def _settle(self, action: Callable[..., Awaitable[object]], *args: Any) -> None:
         """Run an acknowledging Redis call, retrying through a Redis outage."""
@@ -239,28 +326,48 @@ class Consumer:
             )
 
     async def _claim_abandoned(self) -> None:
-        free = self.options.concurrency - len(self._tasks)
-        if free <= 0:
-            return
+        """Take over entries idle past the visibility timeout, whatever our free slots.
+
+        Continues the pass where the last round stopped and makes up to
+        `_CLAIM_CALLS_PER_ROUND` calls, fewer when the pass ends (Redis returns 0-0).
+        """
         min_idle_ms = int(self.options.visibility_timeout * 1000)
-        try:
-            result = await self.queue.redis.xautoclaim(
-                self.stream,
-                self.group,
-                self.name,
-                min_idle_time=min_idle_ms,
-                start_id="0-0",
-                count=free,
+        count = max(1, self.options.claim_batch, self.options.concurrency - len(self._tasks))
+        for _ in range(_CLAIM_CALLS_PER_ROUND):
+            try:
+                result = await self.queue.redis.xautoclaim(
+                    self.stream,
+                    self.group,
+                    self.name,
+                    min_idle_time=min_idle_ms,
+                    start_id=self._claim_cursor,
+                    count=count,
+                )
+            except ResponseError as error:
+                if "NOGROUP" in str(error):
+                    self.ready.clear()
+                    self._claim_cursor = "0-0"
+                    return
+                raise
+            cursor = result[0]
+            self._claim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+            await self._take_over(
+                [(entry_id, fields) for entry_id, fields in result[1] if fields is not None]
             )
-        except ResponseError as error:
-            if "NOGROUP" in str(error):
-                self.ready.clear()
-                return
-            raise
-        for entry_id, fields in result[1]:
-            if entry_id in self._tasks or fields is None:
-                continue
-            deliveries = await self._deliveries(entry_id)
+            if self._claim_cursor == "0-0":
+                return  # the pass is done; the next round starts a new one
+
+    async def _take_over(self, entries: list[tuple[Any, Any]]) -> None:
+        fresh = [(self._text(entry_id), fields) for entry_id, fields in entries]
+        fresh = [(entry_id, fields) for entry_id, fields in fresh if entry_id not in self._tasks]
+        if not fresh:
+            return
+        async with self.queue.redis.pipeline(transaction=False) as pipe:
+            for entry_id, _ in fresh:
+                pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+            pendings = await pipe.execute()
+        for (entry_id, fields), pending in zip(fresh, pendings, strict=True):
+            deliveries = int(pending[0]["times_delivered"]) if pending else 1
             job = decode_entry(self.stream, entry_id, fields, deliveries=deliveries)
             if deliveries > self.options.max_deliveries:
                 await self._dead_letter(job, "delivered too many times without completing")
@@ -269,11 +376,22 @@ class Consumer:
                 self._log.warning("claimed abandoned job", job_id=entry_id, deliveries=deliveries)
                 self._start(job)
 
-    async def _deliveries(self, entry_id: str) -> int:
-        pending = await self.queue.redis.xpending_range(
-            self.stream, self.group, min=entry_id, max=entry_id, count=1
-        )
-        return int(pending[0]["times_delivered"]) if pending else 1
+    @staticmethod
+    def _text(value: str | bytes) -> str:
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def _forget_dead_consumers(self) -> None:
+        """Remove consumers idle past `forget_after` with nothing pending (dead processes)."""
+        bound_ms = int(self.options.forget_after * 1000)
+        try:
+            removed = await self._forget_idle(
+                keys=[self.stream], args=[self.group, bound_ms, self.name]
+            )
+        except ResponseError as error:  # no stream or group yet: nothing to forget
+            self._log.debug("cannot list consumers", error=str(error)[:200])
+            return
+        for name in removed:
+            self._log.info("removed dead consumer from group", removed_consumer=self._text(name))
 
     async def _dead_letter(self, job: Job, error: str) -> None:
         with contextlib.suppress(Exception):

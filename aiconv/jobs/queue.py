@@ -125,7 +125,9 @@ class JobQueue:
     async def trim(self, stream: str, keep_seconds: float) -> int:
         """Drop entries older than `keep_seconds` that every group has read and acknowledged.
 
-        Streams are never capped at XADD: a length cap could drop unacknowledged work.
+        Streams are never capped at XADD: a length cap could drop unacknowledged work. Reading
+        the groups and their pending summaries is not atomic; every interleaving with consumers
+        reading and acknowledging meanwhile only keeps more, never drops pending work.
         """
         try:
             groups = await self.redis.xinfo_groups(stream)
@@ -140,7 +142,10 @@ class JobQueue:
             candidates.append((last[0], last[1] + 1))  # entries after it are not read yet
             if int(group["pending"]) > 0:
                 summary = await self.redis.xpending(stream, group["name"])
-                candidates.append(_entry_id(summary["min"]))
+                # None when the entries were acknowledged since XINFO GROUPS: nothing pending
+                # then, and any entry delivered since lies after `last-delivered-id` above.
+                if summary.get("min") is not None:
+                    candidates.append(_entry_id(summary["min"]))
         oldest_needed = min(candidates)
         # Groups' last-delivered ids are themselves delivered: keep from just after them.
         minid = f"{oldest_needed[0]}-{oldest_needed[1]}"

@@ -15,6 +15,8 @@ import uuid
 import structlog
 from redis.exceptions import RedisError
 
+from aiconv.jobs.lease import Lease
+from aiconv.jobs.retry import Backoff, sleep_or_stop
 from aiconv.resources import Resources
 from aiconv.telegram.client import RetryAfter, TelegramError
 from aiconv.telegram.models import InvalidUpdate, parse_update
@@ -25,17 +27,6 @@ LOCK_TTL_MS = 60_000
 
 log = structlog.get_logger(__name__)
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 class Poller:
     def __init__(self, resources: Resources, poll_timeout: int = 25) -> None:
@@ -45,42 +36,42 @@ class Poller:
         self.lock_key = resources.keys.poller_lock(token)
         self.offset_key = resources.keys.poller_offset(token)
         self.holder = uuid.uuid4().hex
-        self._renew = resources.redis.register_script(_RENEW)
-        self._release = resources.redis.register_script(_RELEASE)
+        self.lock = Lease(resources.redis, self.lock_key, self.holder, LOCK_TTL_MS / 1000)
 
     async def run(self, stop: asyncio.Event) -> None:
         leading = False
-        backoff = 0.5
+        backoff = Backoff(0.5, 30.0)
         try:
             while not stop.is_set():
                 try:
                     leading = await self._hold_lock(leading)
                     if not leading:
-                        await _wait(stop, 5.0)
+                        await sleep_or_stop(stop, 5.0)
                         continue
                     await self._poll_once(stop)
-                    backoff = 0.5
+                    backoff.reset()
                 except RetryAfter as error:
-                    await _wait(stop, error.retry_after)
+                    await sleep_or_stop(stop, error.retry_after)
                 except (TelegramError, RedisError, OSError) as error:
+                    delay = backoff.next()
                     log.warning(
                         "polling failed, retrying",
                         error=type(error).__name__,
                         detail=str(error)[:200],
-                        retry_in=backoff,
+                        retry_in=round(delay, 2),
                     )
-                    await _wait(stop, backoff)
-                    backoff = min(backoff * 2, 30.0)
+                    await sleep_or_stop(stop, delay)
         finally:
-            if leading:
+            if self.lock.held:
                 with contextlib.suppress(RedisError):
-                    await self._release(keys=[self.lock_key], args=[self.holder])
+                    await self.lock.release()
 
     async def _hold_lock(self, leading: bool) -> bool:
-        redis = self.r.redis
-        if leading and await self._renew(keys=[self.lock_key], args=[self.holder, LOCK_TTL_MS]):
+        if leading and await self.lock.renew():
             return True
-        if await redis.set(self.lock_key, self.holder, nx=True, px=LOCK_TTL_MS):
+        # Taking it again when ours already only extends it: a failed deleteWebhook below is
+        # retried next round rather than leaving this process holding a lock it does not use.
+        if await self.lock.acquire():
             log.info("this process is now the poller")
             # A webhook and getUpdates exclude each other at Telegram.
             await self.r.bot.delete_webhook()
@@ -110,8 +101,3 @@ class Poller:
             with contextlib.suppress(InvalidUpdate):
                 count_update(parse_update(update), added is not None)
             await self.r.redis.set(self.offset_key, update_id + 1)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

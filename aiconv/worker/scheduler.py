@@ -1,7 +1,8 @@
 """The embedded scheduler of worker mode: periodic jobs, each run exactly once across workers.
 
 Every worker runs an APScheduler whose interval triggers are aligned to the epoch, so all of them
-agree on when a run is due. Only the holder of a Redis leader lease executes jobs, and each run
+agree on when a run is due. Only the holder of the Redis leader lease (an owned `Lease`: only its
+holder renews or releases it) executes jobs, and each run
 also takes a per-slot Redis key with SET NX, so a leadership hand-over in the middle of an
 interval still runs that slot once. Runs are recorded in `scheduled_runs`.
 """
@@ -22,6 +23,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from aiconv.jobs.keys import Keys
+from aiconv.jobs.lease import Lease
+from aiconv.jobs.retry import sleep_or_stop
 from aiconv.observability.metrics import SCHEDULED_RUNS
 from aiconv.store.repository import Maintenance
 
@@ -29,13 +32,6 @@ LEASE_SECONDS = 15.0
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 log = structlog.get_logger(__name__)
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
 
 
 @dataclass(frozen=True)
@@ -60,8 +56,7 @@ class EmbeddedScheduler:
         self.runner = runner
         self.jobs = jobs
         self.leading = False
-        self._lease_key = keys.scheduler_leader
-        self._renew = redis.register_script(_RENEW)
+        self._lease = Lease(redis, keys.scheduler_leader, runner, LEASE_SECONDS)
 
     async def run(self, stop: asyncio.Event) -> None:
         scheduler = AsyncIOScheduler(timezone=dt.UTC)
@@ -79,31 +74,23 @@ class EmbeddedScheduler:
         try:
             while not stop.is_set():
                 await self._hold_lease()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), LEASE_SECONDS / 3)
+                await sleep_or_stop(stop, LEASE_SECONDS / 3)
         finally:
             scheduler.shutdown(wait=False)
             if self.leading:
+                self.leading = False
                 with contextlib.suppress(RedisError):
-                    if await self.redis.get(self._lease_key) == self.runner:
-                        await self.redis.delete(self._lease_key)
+                    await self._lease.release()
 
     async def _hold_lease(self) -> None:
-        lease_ms = int(LEASE_SECONDS * 1000)
+        was_leading = self.leading
         try:
-            if self.leading and await self._renew(
-                keys=[self._lease_key], args=[self.runner, lease_ms]
-            ):
-                return
-            was_leading = self.leading
-            self.leading = bool(
-                await self.redis.set(self._lease_key, self.runner, nx=True, px=lease_ms)
-            )
-            if self.leading != was_leading:
-                log.info("scheduler leadership", leading=self.leading)
+            self.leading = await self._lease.hold()
         except RedisError as error:
             self.leading = False
             log.warning("scheduler cannot reach redis", error=type(error).__name__)
+        if self.leading != was_leading:
+            log.info("scheduler leadership", leading=self.leading)
 
     async def _execute(self, job: ScheduledJob) -> None:
         if not self.leading:

@@ -168,3 +168,36 @@ async def test_graceful_stop_leaves_unfinished_jobs_pending(queue: JobQueue, red
     stop.set()
     await asyncio.wait_for(task, 10)
     assert (await redis.xpending(stream, "g"))["pending"] == 1
+
+
+class _AcknowledgesAfterGroupInfo:
+    """A Redis client on which every pending entry is acknowledged right after XINFO GROUPS
+    answers: the interleaving in which XPENDING's summary has no `min`."""
+
+    def __init__(self, redis: Redis, stream: str) -> None:
+        self._redis = redis
+        self._stream = stream
+
+    async def xinfo_groups(self, stream: str) -> object:
+        groups = await self._redis.xinfo_groups(stream)
+        pending = await self._redis.xpending_range(stream, "g", min="-", max="+", count=100)
+        await self._redis.xack(stream, "g", *[entry["message_id"] for entry in pending])
+        return groups
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._redis, name)
+
+
+async def test_trim_survives_entries_acknowledged_while_it_reads(
+    queue: JobQueue, redis: Redis
+) -> None:
+    stream = queue.keys.generate
+    await queue.ensure_group(stream, "g")
+    for n in range(4):
+        await queue.enqueue(stream, {"n": n})
+    await redis.xreadgroup("g", "c", {stream: ">"}, count=3)
+    queue.redis = _AcknowledgesAfterGroupInfo(redis, stream)  # type: ignore[assignment]
+
+    assert await queue.trim(stream, keep_seconds=0) == 3
+    remaining = [json.loads(f["job"])["n"] for _, f in await redis.xrange(stream)]
+    assert remaining == [3]  # read by nobody yet: kept
