@@ -45,7 +45,10 @@ class Store:
             await conn.execute("SELECT 1")
 
     async def record_sender(self, message: IncomingMessage) -> bool:
-        """Upsert the chat and its user; returns False when the user is blocked."""
+        """Upsert the chat and its user; returns False only when an admin blocked the user.
+
+        The user wrote, so they no longer block the bot: their "blocked the bot" mark is cleared.
+        """
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 """INSERT INTO chats (id, type) VALUES (%s, %s)
@@ -60,7 +63,7 @@ class Store:
                    VALUES (%s, %s, %s, %s)
                    ON CONFLICT (id) DO UPDATE SET username = EXCLUDED.username,
                        first_name = EXCLUDED.first_name, language_code = EXCLUDED.language_code,
-                       updated_at = now()
+                       blocked_bot_at = NULL, updated_at = now()
                    RETURNING blocked""",
                 (message.user_id, message.username, message.first_name, message.language_code),
             )
@@ -158,11 +161,32 @@ class Store:
                 (chat_id, chat_id),
             )
 
-    async def set_user_blocked(self, user_id: int, blocked: bool) -> None:
+    async def mark_bot_blocked(self, user_id: int) -> None:
+        """Telegram answered 403: the user blocked the bot. Their next update clears the mark.
+
+        The admin flag (users.blocked) is never touched here. A mark set by a late 403 just after
+        the user wrote again stays until their next update; it only informs (stats, export, the
+        recovery sweep), so nothing the user sends is ignored because of it.
+        """
         async with self.pool.connection() as conn:
             await conn.execute(
-                "UPDATE users SET blocked = %s, updated_at = now() WHERE id = %s",
-                (blocked, user_id),
+                "UPDATE users SET blocked_bot_at = now(), updated_at = now() WHERE id = %s",
+                (user_id,),
+            )
+
+    async def set_user_blocked(self, user_id: int, blocked: bool) -> None:
+        """Deprecated: delivery's 403 path until it calls mark_bot_blocked; sets that mark.
+
+        It no longer touches the admin flag (AdminStore.set_blocked does); ``blocked=False``
+        clears the mark.
+        """
+        if blocked:
+            await self.mark_bot_blocked(user_id)
+            return
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE users SET blocked_bot_at = NULL, updated_at = now() WHERE id = %s",
+                (user_id,),
             )
 
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from aiconv.conversation.history import Turn
+from aiconv.store.admin import AdminStore
 from aiconv.store.db import make_pool
 from aiconv.store.migrate import apply_migrations, available_migrations
 from aiconv.store.repository import GenerationStats, Store
@@ -70,12 +71,43 @@ async def test_history_is_recent_first_limited_and_forgotten_on_reset(store: Sto
     assert await store.history(9002, 10) == [Turn("user", "after")]
 
 
-async def test_a_blocked_user_is_reported(store: Store) -> None:
+async def user_flags(store: Store, user_id: int) -> tuple[bool, bool]:
+    """(blocked by an admin, blocked the bot)"""
+    async with store.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT blocked, blocked_bot_at IS NOT NULL FROM users WHERE id = %s", (user_id,)
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return bool(row[0]), bool(row[1])
+
+
+async def test_a_user_who_blocked_the_bot_is_heard_again_when_they_write(store: Store) -> None:
     assert await store.record_sender(incoming(9003, user_id=77)) is True
+    await store.mark_bot_blocked(77)  # Telegram answered 403
+    assert await user_flags(store, 77) == (False, True)
+    # They unblocked the bot and wrote: the update is handled and the mark is gone.
+    assert await store.record_sender(incoming(9003, user_id=77)) is True
+    assert await user_flags(store, 77) == (False, False)
+    # The deprecated name (delivery's 403 path until it is rewired) sets the same mark only.
     await store.set_user_blocked(77, True)
-    assert await store.record_sender(incoming(9003, user_id=77)) is False
-    await store.set_user_blocked(77, False)
+    assert await user_flags(store, 77) == (False, True)
     assert await store.record_sender(incoming(9003, user_id=77)) is True
+
+
+async def test_only_an_admin_clears_an_admin_block(store: Store) -> None:
+    admin = AdminStore(store.pool)
+    assert await store.record_sender(incoming(9005, user_id=78)) is True
+    await store.mark_bot_blocked(78)
+    assert await admin.set_blocked(78, True) == {"id": 78, "blocked": True}
+    # Writing again clears the user's own mark, never the admin's block.
+    assert await store.record_sender(incoming(9005, user_id=78)) is False
+    assert await store.record_sender(incoming(9005, user_id=78)) is False
+    assert await user_flags(store, 78) == (True, False)
+    await store.mark_bot_blocked(78)
+    assert await admin.set_blocked(78, False) == {"id": 78, "blocked": False}
+    assert await user_flags(store, 78) == (False, True)  # unblock left the user's mark alone
+    assert await store.record_sender(incoming(9005, user_id=78)) is True
 
 
 async def test_message_text_is_encrypted_at_rest(database_url: str) -> None:
