@@ -126,17 +126,43 @@ class Store:
         return StoredMessage(row[0], row[1], row[2], self.unseal(row[3]), row[4])
 
     async def history(self, chat_id: int, limit: int, up_to_id: int | None = None) -> list[Turn]:
-        """The chat's most recent turns since its last /reset, oldest first."""
+        """The chat's most recent turns since its last /reset, oldest first, in chat order.
+
+        Chat order is Telegram's message id: one increasing sequence per chat, shared by the
+        user's and the bot's messages. Row ids are only the order rows were stored in, and two
+        workers storing consecutive messages of one chat at once can swap them.
+
+        The newest ``limit`` rows are picked by row id (the messages_chat_recent index) and those
+        are sorted by Telegram id: rows are stored moments after they are sent, so a swap moves a
+        row only past the few stored meanwhile and at most the window's oldest edge differs.
+
+        A row without a Telegram id (a reply part Telegram took but whose id was lost) takes the
+        highest id stored before it, so it stays right after the message it followed when
+        stored; ties go by row id. /reset's boundary stays a row id: it forgets what was stored
+        before it.
+        """
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
-                """SELECT m.role, m.text FROM messages m JOIN chats c ON c.id = m.chat_id
-                   WHERE m.chat_id = %s AND m.id > c.history_starts_after
-                     AND (%s::bigint IS NULL OR m.id <= %s::bigint)
-                   ORDER BY m.id DESC LIMIT %s""",
+                """SELECT role, text FROM (
+                       SELECT id, role, text, COALESCE(
+                                  telegram_message_id,
+                                  max(telegram_message_id) OVER (
+                                      ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING
+                                                       AND 1 PRECEDING),
+                                  0) AS position
+                       FROM (
+                           SELECT m.id, m.role, m.text, m.telegram_message_id
+                           FROM messages m JOIN chats c ON c.id = m.chat_id
+                           WHERE m.chat_id = %s AND m.id > c.history_starts_after
+                             AND (%s::bigint IS NULL OR m.id <= %s::bigint)
+                           ORDER BY m.id DESC LIMIT %s
+                       ) newest
+                   ) placed
+                   ORDER BY position, id""",
                 (chat_id, up_to_id, up_to_id, limit),
             )
             rows = await cursor.fetchall()
-        return [Turn(role=row[0], text=self.unseal(row[1])) for row in reversed(rows)]
+        return [Turn(role=row[0], text=self.unseal(row[1])) for row in rows]
 
     async def chat_party(self, chat_id: int) -> tuple[str, int | None]:
         """The chat's type and the user who wrote its newest message."""

@@ -130,3 +130,80 @@ async def test_message_text_is_encrypted_at_rest(database_url: str) -> None:
         assert found is not None and found.text == "secret words"
     finally:
         await pool.close()
+
+
+async def say(store: Store, chat_id: int, message_id: int, text: str, user_id: int = 1) -> int:
+    await store.record_sender(incoming(chat_id, user_id=user_id, message_id=message_id))
+    return await store.add_message(
+        chat_id=chat_id,
+        user_id=user_id,
+        role="user",
+        text=text,
+        idempotency_key=f"in:{chat_id}:{message_id}",
+        telegram_message_id=message_id,
+    )
+
+
+async def answer(
+    store: Store, chat_id: int, reply_to: int | None, text: str, message_id: int | None
+) -> int:
+    return await store.add_message(
+        chat_id=chat_id,
+        role="assistant",
+        text=text,
+        idempotency_key=f"reply:{chat_id}:{text}",
+        telegram_message_id=message_id,
+        reply_to_message_id=reply_to,
+    )
+
+
+async def test_history_follows_the_chats_message_order_not_the_storing_order(
+    store: Store,
+) -> None:
+    chat = 9101
+    await say(store, chat, 9, "first")
+    # Two workers stored the user's next two messages at once: 11 got the lower row id.
+    eleven = await say(store, chat, 11, "third")
+    ten = await say(store, chat, 10, "second")
+    assert eleven < ten
+    await answer(store, chat, 11, "reply part 1", 12)
+    # A part Telegram took whose message id was lost stays after what preceded it when stored.
+    await answer(store, chat, 11, "reply part 2", None)
+    await say(store, chat, 14, "fourth")
+    await answer(store, chat, 14, "reply 2", 15)
+    texts = [t.text for t in await store.history(chat, 10)]
+    assert texts == [
+        "first",
+        "second",
+        "third",
+        "reply part 1",
+        "reply part 2",
+        "fourth",
+        "reply 2",
+    ]
+    # The limit keeps the newest rows; /reset forgets by row id, whatever the Telegram ids.
+    assert [t.text for t in await store.history(chat, 2)] == ["fourth", "reply 2"]
+    await store.reset_history(chat)
+    late = await say(store, chat, 13, "stored after the reset")
+    assert [t.text for t in await store.history(chat, 10)] == ["stored after the reset"]
+    assert [t.text for t in await store.history(chat, 10, up_to_id=late - 1)] == []
+
+
+async def test_a_part_without_a_telegram_id_at_the_window_edge_comes_first(store: Store) -> None:
+    chat = 9102
+    await say(store, chat, 5, "question")
+    await answer(store, chat, 5, "part 1", None)
+    await answer(store, chat, 5, "part 2", 7)
+    await say(store, chat, 6, "typed while the bot was typing")
+    assert [t.text for t in await store.history(chat, 10)] == [
+        "question",
+        "part 1",
+        "typed while the bot was typing",
+        "part 2",
+    ]
+    # The window's oldest row has no id and nothing before it in the window: it leads.
+    assert [t.text for t in await store.history(chat, 3)] == [
+        "part 1",
+        "typed while the bot was typing",
+        "part 2",
+    ]
