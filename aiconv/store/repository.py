@@ -21,6 +21,15 @@ class StoredMessage:
 
 
 @dataclass(frozen=True)
+class UnansweredChat:
+    """A chat whose newest user message has no reply stored: the recovery sweep queues its turn."""
+
+    chat_id: int
+    telegram_message_id: int | None  # that message's id: the turn's newest message
+    user_id: int | None
+
+
+@dataclass(frozen=True)
 class GenerationStats:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -176,6 +185,53 @@ class Store:
             )
             row = await cursor.fetchone()
         return (str(row[0]), row[1]) if row else ("private", None)
+
+    async def unanswered_chats(
+        self, since_seconds: float, limit: int, *, min_age_seconds: float = 0.0
+    ) -> list[UnansweredChat]:
+        """Chats whose newest user message (since /reset, stored within ``since_seconds`` and at
+        least ``min_age_seconds`` ago) has no reply stored; the longest waiting first.
+
+        PostgreSQL is the truth the recovery sweep rebuilds lost Redis state from. A reply answers
+        a user message when its rows carry that message's Telegram id in reply_to_message_id:
+        delivery stores every part of a turn with the id of the turn's newest message (its
+        generation key). So a reply stored after a message the user sent while the bot was typing
+        does not count for it (that message is still owed the next turn), nor does a fixed reply to
+        a command (commands are not stored, so their replies name a message that is not the newest
+        stored). A reply row without reply_to_message_id counts when stored after the message.
+
+        The newest message is the highest Telegram id (chat order, see ``history``). Users blocked
+        by an admin, or who blocked the bot and have not written since, are left out: a turn for
+        them would be dropped again. One query: the window's user messages come from the
+        created_at index, the reply check reads only the rows stored after the message
+        (messages_chat_recent).
+        """
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                """WITH newest AS (
+                       SELECT DISTINCT ON (m.chat_id)
+                              m.id, m.chat_id, m.user_id, m.telegram_message_id, m.created_at
+                       FROM messages m JOIN chats c ON c.id = m.chat_id
+                       WHERE m.created_at > now() - make_interval(secs => %(since)s::float8)
+                         AND m.role = 'user' AND m.id > c.history_starts_after
+                       ORDER BY m.chat_id, m.telegram_message_id DESC NULLS LAST, m.id DESC
+                   )
+                   SELECT n.chat_id, n.telegram_message_id, n.user_id
+                   FROM newest n LEFT JOIN users u ON u.id = n.user_id
+                   WHERE n.created_at <= now() - make_interval(secs => %(min_age)s::float8)
+                     AND NOT COALESCE(u.blocked, false) AND u.blocked_bot_at IS NULL
+                     AND NOT EXISTS (
+                         SELECT 1 FROM messages a
+                         WHERE a.chat_id = n.chat_id AND a.id > n.id AND a.role = 'assistant'
+                           AND (a.reply_to_message_id IS NULL
+                                OR n.telegram_message_id IS NULL
+                                OR a.reply_to_message_id = n.telegram_message_id))
+                   ORDER BY n.created_at, n.id
+                   LIMIT %(limit)s""",
+                {"since": since_seconds, "min_age": min_age_seconds, "limit": limit},
+            )
+            rows = await cursor.fetchall()
+        return [UnansweredChat(int(row[0]), row[1], row[2]) for row in rows]
 
     async def reset_history(self, chat_id: int) -> None:
         async with self.pool.connection() as conn:

@@ -207,3 +207,69 @@ async def test_a_part_without_a_telegram_id_at_the_window_edge_comes_first(store
         "typed while the bot was typing",
         "part 2",
     ]
+
+
+async def test_unanswered_chats_are_found_for_the_recovery_sweep(
+    store: Store, database_url: str
+) -> None:
+    base = 9200
+    # answered: the reply names the newest message
+    await say(store, base + 1, 1, "hi")
+    await answer(store, base + 1, 1, "a1", 2)
+    # unanswered: the longest waiting, then one with an older answered exchange
+    await say(store, base + 2, 1, "hello?")
+    await say(store, base + 3, 1, "one")
+    await answer(store, base + 3, 1, "a3", 2)
+    await say(store, base + 3, 3, "two")
+    # reset after the message: nothing left to answer
+    await say(store, base + 4, 1, "forget me")
+    await store.reset_history(base + 4)
+    # the newest message was written while the bot was typing its reply to the one before:
+    # the reply is stored after it but answers message 1, so message 2 is still owed
+    await say(store, base + 5, 1, "first")
+    await say(store, base + 5, 2, "typed during the reply")
+    await answer(store, base + 5, 1, "a5", 3)
+    # a fixed reply to a command (commands are not stored) answers nothing stored
+    await say(store, base + 6, 1, "hey")
+    await answer(store, base + 6, 2, "help text", 3)
+    # stored out of order: the newest by chat order is 8, and its reply is there
+    await say(store, base + 7, 8, "later")
+    await say(store, base + 7, 7, "earlier")
+    await answer(store, base + 7, 8, "a7", 9)
+    # old: outside the window
+    await say(store, base + 8, 1, "long ago")
+    # blocked by an admin, and blocked the bot: a turn would be dropped again
+    await say(store, base + 9, 1, "admin blocked", user_id=base + 9)
+    await say(store, base + 10, 1, "blocked the bot", user_id=base + 10)
+    await store.mark_bot_blocked(base + 10)
+    # an answered chat the user wrote to again
+    await say(store, base + 11, 1, "q1")
+    await answer(store, base + 11, 1, "a11", 2)
+    await say(store, base + 11, 3, "q2")
+    async with store.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE messages SET created_at = now() - interval '2 hours' WHERE chat_id = %s",
+            (base + 8,),
+        )
+        await conn.execute("UPDATE users SET blocked = true WHERE id = %s", (base + 9,))
+
+    found = [
+        chat
+        for chat in await store.unanswered_chats(since_seconds=3600, limit=1000)
+        if base < chat.chat_id <= base + 20
+    ]
+    assert [(c.chat_id, c.telegram_message_id, c.user_id) for c in found] == [
+        (base + 2, 1, 1),
+        (base + 3, 3, 1),
+        (base + 5, 2, 1),
+        (base + 6, 1, 1),
+        (base + 11, 3, 1),
+    ]
+    assert len(await store.unanswered_chats(since_seconds=3600, limit=2)) == 2
+    # too fresh: a message stored a moment ago may still be on its way to its turn
+    fresh = await store.unanswered_chats(since_seconds=3600, limit=1000, min_age_seconds=600)
+    assert not [c for c in fresh if base < c.chat_id <= base + 20]
+    # the answer arrives: the chat leaves the list
+    await answer(store, base + 2, 1, "a2", 2)
+    again = await store.unanswered_chats(since_seconds=3600, limit=1000)
+    assert base + 2 not in {c.chat_id for c in again}
