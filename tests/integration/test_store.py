@@ -1,14 +1,19 @@
-"""PostgreSQL access on a real server: migrations, idempotent writes, history and /reset."""
+"""PostgreSQL access on a real server: migrations, idempotent writes, history in chat order and
+/reset, blocks, the recovery sweep's query, and the pool across an outage."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
+import psycopg
+import psycopg.conninfo
 import pytest
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from aiconv.conversation.history import Turn
 from aiconv.store.admin import AdminStore
-from aiconv.store.db import make_pool
+from aiconv.store.db import RECONNECT_WINDOW_SECONDS, make_pool
 from aiconv.store.migrate import apply_migrations, available_migrations
 from aiconv.store.repository import GenerationStats, Store
 from aiconv.telegram.models import IncomingMessage
@@ -273,3 +278,93 @@ async def test_unanswered_chats_are_found_for_the_recovery_sweep(
     await answer(store, base + 2, 1, "a2", 2)
     again = await store.unanswered_chats(since_seconds=3600, limit=1000)
     assert base + 2 not in {c.chat_id for c in again}
+
+
+class Outage:
+    """A TCP proxy in front of PostgreSQL that can be cut (connections refused, open ones
+    dropped) and restored on the same port: an outage without touching the shared server."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.links: set[asyncio.StreamWriter] = set()
+
+    async def restore(self) -> None:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.links:
+            writer.transport.abort()
+        self.links.clear()
+        await self.server.wait_closed()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.links.update((writer, up_writer))
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def select_one(pool: AsyncConnectionPool, timeout: float | None = None) -> None:
+    async with pool.connection(timeout=timeout) as conn:
+        await conn.execute("SELECT 1")
+
+
+async def test_the_pool_waits_out_an_outage_and_serves_as_soon_as_postgresql_is_back(
+    database_url: str,
+) -> None:
+    params = psycopg.conninfo.conninfo_to_dict(database_url)
+    outage = Outage(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
+    await outage.restore()
+    pool = make_pool(psycopg.conninfo.make_conninfo(database_url, port=outage.port), max_size=2)
+    await pool.open(wait=True, timeout=5.0)
+    clock = asyncio.get_running_loop().time
+    try:
+        await select_one(pool)
+        async with pool.connection() as held:
+            await outage.cut()
+            # A query on a connection the outage broke: psycopg.OperationalError.
+            with pytest.raises(psycopg.OperationalError):
+                await held.execute("SELECT 1")
+        # While it lasts, a caller gets a transient error (PoolTimeout is an OperationalError).
+        # It lasts long enough for attempts to give up (reconnect_timeout) or, were the timeout
+        # long, for psycopg_pool's uncapped backoff to sleep 8 s between two attempts.
+        seen = set()
+        cut_at = clock()
+        while clock() - cut_at < RECONNECT_WINDOW_SECONDS + 4.0:
+            with pytest.raises(psycopg.OperationalError) as error:
+                await select_one(pool, timeout=0.5)
+            seen.add(type(error.value))
+        assert seen == {PoolTimeout}
+        # A caller queued during the outage gets the first connection made once it is over,
+        # well before its own timeout.
+        queued = asyncio.create_task(select_one(pool))
+        await asyncio.sleep(RECONNECT_WINDOW_SECONDS + 0.5)
+        assert not queued.done()
+        await outage.restore()
+        back_at = clock()
+        await asyncio.wait_for(queued, timeout=3.0)
+        # And a request made now is served at once.
+        await asyncio.wait_for(select_one(pool), timeout=2.0)
+        assert clock() - back_at < 3.0
+    finally:
+        await pool.close()
+        await outage.cut()
