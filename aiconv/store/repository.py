@@ -283,7 +283,7 @@ ACTIVITY_WINDOWS = {"5m": "5 minutes", "1h": "1 hour", "24h": "24 hours"}
 
 
 class Maintenance:
-    """The scheduler's queries: retention and the figures behind the business gauges."""
+    """The scheduler's queries: retention, its own run records, and the business gauges' figures."""
 
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
@@ -298,6 +298,22 @@ class Maintenance:
                            SELECT id FROM messages
                            WHERE created_at < now() - make_interval(days => %s) LIMIT %s)""",
                     (days, batch),
+                )
+                deleted += cursor.rowcount
+                if cursor.rowcount < batch:
+                    return deleted
+
+    async def purge_scheduled_runs(self, older_than_days: int, batch: int = 5000) -> int:
+        """Delete run records started more than ``older_than_days`` ago, in batches. Every job
+        run writes a row (a few a minute), so without this the table only grows."""
+        deleted = 0
+        async with self.pool.connection() as conn:
+            while True:
+                cursor = await conn.execute(
+                    """DELETE FROM scheduled_runs WHERE id IN (
+                           SELECT id FROM scheduled_runs
+                           WHERE started_at < now() - make_interval(days => %s) LIMIT %s)""",
+                    (older_than_days, batch),
                 )
                 deleted += cursor.rowcount
                 if cursor.rowcount < batch:
