@@ -1,5 +1,9 @@
 """The admin API's queries: totals and per-day stats, block/unblock, export and delete one user.
 
+Block and unblock are the admin's flag (users.blocked) alone: only an admin clears it. That a user
+blocked the bot (Telegram answered 403) is users.blocked_bot_at, set by delivery and cleared by
+the user's next update; stats and the export show it, block/unblock never touch it.
+
 Every statement is parameterised. Results are plain JSON-ready dicts (timestamps as ISO 8601).
 
 A user's data is: their row; the chats they wrote in; every message they wrote; and, in their
@@ -73,11 +77,12 @@ class AdminStore:
         cursor = await conn.execute(
             """SELECT (SELECT count(*) FROM users),
                       (SELECT count(*) FROM users WHERE blocked),
+                      (SELECT count(*) FROM users WHERE blocked_bot_at IS NOT NULL),
                       (SELECT count(*) FROM chats)"""
         )
         row = await cursor.fetchone()
         assert row is not None
-        users, blocked, chats = (int(v) for v in row)
+        users, blocked, bot_blocked, chats = (int(v) for v in row)
         cursor = await conn.execute(
             """SELECT role, count(*), COALESCE(sum(prompt_tokens), 0),
                       COALESCE(sum(completion_tokens), 0)
@@ -92,6 +97,7 @@ class AdminStore:
         return {
             "users": users,
             "blocked_users": blocked,
+            "users_blocking_the_bot": bot_blocked,
             "chats": chats,
             "messages": {**by_role, "total": sum(by_role.values())},
             "tokens": {"prompt": prompt_tokens, "completion": completion_tokens},
@@ -133,7 +139,8 @@ class AdminStore:
         ]
 
     async def set_blocked(self, user_id: int, blocked: bool) -> dict[str, Any] | None:
-        """Block or unblock; None when there is no such user."""
+        """The admin's block or unblock (never the user's own "blocked the bot" mark); None when
+        there is no such user."""
         async with self.pool.connection(timeout=CONNECT_TIMEOUT_SECONDS) as conn:
             cursor = await conn.execute(
                 """UPDATE users SET blocked = %s, updated_at = now() WHERE id = %s
@@ -153,7 +160,7 @@ class AdminStore:
             await conn.execute(STATEMENT_TIMEOUT)
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
-                """SELECT id, username, first_name, language_code, blocked,
+                """SELECT id, username, first_name, language_code, blocked, blocked_bot_at,
                           created_at, updated_at
                    FROM users WHERE id = %(user_id)s""",
                 {"user_id": user_id},

@@ -21,6 +21,15 @@ class StoredMessage:
 
 
 @dataclass(frozen=True)
+class UnansweredChat:
+    """A chat whose newest user message has no reply stored: the recovery sweep queues its turn."""
+
+    chat_id: int
+    telegram_message_id: int | None  # that message's id: the turn's newest message
+    user_id: int | None
+
+
+@dataclass(frozen=True)
 class GenerationStats:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -45,7 +54,10 @@ class Store:
             await conn.execute("SELECT 1")
 
     async def record_sender(self, message: IncomingMessage) -> bool:
-        """Upsert the chat and its user; returns False when the user is blocked."""
+        """Upsert the chat and its user; returns False only when an admin blocked the user.
+
+        The user wrote, so they no longer block the bot: their "blocked the bot" mark is cleared.
+        """
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 """INSERT INTO chats (id, type) VALUES (%s, %s)
@@ -60,7 +72,7 @@ class Store:
                    VALUES (%s, %s, %s, %s)
                    ON CONFLICT (id) DO UPDATE SET username = EXCLUDED.username,
                        first_name = EXCLUDED.first_name, language_code = EXCLUDED.language_code,
-                       updated_at = now()
+                       blocked_bot_at = NULL, updated_at = now()
                    RETURNING blocked""",
                 (message.user_id, message.username, message.first_name, message.language_code),
             )
@@ -123,17 +135,43 @@ class Store:
         return StoredMessage(row[0], row[1], row[2], self.unseal(row[3]), row[4])
 
     async def history(self, chat_id: int, limit: int, up_to_id: int | None = None) -> list[Turn]:
-        """The chat's most recent turns since its last /reset, oldest first."""
+        """The chat's most recent turns since its last /reset, oldest first, in chat order.
+
+        Chat order is Telegram's message id: one increasing sequence per chat, shared by the
+        user's and the bot's messages. Row ids are only the order rows were stored in, and two
+        workers storing consecutive messages of one chat at once can swap them.
+
+        The newest ``limit`` rows are picked by row id (the messages_chat_recent index) and those
+        are sorted by Telegram id: rows are stored moments after they are sent, so a swap moves a
+        row only past the few stored meanwhile and at most the window's oldest edge differs.
+
+        A row without a Telegram id (a reply part Telegram took but whose id was lost) takes the
+        highest id stored before it, so it stays right after the message it followed when
+        stored; ties go by row id. /reset's boundary stays a row id: it forgets what was stored
+        before it.
+        """
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
-                """SELECT m.role, m.text FROM messages m JOIN chats c ON c.id = m.chat_id
-                   WHERE m.chat_id = %s AND m.id > c.history_starts_after
-                     AND (%s::bigint IS NULL OR m.id <= %s::bigint)
-                   ORDER BY m.id DESC LIMIT %s""",
+                """SELECT role, text FROM (
+                       SELECT id, role, text, COALESCE(
+                                  telegram_message_id,
+                                  max(telegram_message_id) OVER (
+                                      ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING
+                                                       AND 1 PRECEDING),
+                                  0) AS position
+                       FROM (
+                           SELECT m.id, m.role, m.text, m.telegram_message_id
+                           FROM messages m JOIN chats c ON c.id = m.chat_id
+                           WHERE m.chat_id = %s AND m.id > c.history_starts_after
+                             AND (%s::bigint IS NULL OR m.id <= %s::bigint)
+                           ORDER BY m.id DESC LIMIT %s
+                       ) newest
+                   ) placed
+                   ORDER BY position, id""",
                 (chat_id, up_to_id, up_to_id, limit),
             )
             rows = await cursor.fetchall()
-        return [Turn(role=row[0], text=self.unseal(row[1])) for row in reversed(rows)]
+        return [Turn(role=row[0], text=self.unseal(row[1])) for row in rows]
 
     async def chat_party(self, chat_id: int) -> tuple[str, int | None]:
         """The chat's type and the user who wrote its newest message."""
@@ -148,6 +186,53 @@ class Store:
             row = await cursor.fetchone()
         return (str(row[0]), row[1]) if row else ("private", None)
 
+    async def unanswered_chats(
+        self, since_seconds: float, limit: int, *, min_age_seconds: float = 0.0
+    ) -> list[UnansweredChat]:
+        """Chats whose newest user message (since /reset, stored within ``since_seconds`` and at
+        least ``min_age_seconds`` ago) has no reply stored; the longest waiting first.
+
+        PostgreSQL is the truth the recovery sweep rebuilds lost Redis state from. A reply answers
+        a user message when its rows carry that message's Telegram id in reply_to_message_id:
+        delivery stores every part of a turn with the id of the turn's newest message (its
+        generation key). So a reply stored after a message the user sent while the bot was typing
+        does not count for it (that message is still owed the next turn), nor does a fixed reply to
+        a command (commands are not stored, so their replies name a message that is not the newest
+        stored). A reply row without reply_to_message_id counts when stored after the message.
+
+        The newest message is the highest Telegram id (chat order, see ``history``). Users blocked
+        by an admin, or who blocked the bot and have not written since, are left out: a turn for
+        them would be dropped again. One query: the window's user messages come from the
+        created_at index, the reply check reads only the rows stored after the message
+        (messages_chat_recent).
+        """
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                """WITH newest AS (
+                       SELECT DISTINCT ON (m.chat_id)
+                              m.id, m.chat_id, m.user_id, m.telegram_message_id, m.created_at
+                       FROM messages m JOIN chats c ON c.id = m.chat_id
+                       WHERE m.created_at > now() - make_interval(secs => %(since)s::float8)
+                         AND m.role = 'user' AND m.id > c.history_starts_after
+                       ORDER BY m.chat_id, m.telegram_message_id DESC NULLS LAST, m.id DESC
+                   )
+                   SELECT n.chat_id, n.telegram_message_id, n.user_id
+                   FROM newest n LEFT JOIN users u ON u.id = n.user_id
+                   WHERE n.created_at <= now() - make_interval(secs => %(min_age)s::float8)
+                     AND NOT COALESCE(u.blocked, false) AND u.blocked_bot_at IS NULL
+                     AND NOT EXISTS (
+                         SELECT 1 FROM messages a
+                         WHERE a.chat_id = n.chat_id AND a.id > n.id AND a.role = 'assistant'
+                           AND (a.reply_to_message_id IS NULL
+                                OR n.telegram_message_id IS NULL
+                                OR a.reply_to_message_id = n.telegram_message_id))
+                   ORDER BY n.created_at, n.id
+                   LIMIT %(limit)s""",
+                {"since": since_seconds, "min_age": min_age_seconds, "limit": limit},
+            )
+            rows = await cursor.fetchall()
+        return [UnansweredChat(int(row[0]), row[1], row[2]) for row in rows]
+
     async def reset_history(self, chat_id: int) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(
@@ -158,11 +243,32 @@ class Store:
                 (chat_id, chat_id),
             )
 
-    async def set_user_blocked(self, user_id: int, blocked: bool) -> None:
+    async def mark_bot_blocked(self, user_id: int) -> None:
+        """Telegram answered 403: the user blocked the bot. Their next update clears the mark.
+
+        The admin flag (users.blocked) is never touched here. A mark set by a late 403 just after
+        the user wrote again stays until their next update; it only informs (stats, export, the
+        recovery sweep), so nothing the user sends is ignored because of it.
+        """
         async with self.pool.connection() as conn:
             await conn.execute(
-                "UPDATE users SET blocked = %s, updated_at = now() WHERE id = %s",
-                (blocked, user_id),
+                "UPDATE users SET blocked_bot_at = now(), updated_at = now() WHERE id = %s",
+                (user_id,),
+            )
+
+    async def set_user_blocked(self, user_id: int, blocked: bool) -> None:
+        """Deprecated: delivery's 403 path until it calls mark_bot_blocked; sets that mark.
+
+        It no longer touches the admin flag (AdminStore.set_blocked does); ``blocked=False``
+        clears the mark.
+        """
+        if blocked:
+            await self.mark_bot_blocked(user_id)
+            return
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE users SET blocked_bot_at = NULL, updated_at = now() WHERE id = %s",
+                (user_id,),
             )
 
 
@@ -177,7 +283,7 @@ ACTIVITY_WINDOWS = {"5m": "5 minutes", "1h": "1 hour", "24h": "24 hours"}
 
 
 class Maintenance:
-    """The scheduler's queries: retention and the figures behind the business gauges."""
+    """The scheduler's queries: retention, its own run records, and the business gauges' figures."""
 
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
@@ -192,6 +298,22 @@ class Maintenance:
                            SELECT id FROM messages
                            WHERE created_at < now() - make_interval(days => %s) LIMIT %s)""",
                     (days, batch),
+                )
+                deleted += cursor.rowcount
+                if cursor.rowcount < batch:
+                    return deleted
+
+    async def purge_scheduled_runs(self, older_than_days: int, batch: int = 5000) -> int:
+        """Delete run records started more than ``older_than_days`` ago, in batches. Every job
+        run writes a row (a few a minute), so without this the table only grows."""
+        deleted = 0
+        async with self.pool.connection() as conn:
+            while True:
+                cursor = await conn.execute(
+                    """DELETE FROM scheduled_runs WHERE id IN (
+                           SELECT id FROM scheduled_runs
+                           WHERE started_at < now() - make_interval(days => %s) LIMIT %s)""",
+                    (older_than_days, batch),
                 )
                 deleted += cursor.rowcount
                 if cursor.rowcount < batch:

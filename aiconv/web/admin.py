@@ -526,7 +526,10 @@ OPENAPI: dict[str, Any] = {
                         "required": ["users", "blocked_users", "chats", "messages", "tokens"],
                         "properties": {
                             "users": _count("users"),
-                            "blocked_users": _count("blocked users"),
+                            "blocked_users": _count("users blocked by an admin"),
+                            "users_blocking_the_bot": _count(
+                                "users who blocked the bot and have not written since"
+                            ),
                             "chats": _count("chats"),
                             "messages": {
                                 "type": "object",
@@ -603,7 +606,12 @@ OPENAPI: dict[str, Any] = {
                             "username": _nullable("string"),
                             "first_name": _nullable("string"),
                             "language_code": _nullable("string"),
-                            "blocked": {"type": "boolean"},
+                            "blocked": {"type": "boolean", "description": "blocked by an admin"},
+                            "blocked_bot_at": _nullable(
+                                "string",
+                                format="date-time",
+                                description="when the user blocked the bot; null once they write",
+                            ),
                             "created_at": _TIMESTAMP,
                             "updated_at": _TIMESTAMP,
                         },

@@ -1,4 +1,8 @@
-"""The scheduler's jobs: stream sweep, business gauges, retention purge, database backup."""
+"""The scheduler's jobs: stream sweep, business gauges, retention purges, database backup.
+
+Every job's run is recorded in scheduled_runs; those records are purged after
+SCHEDULED_RUNS_KEEP_DAYS (always on, unlike message retention) so the table stays small.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from aiconv.worker.scheduler import ScheduledJob
 
 # Acknowledged stream entries stay this long for inspection (XRANGE) before they are trimmed.
 STREAM_RETENTION_SECONDS = 3600.0
+# Run records are for recent operations (did the backup run last night?); two weeks is plenty.
+SCHEDULED_RUNS_KEEP_DAYS = 14
 
 
 def scheduled_jobs(resources: Resources, maintenance: Maintenance) -> list[ScheduledJob]:
@@ -41,9 +47,14 @@ def scheduled_jobs(resources: Resources, maintenance: Maintenance) -> list[Sched
             await resources.redis.hset(business_key(resources.keys), mapping=figures)
         return f"{len(figures)} figures"
 
+    async def purge_runs() -> str:
+        deleted = await maintenance.purge_scheduled_runs(SCHEDULED_RUNS_KEEP_DAYS)
+        return f"deleted {deleted} run records"
+
     jobs = [
         ScheduledJob("stream_sweep", schedule.sweep_seconds, sweep_streams),
         ScheduledJob("gauges_refresh", schedule.gauges_seconds, refresh_business_gauges),
+        ScheduledJob("runs_purge", schedule.retention_seconds, purge_runs),
     ]
     if settings.message_retention_days is not None:
         days = settings.message_retention_days

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 
 from aiconv.config import Settings
 from aiconv.jobs.keys import Keys
+from aiconv.store.admin import AdminStore
 from aiconv.store.db import make_pool
 from aiconv.store.repository import GenerationStats, Store
 from aiconv.telegram.models import IncomingMessage
@@ -215,7 +216,8 @@ async def test_stats_totals_and_days(db: str, redis_prefix: str, store: Store) -
     await reply(store, 101, "r-two", prompt=20, completion=7)
     await say(store, 102, 102, "three")
     await say(store, -500, 102, "group", chat_type="group")
-    await store.set_user_blocked(102, True)
+    await AdminStore(store.pool).set_blocked(102, True)
+    await store.mark_bot_blocked(101)  # 101 blocked the bot: not an admin block
     today = datetime.now(UTC).date()
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(
@@ -233,6 +235,7 @@ async def test_stats_totals_and_days(db: str, redis_prefix: str, store: Store) -
         assert body["totals"] == {
             "users": 2,
             "blocked_users": 1,
+            "users_blocking_the_bot": 1,
             "chats": 3,
             "messages": {"user": 4, "assistant": 2, "system": 1, "total": 7},
             "tokens": {"prompt": 30, "completion": 12},
@@ -371,13 +374,22 @@ async def test_dlq_refuses_bad_limits(db: str, redis_prefix: str, limit: str) ->
 
 async def test_block_and_unblock(db: str, redis_prefix: str, store: Store) -> None:
     await say(store, 201, 201, "hello")
+    await store.mark_bot_blocked(201)  # Telegram answered 403 once
     async with admin_client(settings_for(db, redis_prefix)) as http:
         blocked = await http.post("/admin/users/201/block", headers=bearer())
         assert blocked.status_code == 200 and blocked.json() == {"id": 201, "blocked": True}
-        # the worker's own check: a blocked user's updates are ignored
+        # the worker's own check: a blocked user's updates are ignored, even after they write
         assert await store.record_sender(incoming(201, 201)) is False
+        assert await store.record_sender(incoming(201, 201)) is False
+        exported = (await http.get("/admin/users/201/export", headers=bearer())).json()
+        assert exported["user"]["blocked"] is True
+        assert exported["user"]["blocked_bot_at"] is None  # writing cleared the user's own mark
+        await store.mark_bot_blocked(201)
         unblocked = await http.post("/admin/users/201/unblock", headers=bearer())
         assert unblocked.json() == {"id": 201, "blocked": False}
+        exported = (await http.get("/admin/users/201/export", headers=bearer())).json()
+        assert exported["user"]["blocked"] is False
+        datetime.fromisoformat(exported["user"]["blocked_bot_at"])  # unblock left it alone
         assert await store.record_sender(incoming(201, 201)) is True
         missing = await http.post("/admin/users/999/block", headers=bearer())
         assert missing.status_code == 404 and missing.json() == {"error": "no user 999"}

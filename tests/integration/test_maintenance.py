@@ -1,4 +1,4 @@
-"""The scheduler's jobs on the real database: retention purge and pg_dump backups."""
+"""The scheduler's jobs on the real database: retention purges and pg_dump backups."""
 
 from __future__ import annotations
 
@@ -6,14 +6,22 @@ import dataclasses
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import psycopg
 import pytest
 
 from aiconv.config import Settings
+from aiconv.resources import Resources
 from aiconv.store.db import make_pool
 from aiconv.store.repository import Maintenance
-from aiconv.worker.maintenance import backup_database, rotate_backups
+from aiconv.worker.maintenance import (
+    SCHEDULED_RUNS_KEEP_DAYS,
+    backup_database,
+    rotate_backups,
+    scheduled_jobs,
+)
 
 
 @pytest.fixture
@@ -41,6 +49,43 @@ async def test_retention_purges_only_old_messages(
             "SELECT idempotency_key FROM messages WHERE chat_id = 7001 ORDER BY id"
         ).fetchall()
     assert [row[0] for row in left] == ["retention-2", "retention-3"]
+
+
+async def test_old_scheduled_run_records_are_purged(
+    maintenance: Maintenance, database_url: str
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for age in (40, 15, 13, 0):
+            conn.execute(
+                "INSERT INTO scheduled_runs (job, slot, runner, started_at) "
+                "VALUES ('purge-test', %s, 'test', now() - make_interval(days => %s))",
+                (age, age),
+            )
+    assert await maintenance.purge_scheduled_runs(14, batch=1) == 2
+    assert await maintenance.purge_scheduled_runs(14) == 0
+    with psycopg.connect(database_url) as conn:
+        left = conn.execute(
+            "SELECT slot FROM scheduled_runs WHERE job = 'purge-test' ORDER BY slot"
+        ).fetchall()
+    assert [row[0] for row in left] == [0, 13]
+
+
+async def test_the_run_records_purge_is_always_scheduled(
+    maintenance: Maintenance, database_url: str
+) -> None:
+    settings = dataclasses.replace(Settings.from_env({}), database_url=database_url)
+    assert settings.message_retention_days is None  # independent of message retention
+    resources = cast(Resources, SimpleNamespace(settings=settings))
+    jobs = {job.name: job for job in scheduled_jobs(resources, maintenance)}
+    purge = jobs["runs_purge"]
+    assert purge.interval_seconds == settings.schedule.retention_seconds
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO scheduled_runs (job, slot, runner, started_at) "
+            "VALUES ('purge-job-test', 1, 'test', now() - make_interval(days => %s))",
+            (SCHEDULED_RUNS_KEEP_DAYS + 1,),
+        )
+    assert await purge.run() == "deleted 1 run records"
 
 
 async def test_business_stats_count_recent_activity(maintenance: Maintenance) -> None:

@@ -1,13 +1,19 @@
-"""PostgreSQL access on a real server: migrations, idempotent writes, history and /reset."""
+"""PostgreSQL access on a real server: migrations, idempotent writes, history in chat order and
+/reset, blocks, the recovery sweep's query, and the pool across an outage."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
+import psycopg
+import psycopg.conninfo
 import pytest
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from aiconv.conversation.history import Turn
-from aiconv.store.db import make_pool
+from aiconv.store.admin import AdminStore
+from aiconv.store.db import RECONNECT_WINDOW_SECONDS, make_pool
 from aiconv.store.migrate import apply_migrations, available_migrations
 from aiconv.store.repository import GenerationStats, Store
 from aiconv.telegram.models import IncomingMessage
@@ -70,12 +76,43 @@ async def test_history_is_recent_first_limited_and_forgotten_on_reset(store: Sto
     assert await store.history(9002, 10) == [Turn("user", "after")]
 
 
-async def test_a_blocked_user_is_reported(store: Store) -> None:
+async def user_flags(store: Store, user_id: int) -> tuple[bool, bool]:
+    """(blocked by an admin, blocked the bot)"""
+    async with store.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT blocked, blocked_bot_at IS NOT NULL FROM users WHERE id = %s", (user_id,)
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return bool(row[0]), bool(row[1])
+
+
+async def test_a_user_who_blocked_the_bot_is_heard_again_when_they_write(store: Store) -> None:
     assert await store.record_sender(incoming(9003, user_id=77)) is True
+    await store.mark_bot_blocked(77)  # Telegram answered 403
+    assert await user_flags(store, 77) == (False, True)
+    # They unblocked the bot and wrote: the update is handled and the mark is gone.
+    assert await store.record_sender(incoming(9003, user_id=77)) is True
+    assert await user_flags(store, 77) == (False, False)
+    # The deprecated name (delivery's 403 path until it is rewired) sets the same mark only.
     await store.set_user_blocked(77, True)
-    assert await store.record_sender(incoming(9003, user_id=77)) is False
-    await store.set_user_blocked(77, False)
+    assert await user_flags(store, 77) == (False, True)
     assert await store.record_sender(incoming(9003, user_id=77)) is True
+
+
+async def test_only_an_admin_clears_an_admin_block(store: Store) -> None:
+    admin = AdminStore(store.pool)
+    assert await store.record_sender(incoming(9005, user_id=78)) is True
+    await store.mark_bot_blocked(78)
+    assert await admin.set_blocked(78, True) == {"id": 78, "blocked": True}
+    # Writing again clears the user's own mark, never the admin's block.
+    assert await store.record_sender(incoming(9005, user_id=78)) is False
+    assert await store.record_sender(incoming(9005, user_id=78)) is False
+    assert await user_flags(store, 78) == (True, False)
+    await store.mark_bot_blocked(78)
+    assert await admin.set_blocked(78, False) == {"id": 78, "blocked": False}
+    assert await user_flags(store, 78) == (False, True)  # unblock left the user's mark alone
+    assert await store.record_sender(incoming(9005, user_id=78)) is True
 
 
 async def test_message_text_is_encrypted_at_rest(database_url: str) -> None:
@@ -98,3 +135,236 @@ async def test_message_text_is_encrypted_at_rest(database_url: str) -> None:
         assert found is not None and found.text == "secret words"
     finally:
         await pool.close()
+
+
+async def say(store: Store, chat_id: int, message_id: int, text: str, user_id: int = 1) -> int:
+    await store.record_sender(incoming(chat_id, user_id=user_id, message_id=message_id))
+    return await store.add_message(
+        chat_id=chat_id,
+        user_id=user_id,
+        role="user",
+        text=text,
+        idempotency_key=f"in:{chat_id}:{message_id}",
+        telegram_message_id=message_id,
+    )
+
+
+async def answer(
+    store: Store, chat_id: int, reply_to: int | None, text: str, message_id: int | None
+) -> int:
+    return await store.add_message(
+        chat_id=chat_id,
+        role="assistant",
+        text=text,
+        idempotency_key=f"reply:{chat_id}:{text}",
+        telegram_message_id=message_id,
+        reply_to_message_id=reply_to,
+    )
+
+
+async def test_history_follows_the_chats_message_order_not_the_storing_order(
+    store: Store,
+) -> None:
+    chat = 9101
+    await say(store, chat, 9, "first")
+    # Two workers stored the user's next two messages at once: 11 got the lower row id.
+    eleven = await say(store, chat, 11, "third")
+    ten = await say(store, chat, 10, "second")
+    assert eleven < ten
+    await answer(store, chat, 11, "reply part 1", 12)
+    # A part Telegram took whose message id was lost stays after what preceded it when stored.
+    await answer(store, chat, 11, "reply part 2", None)
+    await say(store, chat, 14, "fourth")
+    await answer(store, chat, 14, "reply 2", 15)
+    texts = [t.text for t in await store.history(chat, 10)]
+    assert texts == [
+        "first",
+        "second",
+        "third",
+        "reply part 1",
+        "reply part 2",
+        "fourth",
+        "reply 2",
+    ]
+    # The limit keeps the newest rows; /reset forgets by row id, whatever the Telegram ids.
+    assert [t.text for t in await store.history(chat, 2)] == ["fourth", "reply 2"]
+    await store.reset_history(chat)
+    late = await say(store, chat, 13, "stored after the reset")
+    assert [t.text for t in await store.history(chat, 10)] == ["stored after the reset"]
+    assert [t.text for t in await store.history(chat, 10, up_to_id=late - 1)] == []
+
+
+async def test_a_part_without_a_telegram_id_at_the_window_edge_comes_first(store: Store) -> None:
+    chat = 9102
+    await say(store, chat, 5, "question")
+    await answer(store, chat, 5, "part 1", None)
+    await answer(store, chat, 5, "part 2", 7)
+    await say(store, chat, 6, "typed while the bot was typing")
+    assert [t.text for t in await store.history(chat, 10)] == [
+        "question",
+        "part 1",
+        "typed while the bot was typing",
+        "part 2",
+    ]
+    # The window's oldest row has no id and nothing before it in the window: it leads.
+    assert [t.text for t in await store.history(chat, 3)] == [
+        "part 1",
+        "typed while the bot was typing",
+        "part 2",
+    ]
+
+
+async def test_unanswered_chats_are_found_for_the_recovery_sweep(
+    store: Store, database_url: str
+) -> None:
+    base = 9200
+    # answered: the reply names the newest message
+    await say(store, base + 1, 1, "hi")
+    await answer(store, base + 1, 1, "a1", 2)
+    # unanswered: the longest waiting, then one with an older answered exchange
+    await say(store, base + 2, 1, "hello?")
+    await say(store, base + 3, 1, "one")
+    await answer(store, base + 3, 1, "a3", 2)
+    await say(store, base + 3, 3, "two")
+    # reset after the message: nothing left to answer
+    await say(store, base + 4, 1, "forget me")
+    await store.reset_history(base + 4)
+    # the newest message was written while the bot was typing its reply to the one before:
+    # the reply is stored after it but answers message 1, so message 2 is still owed
+    await say(store, base + 5, 1, "first")
+    await say(store, base + 5, 2, "typed during the reply")
+    await answer(store, base + 5, 1, "a5", 3)
+    # a fixed reply to a command (commands are not stored) answers nothing stored
+    await say(store, base + 6, 1, "hey")
+    await answer(store, base + 6, 2, "help text", 3)
+    # stored out of order: the newest by chat order is 8, and its reply is there
+    await say(store, base + 7, 8, "later")
+    await say(store, base + 7, 7, "earlier")
+    await answer(store, base + 7, 8, "a7", 9)
+    # old: outside the window
+    await say(store, base + 8, 1, "long ago")
+    # blocked by an admin, and blocked the bot: a turn would be dropped again
+    await say(store, base + 9, 1, "admin blocked", user_id=base + 9)
+    await say(store, base + 10, 1, "blocked the bot", user_id=base + 10)
+    await store.mark_bot_blocked(base + 10)
+    # an answered chat the user wrote to again
+    await say(store, base + 11, 1, "q1")
+    await answer(store, base + 11, 1, "a11", 2)
+    await say(store, base + 11, 3, "q2")
+    async with store.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE messages SET created_at = now() - interval '2 hours' WHERE chat_id = %s",
+            (base + 8,),
+        )
+        await conn.execute("UPDATE users SET blocked = true WHERE id = %s", (base + 9,))
+
+    found = [
+        chat
+        for chat in await store.unanswered_chats(since_seconds=3600, limit=1000)
+        if base < chat.chat_id <= base + 20
+    ]
+    assert [(c.chat_id, c.telegram_message_id, c.user_id) for c in found] == [
+        (base + 2, 1, 1),
+        (base + 3, 3, 1),
+        (base + 5, 2, 1),
+        (base + 6, 1, 1),
+        (base + 11, 3, 1),
+    ]
+    assert len(await store.unanswered_chats(since_seconds=3600, limit=2)) == 2
+    # too fresh: a message stored a moment ago may still be on its way to its turn
+    fresh = await store.unanswered_chats(since_seconds=3600, limit=1000, min_age_seconds=600)
+    assert not [c for c in fresh if base < c.chat_id <= base + 20]
+    # the answer arrives: the chat leaves the list
+    await answer(store, base + 2, 1, "a2", 2)
+    again = await store.unanswered_chats(since_seconds=3600, limit=1000)
+    assert base + 2 not in {c.chat_id for c in again}
+
+
+class Outage:
+    """A TCP proxy in front of PostgreSQL that can be cut (connections refused, open ones
+    dropped) and restored on the same port: an outage without touching the shared server."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.links: set[asyncio.StreamWriter] = set()
+
+    async def restore(self) -> None:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.links:
+            writer.transport.abort()
+        self.links.clear()
+        await self.server.wait_closed()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.links.update((writer, up_writer))
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def select_one(pool: AsyncConnectionPool, timeout: float | None = None) -> None:
+    async with pool.connection(timeout=timeout) as conn:
+        await conn.execute("SELECT 1")
+
+
+async def test_the_pool_waits_out_an_outage_and_serves_as_soon_as_postgresql_is_back(
+    database_url: str,
+) -> None:
+    params = psycopg.conninfo.conninfo_to_dict(database_url)
+    outage = Outage(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
+    await outage.restore()
+    pool = make_pool(psycopg.conninfo.make_conninfo(database_url, port=outage.port), max_size=2)
+    await pool.open(wait=True, timeout=5.0)
+    clock = asyncio.get_running_loop().time
+    try:
+        await select_one(pool)
+        async with pool.connection() as held:
+            await outage.cut()
+            # A query on a connection the outage broke: psycopg.OperationalError.
+            with pytest.raises(psycopg.OperationalError):
+                await held.execute("SELECT 1")
+        # While it lasts, a caller gets a transient error (PoolTimeout is an OperationalError).
+        # It lasts long enough for attempts to give up (reconnect_timeout) or, were the timeout
+        # long, for psycopg_pool's uncapped backoff to sleep 8 s between two attempts.
+        seen = set()
+        cut_at = clock()
+        while clock() - cut_at < RECONNECT_WINDOW_SECONDS + 4.0:
+            with pytest.raises(psycopg.OperationalError) as error:
+                await select_one(pool, timeout=0.5)
+            seen.add(type(error.value))
+        assert seen == {PoolTimeout}
+        # A caller queued during the outage gets the first connection made once it is over,
+        # well before its own timeout.
+        queued = asyncio.create_task(select_one(pool))
+        await asyncio.sleep(RECONNECT_WINDOW_SECONDS + 0.5)
+        assert not queued.done()
+        await outage.restore()
+        back_at = clock()
+        await asyncio.wait_for(queued, timeout=3.0)
+        # And a request made now is served at once.
+        await asyncio.wait_for(select_one(pool), timeout=2.0)
+        assert clock() - back_at < 3.0
+    finally:
+        await pool.close()
+        await outage.cut()
