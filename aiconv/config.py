@@ -108,6 +108,7 @@ class Schedule:
     gauges_seconds: float = 60.0
     retention_seconds: float = 3600.0
     backup_seconds: float = 86400.0
+    recovery_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,7 @@ class Settings:
                 gauges_seconds=read.number("SCHEDULE_GAUGES_SECONDS", 60.0, minimum=1.0),
                 retention_seconds=read.number("SCHEDULE_RETENTION_SECONDS", 3600.0, minimum=1.0),
                 backup_seconds=read.number("SCHEDULE_BACKUP_SECONDS", 86400.0, minimum=1.0),
+                recovery_seconds=read.number("SCHEDULE_RECOVERY_SECONDS", 30.0, minimum=1.0),
             ),
             message_retention_days=read.integer("MESSAGE_RETENTION_DAYS", 0, minimum=0) or None,
             backup_dir=Path(backup) if (backup := read.raw("BACKUP_DIR")) else None,

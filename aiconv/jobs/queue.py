@@ -9,7 +9,6 @@ the source entry in the same script: a crash can never leave a job both acknowle
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,7 +134,8 @@ class JobQueue:
             return 0  # no such stream yet
         if not groups:
             return 0
-        floor = (int(time.time() * 1000) - int(keep_seconds * 1000), 0)
+        seconds, micros = await self.redis.time()  # stream ids are Redis time too
+        floor = (seconds * 1000 + micros // 1000 - int(keep_seconds * 1000), 0)
         candidates = [floor]
         for group in groups:
             last = _entry_id(group["last-delivered-id"])

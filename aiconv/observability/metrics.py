@@ -124,6 +124,11 @@ TELEGRAM_SEND_RETRIES = Counter(
     "sendMessage calls retried, by reason: server_error, network, rate_limited",
     ["reason"],
 )
+TURNS_RECOVERED = Counter(
+    "aiconv_turns_recovered_total",
+    "Turns queued again by a sweep, by reason: lost_job (lease ran out), unanswered (PostgreSQL)",
+    ["reason"],
+)
 REPLY_PARTS_UNCERTAIN = Counter(
     "aiconv_reply_parts_uncertain_total",
     "Reply parts whose sendMessage answer was lost after sending; counted as sent, never resent",

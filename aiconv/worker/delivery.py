@@ -24,10 +24,10 @@ import structlog
 
 from aiconv.conversation import texts
 from aiconv.conversation.pacing import PacingConfig, plan_delivery
-from aiconv.jobs.consumer import Backoff
 from aiconv.jobs.keys import REPLIES_GROUP
 from aiconv.jobs.messages import ReplyJob
 from aiconv.jobs.queue import DONE_TTL_SECONDS, Job
+from aiconv.jobs.retry import Backoff
 from aiconv.observability.metrics import (
     MESSAGES_SENT,
     REPLIES,

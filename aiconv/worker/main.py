@@ -81,7 +81,7 @@ async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -
             resources.keys,
             maintenance,
             updates.name,
-            scheduled_jobs(resources, maintenance),
+            scheduled_jobs(resources, maintenance, turns),
         ).run(stop),
     ]
     if poll:

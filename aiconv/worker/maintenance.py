@@ -19,16 +19,34 @@ from aiconv.observability.gauges import business_key
 from aiconv.resources import Resources
 from aiconv.store.repository import Maintenance
 from aiconv.worker.scheduler import ScheduledJob
+from aiconv.worker.turns import Turns
 
 # Acknowledged stream entries stay this long for inspection (XRANGE) before they are trimmed.
 STREAM_RETENTION_SECONDS = 3600.0
+# The recovery sweep looks this far back for stored messages without a reply, and leaves alone
+# those younger than RECOVERY_MIN_AGE_SECONDS (still on their way to a turn).
+RECOVERY_WINDOW_SECONDS = 24 * 3600.0
+RECOVERY_MIN_AGE_SECONDS = 10.0
+RECOVERY_BATCH = 1000
 # Run records are for recent operations (did the backup run last night?); two weeks is plenty.
 SCHEDULED_RUNS_KEEP_DAYS = 14
 
 
-def scheduled_jobs(resources: Resources, maintenance: Maintenance) -> list[ScheduledJob]:
+def scheduled_jobs(
+    resources: Resources, maintenance: Maintenance, turns: Turns
+) -> list[ScheduledJob]:
     settings = resources.settings
     schedule = settings.schedule
+
+    async def recover_unanswered() -> str:
+        """PostgreSQL is the truth: every stored message without a reply gets its turn, even
+        when Redis lost what it knew (restart without persistence, FLUSHALL, failover)."""
+        chats = await resources.store.unanswered_chats(
+            RECOVERY_WINDOW_SECONDS, RECOVERY_BATCH, min_age_seconds=RECOVERY_MIN_AGE_SECONDS
+        )
+        found = [(c.chat_id, c.telegram_message_id) for c in chats if c.telegram_message_id]
+        recovered = await turns.recover(found)
+        return f"{recovered} of {len(found)} unanswered chats queued again"
 
     async def sweep_streams() -> str:
         keys = resources.keys
@@ -55,6 +73,7 @@ def scheduled_jobs(resources: Resources, maintenance: Maintenance) -> list[Sched
         ScheduledJob("stream_sweep", schedule.sweep_seconds, sweep_streams),
         ScheduledJob("gauges_refresh", schedule.gauges_seconds, refresh_business_gauges),
         ScheduledJob("runs_purge", schedule.retention_seconds, purge_runs),
+        ScheduledJob("recovery_sweep", schedule.recovery_seconds, recover_unanswered),
     ]
     if settings.message_retention_days is not None:
         days = settings.message_retention_days

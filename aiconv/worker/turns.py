@@ -38,6 +38,7 @@ from aiconv.conversation import texts
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.messages import ReplyJob, chat_of
 from aiconv.jobs.queue import TURN_LEASE_SECONDS, JobQueue, TurnGuard
+from aiconv.observability.metrics import TURNS_RECOVERED
 
 TICK_SECONDS = 0.1
 SWEEP_SECONDS = 1.0
@@ -373,6 +374,7 @@ class Turns:
                 )
             elif await self.finish(int(chat), turn, "lost", stage_id=entry):
                 released += 1
+                TURNS_RECOVERED.labels("lost_job").inc()
                 log.warning("turn lost its job; chat queued again", chat_id=chat, turn=turn)
         return renewed, released
 
@@ -405,6 +407,7 @@ class Turns:
         for chat_id, message_id in unanswered:
             if await self.note_message(chat_id, message_id):
                 recovered += 1
+                TURNS_RECOVERED.labels("unanswered").inc()
                 log.warning("unanswered stored message queued again", chat_id=chat_id)
         return recovered
 

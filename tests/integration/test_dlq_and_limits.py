@@ -67,7 +67,7 @@ async def test_trimming_keeps_unacknowledged_and_unread_entries(
     ids = [entry_id for entry_id, _ in entries]
     await redis.xack(stream, "g", ids[0], ids[1], ids[3])
 
-    trimmed = await queue.trim(stream, keep_seconds=0)
+    trimmed = await queue.trim(stream, keep_seconds=-1)  # -1: entries of this very millisecond too
     assert trimmed == 2
     remaining = [json.loads(f["job"])["n"] for _, f in await redis.xrange(stream)]
     assert remaining == [2, 3, 4, 5]  # the pending one and everything after it

@@ -198,6 +198,8 @@ async def test_trim_survives_entries_acknowledged_while_it_reads(
     await redis.xreadgroup("g", "c", {stream: ">"}, count=3)
     queue.redis = _AcknowledgesAfterGroupInfo(redis, stream)  # type: ignore[assignment]
 
-    assert await queue.trim(stream, keep_seconds=0) == 3
+    assert await queue.trim(
+        stream, keep_seconds=-1
+    )  # -1: entries of this very millisecond too == 3
     remaining = [json.loads(f["job"])["n"] for _, f in await redis.xrange(stream)]
     assert remaining == [3]  # read by nobody yet: kept

@@ -11,8 +11,10 @@ from typing import cast
 
 import psycopg
 import pytest
+from redis.asyncio import Redis
 
 from aiconv.config import Settings
+from aiconv.jobs.keys import Keys
 from aiconv.resources import Resources
 from aiconv.store.db import make_pool
 from aiconv.store.repository import Maintenance
@@ -22,6 +24,7 @@ from aiconv.worker.maintenance import (
     rotate_backups,
     scheduled_jobs,
 )
+from aiconv.worker.turns import TurnConfig, Turns
 
 
 @pytest.fixture
@@ -71,12 +74,13 @@ async def test_old_scheduled_run_records_are_purged(
 
 
 async def test_the_run_records_purge_is_always_scheduled(
-    maintenance: Maintenance, database_url: str
+    maintenance: Maintenance, database_url: str, redis: Redis
 ) -> None:
     settings = dataclasses.replace(Settings.from_env({}), database_url=database_url)
     assert settings.message_retention_days is None  # independent of message retention
     resources = cast(Resources, SimpleNamespace(settings=settings))
-    jobs = {job.name: job for job in scheduled_jobs(resources, maintenance)}
+    turns = Turns(redis, Keys(), TurnConfig())  # not run here
+    jobs = {job.name: job for job in scheduled_jobs(resources, maintenance, turns)}
     purge = jobs["runs_purge"]
     assert purge.interval_seconds == settings.schedule.retention_seconds
     with psycopg.connect(database_url, autocommit=True) as conn:

@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 from aiconv.config import Settings, default_model_path
 from aiconv.conversation import texts
 from aiconv.jobs.keys import Keys
+from aiconv.jobs.messages import GenerateJob
 from aiconv.jobs.queue import Job, JobQueue
-from aiconv.ml.cancel import CancelWatcher, latest_key
+from aiconv.ml.cancel import CancelWatcher
 from aiconv.ml.engine import Engine, EngineConfig
 from aiconv.ml.generator import GenerateHandler, lane_of
 from aiconv.ml.main import run_ml
@@ -55,17 +56,24 @@ async def watcher(redis: Redis) -> AsyncIterator[CancelWatcher]:
 
 
 def job(queue: JobQueue, chat_id: int, message_id: int, text: str) -> Job:
-    payload = {
-        "key": f"gen:{chat_id}:{message_id}",
-        "chat_id": chat_id,
-        "chat_type": "private",
-        "user_id": chat_id,
-        "reply_to_message_id": message_id,
-        "update_id": message_id,
-        "started_at": 0.0,
-        "turns": [["user", text]],
-    }
-    return Job(stream=queue.keys.generate, id=f"0-{message_id}", payload=payload)
+    generate = GenerateJob(
+        turn=f"{chat_id}:{message_id}:1",
+        chat_id=chat_id,
+        chat_type="private",
+        user_id=chat_id,
+        reply_to_message_id=message_id,
+        started_at=0.0,
+        turns=[("user", text)],
+    )
+    return Job(stream=queue.keys.generate, id=f"0-{message_id}", payload=generate.to_payload())
+
+
+async def own_turn(redis: Redis, keys: Keys, chat_id: int, message_id: int) -> str:
+    """What a claim does: the turn owns its chat, and is its chat's live turn."""
+    turn = f"{chat_id}:{message_id}:1"
+    await redis.hset(keys.chat_state(chat_id), "turn", turn)
+    await redis.set(keys.chat_live(chat_id), turn)
+    return turn
 
 
 async def replies(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
@@ -77,20 +85,23 @@ async def test_a_generation_job_becomes_a_reply(
     engine: Engine, queue: JobQueue, redis: Redis, watcher: CancelWatcher
 ) -> None:
     handler = GenerateHandler(engine, queue, queue.keys, PERSONA, watcher)
+    await own_turn(redis, queue.keys, 11, 1)
     await handler(job(queue, 11, 1, "Say hello in three words."))
     [reply] = await replies(redis, queue.keys)
-    assert reply["key"] == "reply:11:1"
+    assert reply["key"] == "reply:11:1:1"
+    assert reply["turn"] == "11:1:1"
     assert reply["text"].strip()
     assert not reply.get("cancelled")
     assert reply["stats"]["completion_tokens"] > 0
     assert reply["stats"]["prompt_tokens"] > 0
 
 
-@pytest.mark.parametrize("latest", ["gen:12:2", "reset:12:99"])
+@pytest.mark.parametrize("live", ["superseded", "reset"])
 async def test_a_superseded_job_is_cancelled_before_it_starts(
-    engine: Engine, queue: JobQueue, redis: Redis, watcher: CancelWatcher, latest: str
+    engine: Engine, queue: JobQueue, redis: Redis, watcher: CancelWatcher, live: str
 ) -> None:
-    await redis.set(latest_key(queue.keys, 12), latest)
+    await own_turn(redis, queue.keys, 12, 1)
+    await redis.set(queue.keys.chat_live(12), live)
     handler = GenerateHandler(engine, queue, queue.keys, PERSONA, watcher)
     await handler(job(queue, 12, 1, "Tell me a story."))
     [reply] = await replies(redis, queue.keys)
@@ -102,12 +113,12 @@ async def test_a_newer_message_cancels_a_running_generation(
     engine: Engine, queue: JobQueue, redis: Redis, watcher: CancelWatcher
 ) -> None:
     handler = GenerateHandler(engine, queue, queue.keys, PERSONA, watcher)
-    await redis.set(latest_key(queue.keys, 13), "gen:13:1")  # this job is the latest: it runs
+    await own_turn(redis, queue.keys, 13, 1)  # this job is the live turn: it runs
     running = asyncio.create_task(
         handler(job(queue, 13, 1, "Write a very long story about a dragon and a knight."))
     )
     await eventually(lambda: engine.active > 0, timeout=30)
-    await redis.set(latest_key(queue.keys, 13), "gen:13:2")  # the user wrote again
+    await redis.set(queue.keys.chat_live(13), "superseded")  # the user wrote again
     await running
     [reply] = await replies(redis, queue.keys)
     assert reply["cancelled"] is True
@@ -122,6 +133,7 @@ async def test_a_failed_generation_answers_with_an_apology(
     broken = Engine.open(EngineConfig(model_path=default_model_path(), n_ctx=256, n_threads=1))
     broken.close()  # every submit now fails
     handler = GenerateHandler(broken, queue, queue.keys, PERSONA, watcher)
+    await own_turn(redis, queue.keys, 14, 1)
     await handler(job(queue, 14, 1, "Hello?"))
     [reply] = await replies(redis, queue.keys)
     assert reply["text"] == texts.GENERATION_FAILED
@@ -135,29 +147,25 @@ def test_lanes_keep_a_chat_in_order_and_let_api_requests_run_freely(queue: JobQu
     assert lane_of(api) is None
 
 
-async def test_ml_mode_answers_each_chat_in_order_with_parallel_slots(
+async def test_ml_mode_answers_every_chat_with_parallel_slots(
     engine: Engine, queue: JobQueue, redis: Redis, redis_prefix: str
 ) -> None:
+    """Each chat has one turn in flight (worker/turns.py); chats share the engine's slots."""
     settings = Settings(redis_key_prefix=redis_prefix, persona=PERSONA, max_tokens=8)
-    chats = {21: 3, 22: 3, 23: 2}
-    for message_id in range(1, 4):
-        for chat_id, count in chats.items():
-            if message_id <= count:
-                payload = job(queue, chat_id, message_id, f"Message {message_id}: hi!").payload
-                await queue.enqueue(queue.keys.generate, payload, payload["key"])
+    chats = [21, 22, 23, 24, 25]
+    for chat_id in chats:
+        await own_turn(redis, queue.keys, chat_id, 1)
+        payload = job(queue, chat_id, 1, "Message 1: hi!").payload
+        await queue.enqueue(queue.keys.generate, payload, payload["key"])
     stop = asyncio.Event()
     running = asyncio.create_task(run_ml(engine, queue, settings, stop))
     try:
-        total = sum(chats.values())
-        await eventually(lambda: redis.xlen(queue.keys.replies), timeout=120)
-        await eventually(lambda: _at_least(redis.xlen(queue.keys.replies), total), timeout=120)
+        await eventually(lambda: _at_least(redis.xlen(queue.keys.replies), len(chats)), timeout=120)
     finally:
         stop.set()
         await running
     got = await replies(redis, queue.keys)
-    for chat_id, count in chats.items():
-        order = [r["reply_to_message_id"] for r in got if r["chat_id"] == chat_id]
-        assert order == list(range(1, count + 1))
+    assert sorted(r["chat_id"] for r in got) == chats
     assert all(r["text"].strip() for r in got)
 
 
@@ -174,6 +182,7 @@ async def test_a_dead_decode_loop_answers_with_an_apology_and_stops_the_ml_mode(
         raise RuntimeError("a bug in the decode loop")
 
     engine.context.decode = broken  # type: ignore[method-assign]
+    await own_turn(redis, queue.keys, 31, 1)
     payload = job(queue, 31, 1, "Hello?").payload
     await queue.enqueue(queue.keys.generate, payload, payload["key"])
     settings = Settings(redis_key_prefix=redis_prefix, persona=PERSONA)

@@ -34,7 +34,6 @@ from hypothesis.stateful import (
 )
 from redis.asyncio import Redis
 
-import aiconv.jobs.queue as queue_module
 import aiconv.worker.turns as turns_module
 from aiconv.jobs.keys import GENERATE_GROUP, REPLIES_GROUP, UPDATES_GROUP, Keys
 from aiconv.jobs.messages import GenerateJob, ReplyJob, TurnJob
@@ -469,7 +468,6 @@ def skewed_process_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
 
     fake = types.SimpleNamespace(time=skewed, monotonic=time.monotonic)
     monkeypatch.setattr(turns_module, "time", fake)
-    monkeypatch.setattr(queue_module, "time", fake)
 
 
 def test_turn_protocol_state_machine(skewed_process_clocks: None) -> None:
