@@ -85,7 +85,7 @@ async def settled(redis: Redis, prefix: str, timeout: float = 120) -> None:
             for group in await redis.xinfo_groups(stream):
                 busy += int(group["pending"]) + int(group.get("lag") or 0)
         busy += await redis.zcard(keys.turns_due)
-        busy += len([k async for k in redis.scan_iter(match=f"{prefix}turn:*", count=1000)])
+        busy += await redis.zcard(keys.turns_held)
         if busy == 0:
             return
         if time.monotonic() > deadline:
