@@ -48,12 +48,21 @@ class DeadLetters:
         return _decode(entries[0]) if entries else None
 
     async def replay(self, entry_id: str) -> str | None:
-        """Put the job back on its stream as a fresh delivery; returns the new entry id."""
+        """Put the job back on its stream as a fresh delivery; returns the new entry id.
+
+        A dead-lettered job released its chat's turn (and the user was told), so a replayed
+        reply is delivered on its own, outside any turn. A replayed `turn` or `generate` job
+        finds its turn released and ends without effect: the chat's next message starts a new
+        turn as usual.
+        """
         dead = await self.get(entry_id)
         if dead is None:
             return None
+        payload = dict(dead.payload)
+        if dead.stream == self.keys.replies:
+            payload.pop("turn", None)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(dead.stream, {"job": json.dumps(dead.payload)})
+            pipe.xadd(dead.stream, {"job": json.dumps(payload)})
             pipe.xdel(self.keys.dlq, entry_id)
             new_id, _ = await pipe.execute()
         return str(new_id)

@@ -20,6 +20,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from aiconv.jobs.retry import sleep_or_stop
 from aiconv.ml.protocol import api_cancel_key
 
 if TYPE_CHECKING:
@@ -86,8 +87,7 @@ class CancelWatcher:
                     await asyncio.wait_for(self._wake.wait(), 1.0)
                 continue
             await self.check()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval)
+            await sleep_or_stop(stop, self.interval)
 
     async def check(self) -> None:
         watches = [w for w in self._watches if not w.generation.cancelled]

@@ -25,7 +25,6 @@ the newest unanswered stored message of every chat, so losing Redis state loses 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,6 +37,7 @@ from aiconv.conversation import texts
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.messages import ReplyJob, chat_of
 from aiconv.jobs.queue import TURN_LEASE_SECONDS, JobQueue, TurnGuard
+from aiconv.jobs.retry import sleep_or_stop
 from aiconv.observability.metrics import TURNS_RECOVERED
 
 TICK_SECONDS = 0.1
@@ -425,8 +425,7 @@ class Turns:
             except RedisError as error:
                 log.warning("turn scheduler cannot reach redis", error=type(error).__name__)
             tick += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), TICK_SECONDS)
+            await sleep_or_stop(stop, TICK_SECONDS)
 
 
 def _text(value: str | bytes | None) -> str | None:

@@ -14,13 +14,13 @@ replicates a script's effects, so reading `TIME` before writing is allowed.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from aiconv.jobs.keys import Keys
+from aiconv.jobs.retry import sleep_or_stop
 from aiconv.telegram.client import BotClient, TelegramError
 
 INTERVAL_SECONDS = 4.0  # under Telegram's ~5 s display time
@@ -107,5 +107,4 @@ class TypingKeeper:
                     await asyncio.gather(*(self.send_now(int(chat)) for chat in chats))
             except RedisError as error:
                 log.warning("typing keeper cannot reach redis", error=type(error).__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), TICK_SECONDS)
+            await sleep_or_stop(stop, TICK_SECONDS)
