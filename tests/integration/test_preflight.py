@@ -109,8 +109,10 @@ def test_production_modes_stop_with_one_line_on_an_ephemeral_redis(mode: str) ->
         timeout=120,
     )
     assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "aiconv: configuration error: REDIS_EPHEMERAL_OK: Redis has no persistence"
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("aiconv: configuration error: REDIS_EPHEMERAL_OK: Redis has no persistence")
     )
 
 
