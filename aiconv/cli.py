@@ -8,9 +8,12 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from aiconv import __version__
-from aiconv.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from aiconv.config import Settings
 
 DESCRIPTIONS = {
     "web": "Serve the Telegram webhook, /health and /ready (Starlette on granian, PORT).",
@@ -71,6 +74,15 @@ def _ttl(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.mode == "web":
+        # Before prometheus_client is first imported (the settings' modules import it), so this
+        # process's metrics share files with the granian workers'. See web/multiproc.py.
+        from aiconv.web.multiproc import share_metrics_between_workers
+
+        share_metrics_between_workers()
+    from aiconv.config import ConfigError, Settings
+    from aiconv.observability.loops import LoopFailed
+
     try:
         settings = Settings.from_env()
         if args.mode == "dlq":
@@ -81,6 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"aiconv: configuration error: {error}", file=sys.stderr)
         return 2
+    except LoopFailed as failure:
+        if isinstance(failure.__cause__, ConfigError):  # e.g. a port taken after the probe
+            print(f"aiconv: configuration error: {failure.__cause__}", file=sys.stderr)
+            return 2
+        return 1  # the failure is logged, with its traceback, where it happened
     except KeyboardInterrupt:
         return 130
 
@@ -108,8 +125,7 @@ def _run(mode: str, settings: Settings) -> int:
     if mode == "web":
         from aiconv.web.standalone import run_web
 
-        run_web(settings)
-        return 0
+        run_web(settings)  # ends the process itself (see its _exit)
     if mode in ("worker", "all"):
         settings.require_bot_token()
     from aiconv.runtime import run_modes, stop_on_signals
@@ -124,6 +140,7 @@ def _run(mode: str, settings: Settings) -> int:
 
 
 def _admin_token(settings: Settings, args: argparse.Namespace) -> int:
+    from aiconv.config import ConfigError
     from aiconv.web.jwt import mint
 
     if not settings.jwt_secret_key:

@@ -121,6 +121,7 @@ class Settings:
     db_pool_size: int = 10
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = "aiconv:"
+    redis_ephemeral_ok: bool = False  # production: accept a Redis without persistence
 
     telegram_bot_token: str = ""
     telegram_api_url: str = "https://api.telegram.org"
@@ -238,6 +239,7 @@ class Settings:
             db_pool_size=read.integer("DB_POOL_SIZE", 10, minimum=1),
             redis_url=_redis_url(read),
             redis_key_prefix=read.text("REDIS_KEY_PREFIX", "aiconv:"),
+            redis_ephemeral_ok=read.flag("REDIS_EPHEMERAL_OK", False),
             telegram_bot_token=read.text("TELEGRAM_BOT_TOKEN", ""),
             telegram_api_url=api_url,
             telegram_webhook_url=webhook_url,

@@ -1,4 +1,10 @@
-"""Runs one or more modes in this process until asked to stop."""
+"""Runs one or more modes in this process until asked to stop.
+
+Loops are of two kinds (see observability/loops.py): core loops (the ops server, the web server,
+the worker, ml, the demo's chat) stop the process when they fail or end early, and the process
+then exits non-zero; auxiliary loops (gauges, webhook registration) are retried and never stop
+it. All of them live in one TaskGroup, so none outlives `run_modes`.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +19,15 @@ from aiconv.config import Settings
 from aiconv.ml.engine import Engine
 from aiconv.ml.main import engine_config, run_ml
 from aiconv.observability.gauges import run_gauges
+from aiconv.observability.loops import Body, LoopFailed, core, supervised
 from aiconv.observability.metrics import MODEL_LOADED
 from aiconv.observability.ops import Check, ops_app
+from aiconv.preflight import ensure_port_free, require_durable_redis
 from aiconv.resources import Resources, open_resources
-from aiconv.telegram.client import TelegramError
 from aiconv.web.app import create_app
+from aiconv.web.registration import WebhookRegistration
 from aiconv.web.server import serve
 from aiconv.worker.main import run_worker
-from aiconv.worker.poller import ALLOWED_UPDATES
 
 MODES = ("web", "worker", "ml")
 log = structlog.get_logger(__name__)
@@ -33,24 +40,23 @@ def stop_on_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
-async def register_webhook(resources: Resources) -> None:
-    settings = resources.settings
-    assert settings.telegram_webhook_url and settings.telegram_webhook_secret
-    await resources.bot.set_webhook(
-        settings.telegram_webhook_url, settings.telegram_webhook_secret, ALLOWED_UPDATES
-    )
-    log.info("webhook registered", url=settings.telegram_webhook_url)
-
-
 async def run_modes(
     settings: Settings,
     modes: Iterable[str],
     stop: asyncio.Event | None = None,
     on_ready: Callable[[Resources], Awaitable[None]] | None = None,
 ) -> None:
+    """Run `modes` until `stop`; raise LoopFailed when a core loop failed or ended early."""
     wanted = set(modes)
     stop = stop or asyncio.Event()
+    # Before anything starts: a port taken by another process is one clear line, not a half-up
+    # process sharing its traffic (granian binds with SO_REUSEPORT).
+    ensure_port_free("0.0.0.0", settings.metrics_port, "METRICS_PORT")
+    if "web" in wanted:
+        ensure_port_free("0.0.0.0", settings.port, "PORT")
     async with open_resources(settings) as resources:
+        if wanted & {"web", "worker"}:
+            await require_durable_redis(resources.redis, settings)
         engines: list[Engine] = []
 
         async def model_loaded() -> None:
@@ -60,55 +66,71 @@ async def run_modes(
         checks: dict[str, Check] = {"redis": resources.redis.ping, "postgres": resources.store.ping}
         if "ml" in wanted:
             checks["model"] = model_loaded
-        # Probes and metrics answer first, so a slow model load reads as "not ready yet".
-        tasks = [
-            asyncio.ensure_future(serve(ops_app(checks), "0.0.0.0", settings.metrics_port, stop)),
-            asyncio.ensure_future(
-                run_gauges(resources.redis, resources.keys, resources.store.pool, stop)
-            ),
-        ]
+        registration = None
+        if "web" in wanted and settings.webhook_mode:
+            registration = WebhookRegistration(settings, resources.bot)
+            checks["webhook"] = registration.check
+        loops = _Loops(stop)
+        startup_error: Exception | None = None
         try:
-            if "ml" in wanted:
-                engines.append(await Engine.load(engine_config(settings)))
-                MODEL_LOADED.set(1)
-                tasks.append(
-                    asyncio.ensure_future(run_ml(engines[0], resources.queue, settings, stop))
+            async with loops.group:
+                # Probes and metrics answer first, so a slow model load reads as "not ready yet".
+                loops.core("ops", serve(ops_app(checks), "0.0.0.0", settings.metrics_port, stop))
+                loops.aux(
+                    "gauges",
+                    lambda: run_gauges(resources.redis, resources.keys, resources.store.pool, stop),
                 )
-            if "worker" in wanted:
-                poll = not settings.webhook_mode
-                tasks.append(asyncio.ensure_future(run_worker(resources, stop, poll=poll)))
-            if "web" in wanted:
-                if settings.webhook_mode:
-                    await _retrying(register_webhook, resources, stop)
-                app = create_app(settings)
-                tasks.append(asyncio.ensure_future(serve(app, "0.0.0.0", settings.port, stop)))
-            log.info("aiconv running", modes=sorted(wanted), environment=settings.environment)
-            if on_ready is not None:  # e.g. the demo's chat; it sets `stop` when it is done
-                tasks.append(asyncio.ensure_future(on_ready(resources)))
-            stopping = asyncio.ensure_future(stop.wait())
-            # Loops end only after `stop`; one that ends earlier has failed and stops the rest.
-            done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
-            failures = [t.exception() for t in done if t is not stopping and t.exception()]
-            if failures:
-                raise failures[0]  # type: ignore[misc]
+                try:
+                    await _start(loops, resources, wanted, engines, registration, on_ready)
+                except Exception as error:
+                    # Not raised inside the group: that would cancel the loops already started
+                    # instead of letting them stop (and drain) through `stop`.
+                    startup_error = error
+                    stop.set()
         finally:
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
             for engine in engines:
                 engine.close()
+        if startup_error is not None:
+            raise startup_error
+        if loops.failed:
+            raise loops.failed[0]
         log.info("aiconv stopped")
 
 
-async def _retrying(
-    action: Callable[[Resources], Awaitable[None]], resources: Resources, stop: asyncio.Event
+class _Loops:
+    """The process's loops, in one TaskGroup: core ones stop the process, auxiliary ones retry."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+        self.group = asyncio.TaskGroup()
+        self.failed: list[LoopFailed] = []
+
+    def core(self, name: str, body: Awaitable[None]) -> None:
+        self.group.create_task(core(name, body, self.stop, self.failed), name=name)
+
+    def aux(self, name: str, body: Body) -> None:
+        self.group.create_task(supervised(name, body, self.stop), name=name)
+
+
+async def _start(
+    loops: _Loops,
+    resources: Resources,
+    wanted: set[str],
+    engines: list[Engine],
+    registration: WebhookRegistration | None,
+    on_ready: Callable[[Resources], Awaitable[None]] | None,
 ) -> None:
-    delay = 1.0
-    while not stop.is_set():
-        try:
-            await action(resources)
-            return
-        except TelegramError as error:
-            log.warning("telegram call failed at start-up, retrying", error=str(error)[:200])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 30.0)
+    settings, stop = resources.settings, loops.stop
+    if "ml" in wanted:
+        engines.append(await Engine.load(engine_config(settings)))
+        MODEL_LOADED.set(1)
+        loops.core("ml", run_ml(engines[0], resources.queue, settings, stop))
+    if "worker" in wanted:
+        loops.core("worker", run_worker(resources, stop, poll=not settings.webhook_mode))
+    if "web" in wanted:
+        loops.core("web", serve(create_app(settings), "0.0.0.0", settings.port, stop))
+        if registration is not None:  # serve first, register in the background
+            loops.aux("webhook_registration", registration.register)
+    log.info("aiconv running", modes=sorted(wanted), environment=settings.environment)
+    if on_ready is not None:  # e.g. the demo's chat; it sets `stop` when it is done
+        loops.core("on_ready", on_ready(resources))

@@ -53,8 +53,12 @@ async def refresh_streams(redis: Redis, keys: Keys) -> None:
             pending += int(group["pending"])
             if int(group["pending"]):
                 summary = await redis.xpending(stream, group["name"])
-                oldest_ms = int(str(summary["min"]).split("-")[0])
-                oldest_age = max(oldest_age, time.time() - oldest_ms / 1000)
+                # XINFO and XPENDING are two reads: the jobs may be acknowledged in between,
+                # and then the summary has no oldest entry (min is None).
+                oldest = summary.get("min")
+                if oldest:
+                    oldest_ms = int(str(oldest).split("-")[0])
+                    oldest_age = max(oldest_age, time.time() - oldest_ms / 1000)
         STREAM_LAG.labels(label).set(lag)
         STREAM_PENDING.labels(label).set(pending)
         STREAM_OLDEST_PENDING_AGE.labels(label).set(oldest_age)

@@ -158,6 +158,11 @@ SCHEDULED_RUNS = Counter(
     "Embedded scheduler runs, by task and outcome",
     ["task", "outcome"],  # not "job": Prometheus reserves that label for the scrape target
 )
+BACKGROUND_ERRORS = Counter(
+    "aiconv_background_errors_total",
+    "Errors of auxiliary loops (gauges, webhook registration...), each followed by a retry",
+    ["loop"],
+)
 DEPENDENCY_UP = Gauge(
     "aiconv_dependency_up",
     "1 when this process's last readiness check reached the dependency (postgres, redis)",

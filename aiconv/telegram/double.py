@@ -281,6 +281,10 @@ class BotApiDouble:
         desc = description or _DEFAULT_DESCRIPTIONS.get(status, f"Error {status}")
         self._faults.setdefault(method, []).append(_Fault(status, desc, retry_after, times))
 
+    def clear_faults(self, method: str) -> None:
+        """End the injected failures of `method` still to come (an outage is over)."""
+        self._faults.pop(method, None)
+
     def delay_next(self, method: str, seconds: float, times: int = 1) -> None:
         """Make the next `times` calls of `method` answer only after `seconds` (a slow server)."""
         self._delays.setdefault(method, []).extend([seconds] * times)

@@ -1,74 +1,147 @@
-"""`aiconv web`: granian with WEB_WORKERS processes, plus the ops port in the main process."""
+"""`aiconv web`: granian with WEB_WORKERS processes, plus the ops port in the main process.
+
+Start-up order and why:
+1. Ports are probed (a port already taken is one line, exit 2) and, in production, Redis must
+   persist its data (see preflight.py).
+2. The ops thread serves /health, /ready and /metrics on METRICS_PORT and, in webhook mode,
+   registers the webhook in the background: /health answers whatever Telegram does, and /ready
+   fails with `webhook` until setWebhook succeeded (see registration.py).
+3. granian starts its workers with the "spawn" start method: each is a fresh interpreter
+   (fork + exec), never a fork of this process. A fork copies a process whose other threads (the
+   ops thread, granian's Rust runtime) may hold locks; the copy then waits on them forever. That
+   is how a worker once never accepted a connection, and the main process, joining it, outlived
+   SIGTERM.
+4. SIGTERM: granian stops its workers, killing any that has not stopped after
+   WORKER_KILL_SECONDS, then the ops thread is stopped, and the process ends without finalizing
+   the interpreter under granian's native threads (see `_exit`): within seconds, status 0.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import multiprocessing
 import os
-import shutil
-import tempfile
+import sys
 import threading
-from pathlib import Path
+from collections.abc import Callable
+from typing import NoReturn
 
+import structlog
 from granian import Granian
 from granian.constants import Interfaces
 
-from aiconv.config import Settings
-from aiconv.observability.ops import ops_app
+from aiconv.config import ConfigError, Settings
+from aiconv.observability.loops import LoopFailed, core, supervised
+from aiconv.observability.ops import Check, ops_app
+from aiconv.preflight import ensure_port_free, require_durable_redis
 from aiconv.resources import make_redis, open_resources
-from aiconv.runtime import _retrying, register_webhook
+from aiconv.web.multiproc import share_metrics_between_workers
+from aiconv.web.registration import WebhookRegistration
 from aiconv.web.server import serve
 
+# A worker has no long jobs (a webhook answers in milliseconds): a few seconds to finish the
+# requests in flight, then it is killed.
+WORKER_KILL_SECONDS = 5
+OPS_STOP_SECONDS = 5.0
 
-def run_web(settings: Settings) -> None:
-    if settings.web_workers > 1:
-        _share_metrics_between_workers()
-    if settings.webhook_mode:
-        asyncio.run(_register(settings))
-    threading.Thread(target=_serve_ops, args=(settings,), daemon=True, name="ops").start()
-    Granian(
+log = structlog.get_logger(__name__)
+
+
+def run_web(settings: Settings) -> NoReturn:
+    """Serve until SIGTERM/SIGINT, then end the process: 0 after a signal, 1 when a worker or the
+    ops port failed (2 when that was a configuration error, e.g. the port taken meanwhile)."""
+    ensure_port_free("0.0.0.0", settings.port, "PORT")
+    ensure_port_free("0.0.0.0", settings.metrics_port, "METRICS_PORT")
+    asyncio.run(_check_redis(settings))
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # the CLI sets it up before any import
+        share_metrics_between_workers()
+    multiprocessing.set_start_method("spawn", force=True)
+    server = Granian(
         "aiconv.web.app:create_app",
         factory=True,
         address="0.0.0.0",
         port=settings.port,
         interface=Interfaces.ASGI,
         workers=settings.web_workers,
+        workers_kill_timeout=WORKER_KILL_SECONDS,
         log_access=False,
-    ).serve()
+    )
+    ops = _OpsThread(settings, on_failure=server.signal_handler_interrupt)
+    ops.start()
+    code = 0
+    try:
+        server.serve()
+    except SystemExit as exit:  # granian's way to report a worker that failed
+        code = exit.code if isinstance(exit.code, int) else 1
+    finally:
+        ops.stop()
+    if ops.failed:
+        cause = ops.failed[0].__cause__
+        if isinstance(cause, ConfigError):
+            print(f"aiconv: configuration error: {cause}", file=sys.stderr)
+        code = 2 if isinstance(cause, ConfigError) else 1
+    _exit(code)
 
 
-def _share_metrics_between_workers() -> None:
-    """Workers write their metrics to files in one folder; the ops port merges them.
+def _exit(code: int) -> NoReturn:
+    """End the process without finalizing the interpreter.
 
-    prometheus_client picks its storage when first imported, so the workers are spawned (fresh
-    interpreters that see PROMETHEUS_MULTIPROC_DIR) rather than forked from this process.
+    The ops server's native (Rust) threads keep calling into Python until the process ends; an
+    interpreter finalizing under them aborts the process (a panic, exit status -6) now and then.
+    Everything is stopped by now: run the exit handlers, flush, and leave.
     """
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        made = tempfile.mkdtemp(prefix="aiconv-metrics-")
-        atexit.register(shutil.rmtree, made, ignore_errors=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
-    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.db"):  # left by an earlier run: its counts are not ours
-        stale.unlink()
-    multiprocessing.set_start_method("spawn", force=True)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
-async def _register(settings: Settings) -> None:
-    async with open_resources(settings, database=False) as resources:
-        await _retrying(register_webhook, resources, asyncio.Event())
+async def _check_redis(settings: Settings) -> None:
+    redis = make_redis(settings)
+    try:
+        await require_durable_redis(redis, settings)
+    finally:
+        await redis.aclose()
 
 
-def _serve_ops(settings: Settings) -> None:
-    async def main() -> None:
-        redis = make_redis(settings)
+class _OpsThread(threading.Thread):
+    """The ops port and the webhook registration, on an event loop of their own."""
 
-        async def redis_ping() -> object:
-            return await redis.ping()
+    def __init__(self, settings: Settings, on_failure: Callable[[], None]) -> None:
+        super().__init__(name="ops", daemon=True)
+        self.settings = settings
+        self.on_failure = on_failure
+        self.failed: list[LoopFailed] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._ready = threading.Event()
 
-        await serve(
-            ops_app({"redis": redis_ping}), "0.0.0.0", settings.metrics_port, asyncio.Event()
-        )
+    def run(self) -> None:
+        asyncio.run(self._main())
 
-    asyncio.run(main())
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        stop = self._stop_event = asyncio.Event()
+        self._ready.set()
+        settings = self.settings
+        async with open_resources(settings, database=False) as resources:
+            checks: dict[str, Check] = {"redis": resources.redis.ping}
+            async with asyncio.TaskGroup() as group:
+                if settings.webhook_mode:
+                    registration = WebhookRegistration(settings, resources.bot)
+                    checks["webhook"] = registration.check
+                    retrying = supervised("webhook_registration", registration.register, stop)
+                    group.create_task(retrying)
+                ops = serve(ops_app(checks), "0.0.0.0", settings.metrics_port, stop)
+                group.create_task(core("ops", ops, stop, self.failed))
+        if self.failed:
+            self.on_failure()  # stops granian, so the process exits
+
+    def stop(self) -> None:
+        self._ready.wait(OPS_STOP_SECONDS)
+        if self._loop is not None and self._stop_event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has already ended
+                self._loop.call_soon_threadsafe(self._stop_event.set)
+        self.join(OPS_STOP_SECONDS)

@@ -1,4 +1,9 @@
-"""POST /webhook: authenticate, validate, deduplicate, enqueue — and answer in milliseconds."""
+"""POST /webhook: authenticate, validate, deduplicate, enqueue — and answer in milliseconds.
+
+A body over MAX_BODY_BYTES is answered 413 with `Connection: close`: the rest of it is never
+read, so the connection must not carry another request (a client reusing it would find it closed
+under its next request, depending on timing).
+"""
 
 from __future__ import annotations
 
@@ -20,8 +25,8 @@ SECRET_HEADER = "x-telegram-bot-api-secret-token"
 log = structlog.get_logger(__name__)
 
 
-def _error(status: int, message: str) -> Response:
-    return JSONResponse({"ok": False, "error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"ok": False, "error": message}, status_code=status, headers=headers)
 
 
 async def _read_limited(request: Request) -> bytes | None:
@@ -47,7 +52,9 @@ def make_webhook(secret: str | None, queue: JobQueue) -> object:
             return _error(401, "wrong or missing secret token")
         body = await _read_limited(request)
         if body is None:
-            return _error(413, f"body over {MAX_BODY_BYTES} bytes")
+            # The rest of the body is never read, so the connection cannot carry another
+            # request: say so, and the client opens a fresh one instead of finding it closed.
+            return _error(413, f"body over {MAX_BODY_BYTES} bytes", {"Connection": "close"})
         try:
             data = json.loads(body)
             update = parse_update(data)

@@ -114,3 +114,5 @@ async def test_bad_requests_get_clear_errors(
         response = await http.post("/webhook", content=body, headers=headers)
     assert response.status_code == status
     assert response.json()["ok"] is False
+    # An unread rest of the body leaves the connection unusable: only a 413 closes it.
+    assert (response.headers.get("connection") == "close") == (status == 413)

@@ -1,0 +1,156 @@
+"""Start-up checks: a Redis that would lose accepted updates, and a port another process holds.
+
+The local test Redis runs without persistence (no AOF, no RDB save points): production settings
+against it are refused. Private redis-server processes show the accepted configurations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from aiconv.config import ConfigError, Settings
+from aiconv.preflight import ensure_port_free, require_durable_redis
+from tests.conftest import REDIS_URL
+from tests.e2e.harness import eventually, free_port
+
+PRODUCTION = dataclasses.replace(Settings(), environment="production")
+
+
+@asynccontextmanager
+async def private_redis(*options: str) -> AsyncIterator[Redis]:
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", *options],
+        stdout=subprocess.DEVNULL,
+    )
+    client = Redis.from_url(f"redis://127.0.0.1:{port}/0", decode_responses=True)
+
+    async def answers() -> bool:
+        try:
+            return bool(await client.ping())
+        except (OSError, RedisError):
+            return False
+
+    try:
+        await eventually(answers, timeout=20, interval=0.05)
+        yield client
+    finally:
+        await client.aclose()
+        server.terminate()
+        server.wait(10)
+
+
+async def test_production_refuses_a_redis_without_persistence(redis: Redis) -> None:
+    assert (await redis.info("persistence"))["aof_enabled"] == 0  # the test Redis, as set up
+    assert (await redis.config_get("save"))["save"] == ""
+    with pytest.raises(ConfigError) as refused:
+        await require_durable_redis(redis, PRODUCTION)
+    assert refused.value.variable == "REDIS_EPHEMERAL_OK"
+    assert "appendonly" in str(refused.value)
+
+
+async def test_an_ephemeral_redis_is_accepted_when_the_operator_says_so(redis: Redis) -> None:
+    await require_durable_redis(redis, dataclasses.replace(PRODUCTION, redis_ephemeral_ok=True))
+    await require_durable_redis(redis, Settings())  # development: never checked
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param(("--appendonly", "yes", "--save", ""), id="aof"),
+        pytest.param(("--appendonly", "no", "--save", "900 1"), id="rdb"),
+    ],
+)
+async def test_a_persistent_redis_is_accepted(options: tuple[str, ...], tmp_path: Path) -> None:
+    dir_options = ("--dir", str(tmp_path), "--appendfilename", "aof.aof")
+    async with private_redis(*options, *dir_options) as redis:
+        await require_durable_redis(redis, PRODUCTION)
+
+
+async def test_without_config_an_unknown_rdb_setting_warns_and_starts(tmp_path: Path) -> None:
+    async with private_redis(
+        "--save", "", "--rename-command", "CONFIG", "", "--dir", str(tmp_path)
+    ) as redis:
+        await require_durable_redis(redis, PRODUCTION)  # managed Redis: cannot tell, so a warning
+
+
+def production_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "REDIS_"))}
+    env.update(
+        ENVIRONMENT="production",
+        REDIS_URL=REDIS_URL,
+        REDIS_KEY_PREFIX="aiconv-test-preflight:",
+        TELEGRAM_BOT_TOKEN="123456:real-looking-token",
+        PORT=str(free_port()),
+        METRICS_PORT=str(free_port()),
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize("mode", ["worker", "web"])
+def test_production_modes_stop_with_one_line_on_an_ephemeral_redis(mode: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "aiconv.cli", mode],
+        env=production_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("aiconv: configuration error: REDIS_EPHEMERAL_OK: Redis has no persistence")
+    )
+
+
+def listener(reuse_port: bool) -> socket.socket:
+    sock = socket.socket()
+    if reuse_port:  # as granian binds: a second process could share the port unnoticed
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("0.0.0.0", 0))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize("reuse_port", [True, False], ids=["shared-listener", "plain-listener"])
+def test_a_taken_port_is_refused_naming_the_variable(reuse_port: bool) -> None:
+    with listener(reuse_port) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"PORT: port {port} on 0.0.0.0 is not available"):
+            ensure_port_free("0.0.0.0", port, "PORT")
+    ensure_port_free("0.0.0.0", port, "PORT")  # free again once the listener is gone
+
+
+@pytest.mark.parametrize(
+    ("mode", "variable"),
+    [("web", "PORT"), ("web", "METRICS_PORT"), ("all", "PORT"), ("all", "METRICS_PORT")],
+)
+def test_a_mode_stops_with_one_line_when_its_port_is_taken(mode: str, variable: str) -> None:
+    with listener(reuse_port=True) as taken:
+        port = str(taken.getsockname()[1])
+        env = production_env(ENVIRONMENT="dev", **{variable: port})
+        result = subprocess.run(
+            [sys.executable, "-m", "aiconv.cli", mode],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"aiconv: configuration error: {variable}: port {port} on 0.0.0.0 is not available "
+        "(Address already in use)"
+    )
