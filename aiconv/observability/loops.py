@@ -14,13 +14,12 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
 import structlog
 
-from aiconv.jobs.consumer import Backoff
+from aiconv.jobs.retry import Backoff, sleep_or_stop
 from aiconv.observability.metrics import BACKGROUND_ERRORS
 
 log = structlog.get_logger(__name__)
@@ -34,13 +33,6 @@ class LoopFailed(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(f"core loop {name!r} stopped unexpectedly")
         self.name = name
-
-
-async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Wait `seconds` or until `stop`; True when stopped."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
 
 
 async def supervised(

@@ -9,6 +9,7 @@ import structlog
 from aiconv.jobs.consumer import Consumer
 from aiconv.jobs.keys import REPLIES_GROUP, UPDATES_GROUP
 from aiconv.jobs.queue import Job
+from aiconv.observability.loops import supervised
 from aiconv.resources import Resources
 from aiconv.store.repository import Maintenance
 from aiconv.telegram.client import TelegramError
@@ -71,18 +72,22 @@ async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -
         options=options,
         on_dead_letter=abandon,
     )
+    scheduler = EmbeddedScheduler(
+        resources.redis,
+        resources.keys,
+        maintenance,
+        updates.name,
+        scheduled_jobs(resources, maintenance, turns),
+    )
+    # Core: consuming, claiming turns, polling. Auxiliary (survive their own errors): typing,
+    # the leases' sweep (another worker's sweep covers a pause), the scheduler.
     loops = [
         updates.run(stop),
         replies.run(stop),
-        typing.run(stop),
-        turns.run(stop),
-        EmbeddedScheduler(
-            resources.redis,
-            resources.keys,
-            maintenance,
-            updates.name,
-            scheduled_jobs(resources, maintenance, turns),
-        ).run(stop),
+        turns.run_claims(stop),
+        supervised("turn_leases", lambda: turns.run_sweeps(stop), stop),
+        supervised("typing", lambda: typing.run(stop), stop),
+        supervised("scheduler", lambda: scheduler.run(stop), stop),
     ]
     if poll:
         loops.append(Poller(resources).run(stop))

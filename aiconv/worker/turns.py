@@ -413,19 +413,23 @@ class Turns:
 
     # --- the loop ------------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Claim due turns every tick and look after leases every second."""
-        ticks_per_sweep = max(1, round(SWEEP_SECONDS / TICK_SECONDS))
-        tick = 0
+    async def run_claims(self, stop: asyncio.Event) -> None:
+        """Claim due turns every tick (any worker may; each claim happens once)."""
         while not stop.is_set():
             try:
                 await self.claim_due()
-                if tick % ticks_per_sweep == 0:
-                    await self.sweep_leases()
             except RedisError as error:
                 log.warning("turn scheduler cannot reach redis", error=type(error).__name__)
-            tick += 1
             await sleep_or_stop(stop, TICK_SECONDS)
+
+    async def run_sweeps(self, stop: asyncio.Event) -> None:
+        """Look after the leases of turns in flight every second."""
+        while not stop.is_set():
+            try:
+                await self.sweep_leases()
+            except RedisError as error:
+                log.warning("lease sweep cannot reach redis", error=type(error).__name__)
+            await sleep_or_stop(stop, SWEEP_SECONDS)
 
 
 def _text(value: str | bytes | None) -> str | None:
