@@ -289,32 +289,33 @@ class Maintenance:
         self.pool = pool
 
     async def purge_messages_older_than(self, days: int, batch: int = 5000) -> int:
-        """Delete in batches so a large purge never holds long locks."""
-        deleted = 0
-        async with self.pool.connection() as conn:
-            while True:
-                cursor = await conn.execute(
-                    """DELETE FROM messages WHERE id IN (
-                           SELECT id FROM messages
-                           WHERE created_at < now() - make_interval(days => %s) LIMIT %s)""",
-                    (days, batch),
-                )
-                deleted += cursor.rowcount
-                if cursor.rowcount < batch:
-                    return deleted
+        """Delete messages older than `days`, in batches."""
+        return await self._purge_in_batches(
+            """DELETE FROM messages WHERE id IN (
+                   SELECT id FROM messages
+                   WHERE created_at < now() - make_interval(days => %s) LIMIT %s)""",
+            days,
+            batch,
+        )
 
     async def purge_scheduled_runs(self, older_than_days: int, batch: int = 5000) -> int:
         """Delete run records started more than ``older_than_days`` ago, in batches. Every job
         run writes a row (a few a minute), so without this the table only grows."""
+        return await self._purge_in_batches(
+            """DELETE FROM scheduled_runs WHERE id IN (
+                   SELECT id FROM scheduled_runs
+                   WHERE started_at < now() - make_interval(days => %s) LIMIT %s)""",
+            older_than_days,
+            batch,
+        )
+
+    async def _purge_in_batches(self, statement: str, days: int, batch: int) -> int:
+        """Run a `DELETE ... LIMIT batch` until it deletes less than a batch: a large purge
+        never holds long locks."""
         deleted = 0
         async with self.pool.connection() as conn:
             while True:
-                cursor = await conn.execute(
-                    """DELETE FROM scheduled_runs WHERE id IN (
-                           SELECT id FROM scheduled_runs
-                           WHERE started_at < now() - make_interval(days => %s) LIMIT %s)""",
-                    (older_than_days, batch),
-                )
+                cursor = await conn.execute(statement, (days, batch))
                 deleted += cursor.rowcount
                 if cursor.rowcount < batch:
                     return deleted

@@ -29,26 +29,37 @@ PRODUCTION = dataclasses.replace(Settings(), environment="production")
 
 @asynccontextmanager
 async def private_redis(*options: str) -> AsyncIterator[Redis]:
-    port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", *options],
-        stdout=subprocess.DEVNULL,
-    )
-    client = Redis.from_url(f"redis://127.0.0.1:{port}/0", decode_responses=True)
+    """A Redis server of this test's own. A free port can be taken by another process before the
+    server binds it: then the server exits, and the test tries another port (it checks that the
+    Redis answering is its own by its process id)."""
+    for _ in range(5):
+        port = free_port()
+        server = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", *options],
+            stdout=subprocess.DEVNULL,
+        )
+        client = Redis.from_url(f"redis://127.0.0.1:{port}/0", decode_responses=True)
 
-    async def answers() -> bool:
+        async def ours(client: Redis = client, server: subprocess.Popen[bytes] = server) -> bool:
+            if server.poll() is not None:
+                return True  # it could not bind: stop waiting, try another port
+            try:
+                info = await client.info("server")
+            except (OSError, RedisError):
+                return False
+            return int(info["process_id"]) == server.pid
+
         try:
-            return bool(await client.ping())
-        except (OSError, RedisError):
-            return False
-
-    try:
-        await eventually(answers, timeout=20, interval=0.05)
-        yield client
-    finally:
-        await client.aclose()
-        server.terminate()
-        server.wait(10)
+            await eventually(ours, timeout=20, interval=0.05)
+            if server.poll() is None:
+                yield client
+                return
+        finally:
+            await client.aclose()
+            if server.poll() is None:
+                server.terminate()
+            server.wait(10)
+    raise RuntimeError("no free port for a private Redis")
 
 
 async def test_production_refuses_a_redis_without_persistence(redis: Redis) -> None:
