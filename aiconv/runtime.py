@@ -26,7 +26,7 @@ from aiconv.preflight import ensure_port_free, require_durable_redis
 from aiconv.resources import Resources, open_resources
 from aiconv.web.app import create_app
 from aiconv.web.registration import WebhookRegistration
-from aiconv.web.server import serve
+from aiconv.web.server import accepting, serve
 from aiconv.worker.main import run_worker
 
 MODES = ("web", "worker", "ml")
@@ -66,6 +66,8 @@ async def run_modes(
         checks: dict[str, Check] = {"redis": resources.redis.ping, "postgres": resources.store.ping}
         if "ml" in wanted:
             checks["model"] = model_loaded
+        if "web" in wanted:
+            checks["web"] = accepting(settings.port)
         registration = None
         if "web" in wanted and settings.webhook_mode:
             registration = WebhookRegistration(settings, resources.bot)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 from granian.constants import Interfaces
 from granian.server.embed import Server
@@ -22,3 +23,15 @@ async def serve(app: ASGIApp, host: str, port: int, stop: asyncio.Event) -> None
         with contextlib.suppress(asyncio.CancelledError):
             await task
     task.result()  # a failure to bind surfaces here
+
+
+def accepting(port: int) -> Callable[[], Awaitable[None]]:
+    """A readiness check: something accepts connections on this local port (a web worker)."""
+
+    async def check() -> None:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2.0)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+    return check

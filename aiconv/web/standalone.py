@@ -39,7 +39,7 @@ from aiconv.preflight import ensure_port_free, require_durable_redis
 from aiconv.resources import make_redis, open_resources
 from aiconv.web.multiproc import share_metrics_between_workers
 from aiconv.web.registration import WebhookRegistration
-from aiconv.web.server import serve
+from aiconv.web.server import accepting, serve
 
 # A worker has no long jobs (a webhook answers in milliseconds): a few seconds to finish the
 # requests in flight, then it is killed.
@@ -127,7 +127,10 @@ class _OpsThread(threading.Thread):
         self._ready.set()
         settings = self.settings
         async with open_resources(settings, database=False) as resources:
-            checks: dict[str, Check] = {"redis": resources.redis.ping}
+            checks: dict[str, Check] = {
+                "redis": resources.redis.ping,
+                "web": accepting(settings.port),  # a granian worker is listening
+            }
             async with asyncio.TaskGroup() as group:
                 if settings.webhook_mode:
                     registration = WebhookRegistration(settings, resources.bot)
