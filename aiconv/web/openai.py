@@ -33,6 +33,7 @@ from aiconv.ml.protocol import (
     api_response_key,
     served_model_id,
 )
+from aiconv.web import jsonbody
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 REQUEST_TIMEOUT_SECONDS = 600.0  # a request waiting longer for ml (queue + generation) fails
@@ -393,6 +394,6 @@ async def _read_json(request: Request) -> Any:
         if len(body) > MAX_BODY_BYTES:
             raise ApiError(413, f"body over {MAX_BODY_BYTES} bytes", "request_too_large")
     try:
-        return json.loads(body)
-    except ValueError:
-        raise ApiError(400, "the body is not valid JSON", "invalid_json") from None
+        return jsonbody.loads(body)
+    except jsonbody.BadJson as error:
+        raise ApiError(400, f"the body is {error}", "invalid_json") from None

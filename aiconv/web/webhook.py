@@ -8,7 +8,6 @@ under its next request, depending on timing).
 from __future__ import annotations
 
 import hmac
-import json
 
 import structlog
 from redis.exceptions import RedisError
@@ -17,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from aiconv.jobs.queue import JobQueue
 from aiconv.telegram.models import InvalidUpdate, parse_update
+from aiconv.web import jsonbody
 from aiconv.worker.updates import count_update, update_payload
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -56,9 +56,9 @@ def make_webhook(secret: str | None, queue: JobQueue) -> object:
             # request: say so, and the client opens a fresh one instead of finding it closed.
             return _error(413, f"body over {MAX_BODY_BYTES} bytes", {"Connection": "close"})
         try:
-            data = json.loads(body)
+            data = jsonbody.loads(body)
             update = parse_update(data)
-        except (ValueError, InvalidUpdate) as error:
+        except (ValueError, InvalidUpdate) as error:  # jsonbody.BadJson is a ValueError
             return _error(400, f"not a Telegram update: {str(error)[:200]}")
         try:
             added = await queue.enqueue(

@@ -116,3 +116,28 @@ async def test_bad_requests_get_clear_errors(
     assert response.json()["ok"] is False
     # An unread rest of the body leaves the connection unusable: only a 413 closes it.
     assert (response.headers.get("connection") == "close") == (status == 413)
+
+
+def _nested(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _nested(10_000),
+        b'{"update_id": 1, "message": ' + b'{"a": ' * 10_000 + b"1" + b"}" * 10_001,
+        b'{"update_id": 1, "edited_message": ' + _nested(900) + b"}",
+        b'{"update_id": 1, "edited_message": ' + _nested(40) + b"}",
+    ],
+    ids=["array-10000", "object-10000", "array-900", "array-40"],
+)
+async def test_deeply_nested_json_is_a_bad_request_not_a_crash(
+    redis: Redis, redis_prefix: str, body: bytes
+) -> None:
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    async with client_for(REDIS_URL, redis_prefix) as http:
+        response = await http.post("/webhook", content=body, headers=headers)
+    assert response.status_code == 400
+    assert "nested deeper" in response.json()["error"]
+    assert await redis.xlen(f"{redis_prefix}updates") == 0

@@ -1,0 +1,44 @@
+"""The web app's edge, in-process against real Redis: hostile JSON on /v1 (item 6 and 7 of the
+security findings; /webhook's are in test_webhook.py)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from aiconv.config import Settings
+from aiconv.web.app import create_app
+from tests.conftest import REDIS_URL
+
+API_KEY = "sk-edge-test-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def api_client(prefix: str) -> httpx.AsyncClient:
+    settings = Settings.from_env(
+        {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEYS": API_KEY}
+    )
+    transport = httpx.ASGITransport(app=create_app(settings))
+    return httpx.AsyncClient(transport=transport, base_url="http://aiconv")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 10_000 + b"]" * 10_000,
+        b'{"messages": [{"role": "user", "content": ' + b"[" * 10_000 + b"]" * 10_000 + b"}]}",
+        b'{"messages": [{"role": "user", "content": "hi"}], "x": ' + b"[" * 900 + b"]" * 900 + b"}",
+    ],
+    ids=["array-10000", "content-10000", "extra-900"],
+)
+async def test_deeply_nested_json_on_v1_is_a_bad_request_not_a_crash(
+    redis: Redis, redis_prefix: str, body: bytes
+) -> None:
+    async with api_client(redis_prefix) as http:
+        response = await http.post("/v1/chat/completions", content=body, headers=AUTH)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["type"]) == ("invalid_json", "invalid_request_error")
+    assert "nested deeper" in error["message"]
+    assert await redis.xlen(f"{redis_prefix}generate") == 0
