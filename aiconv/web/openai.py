@@ -33,6 +33,7 @@ from aiconv.ml.protocol import (
     api_response_key,
     served_model_id,
 )
+from aiconv.telegram.models import clean_text
 from aiconv.web import jsonbody
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -168,6 +169,7 @@ class OpenAiApi:
             or not all(isinstance(s, str) for s in stops)
         ):
             raise ApiError(400, "stop: a string or a list of up to 4 strings", "invalid_value")
+        stops = [clean_text(s) for s in stops]
         options: Any = body.get("stream_options") or {}
         request_id = uuid.uuid4().hex
         job = {
@@ -351,7 +353,8 @@ def _messages(raw: Any) -> list[dict[str, str]]:
         role = "system" if role == "developer" else role
         if role not in ROLES:
             raise ApiError(400, f"unsupported message role {role!r}", "invalid_value")
-        messages.append({"role": str(role), "content": _content(item.get("content"))})
+        content = clean_text(_content(item.get("content")))  # no NUL, no lone surrogates
+        messages.append({"role": str(role), "content": content})
     return messages
 
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from aiconv.jobs.queue import JobQueue
-from aiconv.telegram.models import InvalidUpdate, parse_update
+from aiconv.telegram.models import InvalidUpdate, clean, parse_update
 from aiconv.web import jsonbody
 from aiconv.worker.updates import count_update, update_payload
 
@@ -60,10 +60,11 @@ def make_webhook(secret: str | None, queue: JobQueue) -> object:
             update = parse_update(data)
         except (ValueError, InvalidUpdate) as error:  # jsonbody.BadJson is a ValueError
             return _error(400, f"not a Telegram update: {str(error)[:200]}")
+        # Cleaned of what could never be stored (NUL, lone surrogates): the job the worker gets
+        # is one it can finish, not one it retries into the DLQ.
+        payload = update_payload(clean(data))
         try:
-            added = await queue.enqueue(
-                queue.keys.updates, update_payload(data), f"update:{update.update_id}"
-            )
+            added = await queue.enqueue(queue.keys.updates, payload, f"update:{update.update_id}")
         except (RedisError, OSError) as error:
             # Telegram retries non-2xx answers later: nothing is lost.
             log.warning(

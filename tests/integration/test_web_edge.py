@@ -3,11 +3,16 @@ security findings; /webhook's are in test_webhook.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import httpx
 import pytest
 from redis.asyncio import Redis
 
 from aiconv.config import Settings
+from aiconv.jobs.keys import Keys
+from aiconv.ml.protocol import api_response_key
 from aiconv.web.app import create_app
 from tests.conftest import REDIS_URL
 
@@ -42,3 +47,38 @@ async def test_deeply_nested_json_on_v1_is_a_bad_request_not_a_crash(
     assert (error["code"], error["type"]) == ("invalid_json", "invalid_request_error")
     assert "nested deeper" in error["message"]
     assert await redis.xlen(f"{redis_prefix}generate") == 0
+
+
+async def test_v1_text_is_cleaned_of_nul_and_lone_surrogates(
+    redis: Redis, redis_prefix: str
+) -> None:
+    body = json.dumps(
+        {
+            "messages": [{"role": "user", "content": "a\u0000b\ud800c"}],
+            "stop": ["x\udc00"],
+            "max_tokens": 4,
+        }
+    )
+    async with api_client(redis_prefix) as http:
+        request = asyncio.create_task(http.post("/v1/chat/completions", content=body, headers=AUTH))
+        try:
+            # Play ml: take the job, check it, answer it.
+            entries: list[object] = []
+            for _ in range(6):  # 30 s at most
+                reply = await redis.xread({f"{redis_prefix}generate": "0-0"}, count=1, block=5000)
+                entries = reply[0][1] if reply else []
+                if entries or request.done():
+                    break
+            assert entries, "no job was queued"
+            _, fields = entries[0]  # type: ignore[misc]
+            job = json.loads(fields["job"])
+            assert job["messages"] == [{"role": "user", "content": "ab\ufffdc"}]
+            assert job["stop"] == ["x\ufffd"]
+            stream = api_response_key(Keys(redis_prefix), job["id"])
+            for event in ({"type": "delta", "text": "ok"}, {"type": "done"}):
+                await redis.xadd(stream, {"event": json.dumps(event)})
+            response = await asyncio.wait_for(request, 30)
+        finally:
+            request.cancel()  # a failed check must not leave the request waiting for ml
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "ok"
