@@ -258,6 +258,7 @@ def admin_routes(
         DeadLetters(redis, Keys(settings.redis_key_prefix)),
     )
     app = Starlette(routes=api.routes(), exception_handlers={HTTPException: _http_error})
+    app.router.redirect_slashes = False  # no redirect built from the Host header (see app.py)
     return [Mount("/admin", app=app)]
 
 

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from aiconv.config import Settings
 from aiconv.jobs.keys import Keys
 from aiconv.ml.protocol import api_response_key
+from aiconv.observability.ops import ops_app
 from aiconv.web.app import create_app
 from tests.conftest import REDIS_URL
 
@@ -82,3 +83,50 @@ async def test_v1_text_is_cleaned_of_nul_and_lone_surrogates(
             request.cancel()  # a failed check must not leave the request waiting for ml
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "ok"
+
+
+# --- no redirect is ever built from the Host header (item 9) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/admin/stats/"),
+        ("GET", "/admin"),
+        ("GET", "/health/"),
+        ("GET", "/ready/"),
+        ("POST", "/webhook/"),
+        ("GET", "/v1/models/"),
+        ("POST", "/v1/chat/completions/"),
+    ],
+)
+async def test_a_trailing_slash_is_not_redirected_to_the_host_header(
+    redis_prefix: str, database_url: str, method: str, path: str
+) -> None:
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": REDIS_URL,
+            "REDIS_KEY_PREFIX": redis_prefix,
+            "DATABASE_URL": database_url,
+            "JWT_SECRET_KEY": "Rq3vX9tLw2Kp8ZmB5nYc7HdF4jGs6QaE",
+            "OPENAI_API_KEYS": API_KEY,
+            "TELEGRAM_WEBHOOK_URL": "https://bot.example.org/webhook",
+            "TELEGRAM_WEBHOOK_SECRET": "edge-secret",
+        }
+    )
+    transport = httpx.ASGITransport(app=create_app(settings))
+    async with httpx.AsyncClient(transport=transport, base_url="http://aiconv") as http:
+        response = await http.request(
+            method, path, headers={"Host": "evil.example", **AUTH}, follow_redirects=False
+        )
+    assert response.status_code == 404
+    assert "location" not in response.headers
+
+
+@pytest.mark.parametrize("path", ["/metrics/", "/health/", "/ready/"])
+async def test_the_ops_port_does_not_redirect_either(path: str) -> None:
+    transport = httpx.ASGITransport(app=ops_app({}))
+    async with httpx.AsyncClient(transport=transport, base_url="http://aiconv") as http:
+        response = await http.get(path, headers={"Host": "evil.example"}, follow_redirects=False)
+    assert response.status_code == 404
+    assert "location" not in response.headers
