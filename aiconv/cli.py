@@ -64,7 +64,7 @@ def _subject(text: str) -> str:
 
 
 def _ttl(text: str) -> int:
-    from aiconv.web.jwt import parse_ttl
+    from aiconv.web.auth import parse_ttl
 
     try:
         return parse_ttl(text)
@@ -141,7 +141,7 @@ def _run(mode: str, settings: Settings) -> int:
 
 def _admin_token(settings: Settings, args: argparse.Namespace) -> int:
     from aiconv.config import ConfigError
-    from aiconv.web.jwt import mint
+    from aiconv.web.auth import mint
 
     if not settings.jwt_secret_key:
         raise ConfigError("JWT_SECRET_KEY", "is not set; the admin API is disabled without it")

@@ -1,7 +1,8 @@
 """The admin API under /admin: stats, dead letters, block/unblock, export and delete a user.
 
 Every endpoint, the OpenAPI document included, needs ``Authorization: Bearer <JWT>`` signed
-with JWT_SECRET_KEY (HS256, ``exp`` required; mint one with ``aiconv admin token``). Without
+with JWT_SECRET_KEY (HS256, ``exp`` and ``sub`` required, verified by PyJWT in
+``aiconv.web.auth``; mint one with ``aiconv admin token``). Without
 JWT_SECRET_KEY the API is disabled: everything under /admin answers 404. Errors are JSON
 (``{"error": "..."}``): 400 bad input, 401 no or bad token, 404 unknown, 409 conflict, 503
 PostgreSQL or Redis unreachable. Bad input is rejected before it reaches a query.
@@ -32,7 +33,7 @@ from aiconv.jobs.keys import Keys
 from aiconv.store.admin import AdminStore
 from aiconv.store.crypto import DecryptionError, TextCipher
 from aiconv.store.repository import Store
-from aiconv.web import jwt
+from aiconv.web import auth
 
 log = structlog.get_logger(__name__)
 
@@ -124,17 +125,14 @@ class AdminApi:
         """Authenticate, then run the handler with the token's subject; map failures to JSON."""
 
         async def endpoint(request: Request) -> Response:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            token = token.strip()
-            if scheme.lower() != "bearer" or not token:
+            token = auth.bearer(request.headers.get("authorization"))
+            if token is None:
                 return _unauthorized("missing bearer token")
             try:
-                claims = jwt.decode(token, self.key)
-            except jwt.InvalidToken as error:
+                claims = auth.decode(token, self.key)
+            except auth.InvalidToken as error:
                 return _unauthorized(str(error))
-            subject = claims.get("sub")
-            if not isinstance(subject, str) or not subject:
-                return _unauthorized("token has no subject")
+            subject: str = claims["sub"]  # required, a non-empty string (auth.decode)
             try:
                 return await handler(request, subject)
             except BadRequest as error:

@@ -9,7 +9,6 @@ streams the tokens back on a per-request Redis stream that this side reads (see
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import time
 import uuid
@@ -34,7 +33,7 @@ from aiconv.ml.protocol import (
     served_model_id,
 )
 from aiconv.telegram.models import clean_text
-from aiconv.web import jsonbody
+from aiconv.web import auth, jsonbody
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 REQUEST_TIMEOUT_SECONDS = 600.0  # a request waiting longer for ml (queue + generation) fails
@@ -72,7 +71,7 @@ def openai_routes(settings: Settings, queue: JobQueue) -> list[Route]:
 
 class OpenAiApi:
     def __init__(self, settings: Settings, queue: JobQueue) -> None:
-        self.api_keys = [key.encode() for key in settings.openai_api_keys]
+        self.api_keys = auth.ApiKeys(settings.openai_api_keys)
         self.queue = queue
         self.redis: Redis = queue.redis
         self.keys = queue.keys
@@ -82,13 +81,7 @@ class OpenAiApi:
     def _check(self, request: Request) -> None:
         if not self.api_keys:
             raise ApiError(404, "the API is not enabled (set OPENAI_API_KEYS)", "not_found")
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        token = given.strip().encode()
-        valid = False
-        for key in self.api_keys:  # compare with every key: time does not tell which matched
-            valid |= hmac.compare_digest(token, key)
-        if scheme.lower() != "bearer" or not valid:
+        if not self.api_keys.accepts(auth.bearer(request.headers.get("authorization"))):
             raise ApiError(401, "invalid or missing API key", "invalid_api_key")
 
     def _model_card(self) -> dict[str, Any]:

@@ -20,9 +20,11 @@ from typing import Any
 
 import httpx
 import hypothesis
+import jwt as pyjwt
 import psycopg
 import pytest
 import schemathesis
+from jwt.utils import base64url_encode
 from redis.asyncio import Redis
 
 from aiconv.config import Settings
@@ -31,13 +33,14 @@ from aiconv.store.admin import AdminStore
 from aiconv.store.db import make_pool
 from aiconv.store.repository import GenerationStats, Store
 from aiconv.telegram.models import IncomingMessage
-from aiconv.web import jwt
+from aiconv.web import auth
 from aiconv.web.admin import OPENAPI
 from aiconv.web.app import create_app
 from tests.conftest import REDIS_URL, RUN_ID, delete_prefixed, migrated_database
 from tests.e2e.harness import free_port
 
 KEY = "admin-test-signing-key-0123456789abcdef"
+OTHER_KEY = "another-signing-key-0123456789abcdef"
 ADMIN_DB = f"aiconv_test_{RUN_ID}_admin"
 
 ENDPOINTS = [
@@ -92,7 +95,7 @@ async def admin_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def bearer(token: str | None = None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token or jwt.mint(KEY, 'tests', 600)}"}
+    return {"Authorization": f"Bearer {token or auth.mint(KEY, 'tests', 600)}"}
 
 
 def incoming(chat_id: int, user_id: int, chat_type: str = "private") -> IncomingMessage:
@@ -135,14 +138,17 @@ async def reply(store: Store, chat_id: int, text: str, prompt: int = 0, completi
 
 def _tokens() -> dict[str, tuple[dict[str, str], str]]:
     now = time.time()
-    no_sub = jwt.encode({"exp": now + 60}, KEY)
+    no_sub = pyjwt.encode({"exp": now + 60}, KEY, algorithm="HS256")
     return {
         "none": ({}, "missing"),
         "basic": ({"Authorization": "Basic dXNlcjpwYXNz"}, "missing"),
         "empty bearer": ({"Authorization": "Bearer "}, "missing"),
         "garbage": (bearer("not.a.token"), "malformed"),
-        "other key": (bearer(jwt.mint("other-key", "x", 60)), "signature"),
-        "expired": (bearer(jwt.mint(KEY, "x", 60, now=now - 3600)), "expired"),
+        "other key": (
+            bearer(auth.mint("another-signing-key-0123456789abcdef", "x", 60)),
+            "signature",
+        ),
+        "expired": (bearer(auth.mint(KEY, "x", 60, now=now - 3600)), "expired"),
         "no subject": (bearer(no_sub), "subject"),
     }
 
@@ -162,8 +168,8 @@ async def test_every_endpoint_needs_a_valid_token(
 
 async def test_an_alg_none_token_is_refused(db: str, redis_prefix: str) -> None:
     claims = {"sub": "x", "exp": time.time() + 60}
-    header = jwt._b64encode(b'{"alg":"none"}')
-    token = f"{header}.{jwt._b64encode(json.dumps(claims).encode())}."
+    header = base64url_encode(b'{"alg":"none"}').decode()
+    token = f"{header}.{base64url_encode(json.dumps(claims).encode()).decode()}."
     async with admin_client(settings_for(db, redis_prefix)) as http:
         response = await http.get("/admin/stats", headers=bearer(token))
     assert response.status_code == 401
@@ -541,13 +547,13 @@ async def test_the_cli_mints_a_token_the_api_accepts(db: str, redis_prefix: str)
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert "\n" not in token
-    claims = jwt.decode(token, KEY)
+    claims = auth.decode(token, KEY)
     assert claims["sub"] == "alice" and claims["exp"] - claims["iat"] == 7200
     async with admin_client(settings_for(db, redis_prefix)) as http:
         assert (await http.get("/admin/stats", headers=bearer(token))).status_code == 200
 
     default = aiconv("admin", "token", "--sub", "bob")
-    claims = jwt.decode(default.stdout.strip(), KEY)
+    claims = auth.decode(default.stdout.strip(), KEY)
     assert claims["exp"] - claims["iat"] == 3600
 
 

@@ -130,3 +130,22 @@ async def test_the_ops_port_does_not_redirect_either(path: str) -> None:
         response = await http.get(path, headers={"Host": "evil.example"}, follow_redirects=False)
     assert response.status_code == 404
     assert "location" not in response.headers
+
+
+# --- the OpenAI API's keys go through aiconv.web.auth -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer sk-edge-test-ke", "Bearer sk-edge-test-keyx", f"Basic {API_KEY}"],
+)
+async def test_v1_refuses_anything_but_a_configured_key(
+    redis_prefix: str, authorization: str | None
+) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    async with api_client(redis_prefix) as http:
+        refused = await http.get("/v1/models", headers=headers)
+        accepted = await http.get("/v1/models", headers=AUTH)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert accepted.status_code == 200
