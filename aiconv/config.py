@@ -341,7 +341,7 @@ class Settings:
         strong = [
             ("TELEGRAM_WEBHOOK_SECRET", self.telegram_webhook_secret),
             ("SECRET_KEY", self.secret_key),
-            ("JWT_SECRET_KEY", self.jwt_secret_key),
+            *(("JWT_SECRET_KEY", key) for key in _list(self.jwt_secret_key)),
             *(("OPENAI_API_KEYS", key) for key in self.openai_api_keys),
         ]
         for name, value in strong:

@@ -78,6 +78,7 @@ def secrets_of(settings: Settings) -> list[str]:
         settings.telegram_webhook_secret,
         settings.secret_key,
         settings.jwt_secret_key,
+        *(settings.jwt_secret_key or "").split(","),
         *settings.openai_api_keys,
     ]
     if settings.encryption_key:

@@ -1,9 +1,13 @@
 """Who may call the web app's APIs: one module for both kinds of credential.
 
 - The admin API takes bearer JWTs signed with JWT_SECRET_KEY, verified by PyJWT: the algorithm is
-  pinned to HS256 (``none`` and every other algorithm are refused, whatever the header says),
-  ``exp`` and ``sub`` are required, ``exp``/``nbf``/``iat`` are checked with a small leeway for
-  clock skew between the minting and the serving host.
+  pinned to HS256 (``none`` and every other algorithm are refused, whatever the header says);
+  ``exp``, ``iat``, ``sub``, ``aud`` (ADMIN_AUDIENCE) and ``scope`` are required; the time claims
+  are checked with a small leeway for clock skew between the minting and the serving host. A
+  token lives at most MAX_TTL_SECONDS. ``scope`` is ``read`` (GET) or ``read write`` (everything).
+  JWT_SECRET_KEY may list keys, ``new,old``: tokens are signed with the first, and each names its
+  key in the ``kid`` header (a digest of the key, see `key_id`), so a rotation keeps the old key's
+  tokens valid until the old key is removed.
 - The OpenAI-compatible API takes static bearer keys (OPENAI_API_KEYS), compared in constant time
   with every configured key.
 
@@ -16,6 +20,7 @@ booleans. What is verified, and how, is PyJWT's.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import math
@@ -29,11 +34,14 @@ from jwt.exceptions import InvalidSubjectError
 from jwt.utils import base64url_decode
 
 ALGORITHM = "HS256"
+ADMIN_AUDIENCE = "aiconv-admin"
 DEFAULT_LEEWAY_SECONDS = 30
 MAX_TOKEN_CHARS = 4096
-MAX_TTL_SECONDS = 366 * 86400
-REQUIRED_CLAIMS = ["exp", "sub"]
+MAX_TTL_SECONDS = 86400
+REQUIRED_CLAIMS = ["exp", "iat", "sub", "aud", "scope"]
 TIME_CLAIMS = ("exp", "nbf", "iat")
+READ, WRITE = "read", "write"
+SCOPES = (READ, WRITE)
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 _TTL = re.compile(r"([0-9]{1,9})([smhd]?)")
@@ -56,22 +64,46 @@ def bearer(authorization: str | None) -> str | None:
 # --- admin API: JWTs ------------------------------------------------------------------------
 
 
-def _key(key: str | bytes) -> bytes:
-    data = key.encode("utf-8") if isinstance(key, str) else key
-    if not data:
+def signing_keys(setting: str) -> list[str]:
+    """The keys of JWT_SECRET_KEY (``new,old``), newest first."""
+    keys = [key.strip() for key in setting.split(",") if key.strip()]
+    if not keys:
         raise ValueError("the signing key is empty")
-    return data
+    return keys
 
 
-def mint(key: str | bytes, subject: str, ttl_seconds: int, now: float | None = None) -> str:
-    """A token for ``subject`` valid from now for ``ttl_seconds``."""
+def key_id(key: str) -> str:
+    """The ``kid`` of a signing key: a digest that names the key without revealing it."""
+    return hashlib.sha256(b"aiconv-admin-kid:" + key.encode()).hexdigest()[:16]
+
+
+def mint(
+    key: str,
+    subject: str,
+    ttl_seconds: int,
+    scopes: Iterable[str] = (READ,),
+    now: float | None = None,
+) -> str:
+    """A token for ``subject`` with these scopes, valid from now for ``ttl_seconds``, signed with
+    the first key of ``key`` (JWT_SECRET_KEY)."""
     if not subject:
         raise ValueError("the subject is empty")
     if not 0 < ttl_seconds <= MAX_TTL_SECONDS:
-        raise ValueError(f"ttl must be between 1 second and {MAX_TTL_SECONDS // 86400} days")
+        raise ValueError(f"ttl must be between 1 second and {MAX_TTL_SECONDS // 3600} hours")
+    granted = sorted(set(scopes) | ({READ} if WRITE in scopes else set()))
+    if not granted or any(scope not in SCOPES for scope in granted):
+        raise ValueError(f"scopes must be among {', '.join(SCOPES)}")
+    signing = signing_keys(key)[0]
     issued = int(time.time() if now is None else now)
-    claims = {"sub": subject, "iat": issued, "nbf": issued, "exp": issued + ttl_seconds}
-    return pyjwt.encode(claims, _key(key), algorithm=ALGORITHM)
+    claims = {
+        "sub": subject,
+        "aud": ADMIN_AUDIENCE,
+        "scope": " ".join(granted),
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + ttl_seconds,
+    }
+    return pyjwt.encode(claims, signing, algorithm=ALGORITHM, headers={"kid": key_id(signing)})
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -99,8 +131,9 @@ def _strict_object(segment: str) -> dict[str, Any]:
     return value
 
 
-def _check_shape(token: object) -> None:
-    """Refuse what PyJWT would let through or choke on (see the module's docstring)."""
+def _check_shape(token: object) -> dict[str, Any]:
+    """Refuse what PyJWT would let through or choke on (see the module's docstring); the
+    (unverified) header."""
     if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not token.isascii():
         raise InvalidToken("malformed token")
     parts = token.split(".")
@@ -117,20 +150,27 @@ def _check_shape(token: object) -> None:
             or not math.isfinite(value)
         ):
             raise InvalidToken(f"claim {name} is not a number")
+    return header
 
 
-def decode(
-    token: str, key: str | bytes, *, leeway: float = DEFAULT_LEEWAY_SECONDS
-) -> dict[str, Any]:
-    """Verify an HS256 token and return its claims; raises InvalidToken otherwise."""
-    secret = _key(key)
-    _check_shape(token)
+def decode(token: str, key: str, *, leeway: float = DEFAULT_LEEWAY_SECONDS) -> dict[str, Any]:
+    """Verify an admin token against the keys of ``key`` (JWT_SECRET_KEY) and return its claims;
+    raises InvalidToken otherwise."""
+    keys = {key_id(k): k for k in signing_keys(key)}
+    header = _check_shape(token)
+    kid = header.get("kid")
+    if not isinstance(kid, str):
+        raise InvalidToken("token has no key id")
+    secret = keys.get(kid)
+    if secret is None:
+        raise InvalidToken("unknown key id")
     try:
         claims: dict[str, Any] = pyjwt.decode(
             token,
             secret,
             algorithms=[ALGORITHM],
-            options={"require": REQUIRED_CLAIMS},
+            audience=ADMIN_AUDIENCE,
+            options={"require": REQUIRED_CLAIMS, "strict_aud": True},
             leeway=leeway,
         )
     except pyjwt.InvalidAlgorithmError:
@@ -148,13 +188,24 @@ def decode(
         raise InvalidToken(f"claim {error.claim} is required") from None
     except InvalidSubjectError:
         raise InvalidToken("token has no subject") from None
+    except pyjwt.InvalidAudienceError:
+        raise InvalidToken("token is not for the admin API") from None
     except pyjwt.PyJWTError:
         raise InvalidToken("malformed token") from None
     if not claims["sub"]:
         raise InvalidToken("token has no subject")
-    if "iat" in claims and claims["iat"] > claims["exp"]:
+    if not isinstance(claims["scope"], str):
+        raise InvalidToken("claim scope is not a string")
+    if claims["iat"] > claims["exp"]:
         raise InvalidToken("token expires before it was issued")
+    if claims["exp"] - claims["iat"] > MAX_TTL_SECONDS:
+        raise InvalidToken("token lives longer than allowed")
     return claims
+
+
+def scopes_of(claims: dict[str, Any]) -> set[str]:
+    """The scopes a verified token grants (``scope`` is space-separated, as in OAuth 2)."""
+    return set(str(claims.get("scope", "")).split())
 
 
 def parse_ttl(text: str) -> int:
@@ -164,7 +215,7 @@ def parse_ttl(text: str) -> int:
         raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 1h, 7d)")
     seconds = int(match.group(1)) * _TTL_UNITS[match.group(2)]
     if not 0 < seconds <= MAX_TTL_SECONDS:
-        raise ValueError(f"ttl must be between 1 second and {MAX_TTL_SECONDS // 86400} days")
+        raise ValueError(f"ttl must be between 1 second and {MAX_TTL_SECONDS // 3600} hours")
     return seconds
 
 

@@ -18,15 +18,20 @@ import pytest
 from aiconv.web import auth
 
 KEY = "unit-test-signing-key-of-decent-length"
+OLD_KEY = "an-older-signing-key-being-rotated-out"
+MISSING = object()  # a claim or header left out of a hand-made token
 # Time claims in the parameters below are offsets from the moment the test runs (PyJWT reads the
-# real clock); `at_now` turns them into times.
+# real clock); `at_now` turns them into times, and fills in the claims every token needs.
 TIME_CLAIMS = ("exp", "nbf", "iat")
+DEFAULT_CLAIMS: dict[str, Any] = {"aud": auth.ADMIN_AUDIENCE, "scope": "read", "iat": 0}
 
 
 def at_now(claims: dict[str, Any]) -> dict[str, Any]:
     now = int(time.time())
     return {
-        k: now + v if k in TIME_CLAIMS and type(v) in (int, float) else v for k, v in claims.items()
+        k: now + v if k in TIME_CLAIMS and type(v) in (int, float) else v
+        for k, v in {**DEFAULT_CLAIMS, **claims}.items()
+        if v is not MISSING
     }
 
 
@@ -35,7 +40,9 @@ def b64(data: bytes) -> str:
 
 
 def forge(header: dict[str, Any], claims: dict[str, Any], key: str = KEY) -> str:
-    """A token assembled by hand, signed with HMAC-SHA256 whatever its header says."""
+    """A token assembled by hand, signed with HMAC-SHA256 whatever its header says; the header
+    names the key (`kid`) unless told otherwise."""
+    header = {k: v for k, v in {"kid": auth.key_id(key), **header}.items() if v is not MISSING}
     signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
     signature = hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{b64(signature)}"
@@ -45,9 +52,17 @@ def test_round_trip() -> None:
     now = int(time.time())
     token = auth.mint(KEY, "ops", 3600, now=now)
     claims = auth.decode(token, KEY)
-    assert claims == {"sub": "ops", "iat": now, "nbf": now, "exp": now + 3600}
+    assert claims == {
+        "sub": "ops",
+        "aud": "aiconv-admin",
+        "scope": "read",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+    }
     header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
-    assert header == {"alg": "HS256", "typ": "JWT"}
+    assert header == {"alg": "HS256", "typ": "JWT", "kid": auth.key_id(KEY)}
+    assert KEY not in header["kid"] and len(header["kid"]) == 16
 
 
 def test_a_hand_made_token_verifies_too() -> None:
@@ -81,6 +96,14 @@ def test_expired_beyond_the_leeway_is_refused() -> None:
         ({"sub": "x", "exp": 10, "iat": 20}, "expires before"),
         ({"sub": "x", "exp": 60, "iat": "now"}, "iat is not a number"),
         ({"sub": "x", "exp": 60, "nbf": "soon"}, "nbf is not a number"),
+        ({"sub": "x", "exp": 60, "iat": MISSING}, "iat is required"),
+        ({"sub": "x", "exp": 86400 + 100, "iat": 0}, "lives longer"),
+        ({"sub": "x", "exp": 86400 - 100, "iat": 0}, None),
+        ({"sub": "x", "exp": 60, "aud": MISSING}, "aud is required"),
+        ({"sub": "x", "exp": 60, "aud": "someone-else"}, "not for the admin API"),
+        ({"sub": "x", "exp": 60, "aud": ["aiconv-admin"]}, "not for the admin API"),
+        ({"sub": "x", "exp": 60, "scope": MISSING}, "scope is required"),
+        ({"sub": "x", "exp": 60, "scope": ["read"]}, "scope is not a string"),
     ],
 )
 def test_time_claims_are_checked(claims: dict[str, Any], reason: str | None) -> None:
@@ -120,8 +143,14 @@ def test_a_non_canonical_signature_encoding_is_refused() -> None:  # PyJWT >= 2.
 
 def test_another_key_is_refused() -> None:
     token = auth.mint("another-key-of-32-or-more-characters", "ops", 3600)
-    with pytest.raises(auth.InvalidToken, match="signature"):
+    with pytest.raises(auth.InvalidToken, match="unknown key id"):
         auth.decode(token, KEY)
+    # claiming the right key id does not help: the signature is checked with the right key
+    relabelled = forge(
+        {"alg": "HS256", "kid": auth.key_id(KEY)}, at_now({"sub": "x", "exp": 60}), OLD_KEY
+    )
+    with pytest.raises(auth.InvalidToken, match="signature"):
+        auth.decode(relabelled, KEY)
 
 
 @pytest.mark.parametrize("alg", ["HS384", "HS512", "RS256", "ES256", "hs256", "", None, 256])
@@ -199,13 +228,15 @@ def test_an_empty_key_is_a_programming_error() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90", 90), ("90s", 90), ("15m", 900), ("1h", 3600), ("1H", 3600), (" 7d ", 604800)],
+    [("90", 90), ("90s", 90), ("15m", 900), ("1h", 3600), ("1H", 3600), (" 1d ", 86400)],
 )
 def test_ttl_parsing(text: str, seconds: int) -> None:
     assert auth.parse_ttl(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "h", "1w", "-1h", "0", "0h", "1.5h", "1 h", "367d", "٣h"])
+@pytest.mark.parametrize(
+    "text", ["", "h", "1w", "-1h", "0", "0h", "1.5h", "1 h", "25h", "2d", "367d", "٣h"]
+)
 def test_bad_ttls_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         auth.parse_ttl(text)
@@ -213,8 +244,51 @@ def test_bad_ttls_are_refused(text: str) -> None:
 
 def test_the_claims_and_header_are_what_pyjwt_reads() -> None:
     token = auth.mint(KEY, "ops", 60)
-    assert pyjwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
-    assert pyjwt.decode(token, KEY, algorithms=["HS256"])["sub"] == "ops"
+    assert pyjwt.get_unverified_header(token)["kid"] == auth.key_id(KEY)
+    claims = pyjwt.decode(token, KEY, algorithms=["HS256"], audience="aiconv-admin")
+    assert claims["sub"] == "ops"
+
+
+def test_the_key_id_picks_the_key_and_rotation_keeps_old_tokens_until_the_key_goes() -> None:
+    old = auth.mint(OLD_KEY, "ops", 60)
+    new = auth.mint(f"{KEY},{OLD_KEY}", "ops", 60)  # signed with the first key
+    assert pyjwt.get_unverified_header(new)["kid"] == auth.key_id(KEY)
+    for token in (old, new):
+        assert auth.decode(token, f"{KEY},{OLD_KEY}")["sub"] == "ops"
+    assert auth.decode(new, KEY)["sub"] == "ops"
+    with pytest.raises(auth.InvalidToken, match="unknown key id"):
+        auth.decode(old, KEY)  # the old key removed: its tokens are gone with it
+
+
+def test_a_token_must_name_a_known_key() -> None:
+    claims = at_now({"sub": "x", "exp": 60})
+    with pytest.raises(auth.InvalidToken, match="no key id"):
+        auth.decode(forge({"alg": "HS256", "kid": MISSING}, claims), KEY)
+    with pytest.raises(auth.InvalidToken, match="no key id"):
+        auth.decode(forge({"alg": "HS256", "kid": 7}, claims), KEY)
+    with pytest.raises(auth.InvalidToken, match="unknown key id"):
+        auth.decode(forge({"alg": "HS256", "kid": auth.key_id(OLD_KEY)}, claims), KEY)
+    # the right kid with another key's signature is still a bad signature
+    with pytest.raises(auth.InvalidToken, match="signature"):
+        auth.decode(forge({"alg": "HS256", "kid": auth.key_id(KEY)}, claims, OLD_KEY), KEY)
+
+
+@pytest.mark.parametrize(
+    ("scopes", "granted"),
+    [
+        (("read",), {"read"}),
+        (("write",), {"read", "write"}),
+        (("read", "write"), {"read", "write"}),
+    ],
+)
+def test_scopes(scopes: tuple[str, ...], granted: set[str]) -> None:
+    assert auth.scopes_of(auth.decode(auth.mint(KEY, "ops", 60, scopes=scopes), KEY)) == granted
+
+
+@pytest.mark.parametrize("scopes", [(), ("admin",), ("read", "root")])
+def test_unknown_scopes_are_refused(scopes: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError):
+        auth.mint(KEY, "ops", 60, scopes=scopes)
 
 
 @pytest.mark.parametrize(

@@ -95,7 +95,8 @@ def test_production_accepts_strong_secrets() -> None:
             "TELEGRAM_WEBHOOK_URL": "https://bot.example.org/webhook",
             "TELEGRAM_WEBHOOK_SECRET": STRONG,
             "SECRET_KEY": STRONG[::-1],
-            "JWT_SECRET_KEY": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "JWT_SECRET_KEY": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08,"
+            + STRONG[::-1],
             "OPENAI_API_KEYS": f"sk-{STRONG},sk-{STRONG[::-1]}",
             "ENCRYPTION_KEY": f"{STRONG_KEY},an-older-passphrase-key",
             "DB_PASSWORD": "k2J8vQ0x",
@@ -126,6 +127,7 @@ def test_production_accepts_strong_secrets() -> None:
         ("TELEGRAM_BOT_TOKEN", "Change-Me-Bot-Token", "is a placeholder"),
         # long but not secret
         ("JWT_SECRET_KEY", "a" * 64, "too predictable"),
+        ("JWT_SECRET_KEY", f"{STRONG},old-short-key", "needs 32+"),
         ("JWT_SECRET_KEY", "abc" * 12, "too predictable"),
         ("OPENAI_API_KEYS", f"{STRONG},0123456789abcdefghijklmnopqrstuvwxyz", "too predictable"),
         ("TELEGRAM_WEBHOOK_SECRET", "Kq8vRz2m" * 5, "too predictable"),
