@@ -53,7 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--sub", required=True, type=_subject, help="who the token is for (logged with each call)"
     )
-    token.add_argument("--ttl", type=_ttl, default="1h", help="lifetime: 90s, 30m, 1h, 7d")
+    token.add_argument("--ttl", type=_ttl, default="1h", help="lifetime: 90s, 30m, 1h (≤ 24h)")
+    token.add_argument(
+        "--scope",
+        choices=("read", "write"),
+        default="read",
+        help="read: GET calls only (default); write: every call",
+    )
     return parser
 
 
@@ -64,7 +70,7 @@ def _subject(text: str) -> str:
 
 
 def _ttl(text: str) -> int:
-    from aiconv.web.jwt import parse_ttl
+    from aiconv.web.auth import parse_ttl
 
     try:
         return parse_ttl(text)
@@ -141,11 +147,12 @@ def _run(mode: str, settings: Settings) -> int:
 
 def _admin_token(settings: Settings, args: argparse.Namespace) -> int:
     from aiconv.config import ConfigError
-    from aiconv.web.jwt import mint
+    from aiconv.web.auth import mint
 
     if not settings.jwt_secret_key:
         raise ConfigError("JWT_SECRET_KEY", "is not set; the admin API is disabled without it")
-    print(mint(settings.jwt_secret_key, args.sub, args.ttl))
+    scopes = ("read", "write") if args.scope == "write" else ("read",)
+    print(mint(settings.jwt_secret_key, args.sub, args.ttl, scopes=scopes))
     return 0
 
 

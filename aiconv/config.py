@@ -6,13 +6,18 @@ variable, which the CLI turns into one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import base64
 import importlib.metadata
+import itertools
+import math
 import os
+import re
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from aiconv.conversation.pacing import PacingConfig
 from aiconv.conversation.prompt import DEFAULT_PERSONA
@@ -25,8 +30,27 @@ T = TypeVar("T")
 Environment = Literal["dev", "production"]
 LogFormat = Literal["json", "console"]
 
-# Values that ship in templates; running production with one of them is a mistake.
-PLACEHOLDER_MARKERS = ("change-me", "changeme", "placeholder", "<", "example", "secret-key")
+# Values that ship in templates; running production with one of them is a mistake. Compared
+# with the value lowercased and stripped of everything but letters and digits, so `Change_Me`,
+# `CHANGE ME` and `change.me` are caught as well as `change-me`.
+PLACEHOLDER_MARKERS = (
+    "changeme",
+    "replaceme",
+    "placeholder",
+    "example",
+    "secretkey",
+    "yoursecret",
+    "yourtoken",
+    "yourkey",
+    "password",
+    "insecure",
+    "notsecret",
+    "dummy",
+)
+# Production secrets (webhook secret, JWT key, API keys, SECRET_KEY) need this many characters,
+# and must look random (see `_weakness`).
+MIN_SECRET_CHARS = 32
+ENCRYPTION_KEY_BYTES = 32
 
 
 class ConfigError(Exception):
@@ -289,24 +313,42 @@ class Settings:
             job_max_deliveries=read.integer("JOB_MAX_DELIVERIES", 5, minimum=1),
             shutdown_grace_seconds=read.number("SHUTDOWN_GRACE_SECONDS", 25.0, minimum=0.0),
         )
-        settings.check_secrets()
+        settings.check_secrets(
+            (
+                ("DATABASE_URL", _url_password(settings.database_url))
+                if read.raw("DATABASE_URL")
+                else ("DB_PASSWORD", read.raw("DB_PASSWORD")),
+                ("REDIS_URL", _url_password(settings.redis_url))
+                if read.raw("REDIS_URL")
+                else ("REDIS_PASSWORD", read.raw("REDIS_PASSWORD")),
+            )
+        )
         return settings
 
-    def check_secrets(self) -> None:
-        """Refuse template placeholders for secrets outside development."""
+    def check_secrets(self, passwords: tuple[tuple[str, str | None], ...] = ()) -> None:
+        """Outside development, refuse placeholders and weak secrets, naming the variable.
+
+        `passwords`: (variable, value) of the database and Redis passwords, refused only when
+        they are placeholders (their strength is the data services' business).
+        """
         if self.environment != "production":
             return
         if not self.telegram_bot_token:
             raise ConfigError("TELEGRAM_BOT_TOKEN", "required in production")
-        for name, value in (
-            ("TELEGRAM_BOT_TOKEN", self.telegram_bot_token),
+        for name, value in (("TELEGRAM_BOT_TOKEN", self.telegram_bot_token), *passwords):
+            if value is not None and _is_placeholder(value):
+                raise ConfigError(name, "is a placeholder; set a real secret in production")
+        strong = [
             ("TELEGRAM_WEBHOOK_SECRET", self.telegram_webhook_secret),
             ("SECRET_KEY", self.secret_key),
-            ("JWT_SECRET_KEY", self.jwt_secret_key),
-            ("ENCRYPTION_KEY", self.encryption_key),
-        ):
-            if value is not None and any(m in value.lower() for m in PLACEHOLDER_MARKERS):
-                raise ConfigError(name, "is a placeholder; set a real secret in production")
+            *(("JWT_SECRET_KEY", key) for key in _list(self.jwt_secret_key)),
+            *(("OPENAI_API_KEYS", key) for key in self.openai_api_keys),
+        ]
+        for name, value in strong:
+            if value is not None and (problem := _weakness(value)):
+                raise ConfigError(name, f"{problem}; make one with `{_MAKE_SECRET}`")
+        if self.encryption_key is not None:
+            _check_encryption_keys(self.encryption_key)
 
     def require_bot_token(self) -> str:
         if not self.telegram_bot_token:
@@ -347,6 +389,76 @@ def _encryption_keys(read: _Reader) -> str | None:
     if value is not None and any(len(part.strip()) < 16 for part in value.split(",")):
         raise ConfigError("ENCRYPTION_KEY", "each comma-separated key needs 16+ characters")
     return value
+
+
+_MAKE_SECRET = "openssl rand -hex 32"
+_MAKE_KEY = "openssl rand -base64 32"
+
+
+def _is_placeholder(value: str) -> bool:
+    if "<" in value or ">" in value:  # `<your token>`
+        return True
+    folded = "".join(c for c in value.lower() if c.isalnum())
+    return any(marker in folded for marker in PLACEHOLDER_MARKERS)
+
+
+def _weakness(secret: str) -> str | None:
+    """Why this secret is too weak for production, or None.
+
+    Random secrets of 32+ characters pass (hex, base64, or any alphabet of 10+ symbols); what
+    fails is what people type: short values, template placeholders, repetitions (`abcabc…`, a
+    word twice), runs (`0123…`, `abcd…`) and little variety (`aaaa…`).
+    """
+    if len(secret) < MIN_SECRET_CHARS:
+        return f"needs {MIN_SECRET_CHARS}+ random characters in production"
+    if _is_placeholder(secret):
+        return "is a placeholder"
+    counts = Counter(secret)
+    bits = -sum(n * math.log2(n / len(secret)) for n in counts.values())
+    grams = [secret[i : i + 8] for i in range(len(secret) - 7)]
+    steps = [abs(ord(a) - ord(b)) <= 1 for a, b in itertools.pairwise(secret)]
+    if bits < 72 or len(set(grams)) < len(grams) or sum(steps) > 0.6 * len(steps):
+        return "is too predictable (repeated or sequential characters)"
+    return None
+
+
+def _key_material(text: str) -> bytes | None:
+    """The bytes of a key written as hex or as base64 (standard or URL-safe, padded or not)."""
+    if re.fullmatch(r"[0-9a-fA-F]+", text) and len(text) % 2 == 0:
+        return bytes.fromhex(text)
+    if re.fullmatch(r"[A-Za-z0-9+/_-]+={0,2}", text):
+        unpadded = text.rstrip("=").replace("-", "+").replace("_", "/")
+        try:
+            return base64.b64decode(unpadded + "=" * (-len(unpadded) % 4), validate=True)
+        except ValueError:
+            return None
+    return None
+
+
+def _check_encryption_keys(value: str) -> None:
+    """The key that encrypts (the first) must be 32 random bytes, as base64 or hex; older keys,
+    which only read what they wrote, may be the passphrases of earlier releases."""
+    keys = [part.strip() for part in value.split(",")]
+    for key in keys:
+        if _is_placeholder(key):
+            raise ConfigError("ENCRYPTION_KEY", "is a placeholder; set a real key in production")
+    raw = _key_material(keys[0])
+    if raw is None or len(raw) != ENCRYPTION_KEY_BYTES:
+        raise ConfigError(
+            "ENCRYPTION_KEY",
+            f"the first key must be {ENCRYPTION_KEY_BYTES} random bytes as base64 or hex in "
+            f"production; make one with `{_MAKE_KEY}`",
+        )
+    if len(set(raw)) < 16:  # 32 random bytes have ~30 distinct values; this is a pattern
+        raise ConfigError("ENCRYPTION_KEY", f"the first key is not random; use `{_MAKE_KEY}`")
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return None
+    return unquote(password) if password else None
 
 
 def _valid_webhook_secret(secret: str) -> bool:

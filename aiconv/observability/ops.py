@@ -52,4 +52,6 @@ def ops_app(checks: Mapping[str, Check]) -> Starlette:
     async def metrics(_: Request) -> Response:
         return Response(exposition(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[*health_routes(checks), Route("/metrics", metrics)])
+    app = Starlette(routes=[*health_routes(checks), Route("/metrics", metrics)])
+    app.router.redirect_slashes = False  # no redirect built from the Host header
+    return app

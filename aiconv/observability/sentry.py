@@ -1,6 +1,19 @@
-"""Sentry error reporting, when SENTRY_DSN is set and the `sentry` extra is installed."""
+"""Sentry error reporting, when SENTRY_DSN is set and the `sentry` extra is installed.
+
+Nothing secret leaves the process in a report. The bot token is part of every Bot API URL, and
+httpx breadcrumbs, exception messages and stack frames all carry URLs, so every event and every
+breadcrumb is scrubbed before it is kept: the path segment after ``/bot`` (``/bot<token>/getMe``
+becomes ``/bot[Filtered]/getMe``), the password of any ``scheme://user:password@`` URL, and the
+value of every configured secret wherever it appears. Local variables are not sent at all: they
+hold message text and secrets under names no scrubber can guess.
+"""
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import structlog
 
@@ -8,8 +21,97 @@ from aiconv.config import Settings
 
 log = structlog.get_logger(__name__)
 
+FILTERED = "[Filtered]"
+# A secret shorter than this is not searched for: it would blank every occurrence of a common
+# substring. Production refuses secrets that short anyway (see Settings.check_secrets).
+MIN_SCRUBBED_CHARS = 6
+_MAX_DEPTH = 64
 
-def init_sentry(settings: Settings) -> bool:
+# "/bot" followed by a token: a segment that starts with the bot's numeric id, or any segment
+# that another path segment follows (`/bot<token>/getMe`).
+_BOT_PATH = re.compile(r"/bot(?:[0-9][^/\s'\"<>]*|[^/\s'\"<>]+(?=/))")
+# The password of a URL with credentials: postgresql://user:password@host, redis://:pw@host.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
+
+
+class Scrubber:
+    """Replace the bot token, URL passwords and the given secret values in any event."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        variants: set[str] = set()
+        for secret in secrets:
+            for form in (secret, quote(secret, safe=""), unquote(secret)):
+                if len(form) >= MIN_SCRUBBED_CHARS:
+                    variants.add(form)
+        # Longest first, so a secret containing another is replaced whole.
+        ordered = sorted(variants, key=len, reverse=True)
+        self._secrets = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    def text(self, value: str) -> str:
+        if self._secrets is not None:
+            value = self._secrets.sub(FILTERED, value)
+        value = _BOT_PATH.sub("/bot" + FILTERED, value)
+        return _URL_PASSWORD.sub(r"\g<head>" + FILTERED + "@", value)
+
+    def value(self, value: Any, depth: int = 0) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if depth > _MAX_DEPTH:
+            return value
+        if isinstance(value, dict):
+            return {key: self.value(item, depth + 1) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.value(item, depth + 1) for item in value]
+        return value
+
+    def event(self, event: dict[str, Any], hint: Any = None) -> dict[str, Any]:
+        return dict(self.value(event))
+
+    def breadcrumb(self, crumb: dict[str, Any], hint: Any = None) -> dict[str, Any]:
+        return dict(self.value(crumb))
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret value the settings hold, and the parts of them that travel on their own."""
+    values = [
+        settings.telegram_bot_token,
+        settings.telegram_webhook_secret,
+        settings.secret_key,
+        settings.jwt_secret_key,
+        *(settings.jwt_secret_key or "").split(","),
+        *settings.openai_api_keys,
+    ]
+    if settings.encryption_key:
+        values += [settings.encryption_key, *settings.encryption_key.split(",")]
+    _, _, token_secret = settings.telegram_bot_token.partition(":")
+    values.append(token_secret)  # the part after the bot id is what makes the token secret
+    for url in (settings.database_url, settings.redis_url):
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        values.append(password)
+    return [value.strip() for value in values if value and value.strip()]
+
+
+def sentry_options(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments of sentry_sdk.init for these settings."""
+    scrubber = Scrubber(secrets_of(settings))
+    before: Callable[[dict[str, Any], Any], dict[str, Any]] = scrubber.event
+    return {
+        "dsn": settings.sentry_dsn,
+        "environment": settings.sentry_environment or settings.environment,
+        "send_default_pii": False,  # message text and user names stay out of error reports
+        "include_local_variables": False,  # so do the locals that hold them, and secrets
+        "traces_sample_rate": 0.0,
+        "before_send": before,
+        "before_send_transaction": before,
+        "before_breadcrumb": scrubber.breadcrumb,
+    }
+
+
+def init_sentry(settings: Settings, **overrides: Any) -> bool:
+    """Start Sentry when SENTRY_DSN is set; `overrides` replace options (tests: a transport)."""
     if not settings.sentry_dsn:
         return False
     try:
@@ -17,10 +119,5 @@ def init_sentry(settings: Settings) -> bool:
     except ImportError:
         log.warning("SENTRY_DSN is set but sentry-sdk is missing: pip install 'aiconv[sentry]'")
         return False
-    sentry_sdk.init(
-        dsn=settings.sentry_dsn,
-        environment=settings.sentry_environment or settings.environment,
-        send_default_pii=False,  # message text and user names stay out of error reports
-        traces_sample_rate=0.0,
-    )
+    sentry_sdk.init(**{**sentry_options(settings), **overrides})
     return True

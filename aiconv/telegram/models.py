@@ -1,7 +1,15 @@
-"""Telegram Bot API Update parsing into small frozen dataclasses."""
+"""Telegram Bot API Update parsing into small frozen dataclasses.
+
+What is parsed here can always be stored: every id must fit PostgreSQL's BIGINT (an update with
+`update_id` 10^30 is invalid, not a job that fails five times and is dead-lettered), and text
+is cleaned of what PostgreSQL's TEXT and UTF-8 cannot hold: NUL characters are removed and lone
+UTF-16 surrogates (JSON ``"\ud800"``) become U+FFFD. `clean` does the same to a whole update
+before it is queued.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -11,8 +19,34 @@ MessageKind = Literal["text", "photo", "voice", "sticker", "document", "video", 
 _MEDIA_KINDS: tuple[MessageKind, ...] = ("photo", "voice", "sticker", "document", "video", "audio")
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+REPLACEMENT = "\ufffd"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 class InvalidUpdate(ValueError):
     """The payload is not a Telegram Update we can trust."""
+
+
+def clean_text(text: str) -> str:
+    """`text` without NUL characters, its lone surrogates replaced by U+FFFD."""
+    if _UNSTORABLE.search(text) is None:
+        return text
+    return _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else REPLACEMENT, text)
+
+
+def clean(value: Any) -> Any:
+    """A JSON value with every string (keys included) passed through `clean_text`.
+
+    Recursive: give it only values whose depth is bounded (see aiconv.web.jsonbody).
+    """
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -41,6 +75,8 @@ def _req_int(obj: dict[str, Any], key: str, where: str) -> int:
     # bool is a subclass of int; Telegram never sends booleans for ids.
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidUpdate(f"invalid update: {where}.{key} must be an integer")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise InvalidUpdate(f"invalid update: {where}.{key} is out of range")
     return value
 
 
@@ -50,7 +86,7 @@ def _opt_str(obj: dict[str, Any], key: str, where: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidUpdate(f"invalid update: {where}.{key} must be a string")
-    return value
+    return clean_text(value)
 
 
 def _parse_message(update_id: int, msg: object) -> IncomingMessage:
@@ -63,6 +99,7 @@ def _parse_message(update_id: int, msg: object) -> IncomingMessage:
     chat_type = chat.get("type", "private")
     if not isinstance(chat_type, str):
         raise InvalidUpdate("invalid update: message.chat.type must be a string")
+    chat_type = clean_text(chat_type)
     message_id = _req_int(msg, "message_id", "message")
     date = _req_int(msg, "date", "message")
 

@@ -1,10 +1,14 @@
 """The admin API under /admin: stats, dead letters, block/unblock, export and delete a user.
 
 Every endpoint, the OpenAPI document included, needs ``Authorization: Bearer <JWT>`` signed
-with JWT_SECRET_KEY (HS256, ``exp`` required; mint one with ``aiconv admin token``). Without
-JWT_SECRET_KEY the API is disabled: everything under /admin answers 404. Errors are JSON
-(``{"error": "..."}``): 400 bad input, 401 no or bad token, 404 unknown, 409 conflict, 503
-PostgreSQL or Redis unreachable. Bad input is rejected before it reaches a query.
+with JWT_SECRET_KEY (HS256, audience ``aiconv-admin``, at most 24 h; verified by PyJWT in
+``aiconv.web.auth``; mint one with ``aiconv admin token``). GET needs the ``read`` scope, POST
+and DELETE the ``write`` scope (403 otherwise). Every call and every refusal is logged with its
+method, path, client address and status, and the token's subject when it has one; never the
+token. Without JWT_SECRET_KEY the API is disabled: everything under /admin answers 404. Errors
+are JSON (``{"error": "..."}``): 400 bad input, 401 no or bad token, 403 scope missing, 404
+unknown, 409 conflict, 503 PostgreSQL or Redis unreachable. Bad input is rejected before it
+reaches a query.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from aiconv.jobs.keys import Keys
 from aiconv.store.admin import AdminStore
 from aiconv.store.crypto import DecryptionError, TextCipher
 from aiconv.store.repository import Store
-from aiconv.web import jwt
+from aiconv.web import auth
 
 log = structlog.get_logger(__name__)
 
@@ -121,38 +125,57 @@ class AdminApi:
         self.replayable = {dead.keys.updates, dead.keys.generate, dead.keys.replies}
 
     def guard(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        """Authenticate, then run the handler with the token's subject; map failures to JSON."""
+        """Authenticate and authorise, run the handler with the token's subject, map failures to
+        JSON; every call and every refusal is logged (never the token)."""
 
         async def endpoint(request: Request) -> Response:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            token = token.strip()
-            if scheme.lower() != "bearer" or not token:
+            audit = log.bind(
+                method=request.method,
+                path=request.url.path,
+                client=request.client.host if request.client else None,
+            )
+            token = auth.bearer(request.headers.get("authorization"))
+            if token is None:
+                audit.warning("admin: refused", status=401, reason="missing bearer token")
                 return _unauthorized("missing bearer token")
             try:
-                claims = jwt.decode(token, self.key)
-            except jwt.InvalidToken as error:
+                claims = auth.decode(token, self.key)
+            except auth.InvalidToken as error:
+                audit.warning("admin: refused", status=401, reason=str(error))
                 return _unauthorized(str(error))
-            subject = claims.get("sub")
-            if not isinstance(subject, str) or not subject:
-                return _unauthorized("token has no subject")
-            try:
-                return await handler(request, subject)
-            except BadRequest as error:
-                return _error(400, str(error))
-            except NotFound as error:
-                return _error(404, str(error))
-            except psycopg.OperationalError as error:
-                log.warning("admin: database unavailable", error=type(error).__name__)
-                return _error(503, "database unavailable")
-            except (RedisError, OSError) as error:
-                log.warning("admin: redis unavailable", error=type(error).__name__)
-                return _error(503, "redis unavailable")
-            except DecryptionError as error:
-                # A key missing from ENCRYPTION_KEY: the operator's to fix, not a crash.
-                log.error("admin: stored text cannot be decrypted", error=str(error))
-                return _error(409, f"cannot decrypt stored text: {error}")
+            subject: str = claims["sub"]  # required, a non-empty string (auth.decode)
+            audit = audit.bind(sub=subject)
+            needed = auth.READ if request.method in ("GET", "HEAD") else auth.WRITE
+            if needed not in auth.scopes_of(claims):
+                audit.warning("admin: refused", status=403, reason=f"needs scope {needed}")
+                return _error(
+                    403,
+                    f"the token lacks the {needed} scope",
+                    {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{needed}"'},
+                )
+            response = await self._run(handler, request, subject)
+            audit.info("admin: call", status=response.status_code)
+            return response
 
         return endpoint
+
+    async def _run(self, handler: Handler, request: Request, subject: str) -> Response:
+        try:
+            return await handler(request, subject)
+        except BadRequest as error:
+            return _error(400, str(error))
+        except NotFound as error:
+            return _error(404, str(error))
+        except psycopg.OperationalError as error:
+            log.warning("admin: database unavailable", error=type(error).__name__)
+            return _error(503, "database unavailable")
+        except (RedisError, OSError) as error:
+            log.warning("admin: redis unavailable", error=type(error).__name__)
+            return _error(503, "redis unavailable")
+        except DecryptionError as error:
+            # A key missing from ENCRYPTION_KEY: the operator's to fix, not a crash.
+            log.error("admin: stored text cannot be decrypted", error=str(error))
+            return _error(409, f"cannot decrypt stored text: {error}")
 
     async def stats(self, request: Request, subject: str) -> Response:
         days = _query_int(request, "days", STATS_DAYS_DEFAULT, STATS_DAYS_MAX)
@@ -247,8 +270,8 @@ def admin_routes(
     """The /admin mount: the API when JWT_SECRET_KEY is set (and a pool given), else 404s."""
     if not settings.jwt_secret_key or pool is None:
         return [Mount("/admin", app=_disabled)]
-    if len(settings.jwt_secret_key.encode()) < 32:
-        # HS256 tokens can be brute-forced offline against a short key.
+    if any(len(key.encode()) < 32 for key in auth.signing_keys(settings.jwt_secret_key)):
+        # HS256 tokens can be brute-forced offline against a short key (production refuses it).
         log.warning("JWT_SECRET_KEY is shorter than 32 bytes; use a long random value")
     api = AdminApi(
         settings.jwt_secret_key,
@@ -258,6 +281,7 @@ def admin_routes(
         DeadLetters(redis, Keys(settings.redis_key_prefix)),
     )
     app = Starlette(routes=api.routes(), exception_handlers={HTTPException: _http_error})
+    app.router.redirect_slashes = False  # no redirect built from the Host header (see app.py)
     return [Mount("/admin", app=app)]
 
 
@@ -280,6 +304,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
 _RESPONSE_NAMES = {
     400: "BadRequest",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "NotFound",
     409: "Conflict",
     503: "Unavailable",
@@ -317,7 +342,9 @@ OPENAPI: dict[str, Any] = {
         "title": "aiconv admin API",
         "version": "1",
         "description": "Operate aiconv: stats, dead letters, users. Every endpoint needs a "
-        "bearer JWT (HS256, JWT_SECRET_KEY; `aiconv admin token --sub NAME --ttl 1h`).",
+        "bearer JWT (HS256, JWT_SECRET_KEY, audience aiconv-admin; `aiconv admin token --sub "
+        "NAME --ttl 1h`). GET needs the read scope, POST and DELETE the write scope "
+        "(`--scope write`).",
     },
     "security": [{"bearerAuth": []}],
     "paths": {
@@ -398,7 +425,7 @@ OPENAPI: dict[str, Any] = {
                         },
                         "replayed",
                     ),
-                    **_errors(400, 401, 404, 409, 503),
+                    **_errors(400, 401, 403, 404, 409, 503),
                 },
             }
         },
@@ -419,7 +446,7 @@ OPENAPI: dict[str, Any] = {
                         },
                         "dropped",
                     ),
-                    **_errors(400, 401, 404, 503),
+                    **_errors(400, 401, 403, 404, 503),
                 },
             }
         },
@@ -430,7 +457,7 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [_USER_ID],
                 "responses": {
                     "200": _json_body({"$ref": "#/components/schemas/Blocked"}, "blocked"),
-                    **_errors(400, 401, 404, 503),
+                    **_errors(400, 401, 403, 404, 503),
                 },
             }
         },
@@ -441,7 +468,7 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [_USER_ID],
                 "responses": {
                     "200": _json_body({"$ref": "#/components/schemas/Blocked"}, "unblocked"),
-                    **_errors(400, 401, 404, 503),
+                    **_errors(400, 401, 403, 404, 503),
                 },
             }
         },
@@ -481,7 +508,7 @@ OPENAPI: dict[str, Any] = {
                         },
                         "deleted",
                     ),
-                    **_errors(400, 401, 404, 503),
+                    **_errors(400, 401, 403, 404, 503),
                 },
             }
         },
@@ -504,6 +531,10 @@ OPENAPI: dict[str, Any] = {
             "BadRequest": _json_body(_ERROR, "the input is malformed or out of range"),
             "Unauthorized": {
                 **_json_body(_ERROR, "no bearer token, or an invalid or expired one"),
+                "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+            },
+            "Forbidden": {
+                **_json_body(_ERROR, "the token lacks the write scope this call needs"),
                 "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
             },
             "NotFound": _json_body(_ERROR, "no such resource"),

@@ -57,4 +57,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *openai_routes(settings, queue),
         *admin_routes(settings, redis, pool),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(MetricsMiddleware)])
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(MetricsMiddleware)])
+    # Starlette answers `/path/` with a redirect to `/path` built from the Host header, which a
+    # client chooses: `Host: evil.example` made a redirect to http://evil.example/. No path here
+    # has two spellings, so none is redirected: a wrong one is a 404.
+    app.router.redirect_slashes = False
+    return app

@@ -9,7 +9,6 @@ streams the tokens back on a per-request Redis stream that this side reads (see
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import time
 import uuid
@@ -33,6 +32,8 @@ from aiconv.ml.protocol import (
     api_response_key,
     served_model_id,
 )
+from aiconv.telegram.models import clean_text
+from aiconv.web import auth, jsonbody
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 REQUEST_TIMEOUT_SECONDS = 600.0  # a request waiting longer for ml (queue + generation) fails
@@ -70,7 +71,7 @@ def openai_routes(settings: Settings, queue: JobQueue) -> list[Route]:
 
 class OpenAiApi:
     def __init__(self, settings: Settings, queue: JobQueue) -> None:
-        self.api_keys = [key.encode() for key in settings.openai_api_keys]
+        self.api_keys = auth.ApiKeys(settings.openai_api_keys)
         self.queue = queue
         self.redis: Redis = queue.redis
         self.keys = queue.keys
@@ -80,13 +81,7 @@ class OpenAiApi:
     def _check(self, request: Request) -> None:
         if not self.api_keys:
             raise ApiError(404, "the API is not enabled (set OPENAI_API_KEYS)", "not_found")
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        token = given.strip().encode()
-        valid = False
-        for key in self.api_keys:  # compare with every key: time does not tell which matched
-            valid |= hmac.compare_digest(token, key)
-        if scheme.lower() != "bearer" or not valid:
+        if not self.api_keys.accepts(auth.bearer(request.headers.get("authorization"))):
             raise ApiError(401, "invalid or missing API key", "invalid_api_key")
 
     def _model_card(self) -> dict[str, Any]:
@@ -167,6 +162,7 @@ class OpenAiApi:
             or not all(isinstance(s, str) for s in stops)
         ):
             raise ApiError(400, "stop: a string or a list of up to 4 strings", "invalid_value")
+        stops = [clean_text(s) for s in stops]
         options: Any = body.get("stream_options") or {}
         request_id = uuid.uuid4().hex
         job = {
@@ -350,7 +346,8 @@ def _messages(raw: Any) -> list[dict[str, str]]:
         role = "system" if role == "developer" else role
         if role not in ROLES:
             raise ApiError(400, f"unsupported message role {role!r}", "invalid_value")
-        messages.append({"role": str(role), "content": _content(item.get("content"))})
+        content = clean_text(_content(item.get("content")))  # no NUL, no lone surrogates
+        messages.append({"role": str(role), "content": content})
     return messages
 
 
@@ -393,6 +390,6 @@ async def _read_json(request: Request) -> Any:
         if len(body) > MAX_BODY_BYTES:
             raise ApiError(413, f"body over {MAX_BODY_BYTES} bytes", "request_too_large")
     try:
-        return json.loads(body)
-    except ValueError:
-        raise ApiError(400, "the body is not valid JSON", "invalid_json") from None
+        return jsonbody.loads(body)
+    except jsonbody.BadJson as error:
+        raise ApiError(400, f"the body is {error}", "invalid_json") from None

@@ -8,7 +8,6 @@ under its next request, depending on timing).
 from __future__ import annotations
 
 import hmac
-import json
 
 import structlog
 from redis.exceptions import RedisError
@@ -16,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from aiconv.jobs.queue import JobQueue
-from aiconv.telegram.models import InvalidUpdate, parse_update
+from aiconv.telegram.models import InvalidUpdate, clean, parse_update
+from aiconv.web import jsonbody
 from aiconv.worker.updates import count_update, update_payload
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -56,14 +56,15 @@ def make_webhook(secret: str | None, queue: JobQueue) -> object:
             # request: say so, and the client opens a fresh one instead of finding it closed.
             return _error(413, f"body over {MAX_BODY_BYTES} bytes", {"Connection": "close"})
         try:
-            data = json.loads(body)
+            data = jsonbody.loads(body)
             update = parse_update(data)
-        except (ValueError, InvalidUpdate) as error:
+        except (ValueError, InvalidUpdate) as error:  # jsonbody.BadJson is a ValueError
             return _error(400, f"not a Telegram update: {str(error)[:200]}")
+        # Cleaned of what could never be stored (NUL, lone surrogates): the job the worker gets
+        # is one it can finish, not one it retries into the DLQ.
+        payload = update_payload(clean(data))
         try:
-            added = await queue.enqueue(
-                queue.keys.updates, update_payload(data), f"update:{update.update_id}"
-            )
+            added = await queue.enqueue(queue.keys.updates, payload, f"update:{update.update_id}")
         except (RedisError, OSError) as error:
             # Telegram retries non-2xx answers later: nothing is lost.
             log.warning(

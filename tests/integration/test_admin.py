@@ -20,9 +20,12 @@ from typing import Any
 
 import httpx
 import hypothesis
+import jwt as pyjwt
 import psycopg
 import pytest
 import schemathesis
+import structlog.testing
+from jwt.utils import base64url_encode
 from redis.asyncio import Redis
 
 from aiconv.config import Settings
@@ -31,13 +34,15 @@ from aiconv.store.admin import AdminStore
 from aiconv.store.db import make_pool
 from aiconv.store.repository import GenerationStats, Store
 from aiconv.telegram.models import IncomingMessage
-from aiconv.web import jwt
+from aiconv.web import auth
 from aiconv.web.admin import OPENAPI
 from aiconv.web.app import create_app
 from tests.conftest import REDIS_URL, RUN_ID, delete_prefixed, migrated_database
 from tests.e2e.harness import free_port
 
 KEY = "admin-test-signing-key-0123456789abcdef"
+OTHER_KEY = "another-signing-key-0123456789abcdef"
+WRITE = ("read", "write")
 ADMIN_DB = f"aiconv_test_{RUN_ID}_admin"
 
 ENDPOINTS = [
@@ -92,7 +97,7 @@ async def admin_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def bearer(token: str | None = None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token or jwt.mint(KEY, 'tests', 600)}"}
+    return {"Authorization": f"Bearer {token or auth.mint(KEY, 'tests', 600, WRITE)}"}
 
 
 def incoming(chat_id: int, user_id: int, chat_type: str = "private") -> IncomingMessage:
@@ -135,14 +140,22 @@ async def reply(store: Store, chat_id: int, text: str, prompt: int = 0, completi
 
 def _tokens() -> dict[str, tuple[dict[str, str], str]]:
     now = time.time()
-    no_sub = jwt.encode({"exp": now + 60}, KEY)
+    no_sub = pyjwt.encode(
+        {"exp": int(now) + 60, "iat": int(now), "aud": auth.ADMIN_AUDIENCE, "scope": "read write"},
+        KEY,
+        algorithm="HS256",
+        headers={"kid": auth.key_id(KEY)},
+    )
     return {
         "none": ({}, "missing"),
         "basic": ({"Authorization": "Basic dXNlcjpwYXNz"}, "missing"),
         "empty bearer": ({"Authorization": "Bearer "}, "missing"),
         "garbage": (bearer("not.a.token"), "malformed"),
-        "other key": (bearer(jwt.mint("other-key", "x", 60)), "signature"),
-        "expired": (bearer(jwt.mint(KEY, "x", 60, now=now - 3600)), "expired"),
+        "other key": (
+            bearer(auth.mint(OTHER_KEY, "x", 60)),
+            "unknown key id",
+        ),
+        "expired": (bearer(auth.mint(KEY, "x", 60, now=now - 3600)), "expired"),
         "no subject": (bearer(no_sub), "subject"),
     }
 
@@ -162,11 +175,62 @@ async def test_every_endpoint_needs_a_valid_token(
 
 async def test_an_alg_none_token_is_refused(db: str, redis_prefix: str) -> None:
     claims = {"sub": "x", "exp": time.time() + 60}
-    header = jwt._b64encode(b'{"alg":"none"}')
-    token = f"{header}.{jwt._b64encode(json.dumps(claims).encode())}."
+    header = base64url_encode(b'{"alg":"none"}').decode()
+    token = f"{header}.{base64url_encode(json.dumps(claims).encode()).decode()}."
     async with admin_client(settings_for(db, redis_prefix)) as http:
         response = await http.get("/admin/stats", headers=bearer(token))
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize(("method", "path"), ENDPOINTS)
+async def test_a_read_token_reads_and_cannot_write(
+    db: str, redis_prefix: str, method: str, path: str
+) -> None:
+    read_only = bearer(auth.mint(KEY, "reader", 60, ("read",)))
+    async with admin_client(settings_for(db, redis_prefix)) as http:
+        response = await http.request(method, path, headers=read_only)
+    if method == "GET":
+        assert response.status_code in (200, 404)  # 404: user 1 does not exist
+        return
+    assert response.status_code == 403
+    assert "write scope" in response.json()["error"]
+    assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
+
+
+async def test_every_call_and_every_refusal_is_audited_without_the_token(
+    db: str, redis_prefix: str
+) -> None:
+    good = auth.mint(KEY, "alice", 60, WRITE)
+    reader = auth.mint(KEY, "bob", 60, ("read",))
+    expired = auth.mint(KEY, "carol", 60, now=time.time() - 3600)
+    with structlog.testing.capture_logs() as logs:
+        async with admin_client(settings_for(db, redis_prefix)) as http:
+            await http.get("/admin/stats", headers=bearer(good))
+            await http.post("/admin/users/1/block", headers=bearer(reader))
+            await http.get("/admin/stats", headers=bearer(expired))
+            await http.get("/admin/dlq", headers={"Authorization": "Bearer x.y.z"})
+            await http.delete("/admin/users/1")
+    audit = [
+        {k: entry.get(k) for k in ("event", "status", "method", "path", "sub", "reason")}
+        for entry in logs
+        if entry["event"] in ("admin: call", "admin: refused")
+    ]
+    assert audit == [
+        {"event": "admin: call", "status": 200, "method": "GET", "path": "/admin/stats",
+         "sub": "alice", "reason": None},
+        {"event": "admin: refused", "status": 403, "method": "POST",
+         "path": "/admin/users/1/block", "sub": "bob", "reason": "needs scope write"},
+        {"event": "admin: refused", "status": 401, "method": "GET", "path": "/admin/stats",
+         "sub": None, "reason": "token expired"},
+        {"event": "admin: refused", "status": 401, "method": "GET", "path": "/admin/dlq",
+         "sub": None, "reason": "malformed token"},
+        {"event": "admin: refused", "status": 401, "method": "DELETE", "path": "/admin/users/1",
+         "sub": None, "reason": "missing bearer token"},
+    ]  # fmt: skip
+    logged = repr(logs)
+    for token in (good, reader, expired):
+        for part in token.split("."):
+            assert part not in logged
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
@@ -541,14 +605,27 @@ async def test_the_cli_mints_a_token_the_api_accepts(db: str, redis_prefix: str)
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert "\n" not in token
-    claims = jwt.decode(token, KEY)
+    claims = auth.decode(token, KEY)
     assert claims["sub"] == "alice" and claims["exp"] - claims["iat"] == 7200
     async with admin_client(settings_for(db, redis_prefix)) as http:
         assert (await http.get("/admin/stats", headers=bearer(token))).status_code == 200
 
     default = aiconv("admin", "token", "--sub", "bob")
-    claims = jwt.decode(default.stdout.strip(), KEY)
+    claims = auth.decode(default.stdout.strip(), KEY)
     assert claims["exp"] - claims["iat"] == 3600
+    assert claims["scope"] == "read"
+    async with admin_client(settings_for(db, redis_prefix)) as http:
+        block = "/admin/users/1/block"
+        assert (await http.post(block, headers=bearer(default.stdout.strip()))).status_code == 403
+        writer = aiconv("admin", "token", "--sub", "carol", "--scope", "write").stdout.strip()
+        assert auth.scopes_of(auth.decode(writer, KEY)) == {"read", "write"}
+        assert (await http.post(block, headers=bearer(writer))).status_code in (200, 404)
+
+
+def test_the_cli_refuses_a_token_longer_than_a_day() -> None:
+    result = aiconv("admin", "token", "--sub", "alice", "--ttl", "2d")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "24 hours" in result.stderr
 
 
 def test_the_cli_refuses_without_jwt_secret_key() -> None:

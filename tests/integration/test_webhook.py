@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import subprocess
 
 import httpx
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 from redis.asyncio import Redis
+from starlette.testclient import TestClient
 
 from aiconv.config import Settings
+from aiconv.jobs.messages import UpdateJob
+from aiconv.store.db import make_pool
+from aiconv.store.repository import Store
+from aiconv.telegram.models import parse_update
 from aiconv.web.app import create_app
 from tests.conftest import REDIS_URL
 from tests.e2e.harness import eventually, free_port
@@ -116,3 +126,201 @@ async def test_bad_requests_get_clear_errors(
     assert response.json()["ok"] is False
     # An unread rest of the body leaves the connection unusable: only a 413 closes it.
     assert (response.headers.get("connection") == "close") == (status == 413)
+
+
+def _nested(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _nested(10_000),
+        b'{"update_id": 1, "message": ' + b'{"a": ' * 10_000 + b"1" + b"}" * 10_001,
+        b'{"update_id": 1, "edited_message": ' + _nested(900) + b"}",
+        b'{"update_id": 1, "edited_message": ' + _nested(40) + b"}",
+    ],
+    ids=["array-10000", "object-10000", "array-900", "array-40"],
+)
+async def test_deeply_nested_json_is_a_bad_request_not_a_crash(
+    redis: Redis, redis_prefix: str, body: bytes
+) -> None:
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    async with client_for(REDIS_URL, redis_prefix) as http:
+        response = await http.post("/webhook", content=body, headers=headers)
+    assert response.status_code == 400
+    assert "nested deeper" in response.json()["error"]
+    assert await redis.xlen(f"{redis_prefix}updates") == 0
+
+
+def _with(path: tuple[str, ...], value: object) -> dict[str, object]:
+    update = json.loads(json.dumps(UPDATE))
+    target = update
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return update
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("update_id",), 10**30),
+        (("message", "chat", "id"), int("9" * 4000)),
+        (("message", "from", "id"), 2**63),
+        (("message", "message_id"), -(2**63) - 1),
+        (("message", "date"), 2**64),
+    ],
+    ids=["update_id", "chat.id", "from.id", "message_id", "date"],
+)
+async def test_ids_outside_bigint_are_refused_at_the_edge(
+    redis: Redis, redis_prefix: str, path: tuple[str, ...], value: int
+) -> None:
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    body = json.dumps(_with(path, value))
+    async with client_for(REDIS_URL, redis_prefix) as http:
+        response = await http.post("/webhook", content=body, headers=headers)
+    assert response.status_code == 400
+    assert "out of range" in response.json()["error"]
+    assert await redis.xlen(f"{redis_prefix}updates") == 0  # never queued, never dead-lettered
+
+
+async def test_text_postgresql_cannot_hold_is_cleaned_at_the_edge_and_stored(
+    redis: Redis, redis_prefix: str, database_url: str
+) -> None:
+    """NUL and lone surrogates: accepted cleaned, and the worker's writes then succeed."""
+    update = _with(("message", "text"), "a\u0000b \ud800c \udfffd 😀")
+    update["message"]["from"]["first_name"] = "An\u0000n\udc00"
+    update["message"]["chat"]["id"] = update["message"]["from"]["id"] = 2**63 - 1
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    async with client_for(REDIS_URL, redis_prefix) as http:
+        response = await http.post("/webhook", content=json.dumps(update), headers=headers)
+    assert response.status_code == 200
+    [(_, fields)] = await redis.xrange(f"{redis_prefix}updates")
+    payload = json.loads(fields["job"])
+    assert "\\u0000" not in fields["job"] and "\\ud800" not in fields["job"]
+
+    # What the worker does with it (worker/updates.py): parse the queued update, store it.
+    message = parse_update(UpdateJob.from_payload(payload).update).message
+    assert message is not None
+    assert (message.text, message.first_name) == ("ab \ufffdc \ufffdd 😀", "Ann\ufffd")
+    pool = make_pool(database_url, max_size=1)
+    await pool.open()
+    try:
+        store = Store(pool)
+        assert await store.record_sender(message)
+        await store.add_message(
+            chat_id=message.chat_id,
+            user_id=message.user_id,
+            role="user",
+            text=message.text,
+            idempotency_key=f"in:{message.chat_id}:{message.message_id}:{redis_prefix}",
+        )
+        assert [t.text for t in await store.history(message.chat_id, 1)] == [message.text]
+    finally:
+        await pool.close()
+
+
+# --- fuzzing: hostile JSON shapes never give a 5xx, and whatever is accepted can be stored -----
+
+FUZZ_EXAMPLES = int(os.environ.get("AICONV_WEBHOOK_FUZZ_EXAMPLES", "400"))
+
+_ints = st.one_of(
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(),
+    st.sampled_from([10**30, 2**63, -(2**63) - 1, int("9" * 4000)]),
+)
+_texts = st.text(
+    alphabet=st.one_of(st.characters(), st.sampled_from(["\x00", "\ud800", "\udbff", "\udc00"])),
+    max_size=40,
+)
+_json = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), _ints, st.floats(allow_nan=False, allow_infinity=False), _texts
+    ),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_texts, inner, max_size=4),
+    max_leaves=16,
+)
+_user = st.fixed_dictionaries(
+    {"id": _ints},
+    optional={"first_name": _texts, "username": _texts, "language_code": _texts, "x": _json},
+)
+_message = st.fixed_dictionaries(
+    {
+        "message_id": _ints,
+        "date": _ints,
+        "chat": st.fixed_dictionaries({"id": _ints}, optional={"type": _texts, "x": _json}),
+    },
+    optional={"from": _user, "text": _texts, "caption": _texts, "photo": _json, "x": _json},
+)
+_update = st.fixed_dictionaries(
+    {"update_id": _ints},
+    optional={"message": st.one_of(_message, _json), "edited_message": _json, "x": _json},
+)
+_bodies = st.one_of(
+    _update.map(json.dumps),
+    _json.map(json.dumps),
+    st.integers(1, 5000).map(lambda n: "[" * n + "]" * n),
+    st.binary(max_size=64),
+)
+
+
+def test_fuzzed_updates_get_200_or_400_and_every_accepted_one_can_be_stored(
+    redis_prefix: str, database_url: str
+) -> None:
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": REDIS_URL,
+            "REDIS_KEY_PREFIX": redis_prefix,
+            "TELEGRAM_WEBHOOK_URL": "https://bot.example/webhook",
+            "TELEGRAM_WEBHOOK_SECRET": SECRET,
+        }
+    )
+    with TestClient(create_app(settings)) as http:
+
+        @hypothesis.settings(
+            max_examples=FUZZ_EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
+        @hypothesis.given(body=_bodies)
+        def post(body: str | bytes) -> None:
+            response = http.post("/webhook", content=body, headers=headers)
+            assert response.status_code in (200, 400), response.text
+
+        post()
+
+    async def store_every_queued_update() -> int:
+        redis = Redis.from_url(REDIS_URL, decode_responses=True)
+        entries = await redis.xrange(f"{redis_prefix}updates")
+        await redis.aclose()
+        pool = make_pool(database_url, max_size=1)
+        await pool.open()
+        stored = 0
+        try:
+            store = Store(pool)
+            for _, fields in entries:
+                # What the worker does with a queued update (worker/updates.py).
+                update = parse_update(UpdateJob.from_payload(json.loads(fields["job"])).update)
+                message = update.message
+                if message is None or not message.text:
+                    continue
+                await store.record_sender(message)
+                await store.add_message(
+                    chat_id=message.chat_id,
+                    user_id=message.user_id,
+                    role="user",
+                    text=message.text,
+                    idempotency_key=f"fuzz:{redis_prefix}:{update.update_id}",
+                    telegram_update_id=update.update_id,
+                    telegram_message_id=message.message_id,
+                )
+                stored += 1
+        finally:
+            await pool.close()
+        return stored
+
+    assert asyncio.run(store_every_queued_update()) > 0  # the run reached the storing path

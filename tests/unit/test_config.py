@@ -75,13 +75,106 @@ def test_a_bad_value_names_its_variable(env: dict[str, str], variable: str) -> N
     assert str(caught.value).startswith(variable)
 
 
+STRONG = "Rq3vX9tLw2Kp8ZmB5nYc7HdF4jGs6QaE"  # 32 random characters
+STRONG_KEY = "1NmwbwpsQ0Uq5yRLXPMrE0M9q0n_J8v8XUPjTOEBZ_A="  # 32 random bytes, URL-safe base64
+PRODUCTION = {"ENVIRONMENT": "production", "TELEGRAM_BOT_TOKEN": "123:real-token-value"}
+
+
 def test_production_refuses_placeholder_secrets() -> None:
-    base = {"ENVIRONMENT": "production", "TELEGRAM_BOT_TOKEN": "123:real-token-value"}
-    assert Settings.from_env(base).log_format == "json"
+    assert Settings.from_env(PRODUCTION).log_format == "json"
     with pytest.raises(ConfigError, match=r"^SECRET_KEY"):
-        Settings.from_env({**base, "SECRET_KEY": "change-me-please"})
+        Settings.from_env({**PRODUCTION, "SECRET_KEY": "change-me-please"})
     with pytest.raises(ConfigError, match=r"^TELEGRAM_BOT_TOKEN"):
         Settings.from_env({"ENVIRONMENT": "production"})
+
+
+def test_production_accepts_strong_secrets() -> None:
+    settings = Settings.from_env(
+        {
+            **PRODUCTION,
+            "TELEGRAM_WEBHOOK_URL": "https://bot.example.org/webhook",
+            "TELEGRAM_WEBHOOK_SECRET": STRONG,
+            "SECRET_KEY": STRONG[::-1],
+            "JWT_SECRET_KEY": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08,"
+            + STRONG[::-1],
+            "OPENAI_API_KEYS": f"sk-{STRONG},sk-{STRONG[::-1]}",
+            "ENCRYPTION_KEY": f"{STRONG_KEY},an-older-passphrase-key",
+            "DB_PASSWORD": "k2J8vQ0x",
+            "REDIS_URL": "redis://:Hn4wPq7s@cache:6379/0",
+        }
+    )
+    assert settings.jwt_secret_key and settings.encryption_key
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        # the probe's findings
+        ("TELEGRAM_WEBHOOK_SECRET", "x", "needs 32+"),
+        ("JWT_SECRET_KEY", "a", "needs 32+"),
+        ("OPENAI_API_KEYS", "change-me", "needs 32+"),
+        ("ENCRYPTION_KEY", "password12345678", "is a placeholder"),
+        ("DB_PASSWORD", "change-me-db-password", "is a placeholder"),
+        ("REDIS_PASSWORD", "change-me-redis-password", "is a placeholder"),
+        ("DATABASE_URL", "postgresql://u:change-me-db@db/aiconv", "is a placeholder"),
+        ("REDIS_URL", "redis://:CHANGE_ME@cache:6379/0", "is a placeholder"),
+        # placeholders, whatever the case and separators
+        ("JWT_SECRET_KEY", "Change_Me-" + STRONG, "is a placeholder"),
+        ("JWT_SECRET_KEY", STRONG + "CHANGE ME", "is a placeholder"),
+        ("JWT_SECRET_KEY", "change.me." + STRONG, "is a placeholder"),
+        ("SECRET_KEY", "<your-secret-key-of-32-characters-here>", "is a placeholder"),
+        ("TELEGRAM_WEBHOOK_SECRET", "Your_Secret_" + STRONG, "is a placeholder"),
+        ("TELEGRAM_BOT_TOKEN", "Change-Me-Bot-Token", "is a placeholder"),
+        # long but not secret
+        ("JWT_SECRET_KEY", "a" * 64, "too predictable"),
+        ("JWT_SECRET_KEY", f"{STRONG},old-short-key", "needs 32+"),
+        ("JWT_SECRET_KEY", "abc" * 12, "too predictable"),
+        ("OPENAI_API_KEYS", f"{STRONG},0123456789abcdefghijklmnopqrstuvwxyz", "too predictable"),
+        ("TELEGRAM_WEBHOOK_SECRET", "Kq8vRz2m" * 5, "too predictable"),
+        # the encrypting key: 32 random bytes, base64 or hex
+        ("ENCRYPTION_KEY", STRONG, "32 random bytes"),  # 32 characters, not 32 bytes
+        ("ENCRYPTION_KEY", "ab" * 16, "32 random bytes"),  # 16 bytes of hex
+        ("ENCRYPTION_KEY", "00" * 32, "not random"),
+        ("ENCRYPTION_KEY", "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=", "not random"),
+        ("ENCRYPTION_KEY", f"{STRONG_KEY},change-me-old-key", "is a placeholder"),
+    ],
+)
+def test_production_refuses_weak_secrets(variable: str, value: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**PRODUCTION, variable: value})
+    assert caught.value.variable == variable
+    assert problem in str(caught.value)
+    if len(value) > 3:
+        assert value not in str(caught.value)  # the error line never shows the secret
+    Settings.from_env({variable: value})  # development accepts it
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        STRONG_KEY,
+        STRONG_KEY.rstrip("="),
+        "sVD3NELKxUHwa6s2oYAdD8rfQAo+8d/AkTg6vz5SHQc=",
+        "b0f3c2a1d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d",
+    ],
+)
+def test_production_takes_a_32_byte_key_in_base64_or_hex(key: str) -> None:
+    assert Settings.from_env({**PRODUCTION, "ENCRYPTION_KEY": key}).encryption_key == key
+
+
+def test_a_weak_secret_stops_the_cli_with_one_line_naming_it() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "aiconv.cli", "worker"],
+        env={**PRODUCTION, "JWT_SECRET_KEY": "change-me", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "aiconv: configuration error: JWT_SECRET_KEY: needs 32+ random characters in "
+        "production; make one with `openssl rand -hex 32`"
+    ]
 
 
 def test_the_cli_stops_with_one_line_and_exit_code_2() -> None:

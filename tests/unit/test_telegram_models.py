@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from aiconv.telegram.models import IncomingMessage, InvalidUpdate, Update, parse_update
+from aiconv.telegram.models import IncomingMessage, InvalidUpdate, Update, clean, parse_update
 
 
 def _text_update(text: str = "hello") -> dict[str, Any]:
@@ -164,3 +164,33 @@ def test_malformed_updates_raise(data: object) -> None:
         parse_update(data)
     assert str(info.value).startswith("invalid update:")
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 10**30])
+def test_ids_must_fit_a_bigint(value: int) -> None:
+    data = _text_update()
+    data["message"]["chat"]["id"] = value
+    with pytest.raises(InvalidUpdate, match=r"message\.chat\.id is out of range"):
+        parse_update(data)
+    data = _text_update()
+    data["update_id"] = value
+    with pytest.raises(InvalidUpdate, match=r"update\.update_id is out of range"):
+        parse_update(data)
+
+
+def test_bigint_bounds_are_accepted() -> None:
+    data = _text_update()
+    data["update_id"], data["message"]["chat"]["id"] = 2**63 - 1, -(2**63)
+    update = parse_update(data)
+    assert update.message is not None and update.message.chat_id == -(2**63)
+
+
+def test_text_is_cleaned_of_nul_and_lone_surrogates() -> None:
+    data = _text_update("a\x00b\ud83dc\ude00 😀")
+    data["message"]["from"]["username"] = "\x00ada\udfff"
+    message = parse_update(data).message
+    assert message is not None
+    assert (message.text, message.username) == ("ab\ufffdc\ufffd 😀", "ada\ufffd")
+    assert clean({"k\x00": ["\ud800", 1, None, {"x": "ok"}]}) == {
+        "k": ["\ufffd", 1, None, {"x": "ok"}]
+    }

@@ -1,0 +1,151 @@
+"""The web app's edge, in-process against real Redis: hostile JSON on /v1 (item 6 and 7 of the
+security findings; /webhook's are in test_webhook.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from aiconv.config import Settings
+from aiconv.jobs.keys import Keys
+from aiconv.ml.protocol import api_response_key
+from aiconv.observability.ops import ops_app
+from aiconv.web.app import create_app
+from tests.conftest import REDIS_URL
+
+API_KEY = "sk-edge-test-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def api_client(prefix: str) -> httpx.AsyncClient:
+    settings = Settings.from_env(
+        {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEYS": API_KEY}
+    )
+    transport = httpx.ASGITransport(app=create_app(settings))
+    return httpx.AsyncClient(transport=transport, base_url="http://aiconv")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 10_000 + b"]" * 10_000,
+        b'{"messages": [{"role": "user", "content": ' + b"[" * 10_000 + b"]" * 10_000 + b"}]}",
+        b'{"messages": [{"role": "user", "content": "hi"}], "x": ' + b"[" * 900 + b"]" * 900 + b"}",
+    ],
+    ids=["array-10000", "content-10000", "extra-900"],
+)
+async def test_deeply_nested_json_on_v1_is_a_bad_request_not_a_crash(
+    redis: Redis, redis_prefix: str, body: bytes
+) -> None:
+    async with api_client(redis_prefix) as http:
+        response = await http.post("/v1/chat/completions", content=body, headers=AUTH)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["type"]) == ("invalid_json", "invalid_request_error")
+    assert "nested deeper" in error["message"]
+    assert await redis.xlen(f"{redis_prefix}generate") == 0
+
+
+async def test_v1_text_is_cleaned_of_nul_and_lone_surrogates(
+    redis: Redis, redis_prefix: str
+) -> None:
+    body = json.dumps(
+        {
+            "messages": [{"role": "user", "content": "a\u0000b\ud800c"}],
+            "stop": ["x\udc00"],
+            "max_tokens": 4,
+        }
+    )
+    async with api_client(redis_prefix) as http:
+        request = asyncio.create_task(http.post("/v1/chat/completions", content=body, headers=AUTH))
+        try:
+            # Play ml: take the job, check it, answer it.
+            entries: list[object] = []
+            for _ in range(6):  # 30 s at most
+                reply = await redis.xread({f"{redis_prefix}generate": "0-0"}, count=1, block=5000)
+                entries = reply[0][1] if reply else []
+                if entries or request.done():
+                    break
+            assert entries, "no job was queued"
+            _, fields = entries[0]  # type: ignore[misc]
+            job = json.loads(fields["job"])
+            assert job["messages"] == [{"role": "user", "content": "ab\ufffdc"}]
+            assert job["stop"] == ["x\ufffd"]
+            stream = api_response_key(Keys(redis_prefix), job["id"])
+            for event in ({"type": "delta", "text": "ok"}, {"type": "done"}):
+                await redis.xadd(stream, {"event": json.dumps(event)})
+            response = await asyncio.wait_for(request, 30)
+        finally:
+            request.cancel()  # a failed check must not leave the request waiting for ml
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "ok"
+
+
+# --- no redirect is ever built from the Host header (item 9) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/admin/stats/"),
+        ("GET", "/admin"),
+        ("GET", "/health/"),
+        ("GET", "/ready/"),
+        ("POST", "/webhook/"),
+        ("GET", "/v1/models/"),
+        ("POST", "/v1/chat/completions/"),
+    ],
+)
+async def test_a_trailing_slash_is_not_redirected_to_the_host_header(
+    redis_prefix: str, database_url: str, method: str, path: str
+) -> None:
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": REDIS_URL,
+            "REDIS_KEY_PREFIX": redis_prefix,
+            "DATABASE_URL": database_url,
+            "JWT_SECRET_KEY": "Rq3vX9tLw2Kp8ZmB5nYc7HdF4jGs6QaE",
+            "OPENAI_API_KEYS": API_KEY,
+            "TELEGRAM_WEBHOOK_URL": "https://bot.example.org/webhook",
+            "TELEGRAM_WEBHOOK_SECRET": "edge-secret",
+        }
+    )
+    transport = httpx.ASGITransport(app=create_app(settings))
+    async with httpx.AsyncClient(transport=transport, base_url="http://aiconv") as http:
+        response = await http.request(
+            method, path, headers={"Host": "evil.example", **AUTH}, follow_redirects=False
+        )
+    assert response.status_code == 404
+    assert "location" not in response.headers
+
+
+@pytest.mark.parametrize("path", ["/metrics/", "/health/", "/ready/"])
+async def test_the_ops_port_does_not_redirect_either(path: str) -> None:
+    transport = httpx.ASGITransport(app=ops_app({}))
+    async with httpx.AsyncClient(transport=transport, base_url="http://aiconv") as http:
+        response = await http.get(path, headers={"Host": "evil.example"}, follow_redirects=False)
+    assert response.status_code == 404
+    assert "location" not in response.headers
+
+
+# --- the OpenAI API's keys go through aiconv.web.auth -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer sk-edge-test-ke", "Bearer sk-edge-test-keyx", f"Basic {API_KEY}"],
+)
+async def test_v1_refuses_anything_but_a_configured_key(
+    redis_prefix: str, authorization: str | None
+) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    async with api_client(redis_prefix) as http:
+        refused = await http.get("/v1/models", headers=headers)
+        accepted = await http.get("/v1/models", headers=AUTH)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert accepted.status_code == 200
