@@ -137,12 +137,22 @@ def sends(double: BotApiDouble) -> SendLog:
 # --- what users sent ---------------------------------------------------------------------------
 
 
-class Users:
-    """Sends user messages through the webhook and remembers when each was sent."""
+class ProcessExited(AssertionError):
+    """An aiconv process the scenario relies on stopped by itself."""
 
-    def __init__(self, double: BotApiDouble, sends: SendLog) -> None:
+
+class Users:
+    """Sends user messages through the webhook and remembers when each was sent.
+
+    Waits fail at once, with the process's last log lines, if a process in `watch` exits.
+    """
+
+    def __init__(
+        self, double: BotApiDouble, sends: SendLog, watch: list[AiconvProcess] | None = None
+    ) -> None:
         self.double = double
         self.sends = sends
+        self.watch = watch or []
         self.posted: dict[int, list[tuple[int, float]]] = {}  # chat -> [(message id, at)]
 
     async def say(self, chat: int, text: str) -> int:
@@ -157,13 +167,25 @@ class Users:
         _, at = self.posted[chat][-1]
         return any(part.at > at for part in self.sends.of(chat))
 
+    def check_alive(self) -> None:
+        for process in self.watch:
+            if process.process is not None and process.process.poll() is not None:
+                raise ProcessExited(
+                    f"aiconv {process.mode} exited with {process.process.returncode}:\n"
+                    f"{process.logs()[-3000:]}"
+                )
+
     async def all_answered(self, chats: list[int], timeout: float) -> None:
-        await self.double.wait_for(lambda: all(self.answered_since_last(c) for c in chats), timeout)
+        def answered() -> bool:
+            self.check_alive()
+            return all(self.answered_since_last(c) for c in chats)
+
+        await eventually(answered, timeout)
 
     async def exchange(self, chat: int, text: str, timeout: float = 120) -> None:
         """Send a message and wait until a reply comes after it."""
         await self.say(chat, text)
-        await self.double.wait_for(lambda: self.answered_since_last(chat), timeout)
+        await self.all_answered([chat], timeout)
 
     @property
     def chats(self) -> list[int]:
@@ -261,6 +283,7 @@ async def settle_and_count(
     except TimeoutError as error:
         unsettled = error
     result = figures(name, database_url, users, sends, faults)
+    users.check_alive()
     assert unsettled is None, f"{unsettled}; {result.line()}"
     assert await dead_letters(redis, prefix) == [], result.line()
     return result
@@ -292,12 +315,12 @@ async def test_a_user_texting_in_fragments_gets_the_last_one_answered(
     database_url: str,
 ) -> None:
     # The issue's user writes every 3 s with a 15 s final-after; here every ~1 s with 3 s.
-    await launch(
+    aiconv = await launch(
         "all",
         **webhook(free_port(), TURN_FINAL_AFTER_SECONDS="3", TURN_DEBOUNCE_SECONDS="0.3"),
         **{**SLOW_TYPING, "TYPING_MIN_DELAY_SECONDS": "2", "TYPING_MAX_DELAY_SECONDS": "4"},
     )
-    users = Users(double, sends)
+    users = Users(double, sends, watch=[aiconv])
     chat = 9101
     fragments = [
         "hey",
@@ -347,8 +370,8 @@ async def test_telegram_5xx_outage_is_waited_out_and_every_reply_delivered_once(
     # The issue's 90 s of 502s, scaled to 30 s: longer than the job layer's visibility timeout
     # and long enough for five backoff steps, which is what dead-lettered replies before.
     outage = Outage(double, ("sendMessage", "sendChatAction"), 502)
-    await launch("all", **webhook(free_port(), JOB_MAX_DELIVERIES="3"))
-    users = Users(double, sends)
+    aiconv = await launch("all", **webhook(free_port(), JOB_MAX_DELIVERIES="3"))
+    users = Users(double, sends, watch=[aiconv])
     chats = list(range(9201, 9205))
 
     async def chat_away(chat: int) -> None:
@@ -397,10 +420,10 @@ async def test_postgres_refusing_connections_mid_typing_sends_every_part_once(
     # The issue's 40 s outage scaled to 15 s; the bot types each reply for 4-6 s, so the cut
     # lands while every chat's reply is being typed and Telegram accepts parts PostgreSQL cannot
     # store yet.
-    await launch(
+    aiconv = await launch(
         "all", **webhook(free_port(), DATABASE_URL=pg_proxy.url(database_url)), **SLOW_TYPING
     )
-    users = Users(double, sends)
+    users = Users(double, sends, watch=[aiconv])
     chats = list(range(9301, 9306))
     outage_over = asyncio.Event()
 
@@ -452,8 +475,8 @@ async def test_a_user_who_blocked_the_bot_is_answered_after_writing_again(
     redis_prefix: str,
     database_url: str,
 ) -> None:
-    await launch("all", **webhook(free_port()))
-    users = Users(double, sends)
+    aiconv = await launch("all", **webhook(free_port()))
+    users = Users(double, sends, watch=[aiconv])
     chat = 9401
     double.fail_next("sendMessage", 403)  # "Forbidden: bot was blocked by the user"
     await users.say(chat, "Hello there, how are you?")
@@ -498,14 +521,16 @@ async def test_a_worker_killed_with_many_chats_in_flight_loses_none(
     redis_prefix: str,
     database_url: str,
 ) -> None:
-    # The issue's 200 chats scaled to 36, with 8-token replies; the live worker is kept busy by
-    # a concurrency of 4, fewer slots than the jobs it and the dead one hold.
-    hook = webhook(free_port(), MAX_TOKENS="8", WORKER_CONCURRENCY="4")
-    await launch("web", **hook)
-    await launch("ml", **hook)
-    victim = await launch("worker", **hook)
-    await launch("worker", **hook)
-    users = Users(double, sends)
+    # The issue's 200 chats scaled to 36, with 8-token replies. Each reply is typed until 8-10 s
+    # after its message, so the victim (64 slots) holds many deliveries when it dies, while the
+    # survivor (4 slots) is saturated with its own: it must take the dead one's jobs over anyway.
+    hook = webhook(free_port(), MAX_TOKENS="8")
+    typing = {**SLOW_TYPING, "TYPING_MIN_DELAY_SECONDS": "8", "TYPING_MAX_DELAY_SECONDS": "10"}
+    web = await launch("web", **hook)
+    ml = await launch("ml", **hook)
+    victim = await launch("worker", **hook, **typing, WORKER_CONCURRENCY="64")
+    survivor = await launch("worker", **hook, **typing, WORKER_CONCURRENCY="4")
+    users = Users(double, sends, watch=[web, ml, survivor])
     chats = list(range(9501, 9537))
     killed_holding = 0
 
@@ -513,15 +538,13 @@ async def test_a_worker_killed_with_many_chats_in_flight_loses_none(
         nonlocal killed_holding
 
         async def victim_busy() -> int:
-            """Mid-way (some chats answered) and the victim holds jobs: the moment to kill."""
-            if len(sends.parts) < 4:
-                return 0
+            """The victim holds many chats' jobs: the moment to kill it."""
             held = 0
             for stream, group in (("updates", "worker"), ("replies", "delivery")):
                 held += await pending_of(redis, redis_prefix, stream, group, pid_of(victim))
-            return held if held >= 2 else 0
+            return held if held >= 10 else 0
 
-        killed_holding = await eventually(victim_busy, timeout=120, interval=0.02)
+        killed_holding = await eventually(victim_busy, timeout=90, interval=0.02)
         victim.kill()
 
     await asyncio.gather(
@@ -538,7 +561,6 @@ async def test_a_worker_killed_with_many_chats_in_flight_loses_none(
         sends,
         faults=f"victim held {killed_holding} jobs",
     )
-    assert killed_holding >= 2
     result.assert_every_message_answered_once()
 
 
@@ -553,24 +575,29 @@ async def test_sigterm_of_a_worker_during_delivery_sends_no_part_twice(
     redis_prefix: str,
     database_url: str,
 ) -> None:
-    # Each reply is typed for 6-8 s, more than twice the 3 s visibility timeout: had the drain
-    # no heartbeat, worker B would take worker A's deliveries over mid-typing and send them too.
-    typing = {**SLOW_TYPING, "TYPING_MIN_DELAY_SECONDS": "6", "TYPING_MAX_DELAY_SECONDS": "8"}
+    # Each reply is typed until 10-12 s after its message, more than three times the 3 s
+    # visibility timeout: had the drain no heartbeat, the new worker would take the old one's
+    # deliveries over mid-typing and send them too.
+    typing = {**SLOW_TYPING, "TYPING_MIN_DELAY_SECONDS": "10", "TYPING_MAX_DELAY_SECONDS": "12"}
     hook = webhook(free_port(), SHUTDOWN_GRACE_SECONDS="25")
-    await launch("web", **hook)
-    await launch("ml", **hook)
+    web = await launch("web", **hook)
+    ml = await launch("ml", **hook)
     old = await launch("worker", **hook, **typing)
-    await launch("worker", **hook, **typing)  # the rolling update's new worker, already up
-    users = Users(double, sends)
+    users = Users(double, sends, watch=[web, ml])
     chats = list(range(9601, 9609))
     await asyncio.gather(
         *(users.say(chat, f"Hello from {chat}. Tell me a fact.") for chat in chats)
     )
 
-    async def old_is_typing() -> int:
-        return await pending_of(redis, redis_prefix, "replies", "delivery", pid_of(old))
+    async def old_is_typing(least: int) -> int:
+        held = await pending_of(redis, redis_prefix, "replies", "delivery", pid_of(old))
+        return held if held >= least else 0
 
-    typing_at_sigterm = await eventually(old_is_typing, timeout=90, interval=0.02)
+    # A rolling update: the new worker starts while the old one types every chat's reply, ...
+    await eventually(lambda: old_is_typing(len(chats)), timeout=60, interval=0.02)
+    users.watch.append(await launch("worker", **hook, **typing))
+    # ... then the old one is told to stop.
+    typing_at_sigterm = await old_is_typing(1)
     assert old.process is not None
     old.process.send_signal(signal.SIGTERM)
     await eventually(lambda: old.process is not None and old.process.poll() is not None, 60)
@@ -588,6 +615,7 @@ async def test_sigterm_of_a_worker_during_delivery_sends_no_part_twice(
         faults=f"old worker typing {typing_at_sigterm} replies at SIGTERM",
     )
     result.assert_every_message_answered_once()
+    assert typing_at_sigterm > 0, f"the old worker had finished typing at SIGTERM; {result.line()}"
 
 
 # --- 7. Redis FLUSHALL mid-conversation ---------------------------------------------------------
@@ -601,6 +629,18 @@ def private_redis(tmp_path: Path) -> Iterator[tuple[str, RedisServer]]:
     server.stop()
 
 
+# PRODUCT DEFECT (open): after FLUSHALL, XREADGROUP answers NOGROUP (stream and group gone).
+# Consumer._consume (aiconv/jobs/consumer.py) catches only connection errors around `_read`, so
+# the ResponseError ends the consumer's run and run_modes stops the whole process: `aiconv all`
+# exits with a NOGROUP traceback ~1 s after the flush and nothing is answered any more.
+# (`_claim_abandoned` handles NOGROUP by clearing `ready`; the read does not.) With NOGROUP also
+# handled around `_read` (clear `ready`, so `ensure_group` re-creates the group) this scenario
+# passes. Strict: remove the marker when the product is fixed.
+@pytest.mark.xfail(
+    raises=ProcessExited,
+    strict=True,
+    reason="consumer dies on NOGROUP from XREADGROUP after Redis lost its keys",
+)
 async def test_redis_flushall_mid_conversation_loses_no_stored_message(
     launch: Launcher,
     double: BotApiDouble,
@@ -620,14 +660,14 @@ async def test_redis_flushall_mid_conversation_loses_no_stored_message(
 
     await eventually(answers, timeout=20)
     # The recovery sweep runs every 2 s (30 s by default) and leaves messages younger than 10 s.
-    await launch(
+    aiconv = await launch(
         "all",
         REDIS_URL=url,
         SCHEDULE_RECOVERY_SECONDS="2",
         **webhook(free_port()),
         **SLOW_TYPING,
     )
-    users = Users(double, sends)
+    users = Users(double, sends, watch=[aiconv])
     chats = list(range(9701, 9707))
     await asyncio.gather(*(users.exchange(chat, "Hi! Who are you?", 90) for chat in chats))
     # Second messages: stored in PostgreSQL, their replies still being typed (4-6 s) ...
