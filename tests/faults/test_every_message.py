@@ -384,6 +384,8 @@ async def test_telegram_5xx_outage_is_waited_out_and_every_reply_delivered_once(
 
     await asyncio.gather(fault(), *(chat_away(chat) for chat in chats))
     assert not outage.active
+    # How soon after Telegram came back the first held part went out (backoff's lag).
+    resumed_in = min(p.at for p in sends.parts if p.at >= outage.until) - outage.until
     result = await settle_and_count(
         "Telegram 502 for 30 s",
         redis,
@@ -391,10 +393,18 @@ async def test_telegram_5xx_outage_is_waited_out_and_every_reply_delivered_once(
         database_url,
         users,
         sends,
-        faults=f"refused={outage.refused}",
+        faults=f"refused={outage.refused} resumed {resumed_in:.1f}s after the outage",
     )
     assert outage.refused >= len(chats), result.line()
     result.assert_every_message_answered_once()
+    # How long after Telegram came back every message sent before was answered.
+    answered_at = [
+        at + result.waits[(chat, message_id)]
+        for chat in chats
+        for message_id, at in users.posted[chat]
+        if at < outage.until
+    ]
+    print(f"  caught up {max(answered_at) - outage.until:.1f}s after the outage ended")
 
 
 # --- 3. PostgreSQL refuses connections mid-typing (defect 4) -----------------------------------
