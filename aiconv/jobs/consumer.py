@@ -200,6 +200,14 @@ class Consumer:
                     retry_in=round(delay, 2),
                 )
                 await sleep_or_stop(stop, delay)
+            except ResponseError as error:
+                if not _stream_lost(error):
+                    raise
+                # Redis restarted empty, or FLUSHALL: the group is recreated and reading goes on;
+                # PostgreSQL's recovery sweep answers what the lost entries were for.
+                self.ready.clear()
+                self._log.warning("stream or group gone, recreating it", error=str(error)[:120])
+                await sleep_or_stop(stop, backoff.next())
 
     async def _keep_fresh(self) -> None:
         """Refresh the idle time of every job we hold, until cancelled after the drain."""
@@ -432,3 +440,9 @@ class Consumer:
             task.cancel()
         if unfinished:
             await asyncio.wait(unfinished)
+
+
+def _stream_lost(error: ResponseError) -> bool:
+    """The stream or its consumer group no longer exists (Redis lost its data)."""
+    text = str(error)
+    return "NOGROUP" in text or "no such key" in text.lower()

@@ -662,17 +662,8 @@ def private_redis(tmp_path: Path) -> Iterator[tuple[str, RedisServer]]:
 
 
 # PRODUCT DEFECT (open): after FLUSHALL, XREADGROUP answers NOGROUP (stream and group gone).
-# Consumer._consume (aiconv/jobs/consumer.py) catches only connection errors around `_read`, so
-# the ResponseError ends the consumer's run and run_modes stops the whole process: `aiconv all`
-# exits with a NOGROUP traceback ~1 s after the flush and nothing is answered any more.
-# (`_claim_abandoned` handles NOGROUP by clearing `ready`; the read does not.) With NOGROUP also
-# handled around `_read` (clear `ready`, so `ensure_group` re-creates the group) this scenario
-# passes. Strict: remove the marker when the product is fixed.
-@pytest.mark.xfail(
-    raises=ProcessExited,
-    strict=True,
-    reason="consumer dies on NOGROUP from XREADGROUP after Redis lost its keys",
-)
+# A consumer whose stream or group vanished (FLUSHALL) recreates it and reads on; PostgreSQL's
+# recovery sweep answers the messages whose jobs were lost.
 async def test_redis_flushall_mid_conversation_loses_no_stored_message(
     launch: Launcher,
     double: BotApiDouble,
