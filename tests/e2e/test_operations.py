@@ -41,7 +41,7 @@ async def test_probes_metrics_and_quiet_logs(launch: Launcher, double: BotApiDou
     async with httpx.AsyncClient() as http:
         assert (await http.get(f"{app.ops_url}/health")).json() == {"status": "ok"}
         ready = (await http.get(f"{app.ops_url}/ready")).json()
-        assert ready["checks"] == {"redis": "ok", "postgres": "ok", "model": "ok"}
+        assert ready["checks"] == {"redis": "ok", "postgres": "ok", "model": "ok", "web": "ok"}
         await double.send_user_message(901, secret_text)
         await double.wait_for_messages(901, 1)
         await eventually(lambda: "reply delivered" in app.logs(), timeout=10)
