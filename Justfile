@@ -75,16 +75,22 @@ build-cuda:
 
 # ---- docker compose ---------------------------------------------------------------------------
 
+# write compose/.env if there is none: random secrets, asks for TELEGRAM_BOT_TOKEN (or takes it
+# from the environment); TELEGRAM_WEBHOOK_URL from the environment, empty: long polling
+[no-exit-message]
+env:
+    @python3 compose/make-env.py
+
 [private]
 env-file:
-    @test -f compose/.env || { echo "first: cp compose/.env.example compose/.env, then set every change-me" >&2; exit 1; }
+    @test -f compose/.env || { echo "no compose/.env yet: just up (or just env) writes one" >&2; exit 1; }
 
-# start the whole stack (waits until every service is healthy)
-up: env-file
+# start the whole stack (first run: writes compose/.env; waits until every service is healthy)
+up: env
     {{compose}} up -d --wait
 
 # start the stack with the CUDA ml service on an NVIDIA GPU
-up-gpu: env-file
+up-gpu: env
     {{compose_gpu}} up -d --wait
 
 # stop the stack (volumes are kept; `docker compose -f compose/compose.yaml down -v` deletes them)
@@ -106,7 +112,7 @@ scale SERVICE N:
     if [ "{{SERVICE}}" = web ]; then {{compose}} exec nginx nginx -s reload; fi
 
 # apply the database migrations (idempotent)
-migrate: env-file
+migrate: env
     {{compose}} run --rm migrate
 
 # pg_dump the database into compose/backups/ (custom format)
