@@ -226,12 +226,12 @@ def main(
             return 0
         if old_database_volume(env):
             raise Refused(
-                f"{shown} is missing but Docker holds the database volume {PGDATA_VOLUME}, "
-                "made with another DB_PASSWORD and ENCRYPTION_KEY: put back that compose/.env "
-                "(or delete the old data: docker compose -f compose/compose.yaml down -v)"
+                f"is missing but Docker holds the database volume {PGDATA_VOLUME}, made with "
+                "the DB_PASSWORD and ENCRYPTION_KEY of an earlier compose/.env: put that file "
+                "back (or delete the old data: docker compose -f compose/compose.yaml down -v)"
             )
+        webhook_url = check_webhook_url(env.get("TELEGRAM_WEBHOOK_URL", ""))  # before asking
         token = ask_token(env, sys.stdin.isatty() if interactive is None else interactive)
-        webhook_url = check_webhook_url(env.get("TELEGRAM_WEBHOOK_URL", ""))
         text, generated = render(args.template.read_text(encoding="utf-8"), token, webhook_url)
         write_new(args.output, text)
     except Refused as error:
