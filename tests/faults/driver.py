@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import psycopg
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from aiconv.jobs.keys import Keys
 from aiconv.telegram.double import BotApiDouble
@@ -34,6 +35,14 @@ async def telegram_delivers(
         if time.monotonic() > deadline:
             raise TimeoutError(f"update {update_id} never accepted: {statuses}")
         await asyncio.sleep(TELEGRAM_RETRY_SECONDS)
+
+
+async def redis_answers(redis: Redis) -> bool:
+    """True once the Redis server answers (a private one may still be starting)."""
+    try:
+        return bool(await redis.ping())
+    except RedisError:
+        return False
 
 
 def more_replies(double: BotApiDouble, chat: int, before: int) -> Callable[[], bool]:

@@ -36,7 +36,7 @@ from aiconv.conversation import texts
 from aiconv.telegram.double import BotApiDouble
 from tests.e2e.conftest import Launcher
 from tests.e2e.harness import AiconvProcess, eventually, free_port
-from tests.faults.driver import settled, telegram_delivers
+from tests.faults.driver import redis_answers, settled, telegram_delivers
 from tests.faults.pgproxy import PgProxy
 from tests.faults.test_faults import RedisServer
 
@@ -661,7 +661,6 @@ def private_redis(tmp_path: Path) -> Iterator[tuple[str, RedisServer]]:
     server.stop()
 
 
-# PRODUCT DEFECT (open): after FLUSHALL, XREADGROUP answers NOGROUP (stream and group gone).
 # A consumer whose stream or group vanished (FLUSHALL) recreates it and reads on; PostgreSQL's
 # recovery sweep answers the messages whose jobs were lost.
 async def test_redis_flushall_mid_conversation_loses_no_stored_message(
@@ -675,13 +674,7 @@ async def test_redis_flushall_mid_conversation_loses_no_stored_message(
     url, _ = private_redis
     redis = Redis.from_url(url, decode_responses=True)
 
-    async def answers() -> bool:
-        try:
-            return bool(await redis.ping())
-        except RedisError:
-            return False  # still starting
-
-    await eventually(answers, timeout=20)
+    await eventually(lambda: redis_answers(redis), timeout=20)
     # The recovery sweep runs every 2 s (30 s by default) and leaves messages younger than 10 s.
     aiconv = await launch(
         "all",

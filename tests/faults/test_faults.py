@@ -16,7 +16,6 @@ from pathlib import Path
 import psycopg
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from aiconv.telegram.double import BotApiDouble
 from tests.e2e.conftest import Launcher
@@ -26,6 +25,7 @@ from tests.faults.driver import (
     converse,
     count,
     more_replies,
+    redis_answers,
     replies_in_order,
     settled,
     telegram_delivers,
@@ -136,13 +136,7 @@ async def test_redis_restarted_while_messages_flow(
     url, server = private_redis
     redis = Redis.from_url(url, decode_responses=True)
 
-    async def answers() -> bool:
-        try:
-            return bool(await redis.ping())
-        except RedisError:
-            return False  # still starting
-
-    await eventually(answers, timeout=20)
+    await eventually(lambda: redis_answers(redis), timeout=20)
     await launch("all", REDIS_URL=url, **webhook(free_port()))
     chats, turns = list(range(1201, 1205)), 5
     tally = Tally("Redis restarted")
@@ -156,7 +150,7 @@ async def test_redis_restarted_while_messages_flow(
             server.start()
 
     await asyncio.gather(converse(double, chats, turns, tally), restart_redis())
-    await eventually(answers, timeout=20)
+    await eventually(lambda: redis_answers(redis), timeout=20)
     await settled(redis, redis_prefix)
     await redis.aclose()
     count(double, chats, turns, tally)
