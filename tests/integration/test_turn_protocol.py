@@ -470,6 +470,9 @@ def skewed_process_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(turns_module, "time", fake)
 
 
+# A signal timeout would surface inside hypothesis as a failing example and start a shrink that
+# is never interrupted again: the thread method ends the run loudly instead.
+@pytest.mark.timeout(600, method="thread")
 def test_turn_protocol_state_machine(skewed_process_clocks: None) -> None:
     run_state_machine_as_test(
         QuietAtTheEnd,
