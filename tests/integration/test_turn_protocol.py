@@ -187,11 +187,16 @@ class TurnProtocol(RuleBasedStateMachine):
         self.run(lose())
 
     def _forget_apology(self, fields: dict[str, str]) -> None:
-        """An apology lost with Redis data is not owed any more (nothing can send it)."""
+        """An apology that failed for good (dead-lettered itself, or lost with Redis data) is
+        not owed any more, and nothing more is done for its turn's messages: the end of the line
+        for a job that fails definitely, so the model counts them as settled."""
         payload = json.loads(fields.get("job", "{}"))
         key = str(payload.get("key", ""))
         if key.startswith("sorry:"):
-            self.chats[int(payload["chat_id"])].apologies_owed.discard(key.removeprefix("sorry:"))
+            turn = key.removeprefix("sorry:")
+            model = self.chats[int(payload["chat_id"])]
+            model.apologies_owed.discard(turn)
+            model.covered.update(model.noted[: self.turn_covers.get(turn, 0)])
 
     # --- workers -------------------------------------------------------------------------------
 
@@ -263,9 +268,12 @@ class TurnProtocol(RuleBasedStateMachine):
             model = self.chats[int(item.job.payload["chat_id"])]
             model.sending.discard(turn)
             if self.run(self.turns.status(model_chat(turn), turn)) != "lost":
-                covers = item.job.payload.get("covers", self.turn_covers.get(turn))
-                model.settled = max(model.settled, int(covers))
+                covers = int(item.job.payload.get("covers", self.turn_covers.get(turn)))
+                self.turn_covers.setdefault(turn, covers)  # its turn stage may never have run
+                model.settled = max(model.settled, covers)
                 model.apologies_owed.add(turn)
+        else:
+            self._forget_apology({"job": json.dumps(item.job.payload)})  # an apology that failed
         self.run(dead_letter())
 
     # --- the stages, as the handlers do them ---------------------------------------------------
