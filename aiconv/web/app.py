@@ -10,6 +10,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from aiconv.config import Settings
+from aiconv.jobs.codec import JobCodec
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import JobQueue
 from aiconv.observability.ops import health_routes
@@ -24,7 +25,9 @@ from aiconv.web.webhook import make_webhook
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     redis = make_redis(settings)
-    queue = JobQueue(redis, Keys(settings.redis_key_prefix))
+    queue = JobQueue(
+        redis, Keys(settings.redis_key_prefix), JobCodec.from_setting(settings.encryption_key)
+    )
     # PostgreSQL serves only the admin API here (enabled by JWT_SECRET_KEY); the pool opens
     # without waiting, so a database outage never stops the webhook.
     pool = (
@@ -55,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ),
         *health_routes({"redis": redis_ping}),
         *openai_routes(settings, queue),
-        *admin_routes(settings, redis, pool),
+        *admin_routes(settings, redis, pool, queue.codec),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(MetricsMiddleware)])
     # Starlette answers `/path/` with a redirect to `/path` built from the Host header, which a

@@ -190,7 +190,12 @@ class OpenAiApi:
             for _stream, entries in response or []:
                 for entry_id, fields in entries:
                     last = entry_id
-                    event = json.loads(fields.get("event", "{}"))
+                    event = self.queue.codec.decode(key, fields.get("event")) or {
+                        "type": "error",
+                        "status": 502,
+                        "code": "unreadable",
+                        "message": "the model's answer could not be read",
+                    }
                     yield event
                     if event.get("type") in ("done", "error"):
                         return

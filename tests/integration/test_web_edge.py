@@ -21,9 +21,9 @@ API_KEY = "sk-edge-test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
-def api_client(prefix: str) -> httpx.AsyncClient:
+def api_client(prefix: str, **env: str) -> httpx.AsyncClient:
     settings = Settings.from_env(
-        {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEYS": API_KEY}
+        {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEYS": API_KEY, **env}
     )
     transport = httpx.ASGITransport(app=create_app(settings))
     return httpx.AsyncClient(transport=transport, base_url="http://aiconv")
@@ -83,6 +83,41 @@ async def test_v1_text_is_cleaned_of_nul_and_lone_surrogates(
             request.cancel()  # a failed check must not leave the request waiting for ml
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "ok"
+
+
+async def test_with_a_key_v1_requests_and_answers_are_sealed_in_redis(
+    redis: Redis, redis_prefix: str
+) -> None:
+    # Issue 13, item 4: the job (the whole conversation) and the answer were plain in Redis.
+    from aiconv.jobs.codec import JobCodec
+
+    key = bytes(range(32)).hex()
+    codec = JobCodec.from_setting(key)
+    body = json.dumps({"messages": [{"role": "user", "content": "my secret question"}]})
+    async with api_client(redis_prefix, ENCRYPTION_KEY=key) as http:
+        request = asyncio.create_task(http.post("/v1/chat/completions", content=body, headers=AUTH))
+        try:
+            generate = f"{redis_prefix}generate"
+            entries: list[object] = []
+            for _ in range(6):  # 30 s at most
+                reply = await redis.xread({generate: "0-0"}, count=1, block=5000)
+                entries = reply[0][1] if reply else []
+                if entries or request.done():
+                    break
+            assert entries, "no job was queued"
+            _, fields = entries[0]  # type: ignore[misc]
+            assert "secret" not in fields["job"]
+            job = codec.decode(generate, fields["job"])
+            assert job is not None
+            assert job["messages"] == [{"role": "user", "content": "my secret question"}]
+            stream = api_response_key(Keys(redis_prefix), job["id"])
+            for event in ({"type": "delta", "text": "sealed answer"}, {"type": "done"}):
+                await redis.xadd(stream, {"event": codec.encode(stream, event)})
+            response = await asyncio.wait_for(request, 30)
+        finally:
+            request.cancel()
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "sealed answer"
 
 
 # --- no redirect is ever built from the Host header (item 9) ------------------------------------
