@@ -53,7 +53,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         Route(
             "/webhook",
-            make_webhook(settings.telegram_webhook_secret, queue),  # type: ignore[arg-type]
+            # Live only in webhook mode: when polling, a known or leaked secret must not let
+            # anyone forge updates (the answer is 404, as with no secret at all).
+            make_webhook(  # type: ignore[arg-type]
+                settings.telegram_webhook_secret if settings.webhook_mode else None, queue
+            ),
             methods=["POST"],
         ),
         *health_routes({"redis": redis_ping}),
