@@ -22,6 +22,21 @@ from aiconv.web.openai import openai_routes
 from aiconv.web.webhook import make_webhook
 
 
+def create_worker_app() -> Starlette:
+    """The app of one granian worker: a fresh interpreter (spawned), which inherits nothing from
+    the `aiconv web` process, so it sets up what every aiconv process does before serving:
+    logging (format, level, redaction of secrets and message text) and Sentry (scrubbed).
+    Metrics need nothing here: PROMETHEUS_MULTIPROC_DIR, set by the CLI before granian started,
+    is inherited, and the ops port merges the workers' files."""
+    from aiconv.observability.logging import configure_logging
+    from aiconv.observability.sentry import init_sentry
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    init_sentry(settings)
+    return create_app(settings)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     redis = make_redis(settings)
