@@ -6,6 +6,7 @@ The consumer acknowledges the job when the handler returns; the events are the e
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -50,6 +51,12 @@ class ApiHandler:
 
         cancel_key = api_cancel_key(self.keys, request_id)
         if not request_id or await self.watcher.stale(cancel_key, None):
+            return
+        deadline = _float(p.get("deadline"))
+        if deadline is not None and time.time() > deadline:
+            # Its client has been answered 504 (or left): nobody will read this generation.
+            bound.info("api request past its deadline; dropped")
+            observe(None, "cancelled")
             return
         # A rerun (after a crash or a Redis outage) announces itself with a new attempt id.
         await emit({"type": "start", "attempt": uuid.uuid4().hex})
