@@ -132,6 +132,7 @@ restore FILE: env-file
 # render and apply an overlay (dev, production, gpu), then wait for the rollout
 deploy OVERLAY:
     @test -d k8s-kustomize/overlays/{{OVERLAY}} || { echo "overlays: $(ls k8s-kustomize/overlays)" >&2; exit 1; }
+    @if [ "{{OVERLAY}}" = dev ]; then k8s-kustomize/overlays/dev/make-secrets.sh; fi
     kubectl apply -k k8s-kustomize/overlays/{{OVERLAY}}
     for d in web worker ml; do {{kube}} rollout status deployment/aiconv-$d --timeout=10m; done
 

@@ -166,13 +166,16 @@ def _admin_token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from aiconv.jobs.codec import JobCodec
     from aiconv.jobs.dlq import DeadLetters
     from aiconv.jobs.keys import Keys
     from aiconv.resources import make_redis
 
     redis = make_redis(settings)
     try:
-        dead = DeadLetters(redis, Keys(settings.redis_key_prefix))
+        dead = DeadLetters(
+            redis, Keys(settings.redis_key_prefix), JobCodec.from_setting(settings.encryption_key)
+        )
         if args.action == "list":
             for job in await dead.list(args.limit):
                 print(json.dumps(job.as_dict()))

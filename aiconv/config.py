@@ -6,12 +6,10 @@ variable, which the CLI turns into one line on stderr and exit code 2.
 
 from __future__ import annotations
 
-import base64
 import importlib.metadata
 import itertools
 import math
 import os
-import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from urllib.parse import quote, unquote, urlsplit
 from aiconv.conversation.pacing import PacingConfig
 from aiconv.conversation.prompt import DEFAULT_PERSONA
 from aiconv.jobs.consumer import ConsumerOptions
+from aiconv.store.crypto import KEY_BYTES, key_bytes
 from aiconv.worker.rate_limit import RateLimits
 from aiconv.worker.turns import TurnConfig
 
@@ -50,7 +49,7 @@ PLACEHOLDER_MARKERS = (
 # Production secrets (webhook secret, JWT key, API keys, SECRET_KEY) need this many characters,
 # and must look random (see `_weakness`).
 MIN_SECRET_CHARS = 32
-ENCRYPTION_KEY_BYTES = 32
+ENCRYPTION_KEY_BYTES = KEY_BYTES  # parsed by aiconv.store.crypto.key_bytes, as crypto reads it
 
 
 class ConfigError(Exception):
@@ -422,27 +421,15 @@ def _weakness(secret: str) -> str | None:
     return None
 
 
-def _key_material(text: str) -> bytes | None:
-    """The bytes of a key written as hex or as base64 (standard or URL-safe, padded or not)."""
-    if re.fullmatch(r"[0-9a-fA-F]+", text) and len(text) % 2 == 0:
-        return bytes.fromhex(text)
-    if re.fullmatch(r"[A-Za-z0-9+/_-]+={0,2}", text):
-        unpadded = text.rstrip("=").replace("-", "+").replace("_", "/")
-        try:
-            return base64.b64decode(unpadded + "=" * (-len(unpadded) % 4), validate=True)
-        except ValueError:
-            return None
-    return None
-
-
 def _check_encryption_keys(value: str) -> None:
-    """The key that encrypts (the first) must be 32 random bytes, as base64 or hex; older keys,
-    which only read what they wrote, may be the passphrases of earlier releases."""
+    """The key that encrypts (the first) must be 32 random bytes, as base64 or hex (padded or
+    not: the forms `aiconv.store.crypto` reads as a key, not as a passphrase); older keys, which
+    only read what they wrote, may be the passphrases of earlier releases."""
     keys = [part.strip() for part in value.split(",")]
     for key in keys:
         if _is_placeholder(key):
             raise ConfigError("ENCRYPTION_KEY", "is a placeholder; set a real key in production")
-    raw = _key_material(keys[0])
+    raw = key_bytes(keys[0])
     if raw is None or len(raw) != ENCRYPTION_KEY_BYTES:
         raise ConfigError(
             "ENCRYPTION_KEY",

@@ -10,6 +10,7 @@ import httpx
 from redis.asyncio import Redis
 
 from aiconv.config import Settings
+from aiconv.jobs.codec import JobCodec
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import JobQueue
 from aiconv.store.crypto import TextCipher
@@ -45,6 +46,7 @@ def make_redis(settings: Settings) -> Redis:
 @asynccontextmanager
 async def open_resources(settings: Settings, *, database: bool = True) -> AsyncIterator[Resources]:
     redis = make_redis(settings)
+    cipher = TextCipher.from_setting(settings.encryption_key)
     pool = make_pool(settings.database_url, settings.db_pool_size)
     if database:
         await pool.open(wait=False)
@@ -56,8 +58,8 @@ async def open_resources(settings: Settings, *, database: bool = True) -> AsyncI
         yield Resources(
             settings=settings,
             redis=redis,
-            queue=JobQueue(redis, Keys(settings.redis_key_prefix)),
-            store=Store(pool, TextCipher.from_setting(settings.encryption_key)),
+            queue=JobQueue(redis, Keys(settings.redis_key_prefix), JobCodec(cipher)),
+            store=Store(pool, cipher),
             http=http,
             bot=BotClient(http, settings.telegram_api_url, settings.telegram_bot_token),
         )

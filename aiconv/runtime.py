@@ -77,7 +77,15 @@ async def run_modes(
         try:
             async with loops.group:
                 # Probes and metrics answer first, so a slow model load reads as "not ready yet".
-                loops.core("ops", serve(ops_app(checks), "0.0.0.0", settings.metrics_port, stop))
+                loops.core(
+                    "ops",
+                    serve(
+                        ops_app(checks, metrics=settings.metrics_enabled),
+                        "0.0.0.0",
+                        settings.metrics_port,
+                        stop,
+                    ),
+                )
                 loops.aux(
                     "gauges",
                     lambda: run_gauges(resources.redis, resources.keys, resources.store.pool, stop),

@@ -43,7 +43,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aiconv.jobs.errors import TRANSIENT_ERRORS, DependencyUnavailable
-from aiconv.jobs.queue import Job, JobQueue, decode_entry
+from aiconv.jobs.queue import Job, JobQueue
 from aiconv.jobs.retry import Backoff, sleep_or_stop
 from aiconv.observability.metrics import JOB_DURATION, JOBS
 
@@ -232,7 +232,7 @@ class Consumer:
             for entry_id, fields in entries:
                 if fields is None:  # deleted while pending
                     continue
-                self._start(decode_entry(self.stream, entry_id, fields, deliveries=1))
+                self._start(self.queue.decode_entry(self.stream, entry_id, fields, deliveries=1))
 
     def _start(self, job: Job) -> None:
         if job.id in self._tasks:
@@ -376,7 +376,7 @@ class Consumer:
             pendings = await pipe.execute()
         for (entry_id, fields), pending in zip(fresh, pendings, strict=True):
             deliveries = int(pending[0]["times_delivered"]) if pending else 1
-            job = decode_entry(self.stream, entry_id, fields, deliveries=deliveries)
+            job = self.queue.decode_entry(self.stream, entry_id, fields, deliveries)
             if deliveries > self.options.max_deliveries:
                 await self._dead_letter(job, "delivered too many times without completing")
             else:

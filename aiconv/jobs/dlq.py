@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
+from aiconv.jobs.codec import PLAIN, JobCodec
 from aiconv.jobs.keys import Keys
 
 
@@ -32,20 +32,21 @@ class DeadJob:
 
 
 class DeadLetters:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, codec: JobCodec = PLAIN) -> None:
         self.redis = redis
         self.keys = keys
+        self.codec = codec  # dead-letter records are sealed like any job (they hold its payload)
 
     async def count(self) -> int:
         return int(await self.redis.xlen(self.keys.dlq))
 
     async def list(self, limit: int = 100) -> list[DeadJob]:
         entries = await self.redis.xrange(self.keys.dlq, count=limit)
-        return [_decode(entry) for entry in entries or []]
+        return [self._decode(entry) for entry in entries or []]
 
     async def get(self, entry_id: str) -> DeadJob | None:
         entries = await self.redis.xrange(self.keys.dlq, min=entry_id, max=entry_id)
-        return _decode(entries[0]) if entries else None
+        return self._decode(entries[0]) if entries else None
 
     async def replay(self, entry_id: str) -> str | None:
         """Put the job back on its stream as a fresh delivery; returns the new entry id.
@@ -62,7 +63,7 @@ class DeadLetters:
         if dead.stream == self.keys.replies:
             payload.pop("turn", None)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(dead.stream, {"job": json.dumps(payload)})
+            pipe.xadd(dead.stream, {"job": self.codec.encode(dead.stream, payload)})
             pipe.xdel(self.keys.dlq, entry_id)
             new_id, _ = await pipe.execute()
         return str(new_id)
@@ -70,15 +71,14 @@ class DeadLetters:
     async def drop(self, entry_id: str) -> bool:
         return bool(await self.redis.xdel(self.keys.dlq, entry_id))
 
+    def _decode(self, entry: Any) -> DeadJob:
+        entry_id, fields = entry
+        return _decode(entry_id, self.codec.decode(self.keys.dlq, (fields or {}).get("job")))
 
-def _decode(entry: Any) -> DeadJob:
-    """Read a dead-letter record; a damaged one is still listed, never an error."""
-    entry_id, fields = entry
-    try:
-        record = json.loads((fields or {}).get("job", "{}"))
-    except ValueError:
-        record = None
-    if not isinstance(record, dict):
+
+def _decode(entry_id: Any, record: dict[str, Any] | None) -> DeadJob:
+    """Read a dead-letter record; a damaged (or unreadable) one is still listed, never an error."""
+    if record is None:
         record = {"error": "unreadable dead-letter record"}
     payload = record.get("payload")
     return DeadJob(

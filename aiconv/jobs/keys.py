@@ -146,6 +146,10 @@ class Keys:
     def api_cancel(self, request_id: str) -> str:
         return f"{self.prefix}oai:{request_id}:cancel"
 
+    def api_in_flight(self, api_key: str) -> str:
+        """How many /v1 requests one API key has open (named by a digest, never the key)."""
+        return f"{self.prefix}oai-in-flight:{_digest(api_key)}"
+
 
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()[:16]

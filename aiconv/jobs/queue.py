@@ -1,20 +1,22 @@
 """The Redis Streams job layer: enqueue, hand over, acknowledge.
 
-A job is one stream entry whose single field `job` holds JSON. Producers that must not enqueue
-twice pass an idempotency key: the SET NX of a `done:` marker and the XADD run in one Lua script,
-so either both happen or neither. A stage hands its result on with `hand_over`, which also XACKs
-the source entry in the same script: a crash can never leave a job both acknowledged and lost.
+A job is one stream entry whose single field `job` holds JSON, sealed when ENCRYPTION_KEY is set
+(`aiconv.jobs.codec`: every payload is encoded and decoded here, nowhere else). Producers that
+must not enqueue twice pass an idempotency key: the SET NX of a `done:` marker and the XADD run
+in one Lua script, so either both happen or neither. A stage hands its result on with
+`hand_over`, which also XACKs the source entry in the same script: a crash can never leave a job
+both acknowledged and lost.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from aiconv.jobs.codec import PLAIN, JobCodec
 from aiconv.jobs.keys import Keys
 
 # How long an idempotency marker outlives its job: longer than Telegram keeps retrying a webhook
@@ -76,9 +78,10 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, codec: JobCodec = PLAIN) -> None:
         self.redis = redis
         self.keys = keys
+        self.codec = codec
         self._hand_over = redis.register_script(_HAND_OVER)
 
     async def ensure_group(self, stream: str, group: str) -> None:
@@ -98,7 +101,7 @@ class JobQueue:
         """Add jobs without idempotency keys in one round trip (bulk producers, benchmarks)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for payload in payloads:
-                pipe.xadd(stream, {"job": json.dumps(payload)})
+                pipe.xadd(stream, {"job": self.codec.encode(stream, payload)})
             ids = await pipe.execute()
         return [str(entry_id) for entry_id in ids]
 
@@ -117,6 +120,11 @@ class JobQueue:
         on, or the guarding turn no longer owns its chat).
         """
         return await self._run(stream, payload, idempotency_key, (source, group), guard)
+
+    def decode_entry(
+        self, stream: str, entry_id: bytes | str, fields: dict[Any, Any], deliveries: int
+    ) -> Job:
+        return decode_entry(stream, entry_id, fields, deliveries, self.codec)
 
     async def ack(self, job: Job, group: str) -> None:
         await self.redis.xack(job.stream, group, job.id)
@@ -169,7 +177,7 @@ class JobQueue:
         ]
         args: list[str | int | float] = [
             DONE_TTL_SECONDS,
-            json.dumps(payload),
+            self.codec.encode(stream, payload),
             source[1] if source else "",
             source[0].id if source else "",
             guard.turn if guard else "",
@@ -189,14 +197,15 @@ def _entry_id(raw: str | bytes) -> tuple[int, int]:
 
 
 def decode_entry(
-    stream: str, entry_id: bytes | str, fields: dict[Any, Any], deliveries: int
+    stream: str,
+    entry_id: bytes | str,
+    fields: dict[Any, Any],
+    deliveries: int,
+    codec: JobCodec = PLAIN,
 ) -> Job:
     raw = fields.get(b"job", fields.get("job"))
     entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    try:
-        payload = json.loads(raw) if raw is not None else None
-    except ValueError:
-        payload = None
-    if not isinstance(payload, dict):
+    payload = codec.decode(stream, raw)
+    if payload is None:
         payload = {"invalid": True}
     return Job(stream=stream, id=entry, payload=payload, deliveries=deliveries)

@@ -6,7 +6,7 @@ The consumer acknowledges the job when the handler returns; the events are the e
 from __future__ import annotations
 
 import asyncio
-import json
+import time
 import uuid
 from typing import Any
 
@@ -45,10 +45,18 @@ class ApiHandler:
         bound = log.bind(job_key=job.key, request_id=request_id)
 
         async def emit(event: dict[str, Any]) -> None:
-            await redis.xadd(out, {"event": json.dumps(event)}, maxlen=100_000, approximate=True)
+            # Sealed like jobs when ENCRYPTION_KEY is set: the answer is user text too.
+            encoded = self.queue.codec.encode(out, event)
+            await redis.xadd(out, {"event": encoded}, maxlen=100_000, approximate=True)
 
         cancel_key = api_cancel_key(self.keys, request_id)
         if not request_id or await self.watcher.stale(cancel_key, None):
+            return
+        deadline = _float(p.get("deadline"))
+        if deadline is not None and time.time() > deadline:
+            # Its client has been answered 504 (or left): nobody will read this generation.
+            bound.info("api request past its deadline; dropped")
+            observe(None, "cancelled")
             return
         # A rerun (after a crash or a Redis outage) announces itself with a new attempt id.
         await emit({"type": "start", "attempt": uuid.uuid4().hex})

@@ -48,10 +48,15 @@ def health_routes(checks: Mapping[str, Check]) -> list[Route]:
     return [Route("/health", health), Route("/ready", ready)]
 
 
-def ops_app(checks: Mapping[str, Check]) -> Starlette:
-    async def metrics(_: Request) -> Response:
+def ops_app(checks: Mapping[str, Check], *, metrics: bool = True) -> Starlette:
+    """/health, /ready and, unless METRICS_ENABLED=false (`metrics`), /metrics (else a 404)."""
+
+    async def exposed(_: Request) -> Response:
         return Response(exposition(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
-    app = Starlette(routes=[*health_routes(checks), Route("/metrics", metrics)])
+    routes = health_routes(checks)
+    if metrics:
+        routes.append(Route("/metrics", exposed))
+    app = Starlette(routes=routes)
     app.router.redirect_slashes = False  # no redirect built from the Host header
     return app

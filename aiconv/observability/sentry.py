@@ -10,6 +10,7 @@ hold message text and secrets under names no scrubber can guess.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -70,6 +71,10 @@ class Scrubber:
     def breadcrumb(self, crumb: dict[str, Any], hint: Any = None) -> dict[str, Any]:
         return dict(self.value(crumb))
 
+    def log(self, record: dict[str, Any], hint: Any = None) -> dict[str, Any]:
+        """A log record forwarded to Sentry (`enable_logs`): its body and attributes."""
+        return dict(self.value(record))
+
 
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret value the settings hold, and the parts of them that travel on their own."""
@@ -98,7 +103,7 @@ def sentry_options(settings: Settings) -> dict[str, Any]:
     """The keyword arguments of sentry_sdk.init for these settings."""
     scrubber = Scrubber(secrets_of(settings))
     before: Callable[[dict[str, Any], Any], dict[str, Any]] = scrubber.event
-    return {
+    options = {
         "dsn": settings.sentry_dsn,
         "environment": settings.sentry_environment or settings.environment,
         "send_default_pii": False,  # message text and user names stay out of error reports
@@ -108,6 +113,17 @@ def sentry_options(settings: Settings) -> dict[str, Any]:
         "before_send_transaction": before,
         "before_breadcrumb": scrubber.breadcrumb,
     }
+    if _supports("before_send_log"):  # sentry-sdk >= 2.35: log records, when enable_logs is on
+        options["before_send_log"] = scrubber.log
+    return options
+
+
+def _supports(option: str) -> bool:
+    try:
+        from sentry_sdk.consts import ClientConstructor
+    except ImportError:
+        return False
+    return option in inspect.signature(ClientConstructor.__init__).parameters
 
 
 def init_sentry(settings: Settings, **overrides: Any) -> bool:

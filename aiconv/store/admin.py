@@ -21,14 +21,19 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from aiconv.store.crypto import read_message_text
+
 CONNECT_TIMEOUT_SECONDS = 5.0
 # An admin query must never hold a connection (or locks) for long; a cancelled one is an error.
 STATEMENT_TIMEOUT = "SET LOCAL statement_timeout = '30s'"
 
 
-def stored_text(text: str) -> str:
-    """How message text is read back for an export: as stored (no encryption at rest yet)."""
-    return text
+ReadText = Callable[[str, bool | None, int, str], str]
+
+
+def stored_text(text: str, sealed: bool | None, chat_id: int, idempotency_key: str) -> str:
+    """A row's text read without ENCRYPTION_KEY (text, text_sealed, chat_id, idempotency_key)."""
+    return read_message_text(None, text, sealed, chat_id, idempotency_key)
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
@@ -52,9 +57,7 @@ _PRIVATE_CHATS = """
 class AdminStore:
     """Admin queries over the pool; ``read_text`` turns a stored message text into plain text."""
 
-    def __init__(
-        self, pool: AsyncConnectionPool, read_text: Callable[[str], str] = stored_text
-    ) -> None:
+    def __init__(self, pool: AsyncConnectionPool, read_text: ReadText = stored_text) -> None:
         self.pool = pool
         self.read_text = read_text
 
@@ -181,7 +184,7 @@ class AdminStore:
             await cur.execute(
                 f"""SELECT m.id, m.chat_id, m.role, m.text, m.telegram_message_id,
                            m.reply_to_message_id, m.prompt_tokens, m.completion_tokens,
-                           m.created_at
+                           m.created_at, m.text_sealed, m.idempotency_key
                     FROM messages m
                     WHERE m.user_id = %(user_id)s
                        OR (m.role <> 'user' AND m.chat_id IN ({_PRIVATE_CHATS}))
@@ -190,7 +193,8 @@ class AdminStore:
             )
             messages = await cur.fetchall()
         for message in messages:
-            message["text"] = self.read_text(message["text"])
+            sealed, key = message.pop("text_sealed"), message.pop("idempotency_key")
+            message["text"] = self.read_text(message["text"], sealed, message["chat_id"], key)
         return {
             "user": _jsonable(user),
             "chats": [_jsonable(chat) for chat in chats],

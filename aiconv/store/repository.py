@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from aiconv.conversation.history import Role, Turn
-from aiconv.store.crypto import TextCipher
+from aiconv.store.crypto import DecryptionError, TextCipher, message_context, read_message_text
 from aiconv.telegram.models import IncomingMessage
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,32 @@ class Store:
         self.pool = pool
         self.cipher = cipher
 
-    def seal(self, text: str) -> str:
-        """Message text as stored: encrypted when ENCRYPTION_KEY is set."""
-        return self.cipher.encrypt(text) if self.cipher else text
+    def seal(self, text: str, chat_id: int, idempotency_key: str) -> tuple[str, bool]:
+        """Message text as stored, and whether it is encrypted (when ENCRYPTION_KEY is set):
+        bound to its row, so it cannot be moved onto another."""
+        if self.cipher is None:
+            return text, False
+        return self.cipher.encrypt(text, message_context(chat_id, idempotency_key)), True
 
-    def unseal(self, stored: str) -> str:
-        return self.cipher.decrypt(stored) if self.cipher else stored
+    def unseal(self, stored: str, sealed: bool | None, chat_id: int, idempotency_key: str) -> str:
+        """A row's text; raises DecryptionError when it is encrypted and cannot be read."""
+        return read_message_text(self.cipher, stored, sealed, chat_id, idempotency_key)
+
+    def _readable(
+        self, stored: str, sealed: bool | None, chat_id: int, idempotency_key: str
+    ) -> str | None:
+        """A row's text, or None (logged, without the text) when it cannot be read: one bad
+        row never stops a conversation."""
+        try:
+            return self.unseal(stored, sealed, chat_id, idempotency_key)
+        except DecryptionError as error:
+            log.error(
+                "stored message text cannot be read",
+                chat_id=chat_id,
+                idempotency_key=idempotency_key,
+                error=str(error),
+            )
+            return None
 
     async def ping(self) -> None:
         async with self.pool.connection(timeout=2.0) as conn:
@@ -94,12 +117,14 @@ class Store:
     ) -> int:
         """Store a message once per idempotency key; returns its id either way."""
         stats = stats or GenerationStats()
+        stored, sealed = self.seal(text, chat_id, idempotency_key)
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
-                """INSERT INTO messages (chat_id, user_id, role, text, idempotency_key,
-                       telegram_update_id, telegram_message_id, reply_to_message_id,
-                       prompt_tokens, completion_tokens, generation_seconds, first_token_seconds)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                """INSERT INTO messages (chat_id, user_id, role, text, text_sealed,
+                       idempotency_key, telegram_update_id, telegram_message_id,
+                       reply_to_message_id, prompt_tokens, completion_tokens,
+                       generation_seconds, first_token_seconds)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                    ON CONFLICT (idempotency_key)
                        DO UPDATE SET idempotency_key = EXCLUDED.idempotency_key
                    RETURNING id""",
@@ -107,7 +132,8 @@ class Store:
                     chat_id,
                     user_id,
                     role,
-                    self.seal(text),
+                    stored,
+                    sealed,
                     idempotency_key,
                     telegram_update_id,
                     telegram_message_id,
@@ -125,14 +151,15 @@ class Store:
     async def message_by_key(self, idempotency_key: str) -> StoredMessage | None:
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
-                """SELECT id, chat_id, role, text, telegram_message_id
+                """SELECT id, chat_id, role, text, telegram_message_id, text_sealed
                    FROM messages WHERE idempotency_key = %s""",
                 (idempotency_key,),
             )
             row = await cursor.fetchone()
         if row is None:
             return None
-        return StoredMessage(row[0], row[1], row[2], self.unseal(row[3]), row[4])
+        text = self._readable(row[3], row[5], row[1], idempotency_key)
+        return StoredMessage(row[0], row[1], row[2], text or "", row[4])
 
     async def history(self, chat_id: int, limit: int, up_to_id: int | None = None) -> list[Turn]:
         """The chat's most recent turns since its last /reset, oldest first, in chat order.
@@ -152,15 +179,16 @@ class Store:
         """
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
-                """SELECT role, text FROM (
-                       SELECT id, role, text, COALESCE(
+                """SELECT role, text, text_sealed, idempotency_key FROM (
+                       SELECT id, role, text, text_sealed, idempotency_key, COALESCE(
                                   telegram_message_id,
                                   max(telegram_message_id) OVER (
                                       ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING
                                                        AND 1 PRECEDING),
                                   0) AS position
                        FROM (
-                           SELECT m.id, m.role, m.text, m.telegram_message_id
+                           SELECT m.id, m.role, m.text, m.text_sealed, m.idempotency_key,
+                                  m.telegram_message_id
                            FROM messages m JOIN chats c ON c.id = m.chat_id
                            WHERE m.chat_id = %s AND m.id > c.history_starts_after
                              AND (%s::bigint IS NULL OR m.id <= %s::bigint)
@@ -171,7 +199,12 @@ class Store:
                 (chat_id, up_to_id, up_to_id, limit),
             )
             rows = await cursor.fetchall()
-        return [Turn(role=row[0], text=self.unseal(row[1])) for row in rows]
+        turns = []
+        for role, stored, sealed, key in rows:
+            text = self._readable(stored, sealed, chat_id, key)
+            if text is not None:
+                turns.append(Turn(role=role, text=text))
+        return turns
 
     async def chat_party(self, chat_id: int) -> tuple[str, int | None]:
         """The chat's type and the user who wrote its newest message."""

@@ -31,6 +31,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from aiconv.config import Settings
+from aiconv.jobs.codec import JobCodec
 from aiconv.jobs.dlq import DeadJob, DeadLetters
 from aiconv.jobs.keys import Keys
 from aiconv.store.admin import AdminStore
@@ -184,6 +185,10 @@ class AdminApi:
     async def dlq_list(self, request: Request, subject: str) -> Response:
         limit = _query_int(request, "limit", DLQ_LIMIT_DEFAULT, DLQ_LIMIT_MAX)
         jobs = await self.dead.list(limit)
+        # Dead jobs carry message text: who read which, on the audit trail.
+        log.info(
+            "admin: dead jobs read", sub=subject, count=len(jobs), ids=[job.id for job in jobs]
+        )
         return JSONResponse(
             {"count": await self.dead.count(), "items": [_dead_job(job) for job in jobs]}
         )
@@ -265,7 +270,10 @@ async def _disabled(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def admin_routes(
-    settings: Settings, redis: Redis, pool: AsyncConnectionPool | None
+    settings: Settings,
+    redis: Redis,
+    pool: AsyncConnectionPool | None,
+    codec: JobCodec | None = None,
 ) -> list[BaseRoute]:
     """The /admin mount: the API when JWT_SECRET_KEY is set (and a pool given), else 404s."""
     if not settings.jwt_secret_key or pool is None:
@@ -273,12 +281,11 @@ def admin_routes(
     if any(len(key.encode()) < 32 for key in auth.signing_keys(settings.jwt_secret_key)):
         # HS256 tokens can be brute-forced offline against a short key (production refuses it).
         log.warning("JWT_SECRET_KEY is shorter than 32 bytes; use a long random value")
+    cipher = TextCipher.from_setting(settings.encryption_key)
     api = AdminApi(
         settings.jwt_secret_key,
-        AdminStore(
-            pool, read_text=Store(pool, TextCipher.from_setting(settings.encryption_key)).unseal
-        ),
-        DeadLetters(redis, Keys(settings.redis_key_prefix)),
+        AdminStore(pool, read_text=Store(pool, cipher).unseal),
+        DeadLetters(redis, Keys(settings.redis_key_prefix), codec or JobCodec(cipher)),
     )
     app = Starlette(routes=api.routes(), exception_handlers={HTTPException: _http_error})
     app.router.redirect_slashes = False  # no redirect built from the Host header (see app.py)

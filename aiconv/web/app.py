@@ -10,6 +10,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from aiconv.config import Settings
+from aiconv.jobs.codec import JobCodec
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import JobQueue
 from aiconv.observability.ops import health_routes
@@ -21,10 +22,27 @@ from aiconv.web.openai import openai_routes
 from aiconv.web.webhook import make_webhook
 
 
+def create_worker_app() -> Starlette:
+    """The app of one granian worker: a fresh interpreter (spawned), which inherits nothing from
+    the `aiconv web` process, so it sets up what every aiconv process does before serving:
+    logging (format, level, redaction of secrets and message text) and Sentry (scrubbed).
+    Metrics need nothing here: PROMETHEUS_MULTIPROC_DIR, set by the CLI before granian started,
+    is inherited, and the ops port merges the workers' files."""
+    from aiconv.observability.logging import configure_logging
+    from aiconv.observability.sentry import init_sentry
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    init_sentry(settings)
+    return create_app(settings)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     redis = make_redis(settings)
-    queue = JobQueue(redis, Keys(settings.redis_key_prefix))
+    queue = JobQueue(
+        redis, Keys(settings.redis_key_prefix), JobCodec.from_setting(settings.encryption_key)
+    )
     # PostgreSQL serves only the admin API here (enabled by JWT_SECRET_KEY); the pool opens
     # without waiting, so a database outage never stops the webhook.
     pool = (
@@ -50,12 +68,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         Route(
             "/webhook",
-            make_webhook(settings.telegram_webhook_secret, queue),  # type: ignore[arg-type]
+            # Live only in webhook mode: when polling, a known or leaked secret must not let
+            # anyone forge updates (the answer is 404, as with no secret at all).
+            make_webhook(  # type: ignore[arg-type]
+                settings.telegram_webhook_secret if settings.webhook_mode else None, queue
+            ),
             methods=["POST"],
         ),
         *health_routes({"redis": redis_ping}),
         *openai_routes(settings, queue),
-        *admin_routes(settings, redis, pool),
+        *admin_routes(settings, redis, pool, queue.codec),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(MetricsMiddleware)])
     # Starlette answers `/path/` with a redirect to `/path` built from the Host header, which a

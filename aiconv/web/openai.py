@@ -4,16 +4,24 @@ Guarded by bearer keys from OPENAI_API_KEYS (no keys: the endpoints answer 404).
 becomes a generation job on the same stream as chat turns, so the same ml pool serves it; ml
 streams the tokens back on a per-request Redis stream that this side reads (see
 `aiconv.ml.protocol`). A client that goes away cancels its generation.
+
+Bounds (issue 13, item 1): a request is answered within REQUEST_TIMEOUT_SECONDS, below the
+proxies' 300 s, and its job carries that deadline, so ml drops it if it is still queued then. A
+client that disconnects, streaming or not, cancels at once: its job, its Redis read and its slot.
+Each key has at most MAX_CONCURRENT_PER_KEY requests open (across web processes: a Redis sorted
+set of request ids, each expiring at its deadline, so a crashed process leaks nothing for long);
+messages, characters and max_tokens are capped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, TypeVar
 
 import anyio
 import structlog
@@ -36,8 +44,27 @@ from aiconv.telegram.models import clean_text
 from aiconv.web import auth, jsonbody
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
-REQUEST_TIMEOUT_SECONDS = 600.0  # a request waiting longer for ml (queue + generation) fails
+# A request waiting longer for ml (queue + generation) is answered 504 and its job dropped: below
+# the 300 s nginx and the Ingress wait for /v1, so the answer reaches the client.
+REQUEST_TIMEOUT_SECONDS = 290.0
 READ_BLOCK_MS = 5000
+MAX_MESSAGES = 256
+MAX_CHARACTERS = 200_000  # all messages' content together
+MAX_CONCURRENT_PER_KEY = 4
+
+T = TypeVar("T")
+
+# KEYS: the key's in-flight set; ARGV: limit, seconds a request may live, request id.
+# Expired entries (a process that died mid-request) are dropped first; Redis time throughout.
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
+return 1
+"""
 ROLES = {"system", "user", "assistant"}
 
 log = structlog.get_logger(__name__)
@@ -58,6 +85,16 @@ class ApiError(Exception):
 
 
 UNAVAILABLE = ApiError(503, "temporarily unavailable", "unavailable", "server_error")
+BUSY = ApiError(
+    429,
+    f"this key has {MAX_CONCURRENT_PER_KEY} requests open; wait for one to finish",
+    "concurrency_limit_exceeded",
+    "rate_limit_error",
+)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
 
 
 def openai_routes(settings: Settings, queue: JobQueue) -> list[Route]:
@@ -77,12 +114,17 @@ class OpenAiApi:
         self.keys = queue.keys
         self.model_id = served_model_id(settings.resolved_model_path())
         self.created = int(time.time())
+        self.max_tokens = settings.n_ctx
+        self._admit = self.redis.register_script(_ADMIT)
 
-    def _check(self, request: Request) -> None:
+    def _check(self, request: Request) -> str:
+        """The caller's API key, once accepted."""
         if not self.api_keys:
             raise ApiError(404, "the API is not enabled (set OPENAI_API_KEYS)", "not_found")
-        if not self.api_keys.accepts(auth.bearer(request.headers.get("authorization"))):
+        key = auth.bearer(request.headers.get("authorization"))
+        if not self.api_keys.accepts(key):
             raise ApiError(401, "invalid or missing API key", "invalid_api_key")
+        return key or ""
 
     def _model_card(self) -> dict[str, Any]:
         return {"id": self.model_id, "object": "model", "created": self.created,
@@ -106,38 +148,70 @@ class OpenAiApi:
 
     async def chat_completions(self, request: Request) -> Response:
         try:
-            self._check(request)
+            key = self._check(request)
             body = await _read_json(request)
             job, stream, include_usage = self._job(body)
         except ApiError as error:
             return error.response()
         request_id = job["id"]
+        slot = self.keys.api_in_flight(key)
         try:
-            await self.queue.enqueue(self.keys.generate, job, job["key"])
-            events = self._events(request_id)
-            events = _chain(await _until_content(events), events)
+            if not await self._admit(
+                keys=[slot], args=[MAX_CONCURRENT_PER_KEY, REQUEST_TIMEOUT_SECONDS, request_id]
+            ):
+                return BUSY.response()  # fmt: skip
         except RedisError as error:
             log.warning("api cannot reach redis", error=type(error).__name__)
-            await self._cancel(request_id)
             return UNAVAILABLE.response()
-        except ApiError as error:
-            await self._cancel(request_id)
-            return error.response()
-        head = {"id": f"chatcmpl-{request_id}", "created": job["created"], "model": self.model_id}
-        if stream:
-            return StreamingResponse(
-                self._sse(head, events, include_usage, request_id),
-                media_type="text/event-stream",
-                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-            )
+        handed_to_stream = False
         try:
-            return await self._whole(head, events)
-        except RedisError:
-            return UNAVAILABLE.response()
-        except ApiError as error:
-            return error.response()
+            try:
+                await self.queue.enqueue(self.keys.generate, job, job["key"])
+                events = self._events(request_id)
+                events = _chain(await _unless_gone(request, _until_content(events)), events)
+            except RedisError as error:
+                log.warning("api cannot reach redis", error=type(error).__name__)
+                await self._cancel(request_id)
+                return UNAVAILABLE.response()
+            except ApiError as error:
+                await self._cancel(request_id)
+                return error.response()
+            except ClientGone:
+                return await self._gone(request_id)
+            head = {"id": f"chatcmpl-{request_id}", "created": job["created"],
+                    "model": self.model_id}  # fmt: skip
+            if stream:
+                handed_to_stream = True  # the stream's end releases the slot
+                return StreamingResponse(
+                    self._sse(head, events, include_usage, request_id, slot),
+                    media_type="text/event-stream",
+                    headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+                )
+            try:
+                return await _unless_gone(request, self._whole(head, events))
+            except RedisError:
+                return UNAVAILABLE.response()
+            except ApiError as error:
+                await self._cancel(request_id)
+                return error.response()
+            except ClientGone:
+                return await self._gone(request_id)
+            finally:
+                await self._cleanup(request_id)
         finally:
-            await self._cleanup(request_id)
+            if not handed_to_stream:
+                with anyio.CancelScope(shield=True):
+                    await self._release(slot, request_id)
+
+    async def _gone(self, request_id: str) -> Response:
+        log.info("api client went away; request cancelled", request_id=request_id)
+        await self._cancel(request_id)
+        await self._cleanup(request_id)
+        return Response(status_code=499)  # nobody reads it
+
+    async def _release(self, slot: str, request_id: str) -> None:
+        with contextlib.suppress(RedisError):
+            await self.redis.zrem(slot, request_id)
 
     def _job(self, body: Any) -> tuple[dict[str, Any], bool, bool]:
         if not isinstance(body, dict):
@@ -147,8 +221,12 @@ class OpenAiApi:
         if n not in (1, None):
             raise ApiError(400, "only n=1 is supported", "unsupported_parameter")
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
-            raise ApiError(400, "max_tokens must be a positive integer", "invalid_value")
+        if max_tokens is not None and (
+            not _is_int(max_tokens) or not 1 <= max_tokens <= self.max_tokens
+        ):
+            raise ApiError(
+                400, f"max_tokens must be an integer from 1 to {self.max_tokens}", "invalid_value"
+            )
         temperature = _number(body, "temperature", 0.0, 2.0)
         top_p = _number(body, "top_p", 0.0, 1.0)
         seed = body.get("seed")
@@ -176,6 +254,7 @@ class OpenAiApi:
             "seed": seed,
             "stop": stops,
             "created": int(time.time()),
+            "deadline": time.time() + REQUEST_TIMEOUT_SECONDS,  # ml drops it after that
         }
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         return job, bool(body.get("stream")), include_usage
@@ -190,7 +269,12 @@ class OpenAiApi:
             for _stream, entries in response or []:
                 for entry_id, fields in entries:
                     last = entry_id
-                    event = json.loads(fields.get("event", "{}"))
+                    event = self.queue.codec.decode(key, fields.get("event")) or {
+                        "type": "error",
+                        "status": 502,
+                        "code": "unreadable",
+                        "message": "the model's answer could not be read",
+                    }
                     yield event
                     if event.get("type") in ("done", "error"):
                         return
@@ -233,6 +317,7 @@ class OpenAiApi:
         events: AsyncIterator[dict[str, Any]],
         include_usage: bool,
         request_id: str,
+        slot: str,
     ) -> AsyncIterator[str]:
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
             data = {**head, "object": "chat.completion.chunk",
@@ -278,6 +363,7 @@ class OpenAiApi:
                 if not finished:
                     await self._cancel(request_id)  # the client went away mid-answer
                 await self._cleanup(request_id)
+                await self._release(slot, request_id)
 
     async def _cancel(self, request_id: str) -> None:
         with contextlib.suppress(RedisError):
@@ -287,6 +373,29 @@ class OpenAiApi:
     async def _cleanup(self, request_id: str) -> None:
         with contextlib.suppress(RedisError):
             await self.redis.delete(api_response_key(self.keys, request_id))
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body has been read: only a disconnect comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, or ClientGone (with `work` cancelled) when the client leaves first."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientGone
+    finally:
+        gone.cancel()
+        task.cancel()
 
 
 async def _until_content(events: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -338,6 +447,8 @@ def _usage(event: dict[str, Any]) -> dict[str, Any]:
 def _messages(raw: Any) -> list[dict[str, str]]:
     if not isinstance(raw, list) or not raw:
         raise ApiError(400, "messages must be a non-empty array", "invalid_value")
+    if len(raw) > MAX_MESSAGES:
+        raise ApiError(400, f"at most {MAX_MESSAGES} messages", "too_many_messages")
     messages = []
     for item in raw:
         if not isinstance(item, dict):
@@ -348,6 +459,10 @@ def _messages(raw: Any) -> list[dict[str, str]]:
             raise ApiError(400, f"unsupported message role {role!r}", "invalid_value")
         content = clean_text(_content(item.get("content")))  # no NUL, no lone surrogates
         messages.append({"role": str(role), "content": content})
+    if sum(len(m["content"]) for m in messages) > MAX_CHARACTERS:
+        raise ApiError(
+            400, f"the messages hold over {MAX_CHARACTERS} characters", "context_length_exceeded"
+        )
     return messages
 
 

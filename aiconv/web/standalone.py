@@ -59,7 +59,7 @@ def run_web(settings: Settings) -> NoReturn:
         share_metrics_between_workers()
     multiprocessing.set_start_method("spawn", force=True)
     server = Granian(
-        "aiconv.web.app:create_app",
+        "aiconv.web.app:create_worker_app",  # configures logging and Sentry in each worker
         factory=True,
         address="0.0.0.0",
         port=settings.port,
@@ -137,7 +137,8 @@ class _OpsThread(threading.Thread):
                     checks["webhook"] = registration.check
                     retrying = supervised("webhook_registration", registration.register, stop)
                     group.create_task(retrying)
-                ops = serve(ops_app(checks), "0.0.0.0", settings.metrics_port, stop)
+                ops_port = ops_app(checks, metrics=settings.metrics_enabled)
+                ops = serve(ops_port, "0.0.0.0", settings.metrics_port, stop)
                 group.create_task(core("ops", ops, stop, self.failed))
         if self.failed:
             self.on_failure()  # stops granian, so the process exits

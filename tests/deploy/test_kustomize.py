@@ -6,7 +6,10 @@ guide's resources and replicas, GPU scheduling, KEDA scaling, alert rules equal 
 
 from __future__ import annotations
 
+import base64
 import os
+import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from functools import cache
@@ -60,15 +63,26 @@ Doc = dict[str, Any]
 
 
 @cache
+def kustomize_copy(tmp: str) -> Path:
+    """A copy of k8s-kustomize with the dev secrets generated as an operator would."""
+    copy = Path(tmp) / "k8s-kustomize"
+    shutil.copytree(KUSTOMIZE_DIR, copy, ignore=shutil.ignore_patterns("secrets.env"))
+    script = copy / "overlays" / "dev" / "make-secrets.sh"
+    subprocess.run([str(script)], check=True, capture_output=True, timeout=30)
+    return copy
+
+
+@cache
 def build(overlay: str, components: tuple[str, ...], tmp: str) -> tuple[Doc, ...]:
     kubectl = require_tool("kubectl")
-    target = KUSTOMIZE_DIR / "overlays" / overlay
+    kustomize_dir = kustomize_copy(tmp)
+    target = kustomize_dir / "overlays" / overlay
     if components:
         # A throwaway kustomization that adds the components to the overlay (paths must be
         # relative: kustomize refuses absolute roots).
         wrapper = Path(tmp) / f"{overlay}-{'-'.join(components)}"
         wrapper.mkdir(parents=True, exist_ok=True)
-        rel = os.path.relpath(KUSTOMIZE_DIR, wrapper)
+        rel = os.path.relpath(kustomize_dir, wrapper)
         lines = [
             "apiVersion: kustomize.config.k8s.io/v1beta1",
             "kind: Kustomization",
@@ -361,3 +375,42 @@ def test_prometheus_rule_equals_the_compose_alerts(tmpdir_str: str) -> None:
         for p in s["spec"]["ports"]
     }
     assert {e["port"] for e in monitor["endpoints"]} <= service_ports
+
+
+# --- issue 13, item 5: dev publishes nothing and commits no secret -----------------------------
+
+
+def test_dev_publishes_no_ingress(tmpdir_str: str) -> None:
+    for name in ("dev", "dev+keda"):
+        assert of_kind(built(name, tmpdir_str), "Ingress") == []
+
+
+def test_dev_secrets_are_generated_not_committed(tmpdir_str: str, tmp_path: Path) -> None:
+    [secret] = of_kind(built("dev", tmpdir_str), "Secret")
+    assert secret["metadata"]["name"].startswith("aiconv-secrets")
+    values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    for key in ("TELEGRAM_WEBHOOK_SECRET", "SECRET_KEY", "JWT_SECRET_KEY", "DB_PASSWORD"):
+        assert re.fullmatch(r"[0-9a-f]{64}", values[key]), key
+    assert len(bytes.fromhex(values["ENCRYPTION_KEY"])) == 32
+    # Another run makes other values; an existing file is kept (the database's password).
+    script = KUSTOMIZE_DIR / "overlays" / "dev" / "make-secrets.sh"
+    other = tmp_path / "make-secrets.sh"
+    shutil.copy(script, other)
+    subprocess.run([str(other)], check=True, capture_output=True, timeout=30)
+    first = (tmp_path / "secrets.env").read_text()
+    assert f"JWT_SECRET_KEY={values['JWT_SECRET_KEY']}" not in first
+    subprocess.run([str(other)], check=True, capture_output=True, timeout=30)
+    assert (tmp_path / "secrets.env").read_text() == first
+    # Nothing in the repository holds a value for the Secret.
+    tracked = subprocess.run(
+        ["git", "ls-files", "k8s-kustomize"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=KUSTOMIZE_DIR.parent,
+    ).stdout.split()
+    assert "k8s-kustomize/overlays/dev/secrets.env" not in tracked
+    for path in tracked:
+        text = (KUSTOMIZE_DIR.parent / path).read_text()
+        assert not re.search(r"[:=] *change-me", text), path
+        assert "kind: Secret\n" not in text or "stringData" not in text, path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -368,3 +369,14 @@ async def test_a_webhook_through_nginx_reaches_aiconv_web(
     assert refused.status_code == 401  # aiconv's own secret check, behind nginx
     [(_, fields)] = await redis.xrange(f"{redis_prefix}updates")
     assert json.loads(fields["job"])["update"] == update
+
+
+def test_v1_bounds_open_connections_per_client() -> None:
+    # Issue 13, item 1: a key holder could hold hundreds of /v1 requests open at 20 r/s.
+    text = (NGINX_DIR / "nginx.conf").read_text()
+    assert re.search(r"limit_conn_zone \$binary_remote_addr zone=api_conn:\d+m;", text)
+    v1 = text[text.index("location /v1/ {") :]
+    v1 = v1[: v1.index("}")]
+    match = re.search(r"limit_conn api_conn (\d+);", v1)
+    assert match and 1 <= int(match[1]) <= 32
+    assert "limit_conn_status 429;" in text

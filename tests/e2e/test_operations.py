@@ -66,21 +66,24 @@ async def test_probes_metrics_and_quiet_logs(launch: Launcher, double: BotApiDou
     assert '"chat_id": 901' in logs  # ids are bound to the lines on a message's path
 
 
-async def test_metrics_add_up_across_granian_workers(
-    launch: Launcher, double: BotApiDouble
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_web_workers_log_like_every_process_and_their_metrics_add_up(
+    launch: Launcher, double: BotApiDouble, workers: str
 ) -> None:
+    # Issue 13, item 8: granian workers never configured logging (console lines, debug, no
+    # redaction), and with one worker the webhook's metrics never reached /metrics.
     from tests.e2e.harness import free_port
 
     port = free_port()
     web = await launch(
         "web",
-        WEB_WORKERS="2",
+        WEB_WORKERS=workers,
         PORT=str(port),
         TELEGRAM_WEBHOOK_URL=f"http://127.0.0.1:{port}/webhook",
         TELEGRAM_WEBHOOK_SECRET="s3cret",
     )
     async with httpx.AsyncClient() as http:
-        for n in range(20):  # new connections, spread over both workers
+        for n in range(20):  # new connections, spread over the workers
             update = double.make_update(950 + n, "hello")
             response = await http.post(
                 f"{web.web_url}/webhook",
@@ -95,3 +98,21 @@ async def test_metrics_add_up_across_granian_workers(
         if line.startswith("aiconv_http_requests_total{") and 'route="/webhook"' in line
     )
     assert float(line.rsplit(" ", 1)[1]) == 20.0
+
+    # The workers' lines are JSON (LOG_FORMAT=json), at info (LOG_LEVEL=info), as configured.
+    def received() -> list[dict[str, object]]:
+        return [e for e in web.log_events() if e.get("event") == "update received"]
+
+    await eventually(lambda: len(received()) == 20, timeout=10)
+    assert all(e["level"] == "info" and "timestamp" in e for e in received())
+    assert "update received" not in "".join(
+        line for line in web.logs().splitlines() if not line.startswith("{")
+    )
+
+
+async def test_metrics_enabled_false_turns_the_metrics_endpoint_off(launch: Launcher) -> None:
+    # Issue 13, item 8: METRICS_ENABLED was never read.
+    web = await launch("web", METRICS_ENABLED="false")
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{web.ops_url}/health")).status_code == 200
+        assert (await http.get(f"{web.ops_url}/metrics")).status_code == 404

@@ -8,6 +8,7 @@ users at random ids; the stats assert exact totals), emptied before each test.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -384,6 +385,31 @@ async def test_dlq_list_replay_and_drop(db: str, redis: Redis, redis_prefix: str
         assert (await http.delete(f"/admin/dlq/{second}", headers=bearer())).status_code == 404
         left = (await http.get("/admin/dlq", headers=bearer())).json()["items"]
         assert [job["id"] for job in left] == [third]
+
+
+async def test_sealed_dead_jobs_are_listed_in_clear_and_each_read_is_audited(
+    db: str, redis: Redis, redis_prefix: str
+) -> None:
+    # Issue 13, item 4: dead letters held message text in the clear and were read unaudited.
+    from aiconv.jobs.codec import JobCodec
+    from aiconv.jobs.queue import Job, JobQueue
+    from aiconv.store.crypto import TextCipher
+
+    key = bytes(range(32)).hex()
+    keys = Keys(redis_prefix)
+    queue = JobQueue(redis, keys, JobCodec(TextCipher([key])))
+    record = {"stream": keys.replies, "error": "E", "payload": {"key": "r", "text": "dear diary"}}
+    await queue.hand_over(Job(keys.replies, "0-1", {}), "g", keys.dlq, record)
+    [(entry, fields)] = await redis.xrange(keys.dlq)
+    assert "diary" not in fields["job"]
+    settings = dataclasses.replace(settings_for(db, redis_prefix), encryption_key=key)
+    with structlog.testing.capture_logs() as logs:
+        async with admin_client(settings) as http:
+            listed = (await http.get("/admin/dlq", headers=bearer())).json()
+    assert listed["items"][0]["payload"] == {"key": "r", "text": "dear diary"}
+    [read] = [entry for entry in logs if entry["event"] == "admin: dead jobs read"]
+    assert read["sub"] == "tests" and read["ids"] == [entry] and read["count"] == 1
+    assert "diary" not in repr(logs)
 
 
 async def test_a_dead_job_naming_an_unknown_stream_is_not_replayed(

@@ -203,3 +203,87 @@ async def test_trim_survives_entries_acknowledged_while_it_reads(
     )  # -1: entries of this very millisecond too == 3
     remaining = [json.loads(f["job"])["n"] for _, f in await redis.xrange(stream)]
     assert remaining == [3]  # read by nobody yet: kept
+
+
+# --- payloads sealed with ENCRYPTION_KEY (issue 13, item 4) ------------------------------------
+
+
+async def test_with_a_key_user_text_never_reaches_redis_in_the_clear(
+    redis: Redis, redis_prefix: str
+) -> None:
+    from aiconv.jobs.codec import JobCodec
+    from aiconv.jobs.dlq import DeadLetters
+    from aiconv.store.crypto import TextCipher
+
+    codec = JobCodec(TextCipher([bytes(range(32)).hex()]))
+    queue = JobQueue(redis, Keys(redis_prefix), codec)
+    source, target = queue.keys.updates, queue.keys.generate
+    await queue.enqueue(source, {"key": "u1", "text": "my diary entry"}, "update:1")
+    seen: list[dict[str, object]] = []
+
+    async def hand_on(job: Job) -> None:
+        seen.append(job.payload)
+        await queue.hand_over(job, "g", target, {"key": "g1", "turns": [["user", "my diary"]]})
+
+    done = asyncio.Event()
+    consumer = Consumer(queue, source, "g", hand_on, options=ConsumerOptions(block_ms=50))
+    task = asyncio.create_task(run_until(consumer, done))
+    await eventually(lambda: redis.xlen(target), timeout=15)
+    done.set()
+    await task
+    assert seen == [{"key": "u1", "text": "my diary entry"}]
+
+    async def fail(job: Job) -> None:
+        raise ValueError("no")
+
+    dead_consumer = Consumer(
+        queue, target, "g", fail, options=ConsumerOptions(block_ms=50, max_deliveries=1)
+    )
+    done = asyncio.Event()
+    task = asyncio.create_task(run_until(dead_consumer, done))
+    await eventually(lambda: redis.xlen(queue.keys.dlq), timeout=15)
+    done.set()
+    await task
+
+    # Every entry the job layer wrote (update, generation, dead letter) is sealed.
+    for stream in (source, target, queue.keys.dlq):
+        for _, fields in await redis.xrange(stream):
+            assert fields["job"].startswith("sealed1:") and "diary" not in fields["job"]
+    dead = DeadLetters(redis, queue.keys, codec)
+    [listed] = await dead.list()
+    assert listed.payload == {"key": "g1", "turns": [["user", "my diary"]]}
+    await dead.replay(listed.id)
+    [*_, (_, fields)] = await redis.xrange(target)
+    assert fields["job"].startswith("sealed1:")
+    assert codec.decode(target, fields["job"]) == listed.payload
+    # Without the key a sealed dead letter is listed as unreadable, never an error.
+    await queue.hand_over(
+        Job(target, "0-1", {}), "g", queue.keys.dlq, {"stream": target, "payload": {"a": 1}}
+    )
+    [unreadable] = await DeadLetters(redis, queue.keys).list()
+    assert unreadable.error == "unreadable dead-letter record" and unreadable.payload == {}
+
+
+async def test_a_sealed_job_that_cannot_be_read_is_dead_lettered(
+    redis: Redis, redis_prefix: str
+) -> None:
+    from aiconv.jobs.codec import JobCodec
+    from aiconv.store.crypto import TextCipher
+
+    sealed = JobQueue(redis, Keys(redis_prefix), JobCodec(TextCipher([bytes(32).hex()])))
+    await sealed.enqueue(sealed.keys.replies, {"key": "r1"})
+    other = JobQueue(redis, Keys(redis_prefix), JobCodec(TextCipher([bytes(range(32)).hex()])))
+    handled: list[Job] = []
+
+    async def handler(job: Job) -> None:
+        handled.append(job)
+
+    consumer = Consumer(
+        other, other.keys.replies, "g", handler, options=ConsumerOptions(block_ms=50)
+    )
+    done = asyncio.Event()
+    task = asyncio.create_task(run_until(consumer, done))
+    await eventually(lambda: redis.xlen(other.keys.dlq), timeout=15)
+    done.set()
+    await task
+    assert handled == []

@@ -6,6 +6,7 @@ searched, so a secret anywhere in it (breadcrumbs, messages, exception values, e
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -138,3 +139,21 @@ def test_scrubber_replaces_secrets_in_nested_values_and_url_encoded_forms() -> N
     scrub = Scrubber(["p@ss/word:long"])
     event = {"a": [{"b": ("x p@ss/word:long y", "p%40ss%2Fword%3Along")}], "n": 3}
     assert scrub.event(event) == {"a": [{"b": ["x [Filtered] y", "[Filtered]"]}], "n": 3}
+
+
+def test_forwarded_log_records_are_scrubbed_too(settings: Settings) -> None:
+    # Issue 13, item 8: with Sentry's log forwarding on, log records skipped every scrubber.
+    capture = CapturingTransport()
+    assert init_sentry(settings, transport=capture, enable_logs=True)
+    try:
+        url = f"https://api.telegram.org/bot{TOKEN}/getMe"
+        sentry_sdk.logger.warning(f"cannot reach {url} with {WEBHOOK_SECRET}")
+        logging.getLogger("aiconv.test").error("db at postgresql://aiconv:%s@db/x", DB_PASSWORD)
+        sentry_sdk.flush()
+        sent = capture.sent()
+    finally:
+        sentry_sdk.get_client().close()
+        sentry_sdk.get_global_scope().set_client(None)
+    assert "/bot[Filtered]/getMe" in sent  # the record was sent, scrubbed
+    for secret in SECRETS:
+        assert secret not in sent

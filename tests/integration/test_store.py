@@ -115,26 +115,110 @@ async def test_only_an_admin_clears_an_admin_block(store: Store) -> None:
     assert await store.record_sender(incoming(9005, user_id=78)) is True
 
 
-async def test_message_text_is_encrypted_at_rest(database_url: str) -> None:
+KEY = bytes(range(32)).hex()
+
+
+@pytest.fixture
+async def sealing_store(database_url: str) -> AsyncIterator[Store]:
     from aiconv.store.crypto import TextCipher
 
     pool = make_pool(database_url, max_size=2)
     await pool.open()
-    try:
-        store = Store(pool, TextCipher(["a-key-of-at-least-16-chars"]))
-        await store.record_sender(incoming(9004))
-        await store.add_message(
-            chat_id=9004, role="user", text="secret words", idempotency_key="e1"
+    yield Store(pool, TextCipher([KEY, "an-older-passphrase-key"]))
+    await pool.close()
+
+
+async def stored_row(store: Store, key: str) -> tuple[str, bool | None]:
+    async with store.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT text, text_sealed FROM messages WHERE idempotency_key = %s", (key,)
         )
-        async with pool.connection() as conn:
-            cursor = await conn.execute("SELECT text FROM messages WHERE idempotency_key = 'e1'")
-            row = await cursor.fetchone()
-        assert row is not None and row[0].startswith("enc1:") and "secret" not in row[0]
-        assert await store.history(9004, 10) == [Turn("user", "secret words")]
-        found = await store.message_by_key("e1")
-        assert found is not None and found.text == "secret words"
-    finally:
-        await pool.close()
+        row = await cursor.fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+async def test_message_text_is_encrypted_at_rest(sealing_store: Store) -> None:
+    store = sealing_store
+    await store.record_sender(incoming(9004))
+    await store.add_message(chat_id=9004, role="user", text="secret words", idempotency_key="e1")
+    text, sealed = await stored_row(store, "e1")
+    assert sealed is True and "secret" not in text
+    assert await store.history(9004, 10) == [Turn("user", "secret words")]
+    found = await store.message_by_key("e1")
+    assert found is not None and found.text == "secret words"
+
+
+async def test_text_that_looks_encrypted_is_stored_and_read_as_plain(store: Store) -> None:
+    # Regression (issue 13, item 4): a plaintext message starting with the ciphertext prefix was
+    # read as ciphertext. Rows now say whether they are encrypted.
+    from aiconv.store.crypto import TextCipher
+
+    looks = "enc1:deadbeef:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    await store.record_sender(incoming(9010))
+    await store.add_message(chat_id=9010, role="user", text=looks, idempotency_key="e10")
+    assert await stored_row(store, "e10") == (looks, False)
+    later = Store(store.pool, TextCipher([KEY]))  # encryption enabled afterwards
+    assert await later.history(9010, 10) == [Turn("user", looks)]
+
+
+async def test_a_sealed_text_moved_onto_another_row_does_not_decrypt(sealing_store: Store) -> None:
+    store = sealing_store
+    await store.record_sender(incoming(9011))
+    await store.add_message(chat_id=9011, role="user", text="mine", idempotency_key="e11a")
+    await store.add_message(chat_id=9011, role="user", text="other", idempotency_key="e11b")
+    async with store.pool.connection() as conn:
+        await conn.execute(
+            """UPDATE messages SET text = (SELECT text FROM messages WHERE idempotency_key = 'e11a')
+               WHERE idempotency_key = 'e11b'"""
+        )
+    # The moved row is unreadable and left out; the conversation goes on.
+    assert await store.history(9011, 10) == [Turn("user", "mine")]
+
+
+async def test_unreadable_rows_are_left_out_not_errors(sealing_store: Store) -> None:
+    store = sealing_store
+    await store.record_sender(incoming(9012))
+    await store.add_message(chat_id=9012, role="user", text="kept", idempotency_key="e12a")
+    async with store.pool.connection() as conn:
+        await conn.execute(
+            """INSERT INTO messages (chat_id, role, text, text_sealed, idempotency_key)
+               VALUES (9012, 'user', 'not base64 at all!', true, 'e12b'),
+                      (9012, 'user', 'AAAA', true, 'e12c')"""
+        )
+    assert await store.history(9012, 10) == [Turn("user", "kept")]
+    found = await store.message_by_key("e12b")
+    assert found is not None and found.text == ""
+
+
+async def test_rows_written_by_the_previous_release_stay_readable(sealing_store: Store) -> None:
+    import base64
+    import hashlib
+    import os
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    store = sealing_store
+    key = hashlib.sha256(b"an-older-passphrase-key").digest()
+    key_id = hashlib.sha256(b"aiconv-key-id" + key).hexdigest()[:8]
+    nonce = os.urandom(12)
+    blob = base64.b64encode(nonce + AESGCM(key).encrypt(nonce, b"old words", key_id.encode()))
+    await store.record_sender(incoming(9013))
+    async with store.pool.connection() as conn:  # as 0003 left them: no text_sealed
+        await conn.execute(
+            """INSERT INTO messages (chat_id, user_id, role, text, idempotency_key) VALUES
+               (9013, 1, 'user', %s, 'e13a'), (9013, NULL, 'assistant', 'plain before', 'e13b')""",
+            (f"enc1:{key_id}:{blob.decode()}",),
+        )
+    assert await store.history(9013, 10) == [
+        Turn("user", "old words"),
+        Turn("assistant", "plain before"),
+    ]
+    export = await AdminStore(store.pool, read_text=store.unseal).export_user(1)
+    assert export is not None
+    texts = {m["text"] for m in export["messages"] if m["chat_id"] == 9013}
+    assert texts == {"old words", "plain before"}
+    assert all("text_sealed" not in m and "idempotency_key" not in m for m in export["messages"])
 
 
 async def say(store: Store, chat_id: int, message_id: int, text: str, user_id: int = 1) -> int:

@@ -4,7 +4,10 @@ security findings; /webhook's are in test_webhook.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
+from collections.abc import Awaitable
 
 import httpx
 import pytest
@@ -16,14 +19,15 @@ from aiconv.ml.protocol import api_response_key
 from aiconv.observability.ops import ops_app
 from aiconv.web.app import create_app
 from tests.conftest import REDIS_URL
+from tests.e2e.harness import eventually
 
 API_KEY = "sk-edge-test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
-def api_client(prefix: str) -> httpx.AsyncClient:
+def api_client(prefix: str, **env: str) -> httpx.AsyncClient:
     settings = Settings.from_env(
-        {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEYS": API_KEY}
+        {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEYS": API_KEY, **env}
     )
     transport = httpx.ASGITransport(app=create_app(settings))
     return httpx.AsyncClient(transport=transport, base_url="http://aiconv")
@@ -83,6 +87,41 @@ async def test_v1_text_is_cleaned_of_nul_and_lone_surrogates(
             request.cancel()  # a failed check must not leave the request waiting for ml
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "ok"
+
+
+async def test_with_a_key_v1_requests_and_answers_are_sealed_in_redis(
+    redis: Redis, redis_prefix: str
+) -> None:
+    # Issue 13, item 4: the job (the whole conversation) and the answer were plain in Redis.
+    from aiconv.jobs.codec import JobCodec
+
+    key = bytes(range(32)).hex()
+    codec = JobCodec.from_setting(key)
+    body = json.dumps({"messages": [{"role": "user", "content": "my secret question"}]})
+    async with api_client(redis_prefix, ENCRYPTION_KEY=key) as http:
+        request = asyncio.create_task(http.post("/v1/chat/completions", content=body, headers=AUTH))
+        try:
+            generate = f"{redis_prefix}generate"
+            entries: list[object] = []
+            for _ in range(6):  # 30 s at most
+                reply = await redis.xread({generate: "0-0"}, count=1, block=5000)
+                entries = reply[0][1] if reply else []
+                if entries or request.done():
+                    break
+            assert entries, "no job was queued"
+            _, fields = entries[0]  # type: ignore[misc]
+            assert "secret" not in fields["job"]
+            job = codec.decode(generate, fields["job"])
+            assert job is not None
+            assert job["messages"] == [{"role": "user", "content": "my secret question"}]
+            stream = api_response_key(Keys(redis_prefix), job["id"])
+            for event in ({"type": "delta", "text": "sealed answer"}, {"type": "done"}):
+                await redis.xadd(stream, {"event": codec.encode(stream, event)})
+            response = await asyncio.wait_for(request, 30)
+        finally:
+            request.cancel()
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "sealed answer"
 
 
 # --- no redirect is ever built from the Host header (item 9) ------------------------------------
@@ -149,3 +188,162 @@ async def test_v1_refuses_anything_but_a_configured_key(
     assert refused.status_code == 401
     assert refused.json()["error"]["code"] == "invalid_api_key"
     assert accepted.status_code == 200
+
+
+# --- abandoned /v1 requests hold nothing for long (issue 13, item 1) ----------------------------
+
+
+def completion_body(**extra: object) -> bytes:
+    return json.dumps({"messages": [{"role": "user", "content": "hi"}], **extra}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (json.dumps({"messages": [{"role": "user", "content": "x"}] * 257}), "too_many_messages"),
+        (
+            json.dumps({"messages": [{"role": "user", "content": "x" * 100_001}] * 2}),
+            "context_length_exceeded",
+        ),
+        (completion_body(max_tokens=10**9).decode(), "invalid_value"),
+    ],
+    ids=["messages", "characters", "max_tokens"],
+)
+async def test_v1_caps_messages_characters_and_max_tokens(
+    redis: Redis, redis_prefix: str, body: str, code: str
+) -> None:
+    async with api_client(redis_prefix) as http:
+        post = http.post("/v1/chat/completions", content=body, headers=AUTH)
+        response = await asyncio.wait_for(post, 15)  # accepted, it would wait for ml
+    assert response.status_code == 400 and response.json()["error"]["code"] == code
+    assert await redis.xlen(f"{redis_prefix}generate") == 0
+
+
+async def call_and_leave(app: object, leave: asyncio.Event) -> list[dict[str, object]]:
+    """A raw ASGI request whose client disconnects once `leave` is set; what the app sent."""
+    sent: list[dict[str, object]] = []
+    body = completion_body()
+    delivered = False
+
+    async def receive() -> dict[str, object]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"authorization", AUTH["Authorization"].encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 1234),
+        "server": ("aiconv", 80),
+    }
+    await app(scope, receive, send)  # type: ignore[operator]
+    return sent
+
+
+async def test_a_client_that_leaves_cancels_its_request_at_once(
+    redis: Redis, redis_prefix: str
+) -> None:
+    # No ml runs: before, the request kept a blocking XREAD (a Redis connection), its queued job
+    # and its place for up to 600 s after the client had gone.
+    settings = Settings.from_env(
+        {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix, "OPENAI_API_KEYS": API_KEY}
+    )
+    app = create_app(settings)
+    leave = asyncio.Event()
+    request = asyncio.create_task(call_and_leave(app, leave))
+    try:
+        await eventually(lambda: redis.xlen(f"{redis_prefix}generate"), timeout=15)
+        leave.set()
+        sent = await asyncio.wait_for(request, 15)
+    finally:
+        request.cancel()
+    assert sent[0]["status"] == 499
+    [(_, fields)] = await redis.xrange(f"{redis_prefix}generate")
+    job = json.loads(fields["job"])
+    assert await redis.exists(f"{redis_prefix}oai:{job['id']}:cancel") == 1  # ml skips it
+    assert job["deadline"] <= time.time() + 300  # and would drop it after the proxies gave up
+    slots = [key async for key in redis.scan_iter(f"{redis_prefix}oai-in-flight:*")]
+    assert slots == []  # its place is given back (the last member gone, the set is too)
+
+
+async def test_each_key_has_a_bounded_number_of_requests_open(
+    redis: Redis, redis_prefix: str
+) -> None:
+    from aiconv.web.openai import MAX_CONCURRENT_PER_KEY
+
+    async with api_client(redis_prefix) as http:
+        body = completion_body()
+        waiting = [
+            asyncio.create_task(http.post("/v1/chat/completions", content=body, headers=AUTH))
+            for _ in range(MAX_CONCURRENT_PER_KEY)
+        ]
+        try:
+            generate = f"{redis_prefix}generate"
+            await eventually(
+                lambda: _equals(redis.xlen(generate), MAX_CONCURRENT_PER_KEY), timeout=15
+            )
+            refused = await asyncio.wait_for(
+                http.post("/v1/chat/completions", content=body, headers=AUTH), 15
+            )
+            assert refused.status_code == 429
+            assert refused.json()["error"]["code"] == "concurrency_limit_exceeded"
+            assert await redis.xlen(generate) == MAX_CONCURRENT_PER_KEY  # nothing queued
+            waiting[0].cancel()  # one client leaves: its place is free again
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting[0]
+            waiting.append(
+                asyncio.create_task(http.post("/v1/chat/completions", content=body, headers=AUTH))
+            )
+            await eventually(
+                lambda: _equals(redis.xlen(generate), MAX_CONCURRENT_PER_KEY + 1), timeout=15
+            )
+        finally:
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
+async def test_ml_drops_an_api_job_past_its_deadline(redis: Redis, redis_prefix: str) -> None:
+    from aiconv.jobs.queue import Job, JobQueue
+    from aiconv.ml.api import ApiHandler
+    from aiconv.ml.cancel import CancelWatcher
+
+    keys = Keys(redis_prefix)
+    handler = ApiHandler(
+        None,  # type: ignore[arg-type]  # never reached: the job is dropped first
+        JobQueue(redis, keys),
+        keys,
+        CancelWatcher(redis),
+        "model",
+    )
+    payload = {
+        "kind": "openai",
+        "key": "oai:late",
+        "id": "late",
+        "messages": [{"role": "user", "content": "hi"}],
+        "deadline": time.time() - 1,
+    }
+    await handler(Job(keys.generate, "1-0", payload))
+    assert await redis.exists(api_response_key(keys, "late")) == 0  # not even started

@@ -57,6 +57,20 @@ async def test_a_valid_update_is_enqueued_once(redis: Redis, redis_prefix: str) 
     assert await redis.xlen(f"{redis_prefix}updates") == 1
 
 
+async def test_the_webhook_is_closed_in_polling_mode(redis: Redis, redis_prefix: str) -> None:
+    # Issue 13, item 5: with a secret but no TELEGRAM_WEBHOOK_URL (polling), /webhook took
+    # forged updates from anyone who knew the secret.
+    env = {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix}
+    settings = Settings.from_env({**env, "TELEGRAM_WEBHOOK_SECRET": SECRET})
+    assert not settings.webhook_mode
+    transport = httpx.ASGITransport(app=create_app(settings))
+    async with httpx.AsyncClient(transport=transport, base_url="http://aiconv") as http:
+        headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+        response = await http.post("/webhook", json=UPDATE, headers=headers)
+    assert response.status_code == 404
+    assert await redis.exists(f"{redis_prefix}updates") == 0
+
+
 async def test_redis_down_answers_503_so_telegram_retries(redis_prefix: str) -> None:
     port = free_port()  # nothing listens here
     headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
