@@ -337,7 +337,7 @@ async def test_users_texting_in_fragments_get_their_last_one_answered(
     processes += [await launch("worker", **hook, **typing) for _ in range(2)]
     users = Users(double, sends, watch=processes, dlq=(redis, redis_prefix))
     # Three such users at once, a third of a second apart.
-    chats = [9101, 9102, 9103]
+    chats = [49101, 49102, 49103]  # chat ids of their own: the database is the run's
     fragments = [
         "hey",
         "so",
@@ -394,7 +394,7 @@ async def test_telegram_5xx_outage_is_waited_out_and_every_reply_delivered_once(
     # One attempt per job: an outage must use up none of them (only a definite 4xx may).
     aiconv = await launch("all", **webhook(free_port(), JOB_MAX_DELIVERIES="1"))
     users = Users(double, sends, watch=[aiconv], dlq=(redis, redis_prefix))
-    chats = list(range(19201, 19205))  # apart from the store tests' chats (same database)
+    chats = list(range(49201, 49205))
 
     async def chat_away(chat: int) -> None:
         for n in range(3):
@@ -456,7 +456,7 @@ async def test_postgres_refusing_connections_mid_typing_sends_every_part_once(
         "all", **webhook(free_port(), DATABASE_URL=pg_proxy.url(database_url)), **SLOW_TYPING
     )
     users = Users(double, sends, watch=[aiconv], dlq=(redis, redis_prefix))
-    chats = list(range(9301, 9306))
+    chats = list(range(49301, 49306))
     outage_over = asyncio.Event()
 
     async def chat_away(chat: int) -> None:
@@ -509,7 +509,7 @@ async def test_a_user_who_blocked_the_bot_is_answered_after_writing_again(
 ) -> None:
     aiconv = await launch("all", **webhook(free_port()))
     users = Users(double, sends, watch=[aiconv], dlq=(redis, redis_prefix))
-    chat = 9401
+    chat = 49401
     double.fail_next("sendMessage", 403)  # "Forbidden: bot was blocked by the user"
     await users.say(chat, "Hello there, how are you?")
     await double.wait_for(
@@ -563,7 +563,7 @@ async def test_a_worker_killed_with_many_chats_in_flight_loses_none(
     victim = await launch("worker", **hook, **typing, WORKER_CONCURRENCY="64")
     survivor = await launch("worker", **hook, **typing, WORKER_CONCURRENCY="4")
     users = Users(double, sends, watch=[web, ml, survivor], dlq=(redis, redis_prefix))
-    chats = list(range(9501, 9537))
+    chats = list(range(49501, 49537))
     killed_holding = 0
 
     async def fault() -> None:
@@ -616,7 +616,7 @@ async def test_sigterm_of_a_worker_during_delivery_sends_no_part_twice(
     ml = await launch("ml", **hook)
     old = await launch("worker", **hook, **typing)
     users = Users(double, sends, watch=[web, ml], dlq=(redis, redis_prefix))
-    chats = list(range(9601, 9609))
+    chats = list(range(49601, 49609))
     await asyncio.gather(
         *(users.say(chat, f"Hello from {chat}. Tell me a fact.") for chat in chats)
     )
@@ -684,7 +684,7 @@ async def test_redis_flushall_mid_conversation_loses_no_stored_message(
         **SLOW_TYPING,
     )
     users = Users(double, sends, watch=[aiconv], dlq=(redis, redis_prefix))
-    chats = list(range(9701, 9707))
+    chats = list(range(49701, 49707))
     await asyncio.gather(*(users.exchange(chat, "Hi! Who are you?", 90) for chat in chats))
     # Second messages: stored in PostgreSQL, their replies still being typed (4-6 s) ...
     await asyncio.gather(*(users.say(chat, "Tell me one short fact.") for chat in chats))
