@@ -16,7 +16,7 @@ from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import Job, JobQueue
 from aiconv.ml.cancel import CancelWatcher
 from aiconv.ml.engine import Engine, PromptTooLong
-from aiconv.ml.protocol import API_KIND, RESPONSE_TTL_SECONDS, api_cancel_key, api_response_key
+from aiconv.ml.protocol import API_KIND, RESPONSE_TTL_SECONDS
 from aiconv.ml.stats import observe
 
 __all__ = ["API_KIND", "ApiHandler"]
@@ -40,7 +40,7 @@ class ApiHandler:
     async def __call__(self, job: Job) -> None:
         p = job.payload
         request_id = str(p.get("id", ""))
-        out = api_response_key(self.keys, request_id)
+        out = self.keys.api_response(request_id)
         redis = self.queue.redis
         bound = log.bind(job_key=job.key, request_id=request_id)
 
@@ -49,7 +49,7 @@ class ApiHandler:
             encoded = self.queue.codec.encode(out, event)
             await redis.xadd(out, {"event": encoded}, maxlen=100_000, approximate=True)
 
-        cancel_key = api_cancel_key(self.keys, request_id)
+        cancel_key = self.keys.api_cancel(request_id)
         if not request_id or await self.watcher.stale(cancel_key, None):
             return
         deadline = _float(p.get("deadline"))

@@ -21,12 +21,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from aiconv.jobs.retry import sleep_or_stop
-from aiconv.ml.protocol import api_cancel_key
 
 if TYPE_CHECKING:
     from aiconv.ml.engine import Generation
 
-__all__ = ["CancelWatcher", "api_cancel_key", "is_stale"]
+__all__ = ["CancelWatcher", "is_stale"]
 
 CHECK_INTERVAL_SECONDS = 0.25
 

@@ -15,18 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aiconv.jobs.keys import Keys
-
 API_KIND = "openai"
 RESPONSE_TTL_SECONDS = 600
-
-
-def api_response_key(keys: Keys, request_id: str) -> str:
-    return keys.api_response(request_id)
-
-
-def api_cancel_key(keys: Keys, request_id: str) -> str:
-    return keys.api_cancel(request_id)
 
 
 def served_model_id(model_path: Path) -> str:

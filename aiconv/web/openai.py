@@ -36,8 +36,6 @@ from aiconv.jobs.queue import JobQueue
 from aiconv.ml.protocol import (
     API_KIND,
     RESPONSE_TTL_SECONDS,
-    api_cancel_key,
-    api_response_key,
     served_model_id,
 )
 from aiconv.telegram.models import clean_text
@@ -261,7 +259,7 @@ class OpenAiApi:
 
     async def _events(self, request_id: str) -> AsyncIterator[dict[str, Any]]:
         """The request's events from ml, in order, until done or error."""
-        key = api_response_key(self.keys, request_id)
+        key = self.keys.api_response(request_id)
         last = "0-0"
         deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
@@ -367,12 +365,12 @@ class OpenAiApi:
 
     async def _cancel(self, request_id: str) -> None:
         with contextlib.suppress(RedisError):
-            key = api_cancel_key(self.keys, request_id)
+            key = self.keys.api_cancel(request_id)
             await self.redis.set(key, "1", ex=RESPONSE_TTL_SECONDS)
 
     async def _cleanup(self, request_id: str) -> None:
         with contextlib.suppress(RedisError):
-            await self.redis.delete(api_response_key(self.keys, request_id))
+            await self.redis.delete(self.keys.api_response(request_id))
 
 
 async def _disconnected(request: Request) -> None:

@@ -15,7 +15,6 @@ from redis.asyncio import Redis
 
 from aiconv.config import Settings
 from aiconv.jobs.keys import Keys
-from aiconv.ml.protocol import api_response_key
 from aiconv.observability.ops import ops_app
 from aiconv.web.app import create_app
 from tests.conftest import REDIS_URL
@@ -79,7 +78,7 @@ async def test_v1_text_is_cleaned_of_nul_and_lone_surrogates(
             job = json.loads(fields["job"])
             assert job["messages"] == [{"role": "user", "content": "ab\ufffdc"}]
             assert job["stop"] == ["x\ufffd"]
-            stream = api_response_key(Keys(redis_prefix), job["id"])
+            stream = Keys(redis_prefix).api_response(job["id"])
             for event in ({"type": "delta", "text": "ok"}, {"type": "done"}):
                 await redis.xadd(stream, {"event": json.dumps(event)})
             response = await asyncio.wait_for(request, 30)
@@ -114,7 +113,7 @@ async def test_with_a_key_v1_requests_and_answers_are_sealed_in_redis(
             job = codec.decode(generate, fields["job"])
             assert job is not None
             assert job["messages"] == [{"role": "user", "content": "my secret question"}]
-            stream = api_response_key(Keys(redis_prefix), job["id"])
+            stream = Keys(redis_prefix).api_response(job["id"])
             for event in ({"type": "delta", "text": "sealed answer"}, {"type": "done"}):
                 await redis.xadd(stream, {"event": codec.encode(stream, event)})
             response = await asyncio.wait_for(request, 30)
@@ -346,4 +345,4 @@ async def test_ml_drops_an_api_job_past_its_deadline(redis: Redis, redis_prefix:
         "deadline": time.time() - 1,
     }
     await handler(Job(keys.generate, "1-0", payload))
-    assert await redis.exists(api_response_key(keys, "late")) == 0  # not even started
+    assert await redis.exists(keys.api_response("late")) == 0  # not even started
