@@ -1,12 +1,15 @@
 """POST /webhook: authenticate, validate, deduplicate, enqueue — and answer in milliseconds.
 
-A body over MAX_BODY_BYTES is answered 413 with `Connection: close`: the rest of it is never
-read, so the connection must not carry another request (a client reusing it would find it closed
-under its next request, depending on timing).
+A body over MAX_BODY_BYTES is answered 413 with `Connection: close`. Up to DRAIN_BYTES of it (for
+at most DRAIN_SECONDS) are read and dropped first: a client still writing its body when the server
+answered and closed would otherwise see the connection reset instead of the 413, depending on
+timing. Past those bounds the answer comes at once and the rest is never read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 
 import structlog
@@ -20,6 +23,8 @@ from aiconv.web import jsonbody
 from aiconv.worker.updates import count_update, update_payload
 
 MAX_BODY_BYTES = 1024 * 1024
+DRAIN_BYTES = 8 * MAX_BODY_BYTES
+DRAIN_SECONDS = 2.0
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
 
 log = structlog.get_logger(__name__)
@@ -30,15 +35,29 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 async def _read_limited(request: Request) -> bytes | None:
+    """The body, or None when it is over MAX_BODY_BYTES.
+
+    An oversized body is read on and dropped, up to DRAIN_BYTES and DRAIN_SECONDS, so that the
+    client has finished writing when the 413 comes and reads it, rather than a reset connection.
+    """
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        return None
+    over = declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            return None
-    return bytes(body)
+    seen = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(None) as draining:
+            if over:
+                draining.reschedule(asyncio.get_running_loop().time() + DRAIN_SECONDS)
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen <= MAX_BODY_BYTES:
+                    body += chunk
+                elif not over:
+                    over = True
+                    draining.reschedule(asyncio.get_running_loop().time() + DRAIN_SECONDS)
+                if seen > DRAIN_BYTES:
+                    break
+    return None if over else bytes(body)
 
 
 def make_webhook(secret: str | None, queue: JobQueue) -> object:
@@ -52,7 +71,7 @@ def make_webhook(secret: str | None, queue: JobQueue) -> object:
             return _error(401, "wrong or missing secret token")
         body = await _read_limited(request)
         if body is None:
-            # The rest of the body is never read, so the connection cannot carry another
+            # Past DRAIN_BYTES the rest is never read, so the connection cannot carry another
             # request: say so, and the client opens a fresh one instead of finding it closed.
             return _error(413, f"body over {MAX_BODY_BYTES} bytes", {"Connection": "close"})
         try:
