@@ -51,8 +51,10 @@ def test_an_empty_environment_gives_the_declared_defaults() -> None:
 
 
 def test_importing_settings_imports_no_service_client_nor_stage() -> None:
-    forbidden = ("redis", "psycopg", "psycopg_pool", "prometheus_client", "aiconv.worker")
-    forbidden += ("aiconv.jobs", "aiconv.ml", "aiconv.web", "aiconv.store.db")
+    forbidden = (
+        *("redis", "psycopg", "psycopg_pool", "prometheus_client"),
+        *("aiconv.worker", "aiconv.jobs", "aiconv.ml", "aiconv.web", "aiconv.store.db"),
+    )
     result = subprocess.run(
         [
             sys.executable,
