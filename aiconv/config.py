@@ -215,6 +215,12 @@ def items(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
+def integer_items(value: str) -> tuple[int, ...]:
+    """Comma-separated integers (ids), blanks dropped."""
+    parse = integer()
+    return tuple(parse(item) for item in items(value))
+
+
 def escaped_items(value: str) -> tuple[str, ...]:
     """Comma-separated items kept as written (spaces count), blanks dropped; \\n and \\t mean
     newline and tab."""
@@ -291,7 +297,18 @@ def setting(
 
 def variables() -> list[tuple[str, Variable]]:
     """(attribute, how it is read) of every setting, in declaration order."""
-    return [(f.name, f.metadata["variable"]) for f in dataclasses.fields(Settings)]
+    return [(f.name, _spec(f)) for f in dataclasses.fields(Settings)]
+
+
+def _spec(settings_field: dataclasses.Field[Any]) -> Variable:
+    try:
+        spec: Variable = settings_field.metadata["variable"]
+    except KeyError:
+        raise TypeError(
+            f"Settings.{settings_field.name} is not declared with setting(VARIABLE, default, "
+            "parser, help): every field is a setting read from the environment"
+        ) from None
+    return spec
 
 
 @dataclass(frozen=True)
@@ -703,7 +720,7 @@ class Settings:
         given: set[str] = set()
         read: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            spec: Variable = f.metadata["variable"]
+            spec = _spec(f)
             raw = env.get(spec.name)
             if raw is not None and raw.strip():
                 given.add(spec.name)
@@ -744,25 +761,25 @@ class Settings:
             return
         if not self.telegram_bot_token:
             raise ConfigError("TELEGRAM_BOT_TOKEN", "required in production")
-        placeholders: list[tuple[str, str | None]] = [
-            ("DATABASE_URL", _url_password(self.database_url))
-            if "DATABASE_URL" in given
-            else ("DB_PASSWORD", self.db_password),
-            ("REDIS_URL", _url_password(self.redis_url))
-            if "REDIS_URL" in given
-            else ("REDIS_PASSWORD", self.redis_password),
-        ]
+        placeholders: list[tuple[str, str]] = []
         strong: list[tuple[str, str]] = []
         for attribute, spec in variables():
             value = getattr(self, attribute)
-            if spec.secret == "token" and value:
-                placeholders.insert(0, (spec.name, value))
-            elif spec.secret == "random" and value:
+            if not value or spec.secret is None:
+                continue
+            if spec.secret == "token":
+                placeholders.append((spec.name, value))
+            elif spec.secret == "password" and spec.name in given:
+                # Checked where it is used: a part only when its URL was not given.
+                if _PASSWORD_PARTS.get(spec.name) not in given:
+                    password = _url_password(value) if "://" in value else value
+                    placeholders.extend([(spec.name, password)] if password else [])
+            elif spec.secret == "random":
                 # A list of keys (`new,old` during a rotation) is checked key by key.
                 keys = value if isinstance(value, tuple) else items(value)
                 strong.extend((spec.name, key) for key in keys)
         for name, secret in placeholders:
-            if secret is not None and _is_placeholder(secret):
+            if _is_placeholder(secret):
                 raise ConfigError(name, "is a placeholder; set a real secret in production")
         for name, secret in strong:
             if problem := _weakness(secret):
@@ -775,9 +792,29 @@ class Settings:
             raise ConfigError("TELEGRAM_BOT_TOKEN", "required (get one from @BotFather)")
         return self.telegram_bot_token
 
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold (the fields declared with `secret=`), with the parts
+        of them that travel on their own: each key of a list, a URL's password, the part of the
+        bot token after the bot id. What error reports scrub."""
+        values: list[str] = []
+        for attribute, spec in variables():
+            value = getattr(self, attribute)
+            if spec.secret is None or not value:
+                continue
+            whole = list(value) if isinstance(value, tuple) else [value, *value.split(",")]
+            for secret in whole:
+                values.append(secret)
+                if "://" in secret:
+                    values.append(_url_password(secret) or "")
+                elif spec.secret == "token":
+                    values.append(secret.partition(":")[2])
+        return [value.strip() for value in values if value and value.strip()]
+
 
 # --- secrets -------------------------------------------------------------------------------
 
+# A password part and the URL that, when given, is used instead of it.
+_PASSWORD_PARTS = {"DB_PASSWORD": "DATABASE_URL", "REDIS_PASSWORD": "REDIS_URL"}
 _MAKE_SECRET = "openssl rand -hex 32"
 _MAKE_KEY = "openssl rand -base64 32"
 
@@ -853,7 +890,7 @@ def markdown_table() -> str:
     """The README's configuration table, one row per setting, in declaration order."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for f in dataclasses.fields(Settings):
-        spec: Variable = f.metadata["variable"]
+        spec = _spec(f)
         default = spec.shown_default if spec.shown_default is not None else _shown(f.default)
         meaning = spec.help.replace("|", "\\|")
         rows.append(f"| `{spec.name}` | {default} | {meaning} |")

@@ -139,3 +139,47 @@ def test_accepted_pacing_settings_always_make_a_valid_typing_plan(env: dict[str,
         assert error.variable in env or error.variable == "TYPING_MIN_DELAY_SECONDS"
         return
     assert settings.pacing.chars_per_second > 0  # PacingConfig's own checks raised nothing
+
+
+def test_every_declared_secret_is_handed_to_the_error_report_scrubber() -> None:
+    secret = "Rq3vX9tLw2Kp8ZmB5nYc7HdF4jGs6QaE"
+    env = {
+        "TELEGRAM_BOT_TOKEN": f"123:{secret}A",
+        "TELEGRAM_WEBHOOK_SECRET": f"{secret}B",
+        "JWT_SECRET_KEY": f"{secret}C,{secret}D",
+        "ENCRYPTION_KEY": f"{secret}E,{secret}F",
+        "SECRET_KEY": f"{secret}G",
+        "OPENAI_API_KEYS": f"{secret}H, {secret}I",
+        "DATABASE_URL": f"postgresql://u:{secret}J%2F@db/aiconv",
+        "REDIS_PASSWORD": f"{secret}K",
+    }
+    values = Settings.from_env(env).secret_values()
+    for suffix in "ABCDEFGHIK":
+        assert f"{secret}{suffix}" in values
+    assert f"{secret}J/" in values  # a URL's password, as the service receives it
+    assert f"{secret}A" in values  # the bot token's secret part, which URLs carry alone
+    assert "u" not in values and "123" not in values
+
+
+def test_a_password_part_is_checked_only_where_it_is_used() -> None:
+    production = {"ENVIRONMENT": "production", "TELEGRAM_BOT_TOKEN": "123:real-token-value"}
+    stale = {**production, "DB_PASSWORD": "change-me", "REDIS_PASSWORD": "change-me"}
+    urls = {"DATABASE_URL": "postgresql://u:k2J8vQ0x@db/a", "REDIS_URL": "redis://:Hn4wPq7s@r:1/0"}
+    Settings.from_env({**stale, **urls})  # the URLs are used; the stale parts are not
+    with pytest.raises(ConfigError, match=r"^DB_PASSWORD: is a placeholder"):
+        Settings.from_env(stale)
+
+
+def test_a_field_not_declared_as_a_setting_is_named() -> None:
+    @dataclasses.dataclass
+    class Plain:
+        bind_address: str = "0.0.0.0"
+
+    with pytest.raises(TypeError, match=r"Settings\.bind_address is not declared with setting"):
+        config._spec(dataclasses.fields(Plain)[0])
+
+
+def test_integer_items_parse_ids_and_name_a_bad_one() -> None:
+    assert config.integer_items(" 12, -100200300,,7 ") == (12, -100200300, 7)
+    with pytest.raises(ValueError, match=r"expected an integer, got 'x'"):
+        config.integer_items("1,x")
