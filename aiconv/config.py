@@ -2,11 +2,13 @@
 
 Invariant: each environment variable aiconv reads at start-up is one field of `Settings`, declared
 with `setting(VARIABLE, default, parser, help)`. That line is the only definition: `Settings()`
-takes its defaults from it, `Settings.from_env(mapping)` reads and validates with it, and the
-README's configuration table is generated from it (`python -m aiconv.config --update-readme`;
-tests/unit/test_config_readme.py fails when the two drift). Adding a setting is adding one line to
-`Settings` (and regenerating the table); rules that tie several variables together (a webhook URL
-needs its secret; the production secret checks) sit in `_check_together` and `check_secrets`.
+takes its defaults from it, `Settings.from_env(mapping)` reads and validates with it, the README's
+configuration table is generated from it (`python -m aiconv.config --update-readme`; a test fails
+when they drift), and its `secret=` decides how production checks it, that `repr(settings)` omits
+it and that error reports scrub it. Adding a setting is adding one such line to `Settings` and
+regenerating the table; a field declared any other way fails with its name. Rules that tie several
+variables together (a webhook URL needs its secret, the typing delays' order) are in
+`_check_together`.
 
 A bad or missing value raises ConfigError naming the variable, which the CLI turns into one line
 on stderr and exit code 2. The variable comes from the table, never from an exception's message:
@@ -18,8 +20,8 @@ Why a table of our own rather than pydantic-settings:
 - The error contract is one line, "VARIABLE: problem", with our wording; pydantic reports every
   error at once, in its own words, keyed by field rather than by variable.
 - Some values are derived from others (DATABASE_URL from DB_*, REDIS_URL from REDIS_*,
-  LOG_FORMAT's default from ENVIRONMENT), which is one `default_from` here and custom validators
-  there; and importing settings stays as light as the standard library.
+  LOG_FORMAT's default from ENVIRONMENT): one `default_from` here, custom validators there.
+- It is one more dependency (pydantic-settings, pydantic) for about a hundred lines of parsers.
 
 Importing this module imports no Redis, PostgreSQL or metrics module (a test checks it in a fresh
 interpreter): the option types of the worker and of the job consumers are built on demand by the
@@ -313,13 +315,13 @@ def _spec(settings_field: dataclasses.Field[Any]) -> Variable:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Intervals of the embedded scheduler's jobs, in seconds."""
+    """Intervals of the embedded scheduler's jobs, in seconds (set by the SCHEDULE_* settings)."""
 
-    sweep_seconds: float = 60.0
-    gauges_seconds: float = 60.0
-    retention_seconds: float = 3600.0
-    backup_seconds: float = 86400.0
-    recovery_seconds: float = 30.0
+    sweep_seconds: float
+    gauges_seconds: float
+    retention_seconds: float
+    backup_seconds: float
+    recovery_seconds: float
 
 
 def _database_url_from_parts(read: Mapping[str, Any]) -> str:
