@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from aiconv import config
@@ -110,6 +111,8 @@ values = st.one_of(
 )
 
 
+# No deadline: a loaded machine makes an example slow, never wrong.
+@hypothesis_settings(deadline=None)
 @given(name=st.sampled_from(NAMES), value=values)
 def test_any_value_is_accepted_or_blamed_on_its_own_variable(name: str, value: str) -> None:
     try:
@@ -131,6 +134,7 @@ numbers = st.one_of(
 )
 
 
+@hypothesis_settings(deadline=None)
 @given(env=st.dictionaries(st.sampled_from(PACING), numbers))
 def test_accepted_pacing_settings_always_make_a_valid_typing_plan(env: dict[str, str]) -> None:
     try:
