@@ -14,7 +14,7 @@ import inspect
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 import structlog
 
@@ -77,26 +77,9 @@ class Scrubber:
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """Every secret value the settings hold, and the parts of them that travel on their own."""
-    values = [
-        settings.telegram_bot_token,
-        settings.telegram_webhook_secret,
-        settings.secret_key,
-        settings.jwt_secret_key,
-        *(settings.jwt_secret_key or "").split(","),
-        *settings.openai_api_keys,
-    ]
-    if settings.encryption_key:
-        values += [settings.encryption_key, *settings.encryption_key.split(",")]
-    _, _, token_secret = settings.telegram_bot_token.partition(":")
-    values.append(token_secret)  # the part after the bot id is what makes the token secret
-    for url in (settings.database_url, settings.redis_url):
-        try:
-            password = urlsplit(url).password
-        except ValueError:
-            password = None
-        values.append(password)
-    return [value.strip() for value in values if value and value.strip()]
+    """Every secret value the settings hold, and the parts of them that travel on their own
+    (the settings declared secret in aiconv/config.py, so a new one is scrubbed too)."""
+    return settings.secret_values()
 
 
 def sentry_options(settings: Settings) -> dict[str, Any]:
