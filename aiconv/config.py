@@ -7,6 +7,7 @@ variable, which the CLI turns into one line on stderr and exit code 2.
 from __future__ import annotations
 
 import importlib.metadata
+import ipaddress
 import itertools
 import math
 import os
@@ -123,6 +124,20 @@ class _Reader:
         return value
 
 
+def _bind_address(read: _Reader, name: str) -> str:
+    """An IP address to listen on (0.0.0.0 unless set), normalised (`::0001` -> `::1`).
+
+    Only an address, not a host name: a name may resolve to several addresses, or to a public
+    one, and the point of the setting is to know exactly which interface is exposed."""
+    value = read.text(name, "0.0.0.0")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ConfigError(
+            name, f"expected an IP address such as 0.0.0.0, 127.0.0.1 or ::, got {value!r}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Intervals of the embedded scheduler's jobs, in seconds."""
@@ -156,9 +171,13 @@ class Settings:
     encryption_key: str | None = None
 
     port: int = 8000
+    # Where PORT and METRICS_PORT listen: every interface by default (containers, where only the
+    # published port is reachable); 127.0.0.1 on a bare host behind a local proxy.
+    bind_address: str = "0.0.0.0"
     web_workers: int = 1
     metrics_enabled: bool = True
     metrics_port: int = 8001
+    metrics_bind_address: str = "0.0.0.0"
     sentry_dsn: str | None = None
     sentry_environment: str | None = None
 
@@ -271,9 +290,11 @@ class Settings:
             jwt_secret_key=read.raw("JWT_SECRET_KEY"),
             encryption_key=_encryption_keys(read),
             port=read.integer("PORT", 8000, minimum=0),
+            bind_address=_bind_address(read, "BIND_ADDRESS"),
             web_workers=read.integer("WEB_WORKERS", 1, minimum=1),
             metrics_enabled=read.flag("METRICS_ENABLED", True),
             metrics_port=read.integer("METRICS_PORT", 8001, minimum=0),
+            metrics_bind_address=_bind_address(read, "METRICS_BIND_ADDRESS"),
             sentry_dsn=read.raw("SENTRY_DSN"),
             sentry_environment=read.raw("SENTRY_ENVIRONMENT"),
             model_path=model_path,
