@@ -203,8 +203,9 @@ def test_bind_mounted_files_exist(compose: dict[str, Any]) -> None:
     defaults = env_example()
     for name, s in compose["services"].items():
         for volume in s.get("volumes", []):
+            # variables first: a default such as ${WEBHOOK_SOURCES:-any} holds a colon
+            volume = VAR_RE.sub(lambda m: defaults.get(m.group(1), m.group(3) or ""), volume)
             source = volume.split(":")[0]
-            source = VAR_RE.sub(lambda m: defaults.get(m.group(1), m.group(3) or ""), source)
             if source.startswith("."):
                 path = (COMPOSE_DIR / source).resolve()
                 made_at_start = {"certs", "models", "backups"}  # created by compose on first up
