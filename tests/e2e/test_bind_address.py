@@ -44,7 +44,7 @@ def refuses(host: str, port: str) -> bool:
         return True
 
 
-@pytest.mark.parametrize("mode", ["web", "worker"])
+@pytest.mark.parametrize("mode", ["web", "worker", "all"])
 async def test_ports_listen_only_on_the_addresses_set(
     mode: str, database_url: str, redis_prefix: str, double: BotApiDouble, tmp_path: Path
 ) -> None:
@@ -52,18 +52,18 @@ async def test_ports_listen_only_on_the_addresses_set(
     env.update(BIND_ADDRESS=WEB_ADDRESS, METRICS_BIND_ADDRESS=OPS_ADDRESS)
     process = BoundProcess(env, mode, tmp_path / f"{mode}.log")
     try:
-        # Returns once /ready answers 200 at OPS_ADDRESS; for `web` its checks include "web",
-        # a connection to the web port at WEB_ADDRESS (not at loopback, where nothing listens).
+        # Returns once /ready answers 200 at OPS_ADDRESS; for `web` and `all` its checks include
+        # "web", a connection to the web port at WEB_ADDRESS (not loopback: nothing listens there).
         await process.start(timeout=120)
         async with httpx.AsyncClient(timeout=5) as http:
             ready = await http.get(f"{process.ops_url}/ready")
             assert ready.status_code == 200, ready.text
-            if mode == "web":
+            if mode in ("web", "all"):
                 assert ready.json()["checks"]["web"] == "ok"
                 assert (await http.get(f"{process.web_url}/health")).status_code == 200
         assert refuses("127.0.0.1", env["METRICS_PORT"])
         assert refuses(WEB_ADDRESS, env["METRICS_PORT"])
-        if mode == "web":
+        if mode in ("web", "all"):
             assert refuses("127.0.0.1", env["PORT"])
             assert refuses(OPS_ADDRESS, env["PORT"])
     finally:
