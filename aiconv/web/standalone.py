@@ -52,8 +52,8 @@ log = structlog.get_logger(__name__)
 def run_web(settings: Settings) -> NoReturn:
     """Serve until SIGTERM/SIGINT, then end the process: 0 after a signal, 1 when a worker or the
     ops port failed (2 when that was a configuration error, e.g. the port taken meanwhile)."""
-    ensure_port_free("0.0.0.0", settings.port, "PORT")
-    ensure_port_free("0.0.0.0", settings.metrics_port, "METRICS_PORT")
+    ensure_port_free(settings.bind_address, settings.port, "PORT")
+    ensure_port_free(settings.metrics_bind_address, settings.metrics_port, "METRICS_PORT")
     asyncio.run(_check_redis(settings))
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # the CLI sets it up before any import
         share_metrics_between_workers()
@@ -61,7 +61,7 @@ def run_web(settings: Settings) -> NoReturn:
     server = Granian(
         "aiconv.web.app:create_worker_app",  # configures logging and Sentry in each worker
         factory=True,
-        address="0.0.0.0",
+        address=settings.bind_address,
         port=settings.port,
         interface=Interfaces.ASGI,
         workers=settings.web_workers,
@@ -129,7 +129,7 @@ class _OpsThread(threading.Thread):
         async with open_resources(settings, database=False) as resources:
             checks: dict[str, Check] = {
                 "redis": resources.redis.ping,
-                "web": accepting(settings.port),  # a granian worker is listening
+                "web": accepting(settings.port, settings.bind_address),  # a granian worker listens
             }
             async with asyncio.TaskGroup() as group:
                 if settings.webhook_mode:
@@ -138,7 +138,7 @@ class _OpsThread(threading.Thread):
                     retrying = supervised("webhook_registration", registration.register, stop)
                     group.create_task(retrying)
                 ops_port = ops_app(checks, metrics=settings.metrics_enabled)
-                ops = serve(ops_port, "0.0.0.0", settings.metrics_port, stop)
+                ops = serve(ops_port, settings.metrics_bind_address, settings.metrics_port, stop)
                 group.create_task(core("ops", ops, stop, self.failed))
         if self.failed:
             self.on_failure()  # stops granian, so the process exits

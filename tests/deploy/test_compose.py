@@ -203,8 +203,9 @@ def test_bind_mounted_files_exist(compose: dict[str, Any]) -> None:
     defaults = env_example()
     for name, s in compose["services"].items():
         for volume in s.get("volumes", []):
+            # variables first: a default such as ${WEBHOOK_SOURCES:-any} holds a colon
+            volume = VAR_RE.sub(lambda m: defaults.get(m.group(1), m.group(3) or ""), volume)
             source = volume.split(":")[0]
-            source = VAR_RE.sub(lambda m: defaults.get(m.group(1), m.group(3) or ""), source)
             if source.startswith("."):
                 path = (COMPOSE_DIR / source).resolve()
                 made_at_start = {"certs", "models", "backups"}  # created by compose on first up
@@ -282,3 +283,13 @@ def test_docker_compose_config_when_the_plugin_is_there(tmp_path: Path) -> None:
             [*args, "config", "--quiet"], capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_third_party_images_are_pinned_to_exact_versions(compose: dict[str, Any]) -> None:
+    """Issue 13, item 11: no floating tag (latest, 16-alpine) on anything pulled."""
+    exact = re.compile(r"[a-z0-9./-]+:v?\d+\.\d+(\.\d+)?(-[a-z0-9.]+)?(@sha256:[0-9a-f]{64})?")
+    for name, service in compose["services"].items():
+        image = service["image"]
+        if name in AICONV_SERVICES:
+            continue  # this project's image, built by `just build`
+        assert exact.fullmatch(image), f"{name}: {image} is not an exact version"

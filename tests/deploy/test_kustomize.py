@@ -39,6 +39,7 @@ OVERLAYS = ("dev", "production", "gpu")
 BUILDS = [(o, o, ()) for o in OVERLAYS] + [
     ("production+keda", "production", ("keda",)),
     ("dev+keda", "dev", ("keda",)),
+    ("production+telegram", "production", ("telegram-webhook-sources",)),
 ]
 
 CLUSTER_SCOPED = {"Namespace"}
@@ -294,9 +295,11 @@ def test_production_follows_the_guide(tmpdir_str: str) -> None:
     env = {e["name"]: e for e in main_container(deployments["worker"])["env"]}
     assert env["DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "aiconv-db-app"
     assert env["REDIS_HOST"]["valueFrom"]["secretKeyRef"]["name"] == "aiconv-redis"
-    ingress = one(docs, "Ingress", "aiconv")["spec"]
-    assert ingress["tls"][0]["secretName"] == "aiconv-tls"
-    paths = {p["path"] for p in ingress["rules"][0]["http"]["paths"]}
+    paths = set()
+    for name in ("aiconv", "aiconv-api"):
+        ingress = one(docs, "Ingress", name)["spec"]
+        assert ingress["tls"][0]["secretName"] == "aiconv-tls"
+        paths |= {p["path"] for p in ingress["rules"][0]["http"]["paths"]}
     assert paths == {"/webhook", "/v1", "/health"}
     kinds = {d["kind"] for d in docs}
     assert {
@@ -414,3 +417,102 @@ def test_dev_secrets_are_generated_not_committed(tmpdir_str: str, tmp_path: Path
         text = (KUSTOMIZE_DIR.parent / path).read_text()
         assert not re.search(r"[:=] *change-me", text), path
         assert "kind: Secret\n" not in text or "stringData" not in text, path
+
+
+# --- issue 13, item 11: edge limits, webhook sources, egress, pinned images --------------------
+
+LIMITS = "nginx.ingress.kubernetes.io/limit-"
+SOURCES = "nginx.ingress.kubernetes.io/whitelist-source-range"
+
+
+def telegram_networks() -> list[str]:
+    """The networks of nginx/webhook-from-telegram.conf (compose's edge), in order."""
+    text = (KUSTOMIZE_DIR.parent / "nginx" / "webhook-from-telegram.conf").read_text()
+    return re.findall(r"^allow ([0-9./]+);", text, flags=re.MULTILINE)
+
+
+def test_the_ingress_limits_v1_per_client_and_leaves_the_webhook_alone(tmpdir_str: str) -> None:
+    docs = built("production", tmpdir_str)
+    api = one(docs, "Ingress", "aiconv-api")
+    annotations = api["metadata"]["annotations"]
+    # As compose's nginx: 20 requests/s with a burst of 40, 16 open connections per address.
+    assert annotations[f"{LIMITS}rps"] == "20"
+    assert annotations[f"{LIMITS}burst-multiplier"] == "2"
+    assert annotations[f"{LIMITS}connections"] == "16"
+    assert {p["path"] for p in api["spec"]["rules"][0]["http"]["paths"]} == {"/v1", "/health"}
+    webhook = one(docs, "Ingress", "aiconv")
+    assert [p["path"] for p in webhook["spec"]["rules"][0]["http"]["paths"]] == ["/webhook"]
+    assert not [a for a in webhook["metadata"]["annotations"] if a.startswith(LIMITS)]
+    assert SOURCES not in webhook["metadata"]["annotations"]  # off by default
+    assert webhook["spec"]["rules"][0]["host"] == api["spec"]["rules"][0]["host"]
+
+
+def test_the_telegram_component_limits_only_the_webhook_to_telegrams_networks(
+    tmpdir_str: str,
+) -> None:
+    docs = built("production+telegram", tmpdir_str)
+    webhook = one(docs, "Ingress", "aiconv")["metadata"]["annotations"]
+    assert webhook[SOURCES].split(",") == telegram_networks()
+    assert telegram_networks() == ["149.154.160.0/20", "91.108.4.0/22"]
+    assert SOURCES not in one(docs, "Ingress", "aiconv-api")["metadata"]["annotations"]
+
+
+def pod_labels(docs: tuple[Doc, ...]) -> list[dict[str, str]]:
+    """The labels of every pod template, plus those CloudNativePG gives its instances."""
+    labels = [
+        spec_owner["spec"]["template"]["metadata"]["labels"]
+        for spec_owner in docs
+        if spec_owner["kind"] in {"Deployment", "StatefulSet"}
+    ]
+    labels += [{"cnpg.io/cluster": d["metadata"]["name"]} for d in of_kind(docs, "Cluster")]
+    return labels
+
+
+@pytest.mark.parametrize("name", ["dev", "production"])
+def test_egress_to_postgres_and_redis_goes_to_their_pods_only(name: str, tmpdir_str: str) -> None:
+    docs = built(name, tmpdir_str)
+    reached: dict[int, list[dict[str, str]]] = {5432: [], 6379: []}
+    for policy in of_kind(docs, "NetworkPolicy"):
+        for rule in policy["spec"].get("egress", []):
+            ports = {p.get("port") for p in rule.get("ports", [])}
+            for port in ports & set(reached):
+                peers = rule.get("to")
+                assert peers, f"{policy['metadata']['name']}: port {port} to any address"
+                for peer in peers:
+                    assert "ipBlock" not in peer, policy["metadata"]["name"]
+                    assert peer["podSelector"]["matchLabels"], policy["metadata"]["name"]
+                    assert "namespaceSelector" not in peer  # this namespace
+                    reached[port].append(peer["podSelector"]["matchLabels"])
+    labels = pod_labels(docs)
+
+    def selects(selector: dict[str, str]) -> bool:
+        return any(selector.items() <= pod.items() for pod in labels)
+
+    assert reached[5432] and all(selects(s) for s in reached[5432]), reached[5432]
+    if name == "dev":  # production's Redis is outside this build (secret aiconv-redis)
+        assert reached[6379] and all(selects(s) for s in reached[6379]), reached[6379]
+    # and no aiconv pod is selected as a data service
+    for selector in reached[5432] + reached[6379]:
+        assert selector.get("app.kubernetes.io/name") != "aiconv"
+
+
+OWN_IMAGES = {"aiconv", "aiconv-cuda", "ghcr.io/aiconv/aiconv", "ghcr.io/aiconv/aiconv-cuda"}
+EXACT_TAG = re.compile(r"v?\d+\.\d+(\.\d+)?([-.][a-z0-9.]+)?(@sha256:[0-9a-f]{64})?")
+
+
+@pytest.mark.parametrize("name", [b[0] for b in BUILDS])
+def test_third_party_images_are_pinned_to_exact_versions(name: str, tmpdir_str: str) -> None:
+    docs = built(name, tmpdir_str)
+    images = [c["image"] for _, spec in containers_of(docs) for c in spec]
+    images += [d["spec"]["imageName"] for d in of_kind(docs, "Cluster")]
+    assert images
+    for image in images:
+        repository, _, tag = image.partition(":")
+        if repository in OWN_IMAGES:
+            continue  # built by this project; the overlays set its version
+        assert EXACT_TAG.fullmatch(tag), f"{image}: not an exact version"
+
+
+def containers_of(docs: tuple[Doc, ...]) -> Iterator[tuple[str, list[Doc]]]:
+    for where, spec in pod_specs(docs):
+        yield where, [*spec.get("initContainers", []), *spec["containers"]]

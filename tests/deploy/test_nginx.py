@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -70,13 +71,17 @@ def make_cert(openssl: str, directory: Path) -> None:
     )
 
 
-def render(prefix: Path, upstream_port: int) -> Rendered:
-    """Rewrite only what must differ on this machine: upstream, cert paths, ports, files."""
+def render(prefix: Path, upstream_port: int, webhook_sources: str = "any") -> Rendered:
+    """Rewrite only what must differ on this machine: upstream, cert paths, ports, files.
+    `webhook_sources` picks the file compose mounts for WEBHOOK_SOURCES (any, telegram)."""
     text = (NGINX_DIR / "nginx.conf").read_text()
     http_port, https_port = free_port(), free_port()
+    sources = NGINX_DIR / f"webhook-from-{webhook_sources}.conf"
+    assert sources.is_file(), sources
     replacements = {
         "server web:8000;": f"server 127.0.0.1:{upstream_port};",
         "/etc/nginx/certs/": f"{prefix}/certs/",
+        "/etc/nginx/webhook-from.conf": str(sources),
         "listen 80 default_server;": f"listen 127.0.0.1:{http_port} default_server;",
         "listen [::]:80 default_server;": "",
         "listen 443 ssl http2 default_server;": (
@@ -126,10 +131,13 @@ def tools() -> tuple[str, str]:
     return require_tool("nginx", "/usr/sbin"), require_tool("openssl")
 
 
-def test_nginx_t_accepts_the_configuration(tools: tuple[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("webhook_sources", ["any", "telegram"])
+def test_nginx_t_accepts_the_configuration(
+    tools: tuple[str, str], tmp_path: Path, webhook_sources: str
+) -> None:
     nginx, openssl = tools
     make_cert(openssl, tmp_path / "certs")
-    rendered = render(tmp_path, free_port())
+    rendered = render(tmp_path, free_port(), webhook_sources)
     result = subprocess.run(
         [*nginx_args(nginx, rendered), "-t"], capture_output=True, text=True, timeout=30
     )
@@ -205,11 +213,13 @@ def upstream() -> Iterator[Upstream]:
 
 
 @contextmanager
-def running_nginx(tools: tuple[str, str], folder: Path, upstream_port: int) -> Iterator[Rendered]:
+def running_nginx(
+    tools: tuple[str, str], folder: Path, upstream_port: int, webhook_sources: str = "any"
+) -> Iterator[Rendered]:
     """The shipped configuration, served by Debian's nginx in front of a loopback port."""
     nginx, openssl = tools
     make_cert(openssl, folder / "certs")
-    rendered = render(folder, upstream_port)
+    rendered = render(folder, upstream_port, webhook_sources)
     process = subprocess.Popen(
         [*nginx_args(nginx, rendered), "-g", "daemon off;"],
         stdout=subprocess.DEVNULL,
@@ -380,3 +390,147 @@ def test_v1_bounds_open_connections_per_client() -> None:
     match = re.search(r"limit_conn api_conn (\d+);", v1)
     assert match and 1 <= int(match[1]) <= 32
     assert "limit_conn_status 429;" in text
+
+
+def v1_connection_limit() -> int:
+    """N of `limit_conn api_conn N;` in the /v1 location of the shipped file."""
+    text = (NGINX_DIR / "nginx.conf").read_text()
+    v1 = text[text.index("location /v1/ {") :]
+    match = re.search(r"limit_conn api_conn (\d+);", v1[: v1.index("}")])
+    assert match, "no limit_conn in location /v1/"
+    return int(match[1])
+
+
+@dataclass
+class HoldingUpstream:
+    """A stand-in for `aiconv web` that holds every /v1 request open until `release` is set,
+    as a generation nobody answers would; other paths are answered at once."""
+
+    port: int
+    held: int = 0
+    answered: list[str] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait_held(self, count: int, timeout: float) -> None:
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.held >= count, timeout):
+                raise AssertionError(f"{self.held} /v1 requests reached the app, not {count}")
+
+
+@pytest.fixture
+def holding() -> Iterator[HoldingUpstream]:
+    state = HoldingUpstream(port=0)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            if self.path.startswith("/v1/"):
+                with state.changed:
+                    state.held += 1
+                    state.changed.notify_all()
+                state.release.wait(60)
+            with state.changed:
+                state.answered.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        do_GET = do_POST = _handle
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.port = int(server.server_address[1])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        state.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_v1_connections_beyond_the_limit_are_refused_and_the_webhook_still_answers(
+    tools: tuple[str, str], tmp_path: Path, holding: HoldingUpstream
+) -> None:
+    """Issue 13, item 1, live: one client holds N /v1 requests open (no answer yet); its
+    (N+1)-th is refused at the edge without reaching the app, while /webhook is unaffected."""
+    limit = v1_connection_limit()
+    with running_nginx(tools, tmp_path, holding.port) as rendered:
+        base = f"https://127.0.0.1:{rendered.https_port}"
+
+        def held_request() -> int:
+            # One connection each (HTTP/1.1), so each counts once against limit_conn.
+            with httpx.Client(base_url=base, verify=False, timeout=90) as c:
+                return c.post("/v1/chat/completions", json={"model": "x"}).status_code
+
+        with ThreadPoolExecutor(max_workers=limit) as pool:
+            pending = [pool.submit(held_request) for _ in range(limit)]
+            try:
+                holding.wait_held(limit, timeout=60)
+                with client(base) as c:
+                    beyond = c.post("/v1/chat/completions", json={"model": "x"})
+                    webhook = c.post(
+                        "/webhook",
+                        json={"update_id": 1},
+                        headers={"X-Telegram-Bot-Api-Secret-Token": SECRET},
+                    )
+                    health = c.get("/health")
+            finally:
+                holding.release.set()
+            held = [future.result(timeout=90) for future in pending]
+        with client(base) as c:  # the slots are free again once the requests ended
+            after = c.post("/v1/chat/completions", json={"model": "x"})
+    assert beyond.status_code in (429, 503), beyond.status_code
+    assert (webhook.status_code, health.status_code) == (200, 200)
+    assert held == [200] * limit
+    assert after.status_code == 200
+    assert holding.held == limit + 1  # the N held ones and `after`; never the refused one
+    assert sorted(set(holding.answered)) == ["/health", "/v1/chat/completions", "/webhook"]
+
+
+def test_webhook_limited_to_telegram_refuses_other_sources(
+    tools: tuple[str, str], tmp_path: Path, upstream: Upstream
+) -> None:
+    """WEBHOOK_SOURCES=telegram: a POST from anywhere else (here loopback; no real-IP header
+    is trusted) gets 403 at the edge, and only /webhook is restricted."""
+    with (
+        running_nginx(tools, tmp_path, upstream.port, webhook_sources="telegram") as rendered,
+        client(f"https://127.0.0.1:{rendered.https_port}") as c,
+    ):
+        refused = c.post(
+            "/webhook",
+            json={"update_id": 1},
+            headers={
+                "X-Telegram-Bot-Api-Secret-Token": SECRET,
+                "X-Forwarded-For": "149.154.167.99",  # a claim, not the peer: ignored
+                "X-Real-IP": "149.154.167.99",
+            },
+        )
+        assert c.get("/health").status_code == 200
+        assert c.post("/v1/chat/completions", json={"model": "x"}).status_code == 200
+    assert refused.status_code == 403
+    assert upstream.paths() == ["/health", "/v1/chat/completions"]
+
+
+def test_telegram_sources_are_the_published_webhook_networks() -> None:
+    rules = [
+        line.strip()
+        for line in (NGINX_DIR / "webhook-from-telegram.conf").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert rules == ["allow 149.154.160.0/20;", "allow 91.108.4.0/22;", "deny all;"]
+    text = (NGINX_DIR / "nginx.conf").read_text()
+    webhook = text[text.index("location = /webhook {") :]
+    assert "include /etc/nginx/webhook-from.conf;" in webhook[: webhook.index("}")]
+    assert "set_real_ip_from" not in text and "real_ip_header" not in text
