@@ -326,11 +326,11 @@ async def _equals(value: Awaitable[int], expected: int) -> bool:
 
 async def test_ml_drops_an_api_job_past_its_deadline(redis: Redis, redis_prefix: str) -> None:
     from aiconv.jobs.queue import Job, JobQueue
-    from aiconv.ml.api import ApiHandler
     from aiconv.ml.cancel import CancelWatcher
+    from aiconv.ml.openai_jobs import OpenAiJobHandler
 
     keys = Keys(redis_prefix)
-    handler = ApiHandler(
+    handler = OpenAiJobHandler(
         None,  # type: ignore[arg-type]  # never reached: the job is dropped first
         JobQueue(redis, keys),
         keys,

@@ -1,4 +1,5 @@
-"""ml's side of the OpenAI-compatible API: run a request's messages, stream events to Redis.
+"""ml's side of the OpenAI-compatible API (the web side is `aiconv.web.openai`): run a request's
+messages and stream its events back to Redis.
 
 The consumer acknowledges the job when the handler returns; the events are the effect.
 """
@@ -19,7 +20,7 @@ from aiconv.ml.engine import Engine, PromptTooLong
 from aiconv.ml.protocol import API_KIND, RESPONSE_TTL_SECONDS
 from aiconv.ml.stats import observe
 
-__all__ = ["API_KIND", "ApiHandler"]
+__all__ = ["API_KIND", "OpenAiJobHandler"]
 
 # Deltas are written at most this often per request (tokens in between are joined).
 FLUSH_SECONDS = 0.02
@@ -27,7 +28,7 @@ FLUSH_SECONDS = 0.02
 log = structlog.get_logger(__name__)
 
 
-class ApiHandler:
+class OpenAiJobHandler:
     def __init__(
         self, engine: Engine, queue: JobQueue, keys: Keys, watcher: CancelWatcher, model_id: str
     ) -> None:
@@ -38,8 +39,8 @@ class ApiHandler:
         self.model_id = model_id
 
     async def __call__(self, job: Job) -> None:
-        p = job.payload
-        request_id = str(p.get("id", ""))
+        payload = job.payload
+        request_id = str(payload.get("id", ""))
         out = self.keys.api_response(request_id)
         redis = self.queue.redis
         bound = log.bind(job_key=job.key, request_id=request_id)
@@ -52,7 +53,7 @@ class ApiHandler:
         cancel_key = self.keys.api_cancel(request_id)
         if not request_id or await self.watcher.stale(cancel_key, None):
             return
-        deadline = _float(p.get("deadline"))
+        deadline = _float(payload.get("deadline"))
         if deadline is not None and time.time() > deadline:
             # Its client has been answered 504 (or left): nobody will read this generation.
             bound.info("api request past its deadline; dropped")
@@ -62,15 +63,15 @@ class ApiHandler:
         await emit({"type": "start", "attempt": uuid.uuid4().hex})
         await redis.expire(out, RESPONSE_TTL_SECONDS)
         try:
-            messages = _messages(p.get("messages"))
+            messages = _messages(payload.get("messages"))
             prompt = await asyncio.to_thread(self.engine.chat_tokens, messages)
             generation = self.engine.submit(
                 prompt,
-                max_tokens=_int(p.get("max_tokens")),
-                temperature=_float(p.get("temperature")),
-                top_p=_float(p.get("top_p")) or 1.0,
-                seed=_int(p.get("seed")),
-                stop=[str(s) for s in p.get("stop") or []][:4],
+                max_tokens=_int(payload.get("max_tokens")),
+                temperature=_float(payload.get("temperature")),
+                top_p=_float(payload.get("top_p")) or 1.0,
+                seed=_int(payload.get("seed")),
+                stop=[str(s) for s in payload.get("stop") or []][:4],
             )
         except PromptTooLong as error:
             await emit(
