@@ -2,6 +2,13 @@
 messages and stream its events back to Redis.
 
 The consumer acknowledges the job when the handler returns; the events are the effect.
+
+The jobs come on their own stream, `Keys.openai_generate`, worked by the ml group like chat turns
+on `Keys.generate` (one `Consumer` each, sharing the engine's slots and its queue): API traffic
+is measured, trimmed and dead-lettered under its own label, and a burst of it never sits in
+front of chat turns in one stream. Jobs queued on `generate` by a web of the previous release
+are still served there (GenerateHandler passes them on by kind). A job dead-lettered after too
+many failed deliveries tells its waiting client so, instead of leaving it to time out.
 """
 
 from __future__ import annotations
@@ -13,14 +20,15 @@ from typing import Any
 
 import structlog
 
-from aiconv.jobs.keys import Keys
+from aiconv.jobs.consumer import Consumer, ConsumerOptions
+from aiconv.jobs.keys import GENERATE_GROUP, Keys
 from aiconv.jobs.queue import Job, JobQueue
 from aiconv.ml.cancel import CancelWatcher
 from aiconv.ml.engine import Engine, PromptTooLong
 from aiconv.ml.protocol import API_KIND, RESPONSE_TTL_SECONDS
 from aiconv.ml.stats import observe
 
-__all__ = ["API_KIND", "OpenAiJobHandler"]
+__all__ = ["API_KIND", "OpenAiJobHandler", "openai_consumer"]
 
 # Deltas are written at most this often per request (tokens in between are joined).
 FLUSH_SECONDS = 0.02
@@ -38,6 +46,20 @@ class OpenAiJobHandler:
         self.watcher = watcher
         self.model_id = model_id
 
+    async def _emit(self, out: str, event: dict[str, Any]) -> None:
+        # Sealed like jobs when ENCRYPTION_KEY is set: the answer is user text too.
+        encoded = self.queue.codec.encode(out, event)
+        await self.queue.redis.xadd(out, {"event": encoded}, maxlen=100_000, approximate=True)
+
+    async def give_up(self, job: Job) -> None:
+        """The job is dead-lettered: its client, if still waiting, gets an error at once."""
+        request_id = str(job.payload.get("id", ""))
+        if request_id:
+            out = self.keys.api_response(request_id)
+            await self._emit(out, {"type": "error", "status": 502, "code": "generation_failed",
+                                   "message": "generation failed"})  # fmt: skip
+            await self.queue.redis.expire(out, RESPONSE_TTL_SECONDS)
+
     async def __call__(self, job: Job) -> None:
         payload = job.payload
         request_id = str(payload.get("id", ""))
@@ -46,9 +68,7 @@ class OpenAiJobHandler:
         bound = log.bind(job_key=job.key, request_id=request_id)
 
         async def emit(event: dict[str, Any]) -> None:
-            # Sealed like jobs when ENCRYPTION_KEY is set: the answer is user text too.
-            encoded = self.queue.codec.encode(out, event)
-            await redis.xadd(out, {"event": encoded}, maxlen=100_000, approximate=True)
+            await self._emit(out, event)
 
         cancel_key = self.keys.api_cancel(request_id)
         if not request_id or await self.watcher.stale(cancel_key, None):
@@ -137,6 +157,20 @@ class OpenAiJobHandler:
             finish_reason=completion.finish_reason,
             first_token_seconds=completion.first_token_seconds,
         )
+
+
+def openai_consumer(
+    queue: JobQueue, handler: OpenAiJobHandler, options: ConsumerOptions
+) -> Consumer:
+    """ml's consumer of the /v1 job stream (run next to the one of `Keys.generate`)."""
+    return Consumer(
+        queue,
+        queue.keys.openai_generate,
+        GENERATE_GROUP,
+        handler,
+        options=options,
+        on_dead_letter=handler.give_up,
+    )
 
 
 def _messages(raw: Any) -> list[dict[str, str]]:

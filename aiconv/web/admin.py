@@ -123,7 +123,7 @@ class AdminApi:
         self.key = key
         self.store = store
         self.dead = dead
-        self.replayable = {dead.keys.updates, dead.keys.generate, dead.keys.replies}
+        self.replayable = set(dead.keys.job_streams)
 
     def guard(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         """Authenticate and authorise, run the handler with the token's subject, map failures to

@@ -1,9 +1,11 @@
 """An OpenAI-compatible API on `aiconv web`: /v1/chat/completions and /v1/models.
 
 Guarded by bearer keys from OPENAI_API_KEYS (no keys: the endpoints answer 404). A request
-becomes a generation job on the same stream as chat turns, so the same ml pool serves it; ml
-streams the tokens back on a per-request Redis stream that this side reads (see
-`aiconv.ml.protocol`). A client that goes away cancels its generation.
+becomes a generation job on a stream of its own (`Keys.openai_generate`), which the same ml pool
+consumes next to chat turns (`aiconv.ml.openai_jobs`); ml streams the tokens back on a
+per-request Redis stream, which this process reads for all its waiting requests at once through
+one `ResultReader` (`aiconv.web.api_results`): one connection, not one per request. A client that
+goes away cancels its generation.
 
 Bounds (issue 13, item 1): a request is answered within REQUEST_TIMEOUT_SECONDS, below the
 proxies' 300 s, and its job carries that deadline, so ml drops it if it is still queued then. A
@@ -40,12 +42,12 @@ from aiconv.ml.protocol import (
 )
 from aiconv.telegram.models import clean_text
 from aiconv.web import auth, jsonbody
+from aiconv.web.api_results import ResultReader, ResultWaiter
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 # A request waiting longer for ml (queue + generation) is answered 504 and its job dropped: below
 # the 300 s nginx and the Ingress wait for /v1, so the answer reaches the client.
 REQUEST_TIMEOUT_SECONDS = 290.0
-READ_BLOCK_MS = 5000
 MAX_MESSAGES = 256
 MAX_CHARACTERS = 200_000  # all messages' content together
 MAX_CONCURRENT_PER_KEY = 4
@@ -96,12 +98,7 @@ class ClientGone(Exception):
 
 
 def openai_routes(settings: Settings, queue: JobQueue) -> list[Route]:
-    api = OpenAiApi(settings, queue)
-    return [
-        Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
-        Route("/v1/models", api.models, methods=["GET"]),
-        Route("/v1/models/{model_id:path}", api.model, methods=["GET"]),
-    ]
+    return OpenAiApi(settings, queue).routes()
 
 
 class OpenAiApi:
@@ -114,6 +111,14 @@ class OpenAiApi:
         self.created = int(time.time())
         self.max_tokens = settings.n_ctx
         self._admit = self.redis.register_script(_ADMIT)
+        self.results = ResultReader(self.redis, self.keys, self.queue.codec.decode)
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
+        ]
 
     def _check(self, request: Request) -> str:
         """The caller's API key, once accepted."""
@@ -162,26 +167,31 @@ class OpenAiApi:
             log.warning("api cannot reach redis", error=type(error).__name__)
             return UNAVAILABLE.response()
         handed_to_stream = False
+        waiter: ResultWaiter | None = None
         try:
             try:
-                await self.queue.enqueue(self.keys.generate, job, job["key"])
-                events = self._events(request_id)
+                # Registered before the job is queued, so no event can come unseen.
+                waiter = await self.results.open(request_id, REQUEST_TIMEOUT_SECONDS + 10)
+                await self.queue.enqueue(self.keys.openai_generate, job, job["key"])
+                events = self._events(waiter)
                 events = _chain(await _unless_gone(request, _until_content(events)), events)
             except RedisError as error:
                 log.warning("api cannot reach redis", error=type(error).__name__)
                 await self._cancel(request_id)
+                await self._cleanup(request_id, waiter)
                 return UNAVAILABLE.response()
             except ApiError as error:
                 await self._cancel(request_id)
+                await self._cleanup(request_id, waiter)
                 return error.response()
             except ClientGone:
-                return await self._gone(request_id)
+                return await self._gone(request_id, waiter)
             head = {"id": f"chatcmpl-{request_id}", "created": job["created"],
                     "model": self.model_id}  # fmt: skip
             if stream:
                 handed_to_stream = True  # the stream's end releases the slot
                 return StreamingResponse(
-                    self._sse(head, events, include_usage, request_id, slot),
+                    self._sse(head, events, include_usage, request_id, slot, waiter),
                     media_type="text/event-stream",
                     headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
                 )
@@ -193,18 +203,20 @@ class OpenAiApi:
                 await self._cancel(request_id)
                 return error.response()
             except ClientGone:
-                return await self._gone(request_id)
+                return await self._gone(request_id, waiter)
             finally:
-                await self._cleanup(request_id)
+                await self._cleanup(request_id, waiter)
         finally:
             if not handed_to_stream:
                 with anyio.CancelScope(shield=True):
+                    if waiter is not None:
+                        self.results.close(waiter)  # whatever happened, nobody reads for it
                     await self._release(slot, request_id)
 
-    async def _gone(self, request_id: str) -> Response:
+    async def _gone(self, request_id: str, waiter: ResultWaiter | None) -> Response:
         log.info("api client went away; request cancelled", request_id=request_id)
         await self._cancel(request_id)
-        await self._cleanup(request_id)
+        await self._cleanup(request_id, waiter)
         return Response(status_code=499)  # nobody reads it
 
     async def _release(self, slot: str, request_id: str) -> None:
@@ -257,26 +269,20 @@ class OpenAiApi:
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         return job, bool(body.get("stream")), include_usage
 
-    async def _events(self, request_id: str) -> AsyncIterator[dict[str, Any]]:
-        """The request's events from ml, in order, until done or error."""
-        key = self.keys.api_response(request_id)
-        last = "0-0"
-        deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            response: Any = await self.redis.xread({key: last}, count=256, block=READ_BLOCK_MS)
-            for _stream, entries in response or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    event = self.queue.codec.decode(key, fields.get("event")) or {
-                        "type": "error",
-                        "status": 502,
-                        "code": "unreadable",
-                        "message": "the model's answer could not be read",
-                    }
-                    yield event
-                    if event.get("type") in ("done", "error"):
-                        return
-        raise ApiError(504, "no answer from the model in time", "timeout", "server_error")
+    async def _events(self, waiter: ResultWaiter) -> AsyncIterator[dict[str, Any]]:
+        """The request's events from ml, in order, until done or error (RedisError, 504)."""
+        deadline = asyncio.get_running_loop().time() + REQUEST_TIMEOUT_SECONDS
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    event = await waiter.next()
+            except TimeoutError:
+                raise ApiError(
+                    504, "no answer from the model in time", "timeout", "server_error"
+                ) from None
+            yield event
+            if event.get("type") in ("done", "error"):
+                return
 
     async def _whole(self, head: dict[str, Any], events: AsyncIterator[dict[str, Any]]) -> Response:
         text: list[str] = []
@@ -316,6 +322,7 @@ class OpenAiApi:
         include_usage: bool,
         request_id: str,
         slot: str,
+        waiter: ResultWaiter,
     ) -> AsyncIterator[str]:
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
             data = {**head, "object": "chat.completion.chunk",
@@ -360,7 +367,7 @@ class OpenAiApi:
             with anyio.CancelScope(shield=True):
                 if not finished:
                     await self._cancel(request_id)  # the client went away mid-answer
-                await self._cleanup(request_id)
+                await self._cleanup(request_id, waiter)
                 await self._release(slot, request_id)
 
     async def _cancel(self, request_id: str) -> None:
@@ -368,7 +375,10 @@ class OpenAiApi:
             key = self.keys.api_cancel(request_id)
             await self.redis.set(key, "1", ex=RESPONSE_TTL_SECONDS)
 
-    async def _cleanup(self, request_id: str) -> None:
+    async def _cleanup(self, request_id: str, waiter: ResultWaiter | None) -> None:
+        """The request is over: stop reading its answer, and delete what ml wrote of it."""
+        if waiter is not None:
+            self.results.close(waiter)
         with contextlib.suppress(RedisError):
             await self.redis.delete(self.keys.api_response(request_id))
 

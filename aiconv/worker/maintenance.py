@@ -51,7 +51,7 @@ def scheduled_jobs(
     async def sweep_streams() -> str:
         keys = resources.keys
         trimmed = 0
-        for stream in (keys.updates, keys.generate, keys.replies):
+        for stream in keys.job_streams:
             trimmed += await resources.queue.trim(stream, STREAM_RETENTION_SECONDS)
         return f"trimmed {trimmed} acknowledged entries"
 

@@ -12,6 +12,7 @@ from collections.abc import Awaitable
 import httpx
 import pytest
 from redis.asyncio import Redis
+from starlette.applications import Starlette
 
 from aiconv.config import Settings
 from aiconv.jobs.keys import Keys
@@ -50,7 +51,7 @@ async def test_deeply_nested_json_on_v1_is_a_bad_request_not_a_crash(
     error = response.json()["error"]
     assert (error["code"], error["type"]) == ("invalid_json", "invalid_request_error")
     assert "nested deeper" in error["message"]
-    assert await redis.xlen(f"{redis_prefix}generate") == 0
+    assert await redis.xlen(Keys(redis_prefix).openai_generate) == 0
 
 
 async def test_v1_text_is_cleaned_of_nul_and_lone_surrogates(
@@ -68,8 +69,9 @@ async def test_v1_text_is_cleaned_of_nul_and_lone_surrogates(
         try:
             # Play ml: take the job, check it, answer it.
             entries: list[object] = []
+            generate = Keys(redis_prefix).openai_generate
             for _ in range(6):  # 30 s at most
-                reply = await redis.xread({f"{redis_prefix}generate": "0-0"}, count=1, block=5000)
+                reply = await redis.xread({generate: "0-0"}, count=1, block=5000)
                 entries = reply[0][1] if reply else []
                 if entries or request.done():
                     break
@@ -100,7 +102,7 @@ async def test_with_a_key_v1_requests_and_answers_are_sealed_in_redis(
     async with api_client(redis_prefix, ENCRYPTION_KEY=key) as http:
         request = asyncio.create_task(http.post("/v1/chat/completions", content=body, headers=AUTH))
         try:
-            generate = f"{redis_prefix}generate"
+            generate = Keys(redis_prefix).openai_generate
             entries: list[object] = []
             for _ in range(6):  # 30 s at most
                 reply = await redis.xread({generate: "0-0"}, count=1, block=5000)
@@ -215,7 +217,7 @@ async def test_v1_caps_messages_characters_and_max_tokens(
         post = http.post("/v1/chat/completions", content=body, headers=AUTH)
         response = await asyncio.wait_for(post, 15)  # accepted, it would wait for ml
     assert response.status_code == 400 and response.json()["error"]["code"] == code
-    assert await redis.xlen(f"{redis_prefix}generate") == 0
+    assert await redis.xlen(Keys(redis_prefix).openai_generate) == 0
 
 
 async def call_and_leave(app: object, leave: asyncio.Event) -> list[dict[str, object]]:
@@ -269,13 +271,13 @@ async def test_a_client_that_leaves_cancels_its_request_at_once(
     leave = asyncio.Event()
     request = asyncio.create_task(call_and_leave(app, leave))
     try:
-        await eventually(lambda: redis.xlen(f"{redis_prefix}generate"), timeout=15)
+        await eventually(lambda: redis.xlen(Keys(redis_prefix).openai_generate), timeout=15)
         leave.set()
         sent = await asyncio.wait_for(request, 15)
     finally:
         request.cancel()
     assert sent[0]["status"] == 499
-    [(_, fields)] = await redis.xrange(f"{redis_prefix}generate")
+    [(_, fields)] = await redis.xrange(Keys(redis_prefix).openai_generate)
     job = json.loads(fields["job"])
     assert await redis.exists(f"{redis_prefix}oai:{job['id']}:cancel") == 1  # ml skips it
     assert job["deadline"] <= time.time() + 300  # and would drop it after the proxies gave up
@@ -295,7 +297,7 @@ async def test_each_key_has_a_bounded_number_of_requests_open(
             for _ in range(MAX_CONCURRENT_PER_KEY)
         ]
         try:
-            generate = f"{redis_prefix}generate"
+            generate = Keys(redis_prefix).openai_generate
             await eventually(
                 lambda: _equals(redis.xlen(generate), MAX_CONCURRENT_PER_KEY), timeout=15
             )
@@ -344,5 +346,88 @@ async def test_ml_drops_an_api_job_past_its_deadline(redis: Redis, redis_prefix:
         "messages": [{"role": "user", "content": "hi"}],
         "deadline": time.time() - 1,
     }
-    await handler(Job(keys.generate, "1-0", payload))
+    await handler(Job(keys.openai_generate, "1-0", payload))
     assert await redis.exists(keys.api_response("late")) == 0  # not even started
+
+
+# --- one shared reader of /v1 results per process (issue 13, item 1) ----------------------------
+
+
+async def _blocked_xreads(redis: Redis, client_name: str) -> int:
+    clients = await redis.client_list()
+    return sum(1 for c in clients if c.get("name") == client_name and c.get("cmd") == "xread")
+
+
+async def test_waiting_v1_requests_share_one_redis_connection(
+    redis: Redis, redis_prefix: str
+) -> None:
+    # No ml runs: every request waits. Before, each held its own blocking XREAD: N connections.
+    from aiconv.jobs.codec import JobCodec
+    from aiconv.jobs.queue import JobQueue
+    from aiconv.web.openai import OpenAiApi
+
+    settings = Settings.from_env(
+        {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix, "OPENAI_API_KEYS": "k1,k2,k3"}
+    )
+    client_name = f"v1-share-{redis_prefix.strip(':')}"
+    web_redis = Redis.from_url(REDIS_URL, decode_responses=True, client_name=client_name)
+    api = OpenAiApi(settings, JobQueue(web_redis, Keys(redis_prefix), JobCodec()))
+    transport = httpx.ASGITransport(app=Starlette(routes=api.routes()))
+    waiting: list[asyncio.Task[httpx.Response]] = []
+    requests = 12  # 4 per key, the most each key may have open
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://aiconv") as http:
+            for n in range(requests):
+                headers = {"Authorization": f"Bearer k{n % 3 + 1}"}
+                post = http.post("/v1/chat/completions", content=completion_body(), headers=headers)
+                waiting.append(asyncio.create_task(post))
+            stream = Keys(redis_prefix).openai_generate
+            await eventually(lambda: _equals(redis.xlen(stream), requests), timeout=15)
+            await eventually(lambda: _equals(_blocked_xreads(redis, client_name), 1), timeout=15)
+            assert api.results.waiting == requests
+            pool = web_redis.connection_pool
+            assert len(pool._in_use_connections) <= 1  # type: ignore[attr-defined]  # the reader's
+            assert not any(task.done() for task in waiting)
+    finally:
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await api.results.aclose()
+        await web_redis.aclose()
+
+
+async def test_a_client_that_leaves_frees_its_waiter_and_the_reader_stops(
+    redis: Redis, redis_prefix: str
+) -> None:
+    from aiconv.jobs.codec import JobCodec
+    from aiconv.jobs.queue import JobQueue
+    from aiconv.web.openai import OpenAiApi
+
+    settings = Settings.from_env(
+        {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix, "OPENAI_API_KEYS": API_KEY}
+    )
+    client_name = f"v1-leave-{redis_prefix.strip(':')}"
+    web_redis = Redis.from_url(REDIS_URL, decode_responses=True, client_name=client_name)
+    api = OpenAiApi(settings, JobQueue(web_redis, Keys(redis_prefix), JobCodec()))
+    app = Starlette(routes=api.routes())
+    leaves = [asyncio.Event(), asyncio.Event()]
+    requests = [asyncio.create_task(call_and_leave(app, leave)) for leave in leaves]
+    try:
+        stream = Keys(redis_prefix).openai_generate
+        await eventually(lambda: _equals(redis.xlen(stream), 2), timeout=15)
+        assert api.results.waiting == 2
+        leaves[0].set()
+        sent = await asyncio.wait_for(requests[0], 15)
+        assert sent[0]["status"] == 499
+        assert api.results.waiting == 1  # the other one still waits, on the same reader
+        leaves[1].set()
+        await asyncio.wait_for(requests[1], 15)
+        assert api.results.waiting == 0
+        # Nobody waits: the reader ends at its next read and gives its connection back.
+        await eventually(lambda: _equals(_blocked_xreads(redis, client_name), 0), timeout=15)
+    finally:
+        for request in requests:
+            request.cancel()
+        await asyncio.gather(*requests, return_exceptions=True)
+        await api.results.aclose()
+        await web_redis.aclose()
