@@ -25,7 +25,7 @@ from aiconv.jobs.keys import GENERATE_GROUP, Keys
 from aiconv.jobs.queue import Job, JobQueue
 from aiconv.ml.cancel import CancelWatcher
 from aiconv.ml.engine import Engine, PromptTooLong
-from aiconv.ml.protocol import API_KIND, RESPONSE_TTL_SECONDS
+from aiconv.ml.protocol import API_KIND, RESPONSE_TTL_SECONDS, validate_messages
 from aiconv.ml.stats import observe
 
 __all__ = ["API_KIND", "OpenAiJobHandler", "openai_consumer"]
@@ -83,7 +83,7 @@ class OpenAiJobHandler:
         await emit({"type": "start", "attempt": uuid.uuid4().hex})
         await redis.expire(out, RESPONSE_TTL_SECONDS)
         try:
-            messages = _messages(payload.get("messages"))
+            messages = validate_messages(payload.get("messages"))
             prompt = await asyncio.to_thread(self.engine.chat_tokens, messages)
             generation = self.engine.submit(
                 prompt,
@@ -171,18 +171,6 @@ def openai_consumer(
         options=options,
         on_dead_letter=handler.give_up,
     )
-
-
-def _messages(raw: Any) -> list[dict[str, str]]:
-    if not isinstance(raw, list) or not raw:
-        raise ValueError("messages must be a non-empty list")
-    messages = []
-    for item in raw:
-        if not isinstance(item, dict):
-            raise ValueError("each message must be an object")
-        role, content = str(item.get("role", "")), str(item.get("content", ""))
-        messages.append({"role": role, "content": content})
-    return messages
 
 
 def _int(value: Any) -> int | None:

@@ -24,7 +24,6 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -38,6 +37,7 @@ from aiconv.store.admin import AdminStore
 from aiconv.store.crypto import DecryptionError, TextCipher
 from aiconv.store.repository import Store
 from aiconv.web import auth
+from aiconv.web.errors import EXCEPTION_HANDLERS, HttpError
 
 log = structlog.get_logger(__name__)
 
@@ -55,32 +55,45 @@ STREAM_ID_PATTERN = "^[0-9]{1,20}-[0-9]{1,20}$"
 Handler = Callable[[Request, str], Awaitable[Response]]
 
 
-class BadRequest(Exception):
-    pass
+def _bad_request(message: str) -> HttpError:
+    return HttpError(400, message)
 
 
-class NotFound(Exception):
-    pass
+def _not_found(message: str) -> HttpError:
+    return HttpError(404, message)
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def _unauthorized(message: str) -> Response:
+def _unauthorized(message: str) -> HttpError:
     challenge = 'Bearer realm="aiconv-admin"'
     if message != "missing bearer token":
         challenge += ', error="invalid_token"'
-    return _error(401, message, {"WWW-Authenticate": challenge})
+    return HttpError(401, message, {"WWW-Authenticate": challenge})
+
+
+def _as_http_error(error: Exception) -> HttpError | None:
+    """What an outside failure means to the caller; None for a bug (a 500)."""
+    if isinstance(error, HttpError):
+        return error
+    if isinstance(error, psycopg.OperationalError):
+        log.warning("admin: database unavailable", error=type(error).__name__)
+        return HttpError(503, "database unavailable")
+    if isinstance(error, RedisError | OSError):
+        log.warning("admin: redis unavailable", error=type(error).__name__)
+        return HttpError(503, "redis unavailable")
+    if isinstance(error, DecryptionError):
+        # A key missing from ENCRYPTION_KEY: the operator's to fix, not a crash.
+        log.error("admin: stored text cannot be decrypted", error=str(error))
+        return HttpError(409, f"cannot decrypt stored text: {error}")
+    return None
 
 
 def _path_bigint(request: Request, name: str) -> int:
     text = str(request.path_params[name])
     if not _INTEGER.fullmatch(text):
-        raise BadRequest(f"{name} must be an integer")
+        raise _bad_request(f"{name} must be an integer")
     value = int(text)
     if not BIGINT_MIN <= value <= BIGINT_MAX:
-        raise BadRequest(f"{name} is out of range")
+        raise _bad_request(f"{name} is out of range")
     return value
 
 
@@ -89,7 +102,7 @@ def _query_int(request: Request, name: str, default: int, maximum: int) -> int:
     if text is None:
         return default
     if not _QUERY_INTEGER.fullmatch(text) or not 1 <= int(text) <= maximum:
-        raise BadRequest(f"{name} must be an integer from 1 to {maximum}")
+        raise _bad_request(f"{name} must be an integer from 1 to {maximum}")
     return int(text)
 
 
@@ -97,9 +110,9 @@ def _stream_id(request: Request) -> str:
     text = str(request.path_params["entry_id"])
     match = _STREAM_ID.fullmatch(text)
     if match is None:
-        raise BadRequest("id must look like 1700000000000-0")
+        raise _bad_request("id must look like 1700000000000-0")
     if any(int(part) > UINT64_MAX for part in match.groups()):
-        raise NotFound(f"no dead job {text}")  # well formed, but no stream entry can have it
+        raise _not_found(f"no dead job {text}")  # well formed, but no stream entry can have it
     return text
 
 
@@ -125,9 +138,10 @@ class AdminApi:
         self.dead = dead
         self.replayable = set(dead.keys.job_streams)
 
-    def guard(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        """Authenticate and authorise, run the handler with the token's subject, map failures to
-        JSON; every call and every refusal is logged (never the token)."""
+    def authorized(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """Authenticate and authorise, run the handler with the token's subject, turn outside
+        failures into `HttpError`s (rendered by `aiconv.web.errors`); every call and every
+        refusal is logged with its status (never the token)."""
 
         async def endpoint(request: Request) -> Response:
             audit = log.bind(
@@ -138,45 +152,34 @@ class AdminApi:
             token = auth.bearer(request.headers.get("authorization"))
             if token is None:
                 audit.warning("admin: refused", status=401, reason="missing bearer token")
-                return _unauthorized("missing bearer token")
+                raise _unauthorized("missing bearer token")
             try:
                 claims = auth.decode(token, self.key)
             except auth.InvalidToken as error:
                 audit.warning("admin: refused", status=401, reason=str(error))
-                return _unauthorized(str(error))
+                raise _unauthorized(str(error)) from None
             subject: str = claims["sub"]  # required, a non-empty string (auth.decode)
             audit = audit.bind(sub=subject)
             needed = auth.READ if request.method in ("GET", "HEAD") else auth.WRITE
             if needed not in auth.scopes_of(claims):
                 audit.warning("admin: refused", status=403, reason=f"needs scope {needed}")
-                return _error(
+                raise HttpError(
                     403,
                     f"the token lacks the {needed} scope",
                     {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{needed}"'},
                 )
-            response = await self._run(handler, request, subject)
+            try:
+                response = await handler(request, subject)
+            except Exception as error:
+                failure = _as_http_error(error)
+                if failure is None:
+                    raise
+                audit.info("admin: call", status=failure.status)
+                raise failure from None
             audit.info("admin: call", status=response.status_code)
             return response
 
         return endpoint
-
-    async def _run(self, handler: Handler, request: Request, subject: str) -> Response:
-        try:
-            return await handler(request, subject)
-        except BadRequest as error:
-            return _error(400, str(error))
-        except NotFound as error:
-            return _error(404, str(error))
-        except psycopg.OperationalError as error:
-            log.warning("admin: database unavailable", error=type(error).__name__)
-            return _error(503, "database unavailable")
-        except (RedisError, OSError) as error:
-            log.warning("admin: redis unavailable", error=type(error).__name__)
-            return _error(503, "redis unavailable")
-        except DecryptionError as error:
-            # A key missing from ENCRYPTION_KEY: the operator's to fix, not a crash.
-            log.error("admin: stored text cannot be decrypted", error=str(error))
-            return _error(409, f"cannot decrypt stored text: {error}")
 
     async def stats(self, request: Request, subject: str) -> Response:
         days = _query_int(request, "days", STATS_DAYS_DEFAULT, STATS_DAYS_MAX)
@@ -197,19 +200,19 @@ class AdminApi:
         entry_id = _stream_id(request)
         job = await self.dead.get(entry_id)
         if job is None:
-            raise NotFound(f"no dead job {entry_id}")
+            raise _not_found(f"no dead job {entry_id}")
         if job.stream not in self.replayable:
-            return _error(409, "the dead job names no stream it can be replayed onto")
+            raise HttpError(409, "the dead job names no stream it can be replayed onto")
         new_id = await self.dead.replay(entry_id)
         if new_id is None:  # dropped or replayed by someone else meanwhile
-            raise NotFound(f"no dead job {entry_id}")
+            raise _not_found(f"no dead job {entry_id}")
         log.info("admin: dead job replayed", sub=subject, id=entry_id, new_id=new_id)
         return JSONResponse({"id": entry_id, "stream": job.stream, "replayed_as": new_id})
 
     async def dlq_drop(self, request: Request, subject: str) -> Response:
         entry_id = _stream_id(request)
         if not await self.dead.drop(entry_id):
-            raise NotFound(f"no dead job {entry_id}")
+            raise _not_found(f"no dead job {entry_id}")
         log.info("admin: dead job dropped", sub=subject, id=entry_id)
         return JSONResponse({"id": entry_id, "dropped": True})
 
@@ -218,7 +221,7 @@ class AdminApi:
             user_id = _path_bigint(request, "user_id")
             user = await self.store.set_blocked(user_id, blocked)
             if user is None:
-                raise NotFound(f"no user {user_id}")
+                raise _not_found(f"no user {user_id}")
             event = "admin: user blocked" if blocked else "admin: user unblocked"
             log.info(event, sub=subject, user_id=user_id)
             return JSONResponse(user)
@@ -229,7 +232,7 @@ class AdminApi:
         user_id = _path_bigint(request, "user_id")
         data = await self.store.export_user(user_id)
         if data is None:
-            raise NotFound(f"no user {user_id}")
+            raise _not_found(f"no user {user_id}")
         log.info("admin: user exported", sub=subject, user_id=user_id)
         return JSONResponse(data)
 
@@ -237,7 +240,7 @@ class AdminApi:
         user_id = _path_bigint(request, "user_id")
         deleted = await self.store.delete_user(user_id)
         if deleted is None:
-            raise NotFound(f"no user {user_id}")
+            raise _not_found(f"no user {user_id}")
         log.info("admin: user deleted", sub=subject, user_id=user_id, **deleted)
         return JSONResponse({"id": user_id, "deleted": deleted})
 
@@ -245,28 +248,25 @@ class AdminApi:
         return JSONResponse(OPENAPI)
 
     def routes(self) -> list[BaseRoute]:
-        g = self.guard
+        authorized = self.authorized
         return [
-            Route("/stats", g(self.stats), methods=["GET"]),
-            Route("/dlq", g(self.dlq_list), methods=["GET"]),
-            Route("/dlq/{entry_id}/replay", g(self.dlq_replay), methods=["POST"]),
-            Route("/dlq/{entry_id}", g(self.dlq_drop), methods=["DELETE"]),
-            Route("/users/{user_id}/block", g(self.set_blocked(True)), methods=["POST"]),
-            Route("/users/{user_id}/unblock", g(self.set_blocked(False)), methods=["POST"]),
-            Route("/users/{user_id}/export", g(self.export_user), methods=["GET"]),
-            Route("/users/{user_id}", g(self.delete_user), methods=["DELETE"]),
-            Route("/openapi.json", g(self.openapi), methods=["GET"]),
+            Route("/stats", authorized(self.stats), methods=["GET"]),
+            Route("/dlq", authorized(self.dlq_list), methods=["GET"]),
+            Route("/dlq/{entry_id}/replay", authorized(self.dlq_replay), methods=["POST"]),
+            Route("/dlq/{entry_id}", authorized(self.dlq_drop), methods=["DELETE"]),
+            Route("/users/{user_id}/block", authorized(self.set_blocked(True)), methods=["POST"]),
+            Route(
+                "/users/{user_id}/unblock", authorized(self.set_blocked(False)), methods=["POST"]
+            ),
+            Route("/users/{user_id}/export", authorized(self.export_user), methods=["GET"]),
+            Route("/users/{user_id}", authorized(self.delete_user), methods=["DELETE"]),
+            Route("/openapi.json", authorized(self.openapi), methods=["GET"]),
         ]
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return _error(exc.status_code, exc.detail, dict(exc.headers or {}))
 
 
 async def _disabled(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "http":
-        await _error(404, "not found")(scope, receive, send)
+        await HttpError(404, "not found").response()(scope, receive, send)
 
 
 def admin_routes(
@@ -287,7 +287,7 @@ def admin_routes(
         AdminStore(pool, read_text=Store(pool, cipher).unseal),
         DeadLetters(redis, Keys(settings.redis_key_prefix), codec or JobCodec(cipher)),
     )
-    app = Starlette(routes=api.routes(), exception_handlers={HTTPException: _http_error})
+    app = Starlette(routes=api.routes(), exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False  # no redirect built from the Host header (see app.py)
     return [Mount("/admin", app=app)]
 

@@ -431,3 +431,26 @@ async def test_a_client_that_leaves_frees_its_waiter_and_the_reader_stops(
         await asyncio.gather(*requests, return_exceptions=True)
         await api.results.aclose()
         await web_redis.aclose()
+
+
+# --- one error mechanism, one shape per surface (web/errors.py) ----------------------------------
+
+
+async def test_errors_have_one_shape_per_surface(redis: Redis, redis_prefix: str) -> None:
+    async with api_client(redis_prefix) as http:
+        unknown_v1 = await http.get("/v1/nothing-here", headers=AUTH)
+        wrong_method = await http.get("/v1/chat/completions", headers=AUTH)
+        unknown = await http.get("/nothing-here")
+        too_large = await http.post(
+            "/v1/chat/completions", content=b" " * (4 * 1024 * 1024 + 1), headers=AUTH
+        )
+        webhook = await http.post("/webhook", content=b"{}")
+    for response, status in ((unknown_v1, 404), (wrong_method, 405), (too_large, 413)):
+        assert response.status_code == status
+        error = response.json()["error"]  # OpenAI's body: its clients parse it
+        assert set(error) == {"message", "type", "param", "code"}
+    assert too_large.json()["error"]["code"] == "request_too_large"
+    assert too_large.headers["connection"] == "close"  # the same body reader as the webhook's
+    for response in (unknown, webhook):
+        assert response.status_code == 404
+        assert isinstance(response.json()["error"], str)
