@@ -454,3 +454,44 @@ async def test_errors_have_one_shape_per_surface(redis: Redis, redis_prefix: str
     for response in (unknown, webhook):
         assert response.status_code == 404
         assert isinstance(response.json()["error"], str)
+
+
+async def test_ml_takes_api_jobs_off_their_own_stream_and_a_dead_one_answers_its_client(
+    redis: Redis, redis_prefix: str
+) -> None:
+    from aiconv.jobs.consumer import ConsumerOptions
+    from aiconv.jobs.queue import JobQueue
+    from aiconv.ml.cancel import CancelWatcher
+    from aiconv.ml.openai_jobs import OpenAiJobHandler, openai_consumer
+
+    keys = Keys(redis_prefix)
+    queue = JobQueue(redis, keys)
+    handler = OpenAiJobHandler(
+        None,  # type: ignore[arg-type]  # no model: every generation fails (AttributeError)
+        queue,
+        keys,
+        CancelWatcher(redis),
+        "model",
+    )
+    options = ConsumerOptions(max_deliveries=1, block_ms=100, retry_base_seconds=0.01)
+    consumer = openai_consumer(queue, handler, options)
+    payload = {
+        "kind": "openai",
+        "key": "oai:doomed",
+        "id": "doomed",
+        "messages": [{"role": "user", "content": "hi"}],
+        "deadline": time.time() + 60,
+    }
+    await queue.enqueue(keys.openai_generate, payload, "oai:doomed")
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    try:
+        await eventually(lambda: redis.xlen(keys.dlq), timeout=15)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+    [(_, fields)] = await redis.xrange(keys.dlq)
+    assert json.loads(fields["job"])["stream"] == keys.openai_generate
+    events = [json.loads(f["event"]) for _, f in await redis.xrange(keys.api_response("doomed"))]
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "generation_failed"
+    assert keys.openai_generate in keys.job_streams  # trimmed, measured, replayable
