@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 import httpx
 import pytest
@@ -15,9 +16,12 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from aiconv.config import Settings
+from aiconv.jobs.codec import JobCodec
 from aiconv.jobs.keys import Keys
+from aiconv.jobs.queue import JobQueue
 from aiconv.observability.ops import ops_app
 from aiconv.web.app import create_app
+from aiconv.web.openai import OpenAiApi
 from tests.conftest import REDIS_URL
 from tests.e2e.harness import eventually
 
@@ -54,6 +58,19 @@ async def test_deeply_nested_json_on_v1_is_a_bad_request_not_a_crash(
     assert await redis.xlen(Keys(redis_prefix).openai_generate) == 0
 
 
+async def queued_job(redis: Redis, redis_prefix: str, request: asyncio.Task[Any]) -> Any:
+    """The fields of the first /v1 job queued (waiting up to 30 s, unless the request ends)."""
+    generate = Keys(redis_prefix).openai_generate
+    entries: list[Any] = []
+    for _ in range(6):
+        reply: Any = await redis.xread({generate: "0-0"}, count=1, block=5000)
+        entries = reply[0][1] if reply else []
+        if entries or request.done():
+            break
+    assert entries, "no job was queued"
+    return entries[0][1]
+
+
 async def test_v1_text_is_cleaned_of_nul_and_lone_surrogates(
     redis: Redis, redis_prefix: str
 ) -> None:
@@ -68,15 +85,7 @@ async def test_v1_text_is_cleaned_of_nul_and_lone_surrogates(
         request = asyncio.create_task(http.post("/v1/chat/completions", content=body, headers=AUTH))
         try:
             # Play ml: take the job, check it, answer it.
-            entries: list[object] = []
-            generate = Keys(redis_prefix).openai_generate
-            for _ in range(6):  # 30 s at most
-                reply = await redis.xread({generate: "0-0"}, count=1, block=5000)
-                entries = reply[0][1] if reply else []
-                if entries or request.done():
-                    break
-            assert entries, "no job was queued"
-            _, fields = entries[0]  # type: ignore[misc]
+            fields = await queued_job(redis, redis_prefix, request)
             job = json.loads(fields["job"])
             assert job["messages"] == [{"role": "user", "content": "ab\ufffdc"}]
             assert job["stop"] == ["x\ufffd"]
@@ -94,25 +103,15 @@ async def test_with_a_key_v1_requests_and_answers_are_sealed_in_redis(
     redis: Redis, redis_prefix: str
 ) -> None:
     # Issue 13, item 4: the job (the whole conversation) and the answer were plain in Redis.
-    from aiconv.jobs.codec import JobCodec
-
     key = bytes(range(32)).hex()
     codec = JobCodec.from_setting(key)
     body = json.dumps({"messages": [{"role": "user", "content": "my secret question"}]})
     async with api_client(redis_prefix, ENCRYPTION_KEY=key) as http:
         request = asyncio.create_task(http.post("/v1/chat/completions", content=body, headers=AUTH))
         try:
-            generate = Keys(redis_prefix).openai_generate
-            entries: list[object] = []
-            for _ in range(6):  # 30 s at most
-                reply = await redis.xread({generate: "0-0"}, count=1, block=5000)
-                entries = reply[0][1] if reply else []
-                if entries or request.done():
-                    break
-            assert entries, "no job was queued"
-            _, fields = entries[0]  # type: ignore[misc]
+            fields = await queued_job(redis, redis_prefix, request)
             assert "secret" not in fields["job"]
-            job = codec.decode(generate, fields["job"])
+            job = codec.decode(Keys(redis_prefix).openai_generate, fields["job"])
             assert job is not None
             assert job["messages"] == [{"role": "user", "content": "my secret question"}]
             stream = Keys(redis_prefix).api_response(job["id"])
@@ -353,84 +352,83 @@ async def test_ml_drops_an_api_job_past_its_deadline(redis: Redis, redis_prefix:
 # --- one shared reader of /v1 results per process (issue 13, item 1) ----------------------------
 
 
-async def _blocked_xreads(redis: Redis, client_name: str) -> int:
+async def _blocked_xreads(redis: Redis, client_name: str, expected: int) -> bool:
+    """Whether exactly `expected` connections named `client_name` are in a (blocking) XREAD."""
     clients = await redis.client_list()
-    return sum(1 for c in clients if c.get("name") == client_name and c.get("cmd") == "xread")
+    reading = [c for c in clients if c.get("name") == client_name and c.get("cmd") == "xread"]
+    return len(reading) == expected
+
+
+@contextlib.asynccontextmanager
+async def own_api(redis_prefix: str, client_name: str, api_keys: str) -> AsyncIterator[OpenAiApi]:
+    """The /v1 API on a Redis client of its own, named so that CLIENT LIST finds its connections."""
+    settings = Settings.from_env(
+        {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix, "OPENAI_API_KEYS": api_keys}
+    )
+    web_redis = Redis.from_url(REDIS_URL, decode_responses=True, client_name=client_name)
+    api = OpenAiApi(settings, JobQueue(web_redis, Keys(redis_prefix), JobCodec()))
+    try:
+        yield api
+    finally:
+        await api.results.aclose()
+        await web_redis.aclose()
 
 
 async def test_waiting_v1_requests_share_one_redis_connection(
     redis: Redis, redis_prefix: str
 ) -> None:
     # No ml runs: every request waits. Before, each held its own blocking XREAD: N connections.
-    from aiconv.jobs.codec import JobCodec
-    from aiconv.jobs.queue import JobQueue
-    from aiconv.web.openai import OpenAiApi
-
-    settings = Settings.from_env(
-        {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix, "OPENAI_API_KEYS": "k1,k2,k3"}
-    )
     client_name = f"v1-share-{redis_prefix.strip(':')}"
-    web_redis = Redis.from_url(REDIS_URL, decode_responses=True, client_name=client_name)
-    api = OpenAiApi(settings, JobQueue(web_redis, Keys(redis_prefix), JobCodec()))
-    transport = httpx.ASGITransport(app=Starlette(routes=api.routes()))
-    waiting: list[asyncio.Task[httpx.Response]] = []
     requests = 12  # 4 per key, the most each key may have open
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://aiconv") as http:
-            for n in range(requests):
-                headers = {"Authorization": f"Bearer k{n % 3 + 1}"}
-                post = http.post("/v1/chat/completions", content=completion_body(), headers=headers)
-                waiting.append(asyncio.create_task(post))
-            stream = Keys(redis_prefix).openai_generate
-            await eventually(lambda: _equals(redis.xlen(stream), requests), timeout=15)
-            await eventually(lambda: _equals(_blocked_xreads(redis, client_name), 1), timeout=15)
-            assert api.results.waiting == requests
-            pool = web_redis.connection_pool
-            assert len(pool._in_use_connections) <= 1  # type: ignore[attr-defined]  # the reader's
-            assert not any(task.done() for task in waiting)
-    finally:
-        for task in waiting:
-            task.cancel()
-        await asyncio.gather(*waiting, return_exceptions=True)
-        await api.results.aclose()
-        await web_redis.aclose()
+    waiting: list[asyncio.Task[httpx.Response]] = []
+    async with own_api(redis_prefix, client_name, "k1,k2,k3") as api:
+        transport = httpx.ASGITransport(app=Starlette(routes=api.routes()))
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://aiconv") as http:
+                for n in range(requests):
+                    headers = {"Authorization": f"Bearer k{n % 3 + 1}"}
+                    post = http.post(
+                        "/v1/chat/completions", content=completion_body(), headers=headers
+                    )
+                    waiting.append(asyncio.create_task(post))
+                stream = Keys(redis_prefix).openai_generate
+                await eventually(lambda: _equals(redis.xlen(stream), requests), timeout=15)
+                await eventually(lambda: _blocked_xreads(redis, client_name, 1), timeout=15)
+                assert api.results.waiting == requests
+                pool: Any = api.redis.connection_pool
+                assert len(pool._in_use_connections) <= 1  # the reader's
+                assert not any(task.done() for task in waiting)
+        finally:
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
 
 
 async def test_a_client_that_leaves_frees_its_waiter_and_the_reader_stops(
     redis: Redis, redis_prefix: str
 ) -> None:
-    from aiconv.jobs.codec import JobCodec
-    from aiconv.jobs.queue import JobQueue
-    from aiconv.web.openai import OpenAiApi
-
-    settings = Settings.from_env(
-        {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix, "OPENAI_API_KEYS": API_KEY}
-    )
     client_name = f"v1-leave-{redis_prefix.strip(':')}"
-    web_redis = Redis.from_url(REDIS_URL, decode_responses=True, client_name=client_name)
-    api = OpenAiApi(settings, JobQueue(web_redis, Keys(redis_prefix), JobCodec()))
-    app = Starlette(routes=api.routes())
-    leaves = [asyncio.Event(), asyncio.Event()]
-    requests = [asyncio.create_task(call_and_leave(app, leave)) for leave in leaves]
-    try:
-        stream = Keys(redis_prefix).openai_generate
-        await eventually(lambda: _equals(redis.xlen(stream), 2), timeout=15)
-        assert api.results.waiting == 2
-        leaves[0].set()
-        sent = await asyncio.wait_for(requests[0], 15)
-        assert sent[0]["status"] == 499
-        assert api.results.waiting == 1  # the other one still waits, on the same reader
-        leaves[1].set()
-        await asyncio.wait_for(requests[1], 15)
-        assert api.results.waiting == 0
-        # Nobody waits: the reader ends at its next read and gives its connection back.
-        await eventually(lambda: _equals(_blocked_xreads(redis, client_name), 0), timeout=15)
-    finally:
-        for request in requests:
-            request.cancel()
-        await asyncio.gather(*requests, return_exceptions=True)
-        await api.results.aclose()
-        await web_redis.aclose()
+    async with own_api(redis_prefix, client_name, API_KEY) as api:
+        app = Starlette(routes=api.routes())
+        leaves = [asyncio.Event(), asyncio.Event()]
+        requests = [asyncio.create_task(call_and_leave(app, leave)) for leave in leaves]
+        try:
+            stream = Keys(redis_prefix).openai_generate
+            await eventually(lambda: _equals(redis.xlen(stream), 2), timeout=15)
+            assert api.results.waiting == 2
+            leaves[0].set()
+            sent = await asyncio.wait_for(requests[0], 15)
+            assert sent[0]["status"] == 499
+            assert api.results.waiting == 1  # the other one still waits, on the same reader
+            leaves[1].set()
+            await asyncio.wait_for(requests[1], 15)
+            assert api.results.waiting == 0
+            # Nobody waits: the reader ends at its next read and gives its connection back.
+            await eventually(lambda: _blocked_xreads(redis, client_name, 0), timeout=15)
+        finally:
+            for request in requests:
+                request.cancel()
+            await asyncio.gather(*requests, return_exceptions=True)
 
 
 # --- one error mechanism, one shape per surface (web/errors.py) ----------------------------------
@@ -490,8 +488,10 @@ async def test_ml_takes_api_jobs_off_their_own_stream_and_a_dead_one_answers_its
     finally:
         stop.set()
         await asyncio.wait_for(running, 30)
-    [(_, fields)] = await redis.xrange(keys.dlq)
+    dead: Any = await redis.xrange(keys.dlq)
+    [(_, fields)] = dead
     assert json.loads(fields["job"])["stream"] == keys.openai_generate
-    events = [json.loads(f["event"]) for _, f in await redis.xrange(keys.api_response("doomed"))]
+    answer: Any = await redis.xrange(keys.api_response("doomed"))
+    events = [json.loads(f["event"]) for _, f in answer]
     assert events[-1]["type"] == "error" and events[-1]["code"] == "generation_failed"
     assert keys.openai_generate in keys.job_streams  # trimmed, measured, replayable
