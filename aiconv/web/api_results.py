@@ -16,6 +16,9 @@ its lifetime is over (a request that never got to end it leaks nothing for long)
 waiter left the reader task ends and its connection goes back to the pool. A Redis error ends
 every current wait with that error (those requests answer 503), as each request's own XREAD did
 before.
+
+One XREAD over many keys needs them in one hash slot under Redis Cluster, which aiconv refuses
+(REDIS_CLUSTER_ENABLED); supporting it would mean one hash tag per reader in the response keys.
 """
 
 from __future__ import annotations
