@@ -76,10 +76,13 @@ class ResultWaiter:
 class ResultReader:
     """The process's one reader of /v1 response streams (see the module docstring)."""
 
-    def __init__(self, redis: Redis, keys: Keys, decode: Decode) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, decode: Decode, block_ms: int = READ_BLOCK_MS
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.decode = decode
+        self.block_ms = block_ms
         self.wake_stream = keys.openai_reader_wake(uuid.uuid4().hex)
         self._wake_last_id = "0-0"
         self._waiters: dict[str, ResultWaiter] = {}  # response stream -> its waiter
@@ -114,6 +117,11 @@ class ResultReader:
         if self._waiters.get(waiter.stream) is waiter:
             del self._waiters[waiter.stream]
 
+    @property
+    def running(self) -> bool:
+        """Whether the reader task is alive (it ends by itself once nobody waits)."""
+        return self._task is not None and not self._task.done()
+
     async def aclose(self) -> None:
         """Stop the reader now (shutdown); waiting requests time out or are answered 503."""
         if self._task is not None:
@@ -136,7 +144,7 @@ class ResultReader:
                 response: Any = await self.redis.xread(
                     streams,  # type: ignore[arg-type]
                     count=ENTRIES_PER_READ,
-                    block=READ_BLOCK_MS,
+                    block=self.block_ms,
                 )
             except RedisError as error:
                 log.warning("api result reader cannot reach redis", error=type(error).__name__)
