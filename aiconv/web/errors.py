@@ -87,7 +87,7 @@ _OPENAI_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allo
 
 
 def _for_surface(request: Request, error: HttpError) -> HttpError:
-    path = request.scope.get("root_path", "") + request.scope.get("path", "")
+    path = request.scope.get("path", "")  # the whole path, also inside a Mount
     if path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/"):
         return OpenAiError.from_http(error)
     return error
