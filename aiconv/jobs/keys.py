@@ -35,8 +35,19 @@ class Keys:
         return f"{self.prefix}generate"
 
     @property
+    def openai_generate(self) -> str:
+        """Generation jobs of the OpenAI-compatible API (/v1), for ml: a stream of their own, so
+        that API traffic is seen, bounded, trimmed and dead-lettered apart from chat turns."""
+        return f"{self.prefix}generate:openai"
+
+    @property
     def replies(self) -> str:
         return f"{self.prefix}replies"
+
+    @property
+    def job_streams(self) -> tuple[str, ...]:
+        """Every stream a consumer group works: trimmed, measured, replayable from the DLQ."""
+        return (self.updates, self.generate, self.openai_generate, self.replies)
 
     @property
     def dlq(self) -> str:
@@ -47,6 +58,9 @@ class Keys:
         return {
             self.updates: UPDATES_GROUP,
             self.generate: GENERATE_GROUP,
+            # The same stage works both generation streams; a group name is per stream, so
+            # sharing it costs nothing and keeps ml's consumer names and claims alike.
+            self.openai_generate: GENERATE_GROUP,
             self.replies: REPLIES_GROUP,
         }[stream]
 
@@ -145,6 +159,10 @@ class Keys:
 
     def api_cancel(self, request_id: str) -> str:
         return f"{self.prefix}oai:{request_id}:cancel"
+
+    def openai_reader_wake(self, reader_id: str) -> str:
+        """Stream: one web process's wake-up call to its /v1 result reader (a new waiter)."""
+        return f"{self.prefix}oai-wake:{reader_id}"
 
     def api_in_flight(self, api_key: str) -> str:
         """How many /v1 requests one API key has open (named by a digest, never the key)."""

@@ -1,7 +1,7 @@
 """The ml stage: a generation job in, a reply job out (handed over atomically).
 
 Two kinds of generation job arrive on `{prefix}generate`: a chat turn from the worker (its reply
-goes to `{prefix}replies`) and an OpenAI-API request from the web (see `aiconv.ml.api`).
+goes to `{prefix}replies`) and an OpenAI-API request from the web (see `aiconv.ml.openai_jobs`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from aiconv.conversation.prompt import build_messages
 from aiconv.jobs.keys import GENERATE_GROUP, Keys
 from aiconv.jobs.messages import GenerateJob, ReplyJob
 from aiconv.jobs.queue import Job, JobQueue, TurnGuard
-from aiconv.ml.api import API_KIND, ApiHandler
 from aiconv.ml.cancel import CancelWatcher
 from aiconv.ml.engine import Completion, Engine
+from aiconv.ml.openai_jobs import API_KIND, OpenAiJobHandler
 from aiconv.ml.stats import observe
 
 PROMPT_MARGIN_TOKENS = 32  # chat-template tokens around each turn, beyond the per-turn overhead
@@ -108,7 +108,7 @@ class GenerateHandler:
         self.keys = keys
         self.persona = persona
         self.watcher = watcher
-        self.api = ApiHandler(engine, queue, keys, watcher, model_id)
+        self.api = OpenAiJobHandler(engine, queue, keys, watcher, model_id)
         self._anchors: OrderedDict[Any, Turn] = OrderedDict()  # chat -> first turn of its window
 
     async def __call__(self, job: Job) -> None:

@@ -14,6 +14,7 @@ from aiconv.jobs.queue import Job, JobQueue
 from aiconv.ml.cancel import CancelWatcher
 from aiconv.ml.engine import Engine, EngineConfig
 from aiconv.ml.generator import GenerateHandler, lane_of
+from aiconv.ml.openai_jobs import openai_consumer
 from aiconv.ml.protocol import served_model_id
 from aiconv.worker.turns import Turns
 
@@ -48,14 +49,21 @@ async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyn
         """A generation that can never complete must not hold its chat's turn."""
         await turns.abandon(queue, job.payload)
 
+    handler = GenerateHandler(
+        engine, queue, queue.keys, settings.persona, watcher, model_id(settings)
+    )
     consumer = Consumer(
         queue,
         queue.keys.generate,
         GENERATE_GROUP,
-        GenerateHandler(engine, queue, queue.keys, settings.persona, watcher, model_id(settings)),
+        handler,
         lane_of=lane_of,
         options=settings.consumer_options(concurrency=engine.context.n_seq),
         on_dead_letter=abandon,
+    )
+    # /v1 jobs on their own stream; the engine queues what exceeds its slots.
+    api_consumer = openai_consumer(
+        queue, handler.api, settings.consumer_options(concurrency=engine.context.n_seq)
     )
     log.info("ml running", consumer=consumer.name, parallel=engine.context.n_seq)
     # A dead decode loop would answer every job with an apology: stop consuming instead and fail,
@@ -73,7 +81,9 @@ async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyn
     engine.on_failure(halt_on_failure)
     helpers = [asyncio.create_task(relay_stop()), asyncio.create_task(watcher.run(halt))]
     try:
-        await consumer.run(halt)
+        async with asyncio.TaskGroup() as consumers:
+            consumers.create_task(consumer.run(halt))
+            consumers.create_task(api_consumer.run(halt))
     finally:
         for task in helpers:
             task.cancel()

@@ -39,7 +39,7 @@ def business_key(keys: Keys) -> str:
 
 
 async def refresh_streams(redis: Redis, keys: Keys) -> None:
-    for stream in (keys.updates, keys.generate, keys.replies):
+    for stream in keys.job_streams:
         label = stream.removeprefix(keys.prefix)
         STREAM_LENGTH.labels(label).set(await redis.xlen(stream))
         try:

@@ -315,7 +315,7 @@ class BusinessStats:
 ACTIVITY_WINDOWS = {"5m": "5 minutes", "1h": "1 hour", "24h": "24 hours"}
 
 
-class Maintenance:
+class SchedulerStore:
     """The scheduler's queries: retention, its own run records, and the business gauges' figures."""
 
     def __init__(self, pool: AsyncConnectionPool) -> None:

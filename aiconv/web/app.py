@@ -17,6 +17,7 @@ from aiconv.observability.ops import health_routes
 from aiconv.resources import make_redis
 from aiconv.store.db import make_pool
 from aiconv.web.admin import ADMIN_POOL_SIZE, admin_routes
+from aiconv.web.errors import EXCEPTION_HANDLERS
 from aiconv.web.instrument import MetricsMiddleware
 from aiconv.web.openai import openai_routes
 from aiconv.web.webhook import make_webhook
@@ -79,7 +80,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *openai_routes(settings, queue),
         *admin_routes(settings, redis, pool, queue.codec),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(MetricsMiddleware)])
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(MetricsMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,  # one error shape per surface (web/errors.py)
+    )
     # Starlette answers `/path/` with a redirect to `/path` built from the Host header, which a
     # client chooses: `Host: evil.example` made a redirect to http://evil.example/. No path here
     # has two spellings, so none is redirected: a wrong one is a 404.

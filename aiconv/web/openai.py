@@ -1,9 +1,11 @@
 """An OpenAI-compatible API on `aiconv web`: /v1/chat/completions and /v1/models.
 
 Guarded by bearer keys from OPENAI_API_KEYS (no keys: the endpoints answer 404). A request
-becomes a generation job on the same stream as chat turns, so the same ml pool serves it; ml
-streams the tokens back on a per-request Redis stream that this side reads (see
-`aiconv.ml.protocol`). A client that goes away cancels its generation.
+becomes a generation job on a stream of its own (`Keys.openai_generate`), which the same ml pool
+consumes next to chat turns (`aiconv.ml.openai_jobs`); ml streams the tokens back on a
+per-request Redis stream, which this process reads for all its waiting requests at once through
+one `ResultReader` (`aiconv.web.api_results`): one connection, not one per request. A client that
+goes away cancels its generation.
 
 Bounds (issue 13, item 1): a request is answered within REQUEST_TIMEOUT_SECONDS, below the
 proxies' 300 s, and its job carries that deadline, so ml drops it if it is still queued then. A
@@ -20,7 +22,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import anyio
@@ -36,18 +38,19 @@ from aiconv.jobs.queue import JobQueue
 from aiconv.ml.protocol import (
     API_KIND,
     RESPONSE_TTL_SECONDS,
+    InvalidMessages,
     served_model_id,
+    validate_messages,
 )
 from aiconv.telegram.models import clean_text
 from aiconv.web import auth, jsonbody
+from aiconv.web.api_results import ResultReader, ResultWaiter
+from aiconv.web.errors import OpenAiError
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 # A request waiting longer for ml (queue + generation) is answered 504 and its job dropped: below
 # the 300 s nginx and the Ingress wait for /v1, so the answer reaches the client.
 REQUEST_TIMEOUT_SECONDS = 290.0
-READ_BLOCK_MS = 5000
-MAX_MESSAGES = 256
-MAX_CHARACTERS = 200_000  # all messages' content together
 MAX_CONCURRENT_PER_KEY = 4
 
 T = TypeVar("T")
@@ -63,32 +66,21 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
 return 1
 """
-ROLES = {"system", "user", "assistant"}
 
 log = structlog.get_logger(__name__)
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str, kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.kind = kind
-
-    def response(self) -> Response:
-        body = {"error": {"message": self.message, "type": self.kind, "param": None,
-                          "code": self.code}}  # fmt: skip
-        return JSONResponse(body, status_code=self.status)
+def _unavailable() -> OpenAiError:
+    return OpenAiError(503, "temporarily unavailable", "unavailable", "server_error")
 
 
-UNAVAILABLE = ApiError(503, "temporarily unavailable", "unavailable", "server_error")
-BUSY = ApiError(
-    429,
-    f"this key has {MAX_CONCURRENT_PER_KEY} requests open; wait for one to finish",
-    "concurrency_limit_exceeded",
-    "rate_limit_error",
-)
+def _busy() -> OpenAiError:
+    return OpenAiError(
+        429,
+        f"this key has {MAX_CONCURRENT_PER_KEY} requests open; wait for one to finish",
+        "concurrency_limit_exceeded",
+        "rate_limit_error",
+    )
 
 
 class ClientGone(Exception):
@@ -96,12 +88,7 @@ class ClientGone(Exception):
 
 
 def openai_routes(settings: Settings, queue: JobQueue) -> list[Route]:
-    api = OpenAiApi(settings, queue)
-    return [
-        Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
-        Route("/v1/models", api.models, methods=["GET"]),
-        Route("/v1/models/{model_id:path}", api.model, methods=["GET"]),
-    ]
+    return OpenAiApi(settings, queue).routes()
 
 
 class OpenAiApi:
@@ -114,14 +101,22 @@ class OpenAiApi:
         self.created = int(time.time())
         self.max_tokens = settings.n_ctx
         self._admit = self.redis.register_script(_ADMIT)
+        self.results = ResultReader(self.redis, self.keys, self.queue.codec.decode)
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
+        ]
 
     def _check(self, request: Request) -> str:
         """The caller's API key, once accepted."""
         if not self.api_keys:
-            raise ApiError(404, "the API is not enabled (set OPENAI_API_KEYS)", "not_found")
+            raise OpenAiError(404, "the API is not enabled (set OPENAI_API_KEYS)", "not_found")
         key = auth.bearer(request.headers.get("authorization"))
         if not self.api_keys.accepts(key):
-            raise ApiError(401, "invalid or missing API key", "invalid_api_key")
+            raise OpenAiError(401, "invalid or missing API key", "invalid_api_key")
         return key or ""
 
     def _model_card(self) -> dict[str, Any]:
@@ -129,83 +124,65 @@ class OpenAiApi:
                 "owned_by": "aiconv"}  # fmt: skip
 
     async def models(self, request: Request) -> Response:
-        try:
-            self._check(request)
-        except ApiError as error:
-            return error.response()
+        self._check(request)
         return JSONResponse({"object": "list", "data": [self._model_card()]})
 
     async def model(self, request: Request) -> Response:
-        try:
-            self._check(request)
-            if request.path_params["model_id"] != self.model_id:
-                raise ApiError(404, "no such model", "model_not_found")
-        except ApiError as error:
-            return error.response()
+        self._check(request)
+        if request.path_params["model_id"] != self.model_id:
+            raise OpenAiError(404, "no such model", "model_not_found")
         return JSONResponse(self._model_card())
 
     async def chat_completions(self, request: Request) -> Response:
-        try:
-            key = self._check(request)
-            body = await _read_json(request)
-            job, stream, include_usage = self._job(body)
-        except ApiError as error:
-            return error.response()
+        key = self._check(request)
+        body = await jsonbody.read_json(request, MAX_BODY_BYTES)
+        job, stream, include_usage = self._job(body)
         request_id = job["id"]
         slot = self.keys.api_in_flight(key)
         try:
-            if not await self._admit(
+            admitted = await self._admit(
                 keys=[slot], args=[MAX_CONCURRENT_PER_KEY, REQUEST_TIMEOUT_SECONDS, request_id]
-            ):
-                return BUSY.response()  # fmt: skip
+            )
         except RedisError as error:
             log.warning("api cannot reach redis", error=type(error).__name__)
-            return UNAVAILABLE.response()
+            raise _unavailable() from None
+        if not admitted:
+            raise _busy()
         handed_to_stream = False
+        waiter: ResultWaiter | None = None
         try:
             try:
-                await self.queue.enqueue(self.keys.generate, job, job["key"])
-                events = self._events(request_id)
+                # Registered before the job is queued, so no event can come unseen.
+                waiter = await self.results.open(request_id, REQUEST_TIMEOUT_SECONDS + 10)
+                await self.queue.enqueue(self.keys.openai_generate, job, job["key"])
+                events = self._events(waiter)
                 events = _chain(await _unless_gone(request, _until_content(events)), events)
+                head = {"id": f"chatcmpl-{request_id}", "created": job["created"],
+                        "model": self.model_id}  # fmt: skip
+                if stream:
+                    handed_to_stream = True  # the stream's end releases the slot
+                    return StreamingResponse(
+                        self._sse(head, events, include_usage, request_id, slot, waiter),
+                        media_type="text/event-stream",
+                        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+                    )
+                return await _unless_gone(request, self._whole(head, events))
             except RedisError as error:
                 log.warning("api cannot reach redis", error=type(error).__name__)
                 await self._cancel(request_id)
-                return UNAVAILABLE.response()
-            except ApiError as error:
-                await self._cancel(request_id)
-                return error.response()
+                raise _unavailable() from None
+            except OpenAiError:
+                await self._cancel(request_id)  # ml need not go on (a timeout, a bad answer)
+                raise
             except ClientGone:
-                return await self._gone(request_id)
-            head = {"id": f"chatcmpl-{request_id}", "created": job["created"],
-                    "model": self.model_id}  # fmt: skip
-            if stream:
-                handed_to_stream = True  # the stream's end releases the slot
-                return StreamingResponse(
-                    self._sse(head, events, include_usage, request_id, slot),
-                    media_type="text/event-stream",
-                    headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-                )
-            try:
-                return await _unless_gone(request, self._whole(head, events))
-            except RedisError:
-                return UNAVAILABLE.response()
-            except ApiError as error:
+                log.info("api client went away; request cancelled", request_id=request_id)
                 await self._cancel(request_id)
-                return error.response()
-            except ClientGone:
-                return await self._gone(request_id)
-            finally:
-                await self._cleanup(request_id)
+                return Response(status_code=499)  # nobody reads it
         finally:
             if not handed_to_stream:
                 with anyio.CancelScope(shield=True):
+                    await self._cleanup(request_id, waiter)
                     await self._release(slot, request_id)
-
-    async def _gone(self, request_id: str) -> Response:
-        log.info("api client went away; request cancelled", request_id=request_id)
-        await self._cancel(request_id)
-        await self._cleanup(request_id)
-        return Response(status_code=499)  # nobody reads it
 
     async def _release(self, slot: str, request_id: str) -> None:
         with contextlib.suppress(RedisError):
@@ -213,23 +190,26 @@ class OpenAiApi:
 
     def _job(self, body: Any) -> tuple[dict[str, Any], bool, bool]:
         if not isinstance(body, dict):
-            raise ApiError(400, "the body must be a JSON object", "invalid_request")
-        messages = _messages(body.get("messages"))
+            raise OpenAiError(400, "the body must be a JSON object", "invalid_request")
+        try:
+            messages = validate_messages(body.get("messages"))
+        except InvalidMessages as error:
+            raise OpenAiError(400, str(error), error.code) from None
         n = body.get("n", 1)
         if n not in (1, None):
-            raise ApiError(400, "only n=1 is supported", "unsupported_parameter")
+            raise OpenAiError(400, "only n=1 is supported", "unsupported_parameter")
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if max_tokens is not None and (
             not _is_int(max_tokens) or not 1 <= max_tokens <= self.max_tokens
         ):
-            raise ApiError(
+            raise OpenAiError(
                 400, f"max_tokens must be an integer from 1 to {self.max_tokens}", "invalid_value"
             )
         temperature = _number(body, "temperature", 0.0, 2.0)
         top_p = _number(body, "top_p", 0.0, 1.0)
         seed = body.get("seed")
         if seed is not None and not _is_int(seed):
-            raise ApiError(400, "seed must be an integer", "invalid_value")
+            raise OpenAiError(400, "seed must be an integer", "invalid_value")
         stop = body.get("stop")
         stops: Any = [stop] if isinstance(stop, str) else [] if stop is None else stop
         if (
@@ -237,7 +217,7 @@ class OpenAiApi:
             or len(stops) > 4
             or not all(isinstance(s, str) for s in stops)
         ):
-            raise ApiError(400, "stop: a string or a list of up to 4 strings", "invalid_value")
+            raise OpenAiError(400, "stop: a string or a list of up to 4 strings", "invalid_value")
         stops = [clean_text(s) for s in stops]
         options: Any = body.get("stream_options") or {}
         request_id = uuid.uuid4().hex
@@ -257,26 +237,20 @@ class OpenAiApi:
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         return job, bool(body.get("stream")), include_usage
 
-    async def _events(self, request_id: str) -> AsyncIterator[dict[str, Any]]:
-        """The request's events from ml, in order, until done or error."""
-        key = self.keys.api_response(request_id)
-        last = "0-0"
-        deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            response: Any = await self.redis.xread({key: last}, count=256, block=READ_BLOCK_MS)
-            for _stream, entries in response or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    event = self.queue.codec.decode(key, fields.get("event")) or {
-                        "type": "error",
-                        "status": 502,
-                        "code": "unreadable",
-                        "message": "the model's answer could not be read",
-                    }
-                    yield event
-                    if event.get("type") in ("done", "error"):
-                        return
-        raise ApiError(504, "no answer from the model in time", "timeout", "server_error")
+    async def _events(self, waiter: ResultWaiter) -> AsyncIterator[dict[str, Any]]:
+        """The request's events from ml, in order, until done or error (RedisError, 504)."""
+        deadline = asyncio.get_running_loop().time() + REQUEST_TIMEOUT_SECONDS
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    event = await waiter.next()
+            except TimeoutError:
+                raise OpenAiError(
+                    504, "no answer from the model in time", "timeout", "server_error"
+                ) from None
+            yield event
+            if event.get("type") in ("done", "error"):
+                return
 
     async def _whole(self, head: dict[str, Any], events: AsyncIterator[dict[str, Any]]) -> Response:
         text: list[str] = []
@@ -307,7 +281,7 @@ class OpenAiApi:
                         "usage": _usage(event),
                     }
                 )
-        raise ApiError(502, "the model's answer ended early", "incomplete", "server_error")
+        raise OpenAiError(502, "the model's answer ended early", "incomplete", "server_error")
 
     async def _sse(
         self,
@@ -316,6 +290,7 @@ class OpenAiApi:
         include_usage: bool,
         request_id: str,
         slot: str,
+        waiter: ResultWaiter,
     ) -> AsyncIterator[str]:
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
             data = {**head, "object": "chat.completion.chunk",
@@ -332,7 +307,7 @@ class OpenAiApi:
                 kind = event.get("type")
                 if kind == "start":
                     if attempt is not None and attempt != event.get("attempt") and sent:
-                        raise ApiError(502, "generation was interrupted", "interrupted",
+                        raise OpenAiError(502, "generation was interrupted", "interrupted",
                                        "server_error")  # fmt: skip
                     attempt = event.get("attempt")
                 elif kind == "delta" and event.get("text"):
@@ -349,18 +324,17 @@ class OpenAiApi:
                     yield "data: [DONE]\n\n"
                     finished = True
                     return
-            raise ApiError(502, "the model's answer ended early", "incomplete", "server_error")
-        except (ApiError, RedisError) as error:
-            failure = error if isinstance(error, ApiError) else UNAVAILABLE
-            body = {"error": {"message": failure.message, "type": failure.kind,
-                              "code": failure.code}}  # fmt: skip
-            yield f"data: {json.dumps(body)}\n\n"
+            raise OpenAiError(502, "the model's answer ended early", "incomplete", "server_error")
+        except (OpenAiError, RedisError) as error:
+            # The status line has gone out: the error travels in the stream, in the same body.
+            failure = error if isinstance(error, OpenAiError) else _unavailable()
+            yield f"data: {json.dumps(failure.body())}\n\n"
             finished = True
         finally:
             with anyio.CancelScope(shield=True):
                 if not finished:
                     await self._cancel(request_id)  # the client went away mid-answer
-                await self._cleanup(request_id)
+                await self._cleanup(request_id, waiter)
                 await self._release(slot, request_id)
 
     async def _cancel(self, request_id: str) -> None:
@@ -368,7 +342,10 @@ class OpenAiApi:
             key = self.keys.api_cancel(request_id)
             await self.redis.set(key, "1", ex=RESPONSE_TTL_SECONDS)
 
-    async def _cleanup(self, request_id: str) -> None:
+    async def _cleanup(self, request_id: str, waiter: ResultWaiter | None) -> None:
+        """The request is over: stop reading its answer, and delete what ml wrote of it."""
+        if waiter is not None:
+            self.results.close(waiter)
         with contextlib.suppress(RedisError):
             await self.redis.delete(self.keys.api_response(request_id))
 
@@ -405,7 +382,7 @@ async def _until_content(events: AsyncIterator[dict[str, Any]]) -> list[dict[str
         seen.append(event)
         if event.get("type") != "start":
             return seen
-    raise ApiError(502, "the model's answer ended early", "incomplete", "server_error")
+    raise OpenAiError(502, "the model's answer ended early", "incomplete", "server_error")
 
 
 async def _chain(
@@ -417,9 +394,9 @@ async def _chain(
         yield event
 
 
-def _event_error(event: dict[str, Any]) -> ApiError:
+def _event_error(event: dict[str, Any]) -> OpenAiError:
     status = int(event.get("status", 500))
-    return ApiError(
+    return OpenAiError(
         status,
         str(event.get("message", "generation failed")),
         str(event.get("code", "generation_failed")),
@@ -442,44 +419,6 @@ def _usage(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _messages(raw: Any) -> list[dict[str, str]]:
-    if not isinstance(raw, list) or not raw:
-        raise ApiError(400, "messages must be a non-empty array", "invalid_value")
-    if len(raw) > MAX_MESSAGES:
-        raise ApiError(400, f"at most {MAX_MESSAGES} messages", "too_many_messages")
-    messages = []
-    for item in raw:
-        if not isinstance(item, dict):
-            raise ApiError(400, "each message must be an object", "invalid_value")
-        role = item.get("role")
-        role = "system" if role == "developer" else role
-        if role not in ROLES:
-            raise ApiError(400, f"unsupported message role {role!r}", "invalid_value")
-        content = clean_text(_content(item.get("content")))  # no NUL, no lone surrogates
-        messages.append({"role": str(role), "content": content})
-    if sum(len(m["content"]) for m in messages) > MAX_CHARACTERS:
-        raise ApiError(
-            400, f"the messages hold over {MAX_CHARACTERS} characters", "context_length_exceeded"
-        )
-    return messages
-
-
-def _content(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts: Sequence[Any] = content
-        texts = []
-        for part in parts:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise ApiError(400, "only text content parts are supported", "invalid_value")
-            texts.append(str(part.get("text", "")))
-        return "".join(texts)
-    raise ApiError(400, "message content must be a string or text parts", "invalid_value")
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -489,20 +428,5 @@ def _number(body: dict[str, Any], name: str, low: float, high: float) -> float |
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise ApiError(400, f"{name} must be a number from {low} to {high}", "invalid_value")
+        raise OpenAiError(400, f"{name} must be a number from {low} to {high}", "invalid_value")
     return float(value)
-
-
-async def _read_json(request: Request) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise ApiError(413, f"body over {MAX_BODY_BYTES} bytes", "request_too_large")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise ApiError(413, f"body over {MAX_BODY_BYTES} bytes", "request_too_large")
-    try:
-        return jsonbody.loads(body)
-    except jsonbody.BadJson as error:
-        raise ApiError(400, f"the body is {error}", "invalid_json") from None

@@ -68,7 +68,7 @@ class DeliveryHandler:
         limiter: SendLimiter,
         parse_mode: str | None = None,
     ) -> None:
-        self.r = resources
+        self.resources = resources
         self.typing = typing
         self.turns = turns
         self.limiter = limiter
@@ -95,12 +95,12 @@ class DeliveryHandler:
         """Send the reply's parts; the turn's outcome, or None if the turn was lost meanwhile."""
         chat_id = reply.chat_id
         parts = split_for_telegram(reply.text) or [texts.GENERATION_FAILED]
-        pacing = self.r.settings.pacing if reply.paced else UNPACED
+        pacing = self.resources.settings.pacing if reply.paced else UNPACED
         elapsed = time.time() - (reply.started_at or time.time())
         plans = plan_delivery(parts, pacing, already_elapsed=elapsed, rng=self.rng)
         reply_to = reply.reply_to_message_id if reply.chat_type != "private" else None
         bound = log.bind(chat_id=chat_id, job_key=reply.key)
-        sent_record = self.r.keys.sent_parts(chat_id, reply.key)
+        sent_record = self.resources.keys.sent_parts(chat_id, reply.key)
         sent_any = False
         try:
             for index, plan in enumerate(plans):
@@ -138,7 +138,7 @@ class DeliveryHandler:
             bound.info("user blocked the bot; reply and pending work dropped")
             REPLIES.labels("blocked").inc()
             if reply.user_id is not None:
-                await self.r.store.mark_bot_blocked(reply.user_id)
+                await self.resources.store.mark_bot_blocked(reply.user_id)
             await self.turns.forget(chat_id)
             return "dropped"
         REPLIES.labels("delivered").inc()
@@ -159,10 +159,10 @@ class DeliveryHandler:
         """The Telegram id of a part sent before (by this process, any worker, or stored)."""
         if part_key in self._sent:
             return self._sent[part_key]
-        recorded = await self.r.redis.hget(record, str(index))
+        recorded = await self.resources.redis.hget(record, str(index))
         if recorded is not None:
             return int(recorded)
-        stored = await self.r.store.message_by_key(part_key)
+        stored = await self.resources.store.message_by_key(part_key)
         if stored is not None:
             return stored.telegram_message_id or UNKNOWN_MESSAGE_ID
         return None
@@ -173,13 +173,13 @@ class DeliveryHandler:
         self._sent.move_to_end(part_key)
         while len(self._sent) > REMEMBERED_PARTS:
             self._sent.popitem(last=False)
-        async with self.r.redis.pipeline(transaction=True) as pipe:
+        async with self.resources.redis.pipeline(transaction=True) as pipe:
             pipe.hset(record, str(index), message_id)
             pipe.expire(record, DONE_TTL_SECONDS)
             await pipe.execute()
 
     async def _store_part(self, reply: ReplyJob, index: int, text: str, message_id: int) -> None:
-        await self.r.store.add_message(
+        await self.resources.store.add_message(
             chat_id=reply.chat_id,
             role="assistant",
             text=text,
@@ -198,7 +198,7 @@ class DeliveryHandler:
         while True:
             await self.limiter.wait_for_slot(chat_id, chat_type)
             try:
-                return await self.r.bot.send_message(
+                return await self.resources.bot.send_message(
                     chat_id, text, reply_to_message_id=reply_to, parse_mode=parse_mode
                 )
             except RetryAfter as error:

@@ -11,7 +11,7 @@ from aiconv.jobs.keys import REPLIES_GROUP, UPDATES_GROUP
 from aiconv.jobs.queue import Job
 from aiconv.observability.loops import supervised
 from aiconv.resources import Resources
-from aiconv.store.repository import Maintenance
+from aiconv.store.repository import SchedulerStore
 from aiconv.telegram.client import TelegramError
 from aiconv.worker.delivery import DeliveryHandler
 from aiconv.worker.maintenance import scheduled_jobs
@@ -41,7 +41,7 @@ async def bot_username(resources: Resources) -> str | None:
 async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -> None:
     settings = resources.settings
     typing = TypingKeeper(resources.redis, resources.keys, resources.bot)
-    maintenance = Maintenance(resources.store.pool)
+    maintenance = SchedulerStore(resources.store.pool)
     turns = Turns(resources.redis, resources.keys, settings.turns)
     options = settings.consumer_options(concurrency=settings.worker_concurrency)
 

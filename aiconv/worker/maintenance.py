@@ -17,7 +17,7 @@ import psycopg.conninfo
 from aiconv.config import Settings
 from aiconv.observability.gauges import business_key
 from aiconv.resources import Resources
-from aiconv.store.repository import Maintenance
+from aiconv.store.repository import SchedulerStore
 from aiconv.worker.scheduler import ScheduledJob
 from aiconv.worker.turns import Turns
 
@@ -33,7 +33,7 @@ SCHEDULED_RUNS_KEEP_DAYS = 14
 
 
 def scheduled_jobs(
-    resources: Resources, maintenance: Maintenance, turns: Turns
+    resources: Resources, maintenance: SchedulerStore, turns: Turns
 ) -> list[ScheduledJob]:
     settings = resources.settings
     schedule = settings.schedule
@@ -51,7 +51,7 @@ def scheduled_jobs(
     async def sweep_streams() -> str:
         keys = resources.keys
         trimmed = 0
-        for stream in (keys.updates, keys.generate, keys.replies):
+        for stream in keys.job_streams:
             trimmed += await resources.queue.trim(stream, STREAM_RETENTION_SECONDS)
         return f"trimmed {trimmed} acknowledged entries"
 

@@ -30,7 +30,7 @@ log = structlog.get_logger(__name__)
 
 class Poller:
     def __init__(self, resources: Resources, poll_timeout: int = 25) -> None:
-        self.r = resources
+        self.resources = resources
         self.poll_timeout = poll_timeout
         token = resources.settings.require_bot_token()
         self.lock_key = resources.keys.poller_lock(token)
@@ -74,15 +74,15 @@ class Poller:
         if await self.lock.acquire():
             log.info("this process is now the poller")
             # A webhook and getUpdates exclude each other at Telegram.
-            await self.r.bot.delete_webhook()
+            await self.resources.bot.delete_webhook()
             return True
         return False
 
     async def _poll_once(self, stop: asyncio.Event) -> None:
-        raw_offset = await self.r.redis.get(self.offset_key)
+        raw_offset = await self.resources.redis.get(self.offset_key)
         offset = int(raw_offset) if raw_offset else None
         poll = asyncio.ensure_future(
-            self.r.bot.get_updates(offset, self.poll_timeout, ALLOWED_UPDATES)
+            self.resources.bot.get_updates(offset, self.poll_timeout, ALLOWED_UPDATES)
         )
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait([poll, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -95,9 +95,9 @@ class Poller:
             update_id = update.get("update_id")
             if not isinstance(update_id, int) or isinstance(update_id, bool):
                 continue
-            added = await self.r.queue.enqueue(
-                self.r.keys.updates, update_payload(update), f"update:{update_id}"
+            added = await self.resources.queue.enqueue(
+                self.resources.keys.updates, update_payload(update), f"update:{update_id}"
             )
             with contextlib.suppress(InvalidUpdate):
                 count_update(parse_update(update), added is not None)
-            await self.r.redis.set(self.offset_key, update_id + 1)
+            await self.resources.redis.set(self.offset_key, update_id + 1)

@@ -26,7 +26,7 @@ from aiconv.jobs.keys import Keys
 from aiconv.jobs.lease import Lease
 from aiconv.jobs.retry import sleep_or_stop
 from aiconv.observability.metrics import SCHEDULED_RUNS
-from aiconv.store.repository import Maintenance
+from aiconv.store.repository import SchedulerStore
 
 LEASE_SECONDS = 15.0
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -46,7 +46,7 @@ class EmbeddedScheduler:
         self,
         redis: Redis,
         keys: Keys,
-        maintenance: Maintenance,
+        maintenance: SchedulerStore,
         runner: str,
         jobs: list[ScheduledJob],
     ) -> None:

@@ -36,7 +36,7 @@ from aiconv.store.db import make_pool
 from aiconv.store.repository import GenerationStats, Store
 from aiconv.telegram.models import IncomingMessage
 from aiconv.web import auth
-from aiconv.web.admin import OPENAPI
+from aiconv.web.admin_schema import openapi_document
 from aiconv.web.app import create_app
 from tests.conftest import REDIS_URL, RUN_ID, delete_prefixed, migrated_database
 from tests.e2e.harness import free_port
@@ -45,6 +45,7 @@ KEY = "admin-test-signing-key-0123456789abcdef"
 OTHER_KEY = "another-signing-key-0123456789abcdef"
 WRITE = ("read", "write")
 ADMIN_DB = f"aiconv_test_{RUN_ID}_admin"
+OPENAPI = openapi_document()  # generated from the models (aiconv/web/admin_schema.py)
 
 ENDPOINTS = [
     ("GET", "/admin/stats"),

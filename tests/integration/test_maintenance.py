@@ -17,7 +17,7 @@ from aiconv.config import Settings
 from aiconv.jobs.keys import Keys
 from aiconv.resources import Resources
 from aiconv.store.db import make_pool
-from aiconv.store.repository import Maintenance
+from aiconv.store.repository import SchedulerStore
 from aiconv.worker.maintenance import (
     SCHEDULED_RUNS_KEEP_DAYS,
     backup_database,
@@ -28,15 +28,15 @@ from aiconv.worker.turns import TurnConfig, Turns
 
 
 @pytest.fixture
-async def maintenance(database_url: str) -> AsyncIterator[Maintenance]:
+async def maintenance(database_url: str) -> AsyncIterator[SchedulerStore]:
     pool = make_pool(database_url, max_size=2)
     await pool.open()
-    yield Maintenance(pool)
+    yield SchedulerStore(pool)
     await pool.close()
 
 
 async def test_retention_purges_only_old_messages(
-    maintenance: Maintenance, database_url: str
+    maintenance: SchedulerStore, database_url: str
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO chats (id, type) VALUES (7001, 'private') ON CONFLICT DO NOTHING")
@@ -55,7 +55,7 @@ async def test_retention_purges_only_old_messages(
 
 
 async def test_old_scheduled_run_records_are_purged(
-    maintenance: Maintenance, database_url: str
+    maintenance: SchedulerStore, database_url: str
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         for age in (40, 15, 13, 0):
@@ -74,7 +74,7 @@ async def test_old_scheduled_run_records_are_purged(
 
 
 async def test_the_run_records_purge_is_always_scheduled(
-    maintenance: Maintenance, database_url: str, redis: Redis
+    maintenance: SchedulerStore, database_url: str, redis: Redis
 ) -> None:
     settings = dataclasses.replace(Settings.from_env({}), database_url=database_url)
     assert settings.message_retention_days is None  # independent of message retention
@@ -92,7 +92,7 @@ async def test_the_run_records_purge_is_always_scheduled(
     assert await purge.run() == "deleted 1 run records"
 
 
-async def test_business_stats_count_recent_activity(maintenance: Maintenance) -> None:
+async def test_business_stats_count_recent_activity(maintenance: SchedulerStore) -> None:
     stats = await maintenance.business_stats()
     assert set(stats.active_users) == {"5m", "1h", "24h"}
     assert stats.active_users["5m"] <= stats.active_users["24h"]

@@ -7,16 +7,21 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
+from starlette.applications import Starlette
 
 from aiconv.config import Settings
+from aiconv.jobs.codec import JobCodec
 from aiconv.jobs.keys import Keys
+from aiconv.jobs.queue import JobQueue
 from aiconv.observability.ops import ops_app
 from aiconv.web.app import create_app
+from aiconv.web.openai import OpenAiApi
 from tests.conftest import REDIS_URL
 from tests.e2e.harness import eventually
 
@@ -50,7 +55,20 @@ async def test_deeply_nested_json_on_v1_is_a_bad_request_not_a_crash(
     error = response.json()["error"]
     assert (error["code"], error["type"]) == ("invalid_json", "invalid_request_error")
     assert "nested deeper" in error["message"]
-    assert await redis.xlen(f"{redis_prefix}generate") == 0
+    assert await redis.xlen(Keys(redis_prefix).openai_generate) == 0
+
+
+async def queued_job(redis: Redis, redis_prefix: str, request: asyncio.Task[Any]) -> Any:
+    """The fields of the first /v1 job queued (waiting up to 30 s, unless the request ends)."""
+    generate = Keys(redis_prefix).openai_generate
+    entries: list[Any] = []
+    for _ in range(6):
+        reply: Any = await redis.xread({generate: "0-0"}, count=1, block=5000)
+        entries = reply[0][1] if reply else []
+        if entries or request.done():
+            break
+    assert entries, "no job was queued"
+    return entries[0][1]
 
 
 async def test_v1_text_is_cleaned_of_nul_and_lone_surrogates(
@@ -67,14 +85,7 @@ async def test_v1_text_is_cleaned_of_nul_and_lone_surrogates(
         request = asyncio.create_task(http.post("/v1/chat/completions", content=body, headers=AUTH))
         try:
             # Play ml: take the job, check it, answer it.
-            entries: list[object] = []
-            for _ in range(6):  # 30 s at most
-                reply = await redis.xread({f"{redis_prefix}generate": "0-0"}, count=1, block=5000)
-                entries = reply[0][1] if reply else []
-                if entries or request.done():
-                    break
-            assert entries, "no job was queued"
-            _, fields = entries[0]  # type: ignore[misc]
+            fields = await queued_job(redis, redis_prefix, request)
             job = json.loads(fields["job"])
             assert job["messages"] == [{"role": "user", "content": "ab\ufffdc"}]
             assert job["stop"] == ["x\ufffd"]
@@ -92,25 +103,15 @@ async def test_with_a_key_v1_requests_and_answers_are_sealed_in_redis(
     redis: Redis, redis_prefix: str
 ) -> None:
     # Issue 13, item 4: the job (the whole conversation) and the answer were plain in Redis.
-    from aiconv.jobs.codec import JobCodec
-
     key = bytes(range(32)).hex()
     codec = JobCodec.from_setting(key)
     body = json.dumps({"messages": [{"role": "user", "content": "my secret question"}]})
     async with api_client(redis_prefix, ENCRYPTION_KEY=key) as http:
         request = asyncio.create_task(http.post("/v1/chat/completions", content=body, headers=AUTH))
         try:
-            generate = f"{redis_prefix}generate"
-            entries: list[object] = []
-            for _ in range(6):  # 30 s at most
-                reply = await redis.xread({generate: "0-0"}, count=1, block=5000)
-                entries = reply[0][1] if reply else []
-                if entries or request.done():
-                    break
-            assert entries, "no job was queued"
-            _, fields = entries[0]  # type: ignore[misc]
+            fields = await queued_job(redis, redis_prefix, request)
             assert "secret" not in fields["job"]
-            job = codec.decode(generate, fields["job"])
+            job = codec.decode(Keys(redis_prefix).openai_generate, fields["job"])
             assert job is not None
             assert job["messages"] == [{"role": "user", "content": "my secret question"}]
             stream = Keys(redis_prefix).api_response(job["id"])
@@ -215,7 +216,7 @@ async def test_v1_caps_messages_characters_and_max_tokens(
         post = http.post("/v1/chat/completions", content=body, headers=AUTH)
         response = await asyncio.wait_for(post, 15)  # accepted, it would wait for ml
     assert response.status_code == 400 and response.json()["error"]["code"] == code
-    assert await redis.xlen(f"{redis_prefix}generate") == 0
+    assert await redis.xlen(Keys(redis_prefix).openai_generate) == 0
 
 
 async def call_and_leave(app: object, leave: asyncio.Event) -> list[dict[str, object]]:
@@ -269,13 +270,13 @@ async def test_a_client_that_leaves_cancels_its_request_at_once(
     leave = asyncio.Event()
     request = asyncio.create_task(call_and_leave(app, leave))
     try:
-        await eventually(lambda: redis.xlen(f"{redis_prefix}generate"), timeout=15)
+        await eventually(lambda: redis.xlen(Keys(redis_prefix).openai_generate), timeout=15)
         leave.set()
         sent = await asyncio.wait_for(request, 15)
     finally:
         request.cancel()
     assert sent[0]["status"] == 499
-    [(_, fields)] = await redis.xrange(f"{redis_prefix}generate")
+    [(_, fields)] = await redis.xrange(Keys(redis_prefix).openai_generate)
     job = json.loads(fields["job"])
     assert await redis.exists(f"{redis_prefix}oai:{job['id']}:cancel") == 1  # ml skips it
     assert job["deadline"] <= time.time() + 300  # and would drop it after the proxies gave up
@@ -295,7 +296,7 @@ async def test_each_key_has_a_bounded_number_of_requests_open(
             for _ in range(MAX_CONCURRENT_PER_KEY)
         ]
         try:
-            generate = f"{redis_prefix}generate"
+            generate = Keys(redis_prefix).openai_generate
             await eventually(
                 lambda: _equals(redis.xlen(generate), MAX_CONCURRENT_PER_KEY), timeout=15
             )
@@ -326,11 +327,11 @@ async def _equals(value: Awaitable[int], expected: int) -> bool:
 
 async def test_ml_drops_an_api_job_past_its_deadline(redis: Redis, redis_prefix: str) -> None:
     from aiconv.jobs.queue import Job, JobQueue
-    from aiconv.ml.api import ApiHandler
     from aiconv.ml.cancel import CancelWatcher
+    from aiconv.ml.openai_jobs import OpenAiJobHandler
 
     keys = Keys(redis_prefix)
-    handler = ApiHandler(
+    handler = OpenAiJobHandler(
         None,  # type: ignore[arg-type]  # never reached: the job is dropped first
         JobQueue(redis, keys),
         keys,
@@ -344,5 +345,153 @@ async def test_ml_drops_an_api_job_past_its_deadline(redis: Redis, redis_prefix:
         "messages": [{"role": "user", "content": "hi"}],
         "deadline": time.time() - 1,
     }
-    await handler(Job(keys.generate, "1-0", payload))
+    await handler(Job(keys.openai_generate, "1-0", payload))
     assert await redis.exists(keys.api_response("late")) == 0  # not even started
+
+
+# --- one shared reader of /v1 results per process (issue 13, item 1) ----------------------------
+
+
+async def _blocked_xreads(redis: Redis, client_name: str, expected: int) -> bool:
+    """Whether exactly `expected` connections named `client_name` are in a (blocking) XREAD."""
+    clients = await redis.client_list()
+    reading = [c for c in clients if c.get("name") == client_name and c.get("cmd") == "xread"]
+    return len(reading) == expected
+
+
+@contextlib.asynccontextmanager
+async def own_api(redis_prefix: str, client_name: str, api_keys: str) -> AsyncIterator[OpenAiApi]:
+    """The /v1 API on a Redis client of its own, named so that CLIENT LIST finds its connections."""
+    settings = Settings.from_env(
+        {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix, "OPENAI_API_KEYS": api_keys}
+    )
+    web_redis = Redis.from_url(REDIS_URL, decode_responses=True, client_name=client_name)
+    api = OpenAiApi(settings, JobQueue(web_redis, Keys(redis_prefix), JobCodec()))
+    try:
+        yield api
+    finally:
+        await api.results.aclose()
+        await web_redis.aclose()
+
+
+async def test_waiting_v1_requests_share_one_redis_connection(
+    redis: Redis, redis_prefix: str
+) -> None:
+    # No ml runs: every request waits. Before, each held its own blocking XREAD: N connections.
+    client_name = f"v1-share-{redis_prefix.strip(':')}"
+    requests = 12  # 4 per key, the most each key may have open
+    waiting: list[asyncio.Task[httpx.Response]] = []
+    async with own_api(redis_prefix, client_name, "k1,k2,k3") as api:
+        transport = httpx.ASGITransport(app=Starlette(routes=api.routes()))
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://aiconv") as http:
+                for n in range(requests):
+                    headers = {"Authorization": f"Bearer k{n % 3 + 1}"}
+                    post = http.post(
+                        "/v1/chat/completions", content=completion_body(), headers=headers
+                    )
+                    waiting.append(asyncio.create_task(post))
+                stream = Keys(redis_prefix).openai_generate
+                await eventually(lambda: _equals(redis.xlen(stream), requests), timeout=15)
+                await eventually(lambda: _blocked_xreads(redis, client_name, 1), timeout=15)
+                assert api.results.waiting == requests
+                pool: Any = api.redis.connection_pool
+                assert len(pool._in_use_connections) <= 1  # the reader's
+                assert not any(task.done() for task in waiting)
+        finally:
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+
+
+async def test_a_client_that_leaves_frees_its_waiter_and_the_reader_stops(
+    redis: Redis, redis_prefix: str
+) -> None:
+    client_name = f"v1-leave-{redis_prefix.strip(':')}"
+    async with own_api(redis_prefix, client_name, API_KEY) as api:
+        app = Starlette(routes=api.routes())
+        leaves = [asyncio.Event(), asyncio.Event()]
+        requests = [asyncio.create_task(call_and_leave(app, leave)) for leave in leaves]
+        try:
+            stream = Keys(redis_prefix).openai_generate
+            await eventually(lambda: _equals(redis.xlen(stream), 2), timeout=15)
+            assert api.results.waiting == 2
+            leaves[0].set()
+            sent = await asyncio.wait_for(requests[0], 15)
+            assert sent[0]["status"] == 499
+            assert api.results.waiting == 1  # the other one still waits, on the same reader
+            leaves[1].set()
+            await asyncio.wait_for(requests[1], 15)
+            assert api.results.waiting == 0
+            # Nobody waits: the reader ends at its next read and gives its connection back.
+            await eventually(lambda: _blocked_xreads(redis, client_name, 0), timeout=15)
+        finally:
+            for request in requests:
+                request.cancel()
+            await asyncio.gather(*requests, return_exceptions=True)
+
+
+# --- one error mechanism, one shape per surface (web/errors.py) ----------------------------------
+
+
+async def test_errors_have_one_shape_per_surface(redis: Redis, redis_prefix: str) -> None:
+    async with api_client(redis_prefix) as http:
+        unknown_v1 = await http.get("/v1/nothing-here", headers=AUTH)
+        wrong_method = await http.get("/v1/chat/completions", headers=AUTH)
+        unknown = await http.get("/nothing-here")
+        too_large = await http.post(
+            "/v1/chat/completions", content=b" " * (4 * 1024 * 1024 + 1), headers=AUTH
+        )
+        webhook = await http.post("/webhook", content=b"{}")
+    for response, status in ((unknown_v1, 404), (wrong_method, 405), (too_large, 413)):
+        assert response.status_code == status
+        error = response.json()["error"]  # OpenAI's body: its clients parse it
+        assert set(error) == {"message", "type", "param", "code"}
+    assert too_large.json()["error"]["code"] == "request_too_large"
+    assert too_large.headers["connection"] == "close"  # the same body reader as the webhook's
+    for response in (unknown, webhook):
+        assert response.status_code == 404
+        assert isinstance(response.json()["error"], str)
+
+
+async def test_ml_takes_api_jobs_off_their_own_stream_and_a_dead_one_answers_its_client(
+    redis: Redis, redis_prefix: str
+) -> None:
+    from aiconv.jobs.consumer import ConsumerOptions
+    from aiconv.jobs.queue import JobQueue
+    from aiconv.ml.cancel import CancelWatcher
+    from aiconv.ml.openai_jobs import OpenAiJobHandler, openai_consumer
+
+    keys = Keys(redis_prefix)
+    queue = JobQueue(redis, keys)
+    handler = OpenAiJobHandler(
+        None,  # type: ignore[arg-type]  # no model: every generation fails (AttributeError)
+        queue,
+        keys,
+        CancelWatcher(redis),
+        "model",
+    )
+    options = ConsumerOptions(max_deliveries=1, block_ms=100, retry_base_seconds=0.01)
+    consumer = openai_consumer(queue, handler, options)
+    payload = {
+        "kind": "openai",
+        "key": "oai:doomed",
+        "id": "doomed",
+        "messages": [{"role": "user", "content": "hi"}],
+        "deadline": time.time() + 60,
+    }
+    await queue.enqueue(keys.openai_generate, payload, "oai:doomed")
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    try:
+        await eventually(lambda: redis.xlen(keys.dlq), timeout=15)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+    dead: Any = await redis.xrange(keys.dlq)
+    [(_, fields)] = dead
+    assert json.loads(fields["job"])["stream"] == keys.openai_generate
+    answer: Any = await redis.xrange(keys.api_response("doomed"))
+    events = [json.loads(f["event"]) for _, f in answer]
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "generation_failed"
+    assert keys.openai_generate in keys.job_streams  # trimmed, measured, replayable

@@ -1,6 +1,14 @@
-"""ml's side of the OpenAI-compatible API: run a request's messages, stream events to Redis.
+"""ml's side of the OpenAI-compatible API (the web side is `aiconv.web.openai`): run a request's
+messages and stream its events back to Redis.
 
 The consumer acknowledges the job when the handler returns; the events are the effect.
+
+The jobs come on their own stream, `Keys.openai_generate`, worked by the ml group like chat turns
+on `Keys.generate` (one `Consumer` each, sharing the engine's slots and its queue): API traffic
+is measured, trimmed and dead-lettered under its own label, and a burst of it never sits in
+front of chat turns in one stream. Jobs queued on `generate` by a web of the previous release
+are still served there (GenerateHandler passes them on by kind). A job dead-lettered after too
+many failed deliveries tells its waiting client so, instead of leaving it to time out.
 """
 
 from __future__ import annotations
@@ -12,14 +20,15 @@ from typing import Any
 
 import structlog
 
-from aiconv.jobs.keys import Keys
+from aiconv.jobs.consumer import Consumer, ConsumerOptions
+from aiconv.jobs.keys import GENERATE_GROUP, Keys
 from aiconv.jobs.queue import Job, JobQueue
 from aiconv.ml.cancel import CancelWatcher
 from aiconv.ml.engine import Engine, PromptTooLong
-from aiconv.ml.protocol import API_KIND, RESPONSE_TTL_SECONDS
+from aiconv.ml.protocol import API_KIND, RESPONSE_TTL_SECONDS, validate_messages
 from aiconv.ml.stats import observe
 
-__all__ = ["API_KIND", "ApiHandler"]
+__all__ = ["API_KIND", "OpenAiJobHandler", "openai_consumer"]
 
 # Deltas are written at most this often per request (tokens in between are joined).
 FLUSH_SECONDS = 0.02
@@ -27,7 +36,7 @@ FLUSH_SECONDS = 0.02
 log = structlog.get_logger(__name__)
 
 
-class ApiHandler:
+class OpenAiJobHandler:
     def __init__(
         self, engine: Engine, queue: JobQueue, keys: Keys, watcher: CancelWatcher, model_id: str
     ) -> None:
@@ -37,22 +46,34 @@ class ApiHandler:
         self.watcher = watcher
         self.model_id = model_id
 
+    async def _emit(self, out: str, event: dict[str, Any]) -> None:
+        # Sealed like jobs when ENCRYPTION_KEY is set: the answer is user text too.
+        encoded = self.queue.codec.encode(out, event)
+        await self.queue.redis.xadd(out, {"event": encoded}, maxlen=100_000, approximate=True)
+
+    async def give_up(self, job: Job) -> None:
+        """The job is dead-lettered: its client, if still waiting, gets an error at once."""
+        request_id = str(job.payload.get("id", ""))
+        if request_id:
+            out = self.keys.api_response(request_id)
+            await self._emit(out, {"type": "error", "status": 502, "code": "generation_failed",
+                                   "message": "generation failed"})  # fmt: skip
+            await self.queue.redis.expire(out, RESPONSE_TTL_SECONDS)
+
     async def __call__(self, job: Job) -> None:
-        p = job.payload
-        request_id = str(p.get("id", ""))
+        payload = job.payload
+        request_id = str(payload.get("id", ""))
         out = self.keys.api_response(request_id)
         redis = self.queue.redis
         bound = log.bind(job_key=job.key, request_id=request_id)
 
         async def emit(event: dict[str, Any]) -> None:
-            # Sealed like jobs when ENCRYPTION_KEY is set: the answer is user text too.
-            encoded = self.queue.codec.encode(out, event)
-            await redis.xadd(out, {"event": encoded}, maxlen=100_000, approximate=True)
+            await self._emit(out, event)
 
         cancel_key = self.keys.api_cancel(request_id)
         if not request_id or await self.watcher.stale(cancel_key, None):
             return
-        deadline = _float(p.get("deadline"))
+        deadline = _float(payload.get("deadline"))
         if deadline is not None and time.time() > deadline:
             # Its client has been answered 504 (or left): nobody will read this generation.
             bound.info("api request past its deadline; dropped")
@@ -62,15 +83,15 @@ class ApiHandler:
         await emit({"type": "start", "attempt": uuid.uuid4().hex})
         await redis.expire(out, RESPONSE_TTL_SECONDS)
         try:
-            messages = _messages(p.get("messages"))
+            messages = validate_messages(payload.get("messages"))
             prompt = await asyncio.to_thread(self.engine.chat_tokens, messages)
             generation = self.engine.submit(
                 prompt,
-                max_tokens=_int(p.get("max_tokens")),
-                temperature=_float(p.get("temperature")),
-                top_p=_float(p.get("top_p")) or 1.0,
-                seed=_int(p.get("seed")),
-                stop=[str(s) for s in p.get("stop") or []][:4],
+                max_tokens=_int(payload.get("max_tokens")),
+                temperature=_float(payload.get("temperature")),
+                top_p=_float(payload.get("top_p")) or 1.0,
+                seed=_int(payload.get("seed")),
+                stop=[str(s) for s in payload.get("stop") or []][:4],
             )
         except PromptTooLong as error:
             await emit(
@@ -138,16 +159,18 @@ class ApiHandler:
         )
 
 
-def _messages(raw: Any) -> list[dict[str, str]]:
-    if not isinstance(raw, list) or not raw:
-        raise ValueError("messages must be a non-empty list")
-    messages = []
-    for item in raw:
-        if not isinstance(item, dict):
-            raise ValueError("each message must be an object")
-        role, content = str(item.get("role", "")), str(item.get("content", ""))
-        messages.append({"role": role, "content": content})
-    return messages
+def openai_consumer(
+    queue: JobQueue, handler: OpenAiJobHandler, options: ConsumerOptions
+) -> Consumer:
+    """ml's consumer of the /v1 job stream (run next to the one of `Keys.generate`)."""
+    return Consumer(
+        queue,
+        queue.keys.openai_generate,
+        GENERATE_GROUP,
+        handler,
+        options=options,
+        on_dead_letter=handler.give_up,
+    )
 
 
 def _int(value: Any) -> int | None:
