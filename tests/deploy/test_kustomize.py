@@ -361,6 +361,26 @@ def test_keda_scales_ml_on_generate_stream_lag(name: str, tmpdir_str: str) -> No
         assert trigger["metadata"][var] in names | set(config)
 
 
+@pytest.mark.parametrize("name", ["production+keda", "dev+keda"])
+def test_keda_scales_workers_on_what_limits_them(name: str, tmpdir_str: str) -> None:
+    """Issue 10: updates and replies lag (and CPU), not CPU alone; one autoscaler per target."""
+    docs = built(name, tmpdir_str)
+    so = one(docs, "ScaledObject", "aiconv-worker")["spec"]
+    assert so["scaleTargetRef"]["name"] == "aiconv-worker"
+    streams = {
+        (t["metadata"]["stream"], t["metadata"]["consumerGroup"])
+        for t in so["triggers"]
+        if t["type"] == "redis-streams"
+    }
+    assert streams == {("aiconv:updates", "worker"), ("aiconv:replies", "delivery")}
+    assert any(t["type"] == "cpu" for t in so["triggers"])
+    hpa_targets = [
+        h["spec"]["scaleTargetRef"]["name"] for h in of_kind(docs, "HorizontalPodAutoscaler")
+    ]
+    assert "aiconv-worker" not in hpa_targets, "KEDA's HPA and the base's would fight"
+    assert "replicas" not in aiconv_deployments(docs)["worker"]["spec"]
+
+
 def test_prometheus_rule_equals_the_compose_alerts(tmpdir_str: str) -> None:
     docs = built("production", tmpdir_str)
     rule = one(docs, "PrometheusRule", "aiconv")
