@@ -349,10 +349,11 @@ def test_keda_scales_ml_on_generate_stream_lag(name: str, tmpdir_str: str) -> No
     docs = built(name, tmpdir_str)
     so = one(docs, "ScaledObject", "aiconv-ml")["spec"]
     assert so["scaleTargetRef"]["name"] == "aiconv-ml"
-    [trigger] = so["triggers"]
-    assert trigger["type"] == "redis-streams"
+    trigger, api_trigger = so["triggers"]
+    assert trigger["type"] == api_trigger["type"] == "redis-streams"
     assert trigger["metadata"]["stream"] == "aiconv:generate"
-    assert trigger["metadata"]["consumerGroup"] == "ml"
+    assert api_trigger["metadata"]["stream"] == "aiconv:generate:openai"
+    assert trigger["metadata"]["consumerGroup"] == api_trigger["metadata"]["consumerGroup"] == "ml"
     ml = aiconv_deployments(docs)["ml"]
     assert "replicas" not in ml["spec"], "KEDA owns the ml replica count"
     names = {e["name"] for e in main_container(ml).get("env", [])}
