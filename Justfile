@@ -55,7 +55,11 @@ sync-rules:
 
 # run the benchmarks (each prints its figures beside its baseline)
 bench:
-    for b in bench/bench_*.py; do echo "== $b"; {{python}} "$b"; done
+    for b in jobs ml; do echo "== bench/$b.py"; {{python}} -m "bench.$b"; done
+
+# N users through real web, worker and ml processes: just soak --users 1000 --rate 100
+soak *ARGS:
+    {{python}} -m bench.soak {{ARGS}}
 
 # drive webhook traffic at a deployment: just load https://bot.example.org 50 5 2m
 load HOST USERS="20" SPAWN_RATE="5" DURATION="1m":

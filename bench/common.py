@@ -89,6 +89,7 @@ def llama_server_binary(build: bool = True) -> tuple[Path | None, str]:
                 "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TESTS=OFF",
                 "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_UI=OFF",
                 "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF",
+                *cpu_flags(),
             ],
             check=True, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -100,6 +101,32 @@ def llama_server_binary(build: bool = True) -> tuple[Path | None, str]:
     except (OSError, subprocess.CalledProcessError) as error:
         return None, f"build failed ({error}); see {CACHE_DIR / 'build.log'}"
     return (binary, "built now") if binary.is_file() else (None, "build produced no binary")
+
+
+# /proc/cpuinfo flag -> ggml's CMake option. AMX is left out on purpose: a CPU may list it while
+# the kernel has not granted the process its tile state, and -march=native then builds a
+# llama-server that dies with SIGILL on its first matrix multiplication (seen on this project's
+# CI machines).
+_GGML_CPU_OPTIONS = {
+    "avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C",
+    "avx_vnni": "GGML_AVX_VNNI", "avx512f": "GGML_AVX512", "avx512vbmi": "GGML_AVX512_VBMI",
+    "avx512_vnni": "GGML_AVX512_VNNI", "avx512_bf16": "GGML_AVX512_BF16",
+}  # fmt: skip
+
+
+def cpu_flags() -> list[str]:
+    """CMake options for this CPU's vector extensions, without -march=native (see above)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []  # not Linux: llama.cpp's native default
+    flags = set(next((ln for ln in info.splitlines() if ln.startswith("flags")), "").split())
+    if "avx2" not in flags:
+        return []  # not a modern x86: native default
+    return ["-DGGML_NATIVE=OFF"] + [
+        f"-D{option}={'ON' if flag in flags else 'OFF'}"
+        for flag, option in _GGML_CPU_OPTIONS.items()
+    ]
 
 
 def _fetch_sdist() -> Path:

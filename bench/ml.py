@@ -440,9 +440,12 @@ def server_contender(
 
 
 def api_contender(
-    args: argparse.Namespace, n: int, prefix: str
+    args: argparse.Namespace, n: int, prefix: str, one_process: bool = False
 ) -> contextlib.AbstractAsyncContextManager[Round]:
-    """`aiconv web` + `aiconv ml` (ML_PARALLEL=N) on the local Redis: the API client's path."""
+    """`aiconv web` + `aiconv ml` (ML_PARALLEL=N) on the local Redis: the API client's path.
+
+    With `one_process`, `aiconv all` instead (web, worker and ml in one process, as on a small
+    box), with N_THREADS from --all-threads (0: aiconv's own default)."""
     key = "bench-key"
     env = {
         **os.environ,
@@ -461,12 +464,21 @@ def api_contender(
     for name in ("TELEGRAM_WEBHOOK_URL", "TELEGRAM_WEBHOOK_SECRET"):
         env.pop(name, None)
     web_port = free_port()
-    commands = [
+    modes = (("all", web_port),) if one_process else (("web", web_port), ("ml", free_port()))
+    if one_process:
+        # The worker of `aiconv all` needs a bot token; its Telegram is a closed local port, so
+        # it only retries in the background, as a bot whose Telegram is briefly unreachable.
+        env.update(TELEGRAM_BOT_TOKEN="123456:BENCH", TELEGRAM_API_URL="http://127.0.0.1:9")
+        if args.all_threads:
+            env["N_THREADS"] = str(args.all_threads)
+        else:
+            env.pop("N_THREADS")
+    commands: list[tuple[list[str], dict[str, str] | None]] = [
         (
             [sys.executable, "-m", "aiconv.cli", mode],
             {**env, "PORT": str(port), "METRICS_PORT": str(free_port())},
         )
-        for mode, port in (("web", web_port), ("ml", free_port()))
+        for mode, port in modes
     ]
     headers = {"authorization": f"Bearer {key}"}
     return http_contender(commands, f"http://127.0.0.1:{web_port}", args, n, headers)
@@ -541,13 +553,20 @@ async def part_batch(args: argparse.Namespace) -> None:
                     )
                 except (OSError, RuntimeError, httpx.HTTPError) as error:
                     print(f"aiconv API path, N={n}, failed: {type(error).__name__}: {error}")
+                stack.push_async_callback(drop_keys, prefix + "all:")
+                try:
+                    contenders["all"] = await stack.enter_async_context(
+                        api_contender(args, n, prefix + "all:", one_process=True)
+                    )
+                except (OSError, RuntimeError, httpx.HTTPError) as error:
+                    print(f"aiconv all, N={n}, failed: {type(error).__name__}: {error}")
             names = list(contenders)
             for round_ in range(args.rounds):
                 turn = round_ % len(names)
                 for name in names[turn:] + names[:turn]:
                     results.setdefault(name, []).append(figures(await contenders[name](round_)))
         base = results.get("server")
-        for name, label in (("aiconv", "engine"), ("api", "via /v1 API")):
+        for name, label in (("aiconv", "engine"), ("api", "via /v1 API"), ("all", "aiconv all")):
             if name in results:
                 rows += [
                     paired_row(f"N={n} {label}: aggregate", results[name], base, 0, "tok/s", n),
@@ -560,7 +579,8 @@ async def part_batch(args: argparse.Namespace) -> None:
         f"N conversations submitted at once, {args.threads} threads, max {args.max_tokens} tokens "
         f"each, greedy, {args.rounds} rounds taking turns; figures: medians over rounds; ratio: "
         "median of the per-round ratios; 'engine' is aiconv's engine in this process, 'via /v1 "
-        "API' is aiconv web + Redis + aiconv ml processes; aim at N=8: >= 0.90x",
+        "API' is aiconv web + Redis + aiconv ml processes, 'aiconv all' the same API of one "
+        f"`aiconv all` process (N_THREADS={args.all_threads or 'default'}); aim at N=8: >= 0.90x",
     )
 
 
@@ -583,7 +603,11 @@ def main() -> None:
     parser.add_argument("--no-build", action="store_true", help="never build llama-server")
     parser.add_argument(
         "--api", action="store_true",
-        help="part 3 also through aiconv's OpenAI API (web + ml processes, needs Redis)",
+        help="part 3 also through aiconv's OpenAI API: web + ml processes, and `aiconv all`",
+    )  # fmt: skip
+    parser.add_argument(
+        "--all-threads", type=int, default=0,
+        help="with --api: N_THREADS of the `aiconv all` contender (0: aiconv's default)",
     )  # fmt: skip
     args = parser.parse_args()
     args.model = args.model or default_model_path()

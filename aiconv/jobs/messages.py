@@ -11,7 +11,7 @@ that owns its chat (worker/turns.py) may hand its work on.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 TurnMode = Literal["active", "final"]
@@ -52,7 +52,7 @@ class UpdateJob:
         return f"update:{self.update_id}"
 
     def to_payload(self) -> dict[str, Any]:
-        return {"key": self.key, **asdict(self)}
+        return {"key": self.key, **_shallow(self)}
 
     @classmethod
     def from_payload(cls, p: dict[str, Any]) -> UpdateJob:
@@ -115,7 +115,7 @@ class GenerateJob:
         return f"gen:{self.turn}"
 
     def to_payload(self) -> dict[str, Any]:
-        payload = asdict(self)
+        payload = _shallow(self)
         payload["turns"] = [list(t) for t in self.turns]
         return {"key": self.key, **payload}
 
@@ -153,7 +153,7 @@ class ReplyJob:
     kind: Literal["reply"] = "reply"
 
     def to_payload(self) -> dict[str, Any]:
-        return asdict(self)
+        return _shallow(self)
 
     @classmethod
     def from_payload(cls, p: dict[str, Any]) -> ReplyJob:
@@ -179,3 +179,9 @@ def chat_of(payload: dict[str, Any]) -> int | None:
         return _opt_int(payload.get("chat_id"))
     except InvalidJob:
         return None
+
+
+def _shallow(job: Any) -> dict[str, Any]:
+    """A job's fields as a dict, values shared, not copied: `dataclasses.asdict` deep-copies
+    the whole Telegram update on every webhook request, only for it to be JSON-encoded at once."""
+    return {f.name: getattr(job, f.name) for f in fields(job)}

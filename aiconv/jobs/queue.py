@@ -6,15 +6,21 @@ must not enqueue twice pass an idempotency key: the SET NX of a `done:` marker a
 in one Lua script, so either both happen or neither. A stage hands its result on with
 `hand_over`, which also XACKs the source entry in the same script: a crash can never leave a job
 both acknowledged and lost.
+
+Plain enqueues (the webhook's, one per Telegram update) are coalesced: those made while a round
+trip is under way go together in the next pipeline, one script call each, so every one stays
+atomic and answers for itself, and a burst costs a few round trips instead of one per update
+(bench/ingest.py measures it). A caller waits for its own answer, error included.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from aiconv.jobs.codec import PLAIN, JobCodec
 from aiconv.jobs.keys import Keys
@@ -25,6 +31,8 @@ DONE_TTL_SECONDS = 2 * 24 * 3600
 # A chat turn's lease: renewed while its job is alive (worker/turns.py), so it only bounds how long
 # a turn whose work vanished keeps its chat waiting.
 TURN_LEASE_SECONDS = 60.0
+# At most this many coalesced enqueues in one pipeline (bounds one round trip's size).
+ENQUEUE_BATCH = 256
 
 # KEYS: done marker or '', target stream, source stream or '', turn state or '', turns held or ''
 # ARGV: ttl, job json, group, source id, turn, chat, lease
@@ -83,6 +91,8 @@ class JobQueue:
         self.keys = keys
         self.codec = codec
         self._hand_over = redis.register_script(_HAND_OVER)
+        self._waiting: list[tuple[list[str], list[str | int | float], asyncio.Future[Any]]] = []
+        self._flushing: asyncio.Task[None] | None = None
 
     async def ensure_group(self, stream: str, group: str) -> None:
         try:
@@ -95,7 +105,54 @@ class JobQueue:
         self, stream: str, payload: dict[str, Any], idempotency_key: str | None = None
     ) -> str | None:
         """Add a job; with a key, a second enqueue of the same key is a no-op returning None."""
-        return await self._run(stream, payload, idempotency_key, None, None)
+        keys, args = self._script_input(stream, payload, idempotency_key, None, None)
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append((keys, args, answer))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+        return _entry_or_none(await answer)
+
+    async def _flush(self) -> None:
+        """Send what is waiting, a pipeline at a time, until nothing is left."""
+        try:
+            while self._waiting:
+                batch = self._waiting[:ENQUEUE_BATCH]
+                del self._waiting[:ENQUEUE_BATCH]
+                await self._send(batch)
+        finally:  # cancelled (shutdown): nobody may wait forever
+            for _, _, answer in self._waiting:
+                answer.cancel()
+            self._waiting.clear()
+
+    async def _send(
+        self, batch: list[tuple[list[str], list[str | int | float], asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys, args, _ in batch:
+                    pipe.evalsha(self._hand_over.sha, len(keys), *keys, *args)
+                results = await pipe.execute(raise_on_error=False)
+        except asyncio.CancelledError:
+            for _, _, answer in batch:
+                answer.cancel()
+            raise
+        except Exception as error:  # the round trip failed: every caller in it learns why
+            for _, _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(error)
+            return
+        for (keys, args, answer), result in zip(batch, results, strict=True):
+            if isinstance(result, NoScriptError):  # Redis restarted or flushed its scripts
+                try:
+                    result = await self._hand_over(keys=keys, args=args)  # loads it again
+                except Exception as error:
+                    result = error
+            if answer.done():  # its caller gave up (cancelled)
+                continue
+            if isinstance(result, Exception):
+                answer.set_exception(result)
+            else:
+                answer.set_result(result)
 
     async def enqueue_many(self, stream: str, payloads: list[dict[str, Any]]) -> list[str]:
         """Add jobs without idempotency keys in one round trip (bulk producers, benchmarks)."""
@@ -167,6 +224,17 @@ class JobQueue:
         source: tuple[Job, str] | None,
         guard: TurnGuard | None,
     ) -> str | None:
+        keys, args = self._script_input(stream, payload, idempotency_key, source, guard)
+        return _entry_or_none(await self._hand_over(keys=keys, args=args))
+
+    def _script_input(
+        self,
+        stream: str,
+        payload: dict[str, Any],
+        idempotency_key: str | None,
+        source: tuple[Job, str] | None,
+        guard: TurnGuard | None,
+    ) -> tuple[list[str], list[str | int | float]]:
         k = self.keys
         keys = [
             k.done(idempotency_key) if idempotency_key else "",
@@ -184,10 +252,14 @@ class JobQueue:
             guard.chat_id if guard else "",
             TURN_LEASE_SECONDS,
         ]
-        result = await self._hand_over(keys=keys, args=args)
-        if result is None:
-            return None
-        return result.decode() if isinstance(result, bytes) else str(result)
+        return keys, args
+
+
+def _entry_or_none(result: Any) -> str | None:
+    """The script's answer: the new entry's id, or None (Lua false) when nothing was added."""
+    if result is None:
+        return None
+    return result.decode() if isinstance(result, bytes) else str(result)
 
 
 def _entry_id(raw: str | bytes) -> tuple[int, int]:

@@ -352,16 +352,37 @@ def test_keda_scales_ml_on_generate_stream_lag(name: str, tmpdir_str: str) -> No
     docs = built(name, tmpdir_str)
     so = one(docs, "ScaledObject", "aiconv-ml")["spec"]
     assert so["scaleTargetRef"]["name"] == "aiconv-ml"
-    [trigger] = so["triggers"]
-    assert trigger["type"] == "redis-streams"
+    trigger, api_trigger = so["triggers"]
+    assert trigger["type"] == api_trigger["type"] == "redis-streams"
     assert trigger["metadata"]["stream"] == "aiconv:generate"
-    assert trigger["metadata"]["consumerGroup"] == "ml"
+    assert api_trigger["metadata"]["stream"] == "aiconv:generate:openai"
+    assert trigger["metadata"]["consumerGroup"] == api_trigger["metadata"]["consumerGroup"] == "ml"
     ml = aiconv_deployments(docs)["ml"]
     assert "replicas" not in ml["spec"], "KEDA owns the ml replica count"
     names = {e["name"] for e in main_container(ml).get("env", [])}
     config = of_kind(docs, "ConfigMap")[0]["data"]
     for var in ("hostFromEnv", "portFromEnv"):
         assert trigger["metadata"][var] in names | set(config)
+
+
+@pytest.mark.parametrize("name", ["production+keda", "dev+keda"])
+def test_keda_scales_workers_on_what_limits_them(name: str, tmpdir_str: str) -> None:
+    """Issue 10: updates and replies lag (and CPU), not CPU alone; one autoscaler per target."""
+    docs = built(name, tmpdir_str)
+    so = one(docs, "ScaledObject", "aiconv-worker")["spec"]
+    assert so["scaleTargetRef"]["name"] == "aiconv-worker"
+    streams = {
+        (t["metadata"]["stream"], t["metadata"]["consumerGroup"])
+        for t in so["triggers"]
+        if t["type"] == "redis-streams"
+    }
+    assert streams == {("aiconv:updates", "worker"), ("aiconv:replies", "delivery")}
+    assert any(t["type"] == "cpu" for t in so["triggers"])
+    hpa_targets = [
+        h["spec"]["scaleTargetRef"]["name"] for h in of_kind(docs, "HorizontalPodAutoscaler")
+    ]
+    assert "aiconv-worker" not in hpa_targets, "KEDA's HPA and the base's would fight"
+    assert "replicas" not in aiconv_deployments(docs)["worker"]["spec"]
 
 
 def test_prometheus_rule_equals_the_compose_alerts(tmpdir_str: str) -> None:
