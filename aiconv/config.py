@@ -142,6 +142,8 @@ class Settings:
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/aiconv"
     db_pool_size: int = 10
+    database_replica_url: str | None = None  # lag-tolerant reads: admin stats, exports, gauges
+    replica_max_lag_seconds: float = 30.0  # a replica further behind is skipped for the primary
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = "aiconv:"
     redis_ephemeral_ok: bool = False  # production: accept a Redis without persistence
@@ -260,6 +262,8 @@ class Settings:
             else "console",
             database_url=_database_url(read),
             db_pool_size=read.integer("DB_POOL_SIZE", 10, minimum=1),
+            database_replica_url=_database_replica_url(read),
+            replica_max_lag_seconds=read.number("REPLICA_MAX_LAG_SECONDS", 30.0, minimum=0.0),
             redis_url=_redis_url(read),
             redis_key_prefix=read.text("REDIS_KEY_PREFIX", "aiconv:"),
             redis_ephemeral_ok=read.flag("REDIS_EPHEMERAL_OK", False),
@@ -466,6 +470,13 @@ def _database_url(read: _Reader) -> str:
     password = read.raw("DB_PASSWORD")
     auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
     return f"postgresql://{auth}@{host}:{port}/{quote(name, safe='')}"
+
+
+def _database_replica_url(read: _Reader) -> str | None:
+    url = read.raw("DATABASE_REPLICA_URL")
+    if url is not None and urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise ConfigError("DATABASE_REPLICA_URL", "must start with postgresql://")
+    return url
 
 
 def _redis_url(read: _Reader) -> str:
