@@ -1,0 +1,338 @@
+"""Lag-tolerant reads against a real streaming replica of the test server (pg_replica.py).
+
+Which server answered is proven by staleness, not by trusting the router: replay is paused on the
+replica, a row is written on the primary, and a read that does not see the row came from the
+replica (one that sees it, from the primary). The fallback counter and the lag gauge are read
+from the metrics the router sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from aiconv.config import Settings
+from aiconv.observability.metrics import DB_REPLICA_FALLBACKS, DB_REPLICA_LAG, DB_REPLICA_UP
+from aiconv.resources import open_resources
+from aiconv.store.admin import AdminStore
+from aiconv.store.db import REPLICA_RETRY_SECONDS, ReadRouter, make_pool, measure_replica_lag
+from aiconv.store.repository import Maintenance
+from aiconv.telegram.models import IncomingMessage
+from tests.conftest import ADMIN_DATABASE_URL, REDIS_URL, RUN_ID, migrated_database
+from tests.integration.pg_replica import StreamingReplica, server_binaries, wait_for
+
+DATABASE = f"aiconv_test_{RUN_ID}_replica"
+CATCH_UP_SECONDS = 30.0
+
+
+@pytest.fixture(scope="session")
+def replica() -> Iterator[StreamingReplica]:
+    """A streaming replica of the test server, started once for the session and removed."""
+    binaries = server_binaries(ADMIN_DATABASE_URL)
+    if binaries is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("pg_basebackup/pg_ctl are not installed; CI must run the replica tests")
+        pytest.skip("pg_basebackup/pg_ctl are not installed: no streaming replica to test against")
+    node = StreamingReplica(ADMIN_DATABASE_URL, *binaries)
+    try:
+        node.create()
+        yield node
+    finally:
+        node.destroy()
+
+
+@pytest.fixture(scope="session")
+def primary_url(replica: StreamingReplica) -> Iterator[str]:
+    """The replica tests' own database on the primary, migrated, once the replica has it too."""
+    with migrated_database(DATABASE) as url:
+        wait_for(
+            lambda: (
+                replica.has_database(DATABASE)
+                and replica.execute(DATABASE, "SELECT to_regclass('messages') IS NOT NULL")
+            ),
+            CATCH_UP_SECONDS,
+            "the migrated database reaches the replica",
+        )
+        yield url
+
+
+@pytest.fixture
+async def primary(primary_url: str) -> AsyncIterator[AsyncConnectionPool]:
+    pool = make_pool(primary_url, 2, "primary")
+    await pool.open()
+    yield pool
+    await pool.close()
+
+
+class FakeClock:
+    """The router's monotonic clock, moved by the test (the retry pause without sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def router_with(
+    primary: AsyncConnectionPool, replica: StreamingReplica
+) -> AsyncIterator[Callable[..., ReadRouter]]:
+    """Routers over the primary and a replica pool of their own, closed after the test."""
+    made: list[ReadRouter] = []
+
+    def make(max_lag_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic) -> Any:
+        pool = make_pool(replica.url(DATABASE), 2, "replica", application_name="aiconv-replica")
+        router = ReadRouter(primary, pool, max_lag_seconds, clock=clock)
+        made.append(router)
+        return router
+
+    yield make
+    for router in made:
+        await router.close()
+
+
+def fallbacks(reason: str) -> float:
+    return float(DB_REPLICA_FALLBACKS.labels(reason)._value.get())
+
+
+async def add_user(pool: AsyncConnectionPool) -> int:
+    """A new user row on the primary; returns its id."""
+    user_id = uuid.uuid4().int % 2**40 + 10**12
+    async with pool.connection() as conn:
+        await conn.execute("INSERT INTO users (id, first_name) VALUES (%s, 'r')", (user_id,))
+    return user_id
+
+
+async def primary_users(pool: AsyncConnectionPool) -> int:
+    async with pool.connection() as conn:
+        row = await (await conn.execute("SELECT count(*) FROM users")).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def replica_caught_up(replica: StreamingReplica, primary: AsyncConnectionPool) -> None:
+    """Wait until the replica has replayed a row written on the primary just now."""
+    user_id = await add_user(primary)
+    await asyncio.to_thread(
+        wait_for,
+        lambda: replica.execute(DATABASE, f"SELECT count(*) FROM users WHERE id = {user_id}") == 1,
+        CATCH_UP_SECONDS,
+        "the replica replays the primary's newest row",
+    )
+
+
+class ReplayPaused:
+    """Replay paused on the replica for the block (WAL is still received), resumed after."""
+
+    def __init__(self, replica: StreamingReplica) -> None:
+        self.replica = replica
+
+    def __enter__(self) -> ReplayPaused:
+        self.replica.execute(DATABASE, "SELECT pg_wal_replay_pause()::text")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.replica.execute(DATABASE, "SELECT pg_wal_replay_resume()::text")
+
+
+async def test_admin_stats_and_exports_are_read_on_the_replica(
+    replica: StreamingReplica, primary: AsyncConnectionPool, router_with: Callable[..., ReadRouter]
+) -> None:
+    router = router_with(max_lag_seconds=30.0)
+    await router.open()
+    admin = AdminStore(primary, reads=router)
+    await replica_caught_up(replica, primary)
+    before = (await admin.stats(1))["totals"]["users"]
+    down, lagging = fallbacks("down"), fallbacks("lagging")
+    with ReplayPaused(replica):
+        user_id = await add_user(primary)
+        assert await primary_users(primary) == before + 1
+        # The replica lags by seconds only (the row it last replayed is fresh), so it serves:
+        # its answer lacks the row the primary has.
+        assert (await admin.stats(1))["totals"]["users"] == before
+        assert await admin.export_user(user_id) is None
+        assert DB_REPLICA_UP._value.get() == 1
+        assert DB_REPLICA_LAG._value.get() <= 30.0
+    assert (fallbacks("down"), fallbacks("lagging")) == (down, lagging)
+    await replica_caught_up(replica, primary)
+    exported = await admin.export_user(user_id)
+    assert exported is not None and exported["user"]["id"] == user_id
+
+
+async def test_business_gauges_figures_are_read_on_the_replica(
+    replica: StreamingReplica, primary: AsyncConnectionPool, router_with: Callable[..., ReadRouter]
+) -> None:
+    router = router_with(max_lag_seconds=30.0)
+    await router.open()
+    maintenance = Maintenance(primary, reads=router)
+    await replica_caught_up(replica, primary)
+    before = (await maintenance.business_stats()).messages.get("user", 0)
+    with ReplayPaused(replica):
+        chat_id = uuid.uuid4().int % 2**40 + 10**12
+        async with primary.connection() as conn, conn.transaction():
+            await conn.execute("INSERT INTO chats (id, type) VALUES (%s, 'private')", (chat_id,))
+            await conn.execute(
+                """INSERT INTO messages (chat_id, role, text, idempotency_key)
+                   VALUES (%s, 'user', 'hi', %s)""",
+                (chat_id, uuid.uuid4().hex),
+            )
+        assert (await maintenance.business_stats()).messages.get("user", 0) == before
+    await replica_caught_up(replica, primary)
+    assert (await maintenance.business_stats()).messages.get("user", 0) == before + 1
+
+
+async def test_a_replica_lagging_past_the_limit_is_skipped_for_the_primary(
+    replica: StreamingReplica, primary: AsyncConnectionPool, router_with: Callable[..., ReadRouter]
+) -> None:
+    max_lag = 0.5
+    router = router_with(max_lag_seconds=max_lag)
+    await router.open()
+    admin = AdminStore(primary, reads=router)
+    await replica_caught_up(replica, primary)
+    lagging = fallbacks("lagging")
+    with ReplayPaused(replica):
+        await add_user(primary)
+        # Received but not replayed: the lag grows from the last replayed commit on.
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        while (lag := await router.refresh_lag()) is None or lag <= max_lag:
+            assert time.monotonic() < deadline, f"lag stayed at {lag}"
+            await asyncio.sleep(0.1)
+        assert DB_REPLICA_LAG._value.get() > max_lag
+        assert (await admin.stats(1))["totals"]["users"] == await primary_users(primary)
+        assert fallbacks("lagging") == lagging + 1
+    # Replay resumed: once it has replayed all it received, the replica is caught up (lag 0,
+    # however old its last replayed commit) and serves again.
+    await replica_caught_up(replica, primary)
+    deadline = time.monotonic() + CATCH_UP_SECONDS
+    while (lag := await router.refresh_lag()) != 0.0:
+        assert time.monotonic() < deadline, f"lag stayed at {lag}"
+        await asyncio.sleep(0.1)
+    async with router.connection() as conn:
+        row = await (await conn.execute("SELECT pg_is_in_recovery()")).fetchone()
+        assert row == (True,)
+    assert fallbacks("lagging") == lagging + 1
+
+
+async def test_a_stopped_replica_falls_back_to_the_primary_and_is_used_again_when_back(
+    replica: StreamingReplica, primary: AsyncConnectionPool, router_with: Callable[..., ReadRouter]
+) -> None:
+    clock = FakeClock()
+    router = router_with(max_lag_seconds=30.0, clock=clock)
+    await router.open()
+    admin = AdminStore(primary, reads=router)
+    await replica_caught_up(replica, primary)
+    assert await router.refresh_lag() is not None
+    down = fallbacks("down")
+    await asyncio.to_thread(replica.stop)
+    try:
+        await add_user(primary)
+        # Served by the primary: the row written after the replica stopped is counted.
+        assert (await admin.stats(1))["totals"]["users"] == await primary_users(primary)
+        assert fallbacks("down") == down + 1
+        assert DB_REPLICA_UP._value.get() == 0
+        # Within the retry pause the replica is not even tried.
+        assert (await admin.stats(1))["totals"]["users"] == await primary_users(primary)
+        assert fallbacks("down") == down + 2
+    finally:
+        await asyncio.to_thread(replica.start)
+    # Back: once the pool has reconnected, reads are the replica's again.
+    deadline = time.monotonic() + CATCH_UP_SECONDS
+    while True:
+        clock.now += REPLICA_RETRY_SECONDS + 1
+        if await router.refresh_lag() is not None:
+            break
+        assert time.monotonic() < deadline, "the replica pool never reconnected"
+        await asyncio.sleep(0.2)
+    assert DB_REPLICA_UP._value.get() == 1
+    down = fallbacks("down")
+    async with router.connection() as conn:
+        row = await (await conn.execute("SELECT pg_is_in_recovery()")).fetchone()
+        assert row == (True,)
+    assert fallbacks("down") == down
+
+
+async def test_the_conversation_path_never_touches_the_replica(
+    replica: StreamingReplica, primary_url: str
+) -> None:
+    settings = dataclasses.replace(
+        Settings(),
+        database_url=primary_url,
+        database_replica_url=replica.url(DATABASE),
+        redis_url=REDIS_URL,
+    )
+    async with open_resources(settings) as resources:
+        reads = resources.reads
+        assert reads is not None and reads.replica is not None
+        replica_requests = reads.replica.get_stats().get("requests_num", 0)
+        chat_id = uuid.uuid4().int % 2**40 + 10**12
+        with ReplayPaused(replica):
+            message = IncomingMessage(
+                update_id=1,
+                chat_id=chat_id,
+                chat_type="private",
+                user_id=chat_id,
+                username="ann",
+                first_name="Ann",
+                language_code="en",
+                message_id=1,
+                date=0,
+                kind="text",
+                text="hi",
+            )
+            assert await resources.store.record_sender(message)
+            await resources.store.add_message(
+                chat_id=chat_id,
+                role="user",
+                text="the message just stored",
+                idempotency_key=f"in:{chat_id}:1",
+                user_id=chat_id,
+                telegram_message_id=1,
+            )
+            # A reply's history must include the message just stored, however far behind the
+            # replica is: it comes from the primary.
+            history = await resources.store.history(chat_id, 10)
+            assert [turn.text for turn in history] == ["the message just stored"]
+            assert await resources.store.message_by_key(f"in:{chat_id}:1") is not None
+        assert reads.replica.get_stats().get("requests_num", 0) == replica_requests
+
+
+async def test_without_a_replica_every_read_is_the_primarys_and_no_fallback_is_counted(
+    primary: AsyncConnectionPool,
+) -> None:
+    router = ReadRouter.for_primary(primary, None, 30.0, 2)
+    await router.open()
+    down, lagging = fallbacks("down"), fallbacks("lagging")
+    async with router.connection() as conn:
+        row = await (await conn.execute("SELECT pg_is_in_recovery()")).fetchone()
+    assert row == (False,)
+    assert await router.refresh_lag() is None
+    assert (fallbacks("down"), fallbacks("lagging")) == (down, lagging)
+    await router.close()
+
+
+async def test_the_lag_of_a_server_not_in_recovery_is_zero(primary: AsyncConnectionPool) -> None:
+    async with primary.connection() as conn:
+        assert await measure_replica_lag(conn) == 0.0
+
+
+def test_replica_settings_are_read_and_checked() -> None:
+    env = {
+        "DATABASE_REPLICA_URL": "postgresql://app@db-ro:5432/aiconv",
+        "REPLICA_MAX_LAG_SECONDS": "12.5",
+    }
+    settings = Settings.from_env(env)
+    assert settings.database_replica_url == "postgresql://app@db-ro:5432/aiconv"
+    assert settings.replica_max_lag_seconds == 12.5
+    defaults = Settings.from_env({})
+    assert defaults.database_replica_url is None and defaults.replica_max_lag_seconds == 30.0
+    with pytest.raises(Exception, match="DATABASE_REPLICA_URL"):
+        Settings.from_env({"DATABASE_REPLICA_URL": "mysql://db-ro/aiconv"})
