@@ -262,7 +262,7 @@ class Settings:
             else "console",
             database_url=_database_url(read),
             db_pool_size=read.integer("DB_POOL_SIZE", 10, minimum=1),
-            database_replica_url=_database_replica_url(read),
+            database_replica_url=_database_replica_url(read, _database_url(read)),
             replica_max_lag_seconds=read.number("REPLICA_MAX_LAG_SECONDS", 30.0, minimum=0.0),
             redis_url=_redis_url(read),
             redis_key_prefix=read.text("REDIS_KEY_PREFIX", "aiconv:"),
@@ -472,11 +472,21 @@ def _database_url(read: _Reader) -> str:
     return f"postgresql://{auth}@{host}:{port}/{quote(name, safe='')}"
 
 
-def _database_replica_url(read: _Reader) -> str | None:
+def _database_replica_url(read: _Reader, primary_url: str) -> str | None:
+    """DATABASE_REPLICA_URL, else the primary's URL with host DB_REPLICA_HOST (same user,
+    password, port and database: a streaming replica has them all), else None."""
     url = read.raw("DATABASE_REPLICA_URL")
-    if url is not None and urlsplit(url).scheme not in ("postgresql", "postgres"):
-        raise ConfigError("DATABASE_REPLICA_URL", "must start with postgresql://")
-    return url
+    if url is not None:
+        if urlsplit(url).scheme not in ("postgresql", "postgres"):
+            raise ConfigError("DATABASE_REPLICA_URL", "must start with postgresql://")
+        return url
+    host = read.raw("DB_REPLICA_HOST")
+    if host is None:
+        return None
+    primary = urlsplit(primary_url)
+    auth, _, _ = primary.netloc.rpartition("@")
+    port = f":{primary.port}" if primary.port else ""
+    return primary._replace(netloc=f"{auth}@{host}{port}" if auth else f"{host}{port}").geturl()
 
 
 def _redis_url(read: _Reader) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from aiconv.config import Settings
+from aiconv.config import ConfigError, Settings
 from aiconv.observability.metrics import DB_REPLICA_FALLBACKS, DB_REPLICA_LAG, DB_REPLICA_UP
 from aiconv.resources import open_resources
 from aiconv.store.admin import AdminStore
@@ -334,5 +334,10 @@ def test_replica_settings_are_read_and_checked() -> None:
     assert settings.replica_max_lag_seconds == 12.5
     defaults = Settings.from_env({})
     assert defaults.database_replica_url is None and defaults.replica_max_lag_seconds == 30.0
-    with pytest.raises(Exception, match="DATABASE_REPLICA_URL"):
+    with pytest.raises(ConfigError, match="DATABASE_REPLICA_URL"):
         Settings.from_env({"DATABASE_REPLICA_URL": "mysql://db-ro/aiconv"})
+    # Only the host: the primary's user, password, port and database.
+    parts = {"DB_HOST": "db-rw", "DB_USER": "app", "DB_PASSWORD": "p@ss", "DB_PORT": "5433"}
+    by_host = Settings.from_env({**parts, "DB_REPLICA_HOST": "db-ro"})
+    assert by_host.database_replica_url == "postgresql://app:p%40ss@db-ro:5433/aiconv"
+    assert Settings.from_env(parts).database_replica_url is None
