@@ -16,16 +16,22 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
 
 from aiconv.config import ConfigError, Settings
+from aiconv.jobs.keys import Keys
+from aiconv.observability.gauges import run_gauges
 from aiconv.observability.metrics import DB_REPLICA_FALLBACKS, DB_REPLICA_LAG, DB_REPLICA_UP
 from aiconv.resources import open_resources
 from aiconv.store.admin import AdminStore
 from aiconv.store.db import REPLICA_RETRY_SECONDS, ReadRouter, make_pool, measure_replica_lag
 from aiconv.store.repository import Maintenance
 from aiconv.telegram.models import IncomingMessage
+from aiconv.web import auth
+from aiconv.web.app import create_app
 from tests.conftest import ADMIN_DATABASE_URL, REDIS_URL, RUN_ID, migrated_database
 from tests.integration.pg_replica import StreamingReplica, server_binaries, wait_for
 
@@ -341,3 +347,57 @@ def test_replica_settings_are_read_and_checked() -> None:
     by_host = Settings.from_env({**parts, "DB_REPLICA_HOST": "db-ro"})
     assert by_host.database_replica_url == "postgresql://app:p%40ss@db-ro:5433/aiconv"
     assert Settings.from_env(parts).database_replica_url is None
+
+
+async def test_the_admin_api_of_the_web_app_reads_on_the_replica(
+    replica: StreamingReplica, primary: AsyncConnectionPool, primary_url: str, redis_prefix: str
+) -> None:
+    """The wiring: create_app gives the admin API a router over DATABASE_REPLICA_URL."""
+    key = "replica-test-signing-key-0123456789abcdef"
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": primary_url,
+            "DATABASE_REPLICA_URL": replica.url(DATABASE),
+            "REDIS_URL": REDIS_URL,
+            "REDIS_KEY_PREFIX": redis_prefix,
+            "JWT_SECRET_KEY": key,
+        }
+    )
+    headers = {"Authorization": f"Bearer {auth.mint(key, 'tests', 600, ('read',))}"}
+    app = create_app(settings)
+    await replica_caught_up(replica, primary)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://aiconv") as http:
+            before = (await http.get("/admin/stats?days=1", headers=headers)).json()
+            with ReplayPaused(replica):
+                await add_user(primary)
+                answer = await http.get("/admin/stats?days=1", headers=headers)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["totals"]["users"] == before["totals"]["users"]
+            assert await primary_users(primary) == before["totals"]["users"] + 1
+
+
+async def test_the_gauges_loop_measures_the_replica(
+    replica: StreamingReplica,
+    router_with: Callable[..., ReadRouter],
+    redis_prefix: str,
+) -> None:
+    """Every process's gauges loop measures the lag, so the alert does not wait for a read."""
+    router = router_with()
+    await router.open()
+    DB_REPLICA_UP.set(-1)
+    DB_REPLICA_LAG.set(-1)
+    redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(run_gauges(redis, Keys(redis_prefix), None, stop, router))
+    try:
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        while DB_REPLICA_UP._value.get() != 1:
+            assert time.monotonic() < deadline and not loop.done(), "the loop never measured"
+            await asyncio.sleep(0.05)
+        assert 0 <= DB_REPLICA_LAG._value.get() <= 30
+    finally:
+        stop.set()
+        await loop
+        await redis.aclose()
