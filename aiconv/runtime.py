@@ -89,7 +89,11 @@ async def run_modes(
                 loops.aux(
                     "gauges",
                     lambda: run_gauges(
-                        resources.redis, resources.keys, resources.store.pool, stop, resources.reads
+                        resources.redis,
+                        resources.keys,
+                        resources.store.pool,
+                        stop,
+                        reads=resources.reads,
                     ),
                 )
                 try:
