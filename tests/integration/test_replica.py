@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import psycopg
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
@@ -27,12 +34,19 @@ from aiconv.observability.gauges import run_gauges
 from aiconv.observability.metrics import DB_REPLICA_FALLBACKS, DB_REPLICA_LAG, DB_REPLICA_UP
 from aiconv.resources import open_resources
 from aiconv.store.admin import AdminStore
-from aiconv.store.db import REPLICA_RETRY_SECONDS, ReadRouter, make_pool, measure_replica_lag
+from aiconv.store.db import (
+    REPLICA_RETRY_SECONDS,
+    REPLICA_WAIT_SECONDS,
+    ReadRouter,
+    make_pool,
+    measure_replica_lag,
+)
 from aiconv.store.repository import Maintenance
 from aiconv.telegram.models import IncomingMessage
 from aiconv.web import auth
 from aiconv.web.app import create_app
 from tests.conftest import ADMIN_DATABASE_URL, REDIS_URL, RUN_ID, migrated_database
+from tests.faults.pgproxy import PgProxy
 from tests.integration.pg_replica import StreamingReplica, server_binaries, wait_for
 
 DATABASE = f"aiconv_test_{RUN_ID}_replica"
@@ -401,3 +415,130 @@ async def test_the_gauges_loop_measures_the_replica(
         stop.set()
         await loop
         await redis.aclose()
+
+
+class RouterMachine(RuleBasedStateMachine):
+    """The router's choice as a state machine, against the real primary and the real replica
+    behind a proxy that a rule cuts (an outage as clients see one) and restores.
+
+    Model: a read goes to the replica exactly when the replica is reachable and not inside the
+    retry pause that its last failure started; every read the primary serves instead counts one
+    ``down`` fallback; ``aiconv_db_replica_up`` says what the last attempt found.
+    """
+
+    primary_url = ""
+    replica_url = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.clock = FakeClock()
+        self.proxy = PgProxy(target_port=urlsplit(self.replica_url).port or 5432)
+        self.run(self.proxy.start())
+        self.primary = make_pool(self.primary_url, 2, "primary")
+        replica = make_pool(self.proxy.url(self.replica_url), 2, "replica")
+        self.router = ReadRouter(self.primary, replica, 30.0, clock=self.clock)
+        self.run(self.primary.open())
+        self.run(self.router.open())
+        self.reachable = True
+        self.paused_until = -math.inf
+        self.run(self.until_the_replica_serves())
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def teardown(self) -> None:
+        self.run(self.router.close())
+        self.run(self.primary.close())
+        self.run(self.proxy.stop())
+        self.loop.close()
+
+    async def until_the_replica_serves(self) -> None:
+        """After an outage the pool reconnects in the background (about once a second)."""
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        while await self.router.refresh_lag() is None:
+            assert time.monotonic() < deadline, "the replica pool never reconnected"
+            self.clock.now += REPLICA_RETRY_SECONDS
+            await asyncio.sleep(0.1)
+        self.paused_until = -math.inf
+
+    @rule()
+    def cut(self) -> None:
+        self.run(self.proxy.cut())
+        self.reachable = False
+
+    async def until_the_pool_has_reconnected(self) -> None:
+        """Straight through the replica pool, so the router's pause is left as it is."""
+        pool = self.router.replica
+        assert pool is not None
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        while True:
+            try:
+                async with pool.connection(timeout=REPLICA_WAIT_SECONDS):
+                    return
+            except psycopg.OperationalError:
+                assert time.monotonic() < deadline, "the replica pool never reconnected"
+
+    @rule()
+    def restore(self) -> None:
+        if not self.reachable:
+            self.run(self.proxy.restore())
+            self.run(self.until_the_pool_has_reconnected())
+            self.reachable = True
+
+    @rule(seconds=st.sampled_from([0.5, REPLICA_RETRY_SECONDS]))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.now += seconds
+
+    @rule()
+    def read(self) -> None:
+        tried = self.clock.now >= self.paused_until
+        expect_replica = tried and self.reachable
+        down = fallbacks("down")
+
+        async def served_by_replica() -> bool:
+            async with self.router.connection() as conn:
+                row = await (await conn.execute("SELECT pg_is_in_recovery()")).fetchone()
+            return bool(row and row[0])
+
+        assert self.run(served_by_replica()) == expect_replica
+        assert fallbacks("down") == down + (0 if expect_replica else 1)
+        if tried:
+            assert DB_REPLICA_UP._value.get() == (1 if self.reachable else 0)
+            if not self.reachable:
+                self.paused_until = self.clock.now + REPLICA_RETRY_SECONDS
+
+
+@pytest.mark.timeout(600, method="thread")
+def test_the_router_state_machine(replica: StreamingReplica, primary_url: str) -> None:
+    RouterMachine.primary_url = primary_url
+    RouterMachine.replica_url = replica.url(DATABASE)
+    run_state_machine_as_test(
+        RouterMachine,
+        settings=hypothesis_settings(
+            max_examples=15,
+            stateful_step_count=10,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+            database=None,
+        ),
+    )
+
+
+def test_a_replica_back_within_the_pause_is_used_only_after_it(
+    replica: StreamingReplica, primary_url: str
+) -> None:
+    """The machine's sharpest path, always run: after a failure the replica is not tried until
+    the pause is over, even once it is reachable again."""
+    RouterMachine.primary_url = primary_url
+    RouterMachine.replica_url = replica.url(DATABASE)
+    machine = RouterMachine()
+    try:
+        machine.cut()
+        machine.read()  # the primary's, the pause begins
+        machine.restore()
+        machine.read()  # still the primary's: inside the pause
+        machine.time_passes(REPLICA_RETRY_SECONDS)
+        machine.read()  # the replica's again
+    finally:
+        machine.teardown()
