@@ -324,6 +324,7 @@ class Settings:
                 ("REDIS_URL", _url_password(settings.redis_url))
                 if read.raw("REDIS_URL")
                 else ("REDIS_PASSWORD", read.raw("REDIS_PASSWORD")),
+                ("DATABASE_REPLICA_URL", _url_password(settings.database_replica_url or "")),
             )
         )
         return settings

@@ -196,6 +196,9 @@ class ReadRouter:
             self._replica_failed(error)
             DB_REPLICA_FALLBACKS.labels("down").inc()
             return None
+        except BaseException:
+            await attempt.aclose()  # cancelled: the connection goes back to its pool
+            raise
         if lag > self.max_lag_seconds:
             await attempt.aclose()
             DB_REPLICA_FALLBACKS.labels("lagging").inc()

@@ -361,6 +361,10 @@ def test_replica_settings_are_read_and_checked() -> None:
     by_host = Settings.from_env({**parts, "DB_REPLICA_HOST": "db-ro"})
     assert by_host.database_replica_url == "postgresql://app:p%40ss@db-ro:5433/aiconv"
     assert Settings.from_env(parts).database_replica_url is None
+    # Like the primary's, its password is no placeholder in production.
+    production = {"ENVIRONMENT": "production", "TELEGRAM_BOT_TOKEN": "123:real"}
+    with pytest.raises(ConfigError, match="DATABASE_REPLICA_URL"):
+        Settings.from_env({**production, "DATABASE_REPLICA_URL": "postgresql://u:change-me@ro/a"})
 
 
 async def test_the_admin_api_of_the_web_app_reads_on_the_replica(
