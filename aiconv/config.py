@@ -344,6 +344,17 @@ def _database_url_from_parts(read: Mapping[str, Any]) -> str:
     return f"postgresql://{auth}@{read['db_host']}:{read['db_port']}/{name}"
 
 
+def _replica_url_from_host(read: Mapping[str, Any]) -> str | None:
+    """`DB_REPLICA_HOST` given: the primary's URL (user, password, port, name) with that host."""
+    host = read["db_replica_host"]
+    if host is None:
+        return None
+    primary = urlsplit(str(read["database_url"]))
+    auth, at, _ = primary.netloc.rpartition("@")
+    port = f":{primary.port}" if primary.port else ""
+    return primary._replace(netloc=f"{auth}{at}{host}{port}").geturl()
+
+
 def _redis_url_from_parts(read: Mapping[str, Any]) -> str:
     password = read["redis_password"]
     auth = f":{quote(password, safe='')}@" if password else ""
@@ -391,6 +402,28 @@ class Settings:
         secret="password",
     )
     db_pool_size: int = setting("DB_POOL_SIZE", 10, integer(1), "connections per process")
+    db_replica_host: str | None = setting(
+        "DB_REPLICA_HOST",
+        None,
+        text,
+        "the read replica's host: `DATABASE_REPLICA_URL` is then the primary's URL with this host",
+    )
+    database_replica_url: str | None = setting(
+        "DATABASE_REPLICA_URL",
+        None,
+        url(("postgresql", "postgres"), "must start with postgresql://"),
+        "a streaming read replica for lag-tolerant reads (admin statistics and exports, business "
+        'gauges); unset: the primary serves them (see "Scaling")',
+        shown_default="from `DB_REPLICA_HOST`, else none",
+        default_from=_replica_url_from_host,
+        secret="password",
+    )
+    replica_max_lag_seconds: float = setting(
+        "REPLICA_MAX_LAG_SECONDS",
+        30.0,
+        number(0.0),
+        "a replica further behind (or unreachable) is skipped: those reads go to the primary",
+    )
 
     redis_cluster_enabled: bool = setting(
         "REDIS_CLUSTER_ENABLED",

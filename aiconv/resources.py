@@ -14,7 +14,7 @@ from aiconv.jobs.codec import JobCodec
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import JobQueue
 from aiconv.store.crypto import TextCipher
-from aiconv.store.db import make_pool
+from aiconv.store.db import ReadRouter, make_pool
 from aiconv.store.repository import Store
 from aiconv.telegram.client import BotClient
 
@@ -27,6 +27,7 @@ class Resources:
     store: Store
     http: httpx.AsyncClient
     bot: BotClient
+    reads: ReadRouter | None = None  # lag-tolerant reads (replica when configured), else primary
 
     @property
     def keys(self) -> Keys:
@@ -48,8 +49,12 @@ async def open_resources(settings: Settings, *, database: bool = True) -> AsyncI
     redis = make_redis(settings)
     cipher = TextCipher.from_setting(settings.encryption_key)
     pool = make_pool(settings.database_url, settings.db_pool_size)
+    reads = ReadRouter.for_primary(
+        pool, settings.database_replica_url, settings.replica_max_lag_seconds, settings.db_pool_size
+    )
     if database:
         await pool.open(wait=False)
+        await reads.open()
     http = httpx.AsyncClient(
         timeout=httpx.Timeout(30.0, connect=5.0),
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
@@ -62,9 +67,11 @@ async def open_resources(settings: Settings, *, database: bool = True) -> AsyncI
             store=Store(pool, cipher),
             http=http,
             bot=BotClient(http, settings.telegram_api_url, settings.telegram_bot_token),
+            reads=reads,
         )
     finally:
         await http.aclose()
         if database:
+            await reads.close()
             await pool.close()
         await redis.aclose()

@@ -88,7 +88,13 @@ async def run_modes(
                 )
                 loops.aux(
                     "gauges",
-                    lambda: run_gauges(resources.redis, resources.keys, resources.store.pool, stop),
+                    lambda: run_gauges(
+                        resources.redis,
+                        resources.keys,
+                        resources.store.pool,
+                        stop,
+                        reads=resources.reads,
+                    ),
                 )
                 try:
                     await _start(loops, resources, wanted, engines, registration, on_ready)

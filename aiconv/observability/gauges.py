@@ -2,7 +2,9 @@
 
 Stream figures come straight from Redis; the business figures (active users, conversations) are
 computed once per interval by the scheduler and shared through a Redis hash, so every process
-exports the same values and a dashboard's max() is always current.
+exports the same values and a dashboard's max() is always current. The read replica's lag (and
+whether it answers) is measured by every process with a replica configured, each interval, so the
+lag alert fires even while no lag-tolerant read happens.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from aiconv.observability.metrics import (
     STREAM_OLDEST_PENDING_AGE,
     STREAM_PENDING,
 )
+from aiconv.store.db import ReadRouter
 
 REFRESH_SECONDS = 15.0
 
@@ -86,7 +89,11 @@ def refresh_pool(pool: AsyncConnectionPool) -> None:
 
 
 async def run_gauges(
-    redis: Redis, keys: Keys, pool: AsyncConnectionPool | None, stop: asyncio.Event
+    redis: Redis,
+    keys: Keys,
+    pool: AsyncConnectionPool | None,
+    stop: asyncio.Event,
+    reads: ReadRouter | None = None,
 ) -> None:
     while not stop.is_set():
         try:
@@ -96,5 +103,7 @@ async def run_gauges(
             log.debug("gauges not refreshed", error=type(error).__name__)
         if pool is not None:
             refresh_pool(pool)
+        if reads is not None:
+            await reads.refresh_lag()  # sets the replica gauges; never raises for the replica
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), REFRESH_SECONDS)

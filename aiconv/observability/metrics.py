@@ -184,3 +184,20 @@ def registry() -> CollectorRegistry | None:
 def exposition() -> bytes:
     merged = registry()
     return generate_latest(merged) if merged is not None else generate_latest()
+
+
+DB_REPLICA_LAG = Gauge(
+    "aiconv_db_replica_lag_seconds",
+    "Replay lag of the PostgreSQL read replica at this process's last check (0: caught up)",
+    multiprocess_mode="livemax",
+)
+DB_REPLICA_UP = Gauge(
+    "aiconv_db_replica_up",
+    "1 when this process's last check reached the PostgreSQL read replica",
+    multiprocess_mode="livemin",
+)
+DB_REPLICA_FALLBACKS = Counter(
+    "aiconv_db_replica_fallbacks_total",
+    "Lag-tolerant reads served by the primary, by reason: down, lagging",
+    ["reason"],
+)

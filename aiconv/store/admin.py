@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from aiconv.store.crypto import read_message_text
+from aiconv.store.db import ReadRouter
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 # An admin query must never hold a connection (or locks) for long; a cancelled one is an error.
@@ -55,18 +56,28 @@ _PRIVATE_CHATS = """
 
 
 class AdminStore:
-    """Admin queries over the pool; ``read_text`` turns a stored message text into plain text."""
+    """Admin queries over the pool; ``read_text`` turns a stored message text into plain text.
 
-    def __init__(self, pool: AsyncConnectionPool, read_text: ReadText = stored_text) -> None:
+    Stats and exports tolerate lag, so they are read through ``reads`` (the replica when one is
+    configured and current); block, unblock and delete write, on the primary.
+    """
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        read_text: ReadText = stored_text,
+        reads: ReadRouter | None = None,
+    ) -> None:
         self.pool = pool
         self.read_text = read_text
+        self.reads = reads if reads is not None else ReadRouter(pool)
 
     async def stats(self, days: int) -> dict[str, Any]:
         """Totals, and one row per UTC day for the last ``days`` days (today included)."""
         if not 1 <= days <= 3660:
             raise ValueError("days out of range")
         async with (
-            self.pool.connection(timeout=CONNECT_TIMEOUT_SECONDS) as conn,
+            self.reads.connection(CONNECT_TIMEOUT_SECONDS) as conn,
             conn.transaction(),
         ):
             # One snapshot for every figure, so the totals agree with each other.
@@ -156,7 +167,7 @@ class AdminStore:
     async def export_user(self, user_id: int) -> dict[str, Any] | None:
         """Everything stored about one user; None when there is no such user."""
         async with (
-            self.pool.connection(timeout=CONNECT_TIMEOUT_SECONDS) as conn,
+            self.reads.connection(CONNECT_TIMEOUT_SECONDS) as conn,
             conn.transaction(),
         ):
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")

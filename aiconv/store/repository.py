@@ -9,6 +9,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from aiconv.conversation.history import Role, Turn
 from aiconv.store.crypto import DecryptionError, TextCipher, message_context, read_message_text
+from aiconv.store.db import ReadRouter
 from aiconv.telegram.models import IncomingMessage
 
 log = structlog.get_logger(__name__)
@@ -316,10 +317,15 @@ ACTIVITY_WINDOWS = {"5m": "5 minutes", "1h": "1 hour", "24h": "24 hours"}
 
 
 class SchedulerStore:
-    """The scheduler's queries: retention, its own run records, and the business gauges' figures."""
+    """The scheduler's queries: retention, its own run records, and the business gauges' figures.
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    The business figures tolerate lag, so they are read through ``reads`` (the replica when one
+    is configured and current); everything else here writes, on the primary.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool, reads: ReadRouter | None = None) -> None:
         self.pool = pool
+        self.reads = reads if reads is not None else ReadRouter(pool)
 
     async def purge_messages_older_than(self, days: int, batch: int = 5000) -> int:
         """Delete messages older than `days`, in batches."""
@@ -356,7 +362,7 @@ class SchedulerStore:
     async def business_stats(self) -> BusinessStats:
         active: dict[str, int] = {}
         conversations: dict[str, int] = {}
-        async with self.pool.connection() as conn:
+        async with self.reads.connection() as conn:
             for window, interval in ACTIVITY_WINDOWS.items():
                 cursor = await conn.execute(
                     """SELECT count(DISTINCT user_id) FILTER (WHERE role = 'user'),

@@ -38,6 +38,7 @@ from aiconv.jobs.dlq import DeadJob, DeadLetters
 from aiconv.jobs.keys import Keys
 from aiconv.store.admin import AdminStore
 from aiconv.store.crypto import DecryptionError, TextCipher
+from aiconv.store.db import ReadRouter
 from aiconv.store.repository import Store
 from aiconv.web import auth
 from aiconv.web.admin_schema import (
@@ -291,8 +292,10 @@ def admin_routes(
     redis: Redis,
     pool: AsyncConnectionPool | None,
     codec: JobCodec | None = None,
+    reads: ReadRouter | None = None,
 ) -> list[BaseRoute]:
-    """The /admin mount: the API when JWT_SECRET_KEY is set (and a pool given), else 404s."""
+    """The /admin mount: the API when JWT_SECRET_KEY is set (and a pool given), else 404s.
+    Stats and exports read through ``reads`` (the replica router) when given, else the pool."""
     if not settings.jwt_secret_key or pool is None:
         return [Mount("/admin", app=_disabled)]
     if any(len(key.encode()) < 32 for key in auth.signing_keys(settings.jwt_secret_key)):
@@ -301,7 +304,7 @@ def admin_routes(
     cipher = TextCipher.from_setting(settings.encryption_key)
     api = AdminApi(
         settings.jwt_secret_key,
-        AdminStore(pool, read_text=Store(pool, cipher).unseal),
+        AdminStore(pool, read_text=Store(pool, cipher).unseal, reads=reads),
         DeadLetters(redis, Keys(settings.redis_key_prefix), codec or JobCodec(cipher)),
     )
     app = Starlette(routes=api.routes(), exception_handlers=EXCEPTION_HANDLERS)

@@ -15,7 +15,7 @@ from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import JobQueue
 from aiconv.observability.ops import health_routes
 from aiconv.resources import make_redis
-from aiconv.store.db import make_pool
+from aiconv.store.db import ReadRouter, make_pool
 from aiconv.web.admin import ADMIN_POOL_SIZE, admin_routes
 from aiconv.web.errors import EXCEPTION_HANDLERS
 from aiconv.web.instrument import MetricsMiddleware
@@ -51,14 +51,28 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if settings.jwt_secret_key
         else None
     )
+    reads = (
+        ReadRouter.for_primary(
+            pool,
+            settings.database_replica_url,
+            settings.replica_max_lag_seconds,
+            min(settings.db_pool_size, ADMIN_POOL_SIZE),
+        )
+        if pool is not None
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         if pool is not None:
             await pool.open(wait=False)
+        if reads is not None:
+            await reads.open()
         try:
             yield
         finally:
+            if reads is not None:
+                await reads.close()
             if pool is not None:
                 await pool.close()
             await redis.aclose()
@@ -78,7 +92,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ),
         *health_routes({"redis": redis_ping}),
         *openai_routes(settings, queue),
-        *admin_routes(settings, redis, pool, queue.codec),
+        *admin_routes(settings, redis, pool, queue.codec, reads),
     ]
     app = Starlette(
         routes=routes,

@@ -41,7 +41,7 @@ async def bot_username(resources: Resources) -> str | None:
 async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -> None:
     settings = resources.settings
     typing = TypingKeeper(resources.redis, resources.keys, resources.bot)
-    maintenance = SchedulerStore(resources.store.pool)
+    maintenance = SchedulerStore(resources.store.pool, resources.reads)
     turns = Turns(resources.redis, resources.keys, settings.turns)
     options = settings.consumer_options(concurrency=settings.worker_concurrency)
 

@@ -120,7 +120,7 @@ async def test_a_failing_core_loop_stops_the_process_with_an_error(
     async def worker_that_fails(*_: object, **__: object) -> None:
         raise ConnectionError("the consumer died")
 
-    async def gauges(*args: object) -> None:
+    async def gauges(*args: object, **_: object) -> None:
         stop = args[-1]
         assert isinstance(stop, asyncio.Event)
         await stop.wait()
