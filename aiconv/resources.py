@@ -1,12 +1,24 @@
-"""The long-lived clients a mode needs, opened and closed together (lifespan-owned)."""
+"""The long-lived clients of one process: made once, passed in, closed by whoever opened them.
+
+Invariant: a process has one Redis client and at most one PostgreSQL pool, whatever modes it
+runs (`aiconv all` runs three). Nothing below a mode makes its own client: the web app, the
+worker, ml, the gauges and the ops port all take the `Resources` their process opened. Two
+clients of one server in one process double the connections, split the metrics of the pool and,
+when one of them is never closed, leak sockets at every restart of a mode.
+
+Making and opening are two steps because a granian web worker builds its Starlette app (which
+needs the clients to build its routes) outside an event loop, and opens and closes the clients
+in the app's lifespan: `make_resources` connects nothing; `Resources.open` / `close` (or
+`open_resources`, both at once) do.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import httpx
+from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from aiconv.config import Settings
@@ -18,19 +30,58 @@ from aiconv.store.db import make_pool
 from aiconv.store.repository import Store
 from aiconv.telegram.client import BotClient
 
+POOL_NAME = "aiconv"
 
-@dataclass
+
+class NoDatabase(RuntimeError):
+    """The resources were made without the database, and something asked for it."""
+
+
 class Resources:
-    settings: Settings
-    redis: Redis
-    queue: JobQueue
-    store: Store
-    http: httpx.AsyncClient
-    bot: BotClient
+    """One process's clients: Redis (with its job queue), PostgreSQL (optional), HTTP, Bot API."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        queue: JobQueue,
+        store: Store | None,
+        http: httpx.AsyncClient,
+        bot: BotClient,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.queue = queue
+        self.http = http
+        self.bot = bot
+        self._store = store
 
     @property
     def keys(self) -> Keys:
         return self.queue.keys
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise NoDatabase("these resources were opened without the database")
+        return self._store
+
+    @property
+    def pool(self) -> AsyncConnectionPool | None:
+        """The PostgreSQL pool, or None when the process runs without the database."""
+        return self._store.pool if self._store is not None else None
+
+    async def open(self) -> None:
+        # The pool opens without waiting: a database outage is waited out by its users, never a
+        # reason not to start (the web mode's webhook does not need PostgreSQL at all).
+        if self.pool is not None:
+            await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        if self.pool is not None:
+            await self.pool.close()
+        await self.redis.aclose()
 
 
 def make_redis(settings: Settings) -> Redis:
@@ -43,28 +94,48 @@ def make_redis(settings: Settings) -> Redis:
     )
 
 
-@asynccontextmanager
-async def open_resources(settings: Settings, *, database: bool = True) -> AsyncIterator[Resources]:
+def make_resources(
+    settings: Settings,
+    *,
+    database: bool = True,
+    pool_size: int | None = None,
+    pool_name: str = POOL_NAME,
+) -> Resources:
+    """The clients, unconnected. Without `database` no pool is made at all (`store` raises)."""
     redis = make_redis(settings)
     cipher = TextCipher.from_setting(settings.encryption_key)
-    pool = make_pool(settings.database_url, settings.db_pool_size)
+    store = None
     if database:
-        await pool.open(wait=False)
+        pool = make_pool(settings.database_url, pool_size or settings.db_pool_size, pool_name)
+        store = Store(pool, cipher)
     http = httpx.AsyncClient(
         timeout=httpx.Timeout(30.0, connect=5.0),
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
     )
+    return Resources(
+        settings=settings,
+        redis=redis,
+        queue=JobQueue(redis, Keys(settings.redis_key_prefix), JobCodec(cipher)),
+        store=store,
+        http=http,
+        bot=BotClient(http, settings.telegram_api_url, settings.telegram_bot_token),
+    )
+
+
+@asynccontextmanager
+async def open_resources(
+    settings: Settings,
+    *,
+    database: bool = True,
+    pool_size: int | None = None,
+    pool_name: str = POOL_NAME,
+) -> AsyncIterator[Resources]:
+    """Make and open the clients; close them when the block ends."""
+    resources = make_resources(
+        settings, database=database, pool_size=pool_size, pool_name=pool_name
+    )
     try:
-        yield Resources(
-            settings=settings,
-            redis=redis,
-            queue=JobQueue(redis, Keys(settings.redis_key_prefix), JobCodec(cipher)),
-            store=Store(pool, cipher),
-            http=http,
-            bot=BotClient(http, settings.telegram_api_url, settings.telegram_bot_token),
-        )
+        await resources.open()
+        yield resources
     finally:
-        await http.aclose()
-        if database:
-            await pool.close()
-        await redis.aclose()
+        await resources.close()
