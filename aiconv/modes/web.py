@@ -123,7 +123,7 @@ class OpsThread(threading.Thread):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._ready = threading.Event()
-        self._started = threading.Event()
+        self._opened = threading.Event()
         self._start_error: BaseException | None = None
 
     def run(self) -> None:
@@ -133,12 +133,12 @@ class OpsThread(threading.Thread):
             self._start_error = self._start_error or error
             raise
         finally:
-            self._started.set()  # never leave the main thread waiting
+            self._opened.set()  # never leave the main thread waiting
 
     def wait_started(self) -> None:
         """Return once the clients are open, Redis checked and the ops port starting; raise what
         stopped the thread before that."""
-        if not self._started.wait(OPS_START_SECONDS):
+        if not self._opened.wait(OPS_START_SECONDS):
             raise RuntimeError(f"the ops thread did not start within {OPS_START_SECONDS:.0f} s")
         if self._start_error is not None:
             raise self._start_error
@@ -167,7 +167,7 @@ class OpsThread(threading.Thread):
                 ops_port = ops_app(checks, metrics=settings.metrics_enabled)
                 ops = serve(ops_port, "0.0.0.0", settings.metrics_port, stop)
                 group.create_task(core("ops", ops, stop, self.failed))
-                self._started.set()
+                self._opened.set()
         if self.failed:
             self.on_failure()  # stops granian, so the process exits
 
