@@ -149,7 +149,7 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     from aiconv.jobs.dlq import DeadLetters
     from aiconv.resources import open_resources
 
-    async with open_resources(settings, database=False) as resources:
+    async with open_resources(settings, database=False, telegram=False) as resources:
         dead = DeadLetters(resources.redis, resources.keys, resources.queue.codec)
         if args.action == "list":
             for job in await dead.list(args.limit):

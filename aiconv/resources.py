@@ -33,12 +33,14 @@ from aiconv.telegram.client import BotClient
 POOL_NAME = "aiconv"
 
 
-class NoDatabase(RuntimeError):
-    """The resources were made without the database, and something asked for it."""
+class NotMade(RuntimeError):
+    """The resources were made without a client (the database, Telegram), and something asked
+    for it: a wiring error, found at the first use."""
 
 
 class Resources:
-    """One process's clients: Redis (with its job queue), PostgreSQL (optional), HTTP, Bot API."""
+    """One process's clients: Redis (with its job queue), and where the process needs them
+    PostgreSQL and the Bot API (over one HTTP client)."""
 
     def __init__(
         self,
@@ -46,15 +48,18 @@ class Resources:
         redis: Redis,
         queue: JobQueue,
         store: Store | None,
-        http: httpx.AsyncClient,
-        bot: BotClient,
+        http: httpx.AsyncClient | None,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.queue = queue
-        self.http = http
-        self.bot = bot
         self._store = store
+        self._http = http
+        self._bot = (
+            BotClient(http, settings.telegram_api_url, settings.telegram_bot_token)
+            if http is not None
+            else None
+        )
 
     @property
     def keys(self) -> Keys:
@@ -63,8 +68,20 @@ class Resources:
     @property
     def store(self) -> Store:
         if self._store is None:
-            raise NoDatabase("these resources were opened without the database")
+            raise NotMade("these resources were made without the database")
         return self._store
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise NotMade("these resources were made without the HTTP client (telegram=False)")
+        return self._http
+
+    @property
+    def bot(self) -> BotClient:
+        if self._bot is None:
+            raise NotMade("these resources were made without the Bot API client (telegram=False)")
+        return self._bot
 
     @property
     def pool(self) -> AsyncConnectionPool | None:
@@ -78,7 +95,8 @@ class Resources:
             await self.pool.open(wait=False)
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
         if self.pool is not None:
             await self.pool.close()
         await self.redis.aclose()
@@ -98,27 +116,31 @@ def make_resources(
     settings: Settings,
     *,
     database: bool = True,
+    telegram: bool = True,
     pool_size: int | None = None,
     pool_name: str = POOL_NAME,
 ) -> Resources:
-    """The clients, unconnected. Without `database` no pool is made at all (`store` raises)."""
+    """The clients, unconnected. Without `database` no pool is made at all (`store` raises);
+    without `telegram` no HTTP client (`http` and `bot` raise): an unused one still costs its
+    TLS context, about 2 MB in each web worker."""
     redis = make_redis(settings)
     cipher = TextCipher.from_setting(settings.encryption_key)
     store = None
     if database:
         pool = make_pool(settings.database_url, pool_size or settings.db_pool_size, pool_name)
         store = Store(pool, cipher)
-    http = httpx.AsyncClient(
-        timeout=httpx.Timeout(30.0, connect=5.0),
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-    )
+    http = None
+    if telegram:
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=5.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
     return Resources(
         settings=settings,
         redis=redis,
         queue=JobQueue(redis, Keys(settings.redis_key_prefix), JobCodec(cipher)),
         store=store,
         http=http,
-        bot=BotClient(http, settings.telegram_api_url, settings.telegram_bot_token),
     )
 
 
@@ -127,12 +149,13 @@ async def open_resources(
     settings: Settings,
     *,
     database: bool = True,
+    telegram: bool = True,
     pool_size: int | None = None,
     pool_name: str = POOL_NAME,
 ) -> AsyncIterator[Resources]:
     """Make and open the clients; close them when the block ends."""
     resources = make_resources(
-        settings, database=database, pool_size=pool_size, pool_name=pool_name
+        settings, database=database, telegram=telegram, pool_size=pool_size, pool_name=pool_name
     )
     try:
         await resources.open()

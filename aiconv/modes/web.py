@@ -148,7 +148,9 @@ class OpsThread(threading.Thread):
         stop = self._stop_event = asyncio.Event()
         self._ready.set()
         settings = self.settings
-        async with open_resources(settings, database=False) as resources:
+        # Telegram only to register the webhook; no database at all.
+        telegram = settings.webhook_mode
+        async with open_resources(settings, database=False, telegram=telegram) as resources:
             try:
                 await require_durable_redis(resources.redis, settings)
             except Exception as error:

@@ -46,11 +46,12 @@ def create_standalone_app(settings: Settings) -> Starlette:
 
     PostgreSQL serves only the admin API here (enabled by JWT_SECRET_KEY), with a small pool of
     its own; without it no pool is made. The pool opens without waiting, so a database outage
-    never stops the webhook.
+    never stops the webhook. Telegram is never called from here: no HTTP client is made.
     """
     resources = make_resources(
         settings,
         database=bool(settings.jwt_secret_key),
+        telegram=False,  # the web app never calls Telegram
         pool_size=min(settings.db_pool_size, ADMIN_POOL_SIZE),
         pool_name="admin",
     )

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from aiconv.config import Settings
 from aiconv.modes.process import IN_PROCESS_MODES, run_modes
-from aiconv.resources import NoDatabase, Resources, open_resources
+from aiconv.resources import NotMade, Resources, open_resources
 from aiconv.telegram.double import BotApiDouble
 from tests.conftest import REDIS_URL
 from tests.e2e.harness import eventually, free_port
@@ -90,14 +90,16 @@ async def test_all_modes_in_one_process_share_one_redis_client_and_one_pool(
     assert resources.pool is not None and resources.pool.closed  # closed by whoever opened it
 
 
-async def test_resources_without_the_database_make_no_pool(
+async def test_resources_without_the_database_make_no_pool_and_without_telegram_no_client(
     monkeypatch: pytest.MonkeyPatch, redis_prefix: str
 ) -> None:
     settings = Settings.from_env({"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix})
     made = count_clients(monkeypatch)
-    async with open_resources(settings, database=False) as resources:
+    async with open_resources(settings, database=False, telegram=False) as resources:
         assert await resources.redis.ping()
         assert resources.pool is None
-        with pytest.raises(NoDatabase):
+        with pytest.raises(NotMade, match="without the database"):
             _ = resources.store
+        with pytest.raises(NotMade, match="without the Bot API client"):
+            _ = resources.bot
     assert dict(made) == {"redis": 1}
