@@ -129,9 +129,10 @@ class OpsThread(threading.Thread):
     def run(self) -> None:
         try:
             asyncio.run(self._main())
-        except BaseException as error:  # reported to the main thread if it is still starting
-            self._start_error = self._start_error or error
-            raise
+        except BaseException as error:
+            if self._opened.is_set():  # after the start: the thread's own failure, reported
+                raise
+            self._start_error = error  # during the start: raised by the waiting main thread
         finally:
             self._opened.set()  # never leave the main thread waiting
 
