@@ -1,7 +1,5 @@
 """`aiconv demo`: every mode plus the Bot API double in one process, and a chat in the terminal.
 
-The mode's wiring and its terminal chat; the embedded servers are embedded.py's.
-
 Servers: DATABASE_URL / REDIS_URL (or their DB_* / REDIS_* parts) when set; else PostgreSQL and
 Redis on their default local ports when something answers there; else, or with `--embedded`, an
 embedded PostgreSQL and Redis in AICONV_DATA_DIR (aiconv/embedded.py). One line says which.
