@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import httpx
 from psycopg_pool import AsyncConnectionPool
@@ -31,11 +32,18 @@ from aiconv.store.repository import Store
 from aiconv.telegram.client import BotClient
 
 POOL_NAME = "aiconv"
+T = TypeVar("T")
 
 
 class NotMade(RuntimeError):
     """The resources were made without a client (the database, Telegram), and something asked
     for it: a wiring error, found at the first use."""
+
+
+def made(client: T | None, what: str) -> T:
+    if client is None:
+        raise NotMade(f"these resources were made without {what}")
+    return client
 
 
 class Resources:
@@ -67,21 +75,15 @@ class Resources:
 
     @property
     def store(self) -> Store:
-        if self._store is None:
-            raise NotMade("these resources were made without the database")
-        return self._store
+        return made(self._store, "the database (database=False)")
 
     @property
     def http(self) -> httpx.AsyncClient:
-        if self._http is None:
-            raise NotMade("these resources were made without the HTTP client (telegram=False)")
-        return self._http
+        return made(self._http, "the HTTP client (telegram=False)")
 
     @property
     def bot(self) -> BotClient:
-        if self._bot is None:
-            raise NotMade("these resources were made without the Bot API client (telegram=False)")
-        return self._bot
+        return made(self._bot, "the Bot API client (telegram=False)")
 
     @property
     def pool(self) -> AsyncConnectionPool | None:
