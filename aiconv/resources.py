@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
@@ -46,26 +47,24 @@ def made(client: T | None, what: str) -> T:
     return client
 
 
+@dataclass
 class Resources:
     """One process's clients: Redis (with its job queue), and where the process needs them
-    PostgreSQL and the Bot API (over one HTTP client)."""
+    PostgreSQL and the Bot API (over one HTTP client). `store`, `http` and `bot` raise NotMade
+    where they were not made."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        redis: Redis,
-        queue: JobQueue,
-        store: Store | None,
-        http: httpx.AsyncClient | None,
-    ) -> None:
-        self.settings = settings
-        self.redis = redis
-        self.queue = queue
-        self._store = store
-        self._http = http
-        self._bot = (
-            BotClient(http, settings.telegram_api_url, settings.telegram_bot_token)
-            if http is not None
+    settings: Settings
+    redis: Redis
+    queue: JobQueue
+    store_if_made: Store | None
+    http_if_made: httpx.AsyncClient | None
+
+    def __post_init__(self) -> None:
+        self.bot_if_made = (
+            BotClient(
+                self.http_if_made, self.settings.telegram_api_url, self.settings.telegram_bot_token
+            )
+            if self.http_if_made is not None
             else None
         )
 
@@ -75,20 +74,20 @@ class Resources:
 
     @property
     def store(self) -> Store:
-        return made(self._store, "the database (database=False)")
+        return made(self.store_if_made, "the database (database=False)")
 
     @property
     def http(self) -> httpx.AsyncClient:
-        return made(self._http, "the HTTP client (telegram=False)")
+        return made(self.http_if_made, "the HTTP client (telegram=False)")
 
     @property
     def bot(self) -> BotClient:
-        return made(self._bot, "the Bot API client (telegram=False)")
+        return made(self.bot_if_made, "the Bot API client (telegram=False)")
 
     @property
     def pool(self) -> AsyncConnectionPool | None:
         """The PostgreSQL pool, or None when the process runs without the database."""
-        return self._store.pool if self._store is not None else None
+        return self.store_if_made.pool if self.store_if_made is not None else None
 
     async def open(self) -> None:
         # The pool opens without waiting: a database outage is waited out by its users, never a
@@ -97,8 +96,8 @@ class Resources:
             await self.pool.open(wait=False)
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
+        if self.http_if_made is not None:
+            await self.http_if_made.aclose()
         if self.pool is not None:
             await self.pool.close()
         await self.redis.aclose()
@@ -141,8 +140,8 @@ def make_resources(
         settings=settings,
         redis=redis,
         queue=JobQueue(redis, Keys(settings.redis_key_prefix), JobCodec(cipher)),
-        store=store,
-        http=http,
+        store_if_made=store,
+        http_if_made=http,
     )
 
 
