@@ -1,4 +1,8 @@
-"""The `aiconv` command: one entry point, one mode per sub-command."""
+"""The `aiconv` command: one entry point, one mode per sub-command.
+
+Importing this module imports no mode: `main` resolves the one it runs (aiconv/modes/), so a
+process loads only what its mode needs.
+"""
 
 from __future__ import annotations
 
@@ -119,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(mode: str, settings: Settings, args: argparse.Namespace) -> int:
+    from aiconv.modes import resolve
     from aiconv.observability.logging import configure_logging
     from aiconv.observability.sentry import init_sentry
 
@@ -126,32 +131,7 @@ def _run(mode: str, settings: Settings, args: argparse.Namespace) -> int:
     quiet = mode == "demo" and "LOG_LEVEL" not in os.environ
     configure_logging("warning" if quiet else settings.log_level, settings.log_format)
     init_sentry(settings)
-    if mode == "migrate":
-        from aiconv.store.migrate import apply_migrations
-
-        applied = asyncio.run(apply_migrations(settings.database_url))
-        names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none (up to date)"
-        print(f"migrations applied: {names}")
-        return 0
-    if mode == "demo":
-        from aiconv.demo import main as demo
-
-        return demo(settings, embedded=args.embedded)
-    if mode == "web":
-        from aiconv.web.standalone import run_web
-
-        run_web(settings)  # ends the process itself (see its _exit)
-    if mode in ("worker", "all"):
-        settings.require_bot_token()
-    from aiconv.runtime import run_modes, stop_on_signals
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        stop_on_signals(stop)
-        await run_modes(settings, ("web", "worker", "ml") if mode == "all" else (mode,), stop)
-
-    asyncio.run(run())
-    return 0
+    return resolve(mode)(settings, args)
 
 
 def _admin_token(settings: Settings, args: argparse.Namespace) -> int:
@@ -166,16 +146,11 @@ def _admin_token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
-    from aiconv.jobs.codec import JobCodec
     from aiconv.jobs.dlq import DeadLetters
-    from aiconv.jobs.keys import Keys
-    from aiconv.resources import make_redis
+    from aiconv.resources import open_resources
 
-    redis = make_redis(settings)
-    try:
-        dead = DeadLetters(
-            redis, Keys(settings.redis_key_prefix), JobCodec.from_setting(settings.encryption_key)
-        )
+    async with open_resources(settings, database=False, telegram=False) as resources:
+        dead = DeadLetters(resources.redis, resources.keys, resources.queue.codec)
         if args.action == "list":
             for job in await dead.list(args.limit):
                 print(json.dumps(job.as_dict()))
@@ -187,8 +162,6 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
         found = await dead.drop(args.id)
         print(f"dropped {args.id}" if found else f"no dead job {args.id}")
         return 0 if found else 1
-    finally:
-        await redis.aclose()
 
 
 if __name__ == "__main__":

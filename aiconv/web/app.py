@@ -1,26 +1,30 @@
-"""The web mode's Starlette app: the webhook and probes. Resources are owned by the lifespan."""
+"""The web mode's Starlette app: the webhook, the OpenAI API, the admin API and the probes.
+
+The app never opens a client of its own: it serves with the `Resources` it is given, and
+whoever opened them closes them (see resources.py). In `aiconv all` and the demo that is the
+process (modes/process.py); in a granian worker, a fresh interpreter with nothing else in it,
+it is the app's own lifespan (`create_standalone_app`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from aiconv.config import Settings
-from aiconv.jobs.codec import JobCodec
-from aiconv.jobs.keys import Keys
-from aiconv.jobs.queue import JobQueue
 from aiconv.observability.ops import health_routes
-from aiconv.resources import make_redis
-from aiconv.store.db import ReadRouter, make_pool
+from aiconv.resources import Resources, make_resources
 from aiconv.web.admin import ADMIN_POOL_SIZE, admin_routes
 from aiconv.web.errors import EXCEPTION_HANDLERS
 from aiconv.web.instrument import MetricsMiddleware
 from aiconv.web.openai import openai_routes
 from aiconv.web.webhook import make_webhook
+
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
 
 def create_worker_app() -> Starlette:
@@ -35,47 +39,43 @@ def create_worker_app() -> Starlette:
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     init_sentry(settings)
-    return create_app(settings)
+    return create_standalone_app(settings)
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    settings = settings or Settings.from_env()
-    redis = make_redis(settings)
-    queue = JobQueue(
-        redis, Keys(settings.redis_key_prefix), JobCodec.from_setting(settings.encryption_key)
-    )
-    # PostgreSQL serves only the admin API here (enabled by JWT_SECRET_KEY); the pool opens
-    # without waiting, so a database outage never stops the webhook.
-    pool = (
-        make_pool(settings.database_url, min(settings.db_pool_size, ADMIN_POOL_SIZE), "admin")
-        if settings.jwt_secret_key
-        else None
-    )
-    reads = (
-        ReadRouter.for_primary(
-            pool,
-            settings.database_replica_url,
-            settings.replica_max_lag_seconds,
-            min(settings.db_pool_size, ADMIN_POOL_SIZE),
-        )
-        if pool is not None
-        else None
+def create_standalone_app(settings: Settings) -> Starlette:
+    """An app that owns its clients: made here, opened and closed by the app's lifespan.
+
+    PostgreSQL serves only the admin API here (enabled by JWT_SECRET_KEY), with a small pool of
+    its own; without it no pool is made. The pool opens without waiting, so a database outage
+    never stops the webhook. Telegram is never called from here: no HTTP client is made.
+    """
+    resources = make_resources(
+        settings,
+        database=bool(settings.jwt_secret_key),
+        telegram=False,  # the web app never calls Telegram
+        pool_size=min(settings.db_pool_size, ADMIN_POOL_SIZE),
+        pool_name="admin",
     )
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        if pool is not None:
-            await pool.open(wait=False)
-        if reads is not None:
-            await reads.open()
         try:
+            await resources.open()
             yield
         finally:
-            if reads is not None:
-                await reads.close()
-            if pool is not None:
-                await pool.close()
-            await redis.aclose()
+            await resources.close()
+
+    return create_app(resources, lifespan=lifespan)
+
+
+def create_app(resources: Resources, *, lifespan: Lifespan | None = None) -> Starlette:
+    """The app, serving with `resources` (their settings are the app's); `lifespan` is given only
+    by an app that owns its resources."""
+    settings = resources.settings
+    queue, redis = resources.queue, resources.redis
+    # The admin API is off without JWT_SECRET_KEY: then it needs no database either.
+    pool = resources.pool if settings.jwt_secret_key else None
+    reads = resources.reads if pool is not None else None
 
     async def redis_ping() -> object:
         return await redis.ping()

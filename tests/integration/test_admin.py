@@ -37,7 +37,7 @@ from aiconv.store.repository import GenerationStats, Store
 from aiconv.telegram.models import IncomingMessage
 from aiconv.web import auth
 from aiconv.web.admin_schema import openapi_document
-from aiconv.web.app import create_app
+from aiconv.web.app import create_standalone_app
 from tests.conftest import REDIS_URL, RUN_ID, delete_prefixed, migrated_database
 from tests.e2e.harness import free_port
 
@@ -91,7 +91,7 @@ def settings_for(database_url: str, prefix: str, key: str | None = KEY) -> Setti
 @asynccontextmanager
 async def admin_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The whole web app, its lifespan (the pool) included, behind an in-process transport."""
-    app = create_app(settings)
+    app = create_standalone_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://aiconv") as http:
@@ -719,7 +719,7 @@ def fuzz_prefix(admin_database_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def served_schema(admin_database_url: str, fuzz_prefix: str) -> Iterator[Any]:
-    app = create_app(settings_for(admin_database_url, fuzz_prefix))
+    app = create_standalone_app(settings_for(admin_database_url, fuzz_prefix))
     try:
         yield schemathesis.openapi.from_asgi("/admin/openapi.json", app, headers=bearer())
     finally:

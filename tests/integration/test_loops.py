@@ -13,9 +13,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from aiconv import runtime
 from aiconv.config import Settings
 from aiconv.jobs.keys import Keys
+from aiconv.modes import process, worker
 from aiconv.observability.gauges import refresh_streams
 from aiconv.observability.loops import LoopFailed, supervised
 from aiconv.observability.metrics import BACKGROUND_ERRORS, STREAM_OLDEST_PENDING_AGE
@@ -95,12 +95,12 @@ async def test_a_failing_auxiliary_loop_does_not_stop_the_process(
     async def gauges_that_fail(*_: object) -> None:
         raise ValueError("a gauge read raced an acknowledgement")
 
-    monkeypatch.setattr(runtime, "run_gauges", gauges_that_fail)
+    monkeypatch.setattr(process, "run_gauges", gauges_that_fail)
     monkeypatch.setattr("aiconv.observability.loops.Backoff.next", lambda self: 0.05)
     settings = small_settings(database_url, redis_prefix)
     stop = asyncio.Event()
     before = errors_of("gauges")
-    running = asyncio.create_task(runtime.run_modes(settings, (), stop))
+    running = asyncio.create_task(process.run_modes(settings, (), stop))
     await eventually(lambda: errors_of("gauges") >= before + 3 or running.done(), timeout=30)
     assert not running.done(), "the process stopped on an auxiliary loop's error"
     async with httpx.AsyncClient() as http:
@@ -126,11 +126,11 @@ async def test_a_failing_core_loop_stops_the_process_with_an_error(
         await stop.wait()
         gauges_stopped.set()
 
-    monkeypatch.setattr(runtime, "run_worker", worker_that_fails)
-    monkeypatch.setattr(runtime, "run_gauges", gauges)
+    monkeypatch.setattr(worker, "run_worker", worker_that_fails)
+    monkeypatch.setattr(process, "run_gauges", gauges)
     settings = small_settings(database_url, redis_prefix)
     with pytest.raises(LoopFailed) as failure:
-        await asyncio.wait_for(runtime.run_modes(settings, ("worker",)), 30)
+        await asyncio.wait_for(process.run_modes(settings, ("worker",)), 30)
     assert failure.value.name == "worker"
     assert isinstance(failure.value.__cause__, ConnectionError)
     assert gauges_stopped.is_set()  # the other loops were stopped, not left running
@@ -142,7 +142,7 @@ async def test_a_core_loop_that_ends_early_stops_the_process(
     async def worker_that_returns(*_: object, **__: object) -> None:
         return
 
-    monkeypatch.setattr(runtime, "run_worker", worker_that_returns)
+    monkeypatch.setattr(worker, "run_worker", worker_that_returns)
     settings = small_settings(database_url, redis_prefix)
     with pytest.raises(LoopFailed, match="worker"):
-        await asyncio.wait_for(runtime.run_modes(settings, ("worker",)), 30)
+        await asyncio.wait_for(process.run_modes(settings, ("worker",)), 30)

@@ -18,7 +18,7 @@ from aiconv.jobs.queue import Job, JobQueue
 from aiconv.ml.cancel import CancelWatcher
 from aiconv.ml.engine import Engine, EngineConfig
 from aiconv.ml.generator import GenerateHandler, lane_of
-from aiconv.ml.main import run_ml
+from aiconv.modes.ml import run_ml
 from tests.e2e.harness import eventually
 
 PERSONA = "You are a helpful assistant."

@@ -44,7 +44,7 @@ from aiconv.store.db import (
 from aiconv.store.repository import SchedulerStore
 from aiconv.telegram.models import IncomingMessage
 from aiconv.web import auth
-from aiconv.web.app import create_app
+from aiconv.web.app import create_standalone_app
 from tests.conftest import ADMIN_DATABASE_URL, REDIS_URL, RUN_ID, migrated_database
 from tests.faults.pgproxy import PgProxy
 from tests.integration.pg_replica import StreamingReplica, server_binaries, wait_for
@@ -382,7 +382,7 @@ async def test_the_admin_api_of_the_web_app_reads_on_the_replica(
         }
     )
     headers = {"Authorization": f"Bearer {auth.mint(key, 'tests', 600, ('read',))}"}
-    app = create_app(settings)
+    app = create_standalone_app(settings)
     await replica_caught_up(replica, primary)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -20,7 +20,7 @@ from aiconv.jobs.codec import JobCodec
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import JobQueue
 from aiconv.observability.ops import ops_app
-from aiconv.web.app import create_app
+from aiconv.web.app import create_standalone_app
 from aiconv.web.openai import OpenAiApi
 from tests.conftest import REDIS_URL
 from tests.e2e.harness import eventually
@@ -33,7 +33,7 @@ def api_client(prefix: str, **env: str) -> httpx.AsyncClient:
     settings = Settings.from_env(
         {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": prefix, "OPENAI_API_KEYS": API_KEY, **env}
     )
-    transport = httpx.ASGITransport(app=create_app(settings))
+    transport = httpx.ASGITransport(app=create_standalone_app(settings))
     return httpx.AsyncClient(transport=transport, base_url="http://aiconv")
 
 
@@ -153,7 +153,7 @@ async def test_a_trailing_slash_is_not_redirected_to_the_host_header(
             "TELEGRAM_WEBHOOK_SECRET": "edge-secret",
         }
     )
-    transport = httpx.ASGITransport(app=create_app(settings))
+    transport = httpx.ASGITransport(app=create_standalone_app(settings))
     async with httpx.AsyncClient(transport=transport, base_url="http://aiconv") as http:
         response = await http.request(
             method, path, headers={"Host": "evil.example", **AUTH}, follow_redirects=False
@@ -266,7 +266,7 @@ async def test_a_client_that_leaves_cancels_its_request_at_once(
     settings = Settings.from_env(
         {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix, "OPENAI_API_KEYS": API_KEY}
     )
-    app = create_app(settings)
+    app = create_standalone_app(settings)
     leave = asyncio.Event()
     request = asyncio.create_task(call_and_leave(app, leave))
     try:

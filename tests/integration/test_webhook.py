@@ -19,7 +19,7 @@ from aiconv.jobs.messages import UpdateJob
 from aiconv.store.db import make_pool
 from aiconv.store.repository import Store
 from aiconv.telegram.models import parse_update
-from aiconv.web.app import create_app
+from aiconv.web.app import create_standalone_app
 from tests.conftest import REDIS_URL
 from tests.e2e.harness import eventually, free_port
 
@@ -45,7 +45,7 @@ def client_for(redis_url: str, prefix: str) -> httpx.AsyncClient:
             "TELEGRAM_WEBHOOK_SECRET": SECRET,
         }
     )
-    transport = httpx.ASGITransport(app=create_app(settings))
+    transport = httpx.ASGITransport(app=create_standalone_app(settings))
     return httpx.AsyncClient(transport=transport, base_url="http://aiconv")
 
 
@@ -63,7 +63,7 @@ async def test_the_webhook_is_closed_in_polling_mode(redis: Redis, redis_prefix:
     env = {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix}
     settings = Settings.from_env({**env, "TELEGRAM_WEBHOOK_SECRET": SECRET})
     assert not settings.webhook_mode
-    transport = httpx.ASGITransport(app=create_app(settings))
+    transport = httpx.ASGITransport(app=create_standalone_app(settings))
     async with httpx.AsyncClient(transport=transport, base_url="http://aiconv") as http:
         headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
         response = await http.post("/webhook", json=UPDATE, headers=headers)
@@ -304,7 +304,7 @@ def test_fuzzed_updates_get_200_or_400_and_every_accepted_one_can_be_stored(
             "TELEGRAM_WEBHOOK_SECRET": SECRET,
         }
     )
-    with TestClient(create_app(settings)) as http:
+    with TestClient(create_standalone_app(settings)) as http:
 
         @hypothesis.settings(
             max_examples=FUZZ_EXAMPLES,

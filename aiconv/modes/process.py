@@ -1,9 +1,15 @@
-"""Runs one or more modes in this process until asked to stop.
+"""Runs one or more modes in this process until asked to stop (`worker`, `ml`, `all`, `demo`).
 
 Loops are of two kinds (see observability/loops.py): core loops (the ops server, the web server,
 the worker, ml, the demo's chat) stop the process when they fail or end early, and the process
 then exits non-zero; auxiliary loops (gauges, webhook registration) are retried and never stop
-it. All of them live in one TaskGroup, so none outlives `run_modes`.
+it. All of them live in one asyncio.TaskGroup, so none outlives `run_modes`.
+
+The process's clients are opened here, once, and passed to every mode (one Redis client, one
+PostgreSQL pool: see resources.py); they are closed here after the last loop has stopped.
+
+The modes' parts are imported when their mode is wanted, not before: a worker process never
+loads llama.cpp (see modes/__init__.py).
 """
 
 from __future__ import annotations
@@ -12,24 +18,23 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import structlog
 
 from aiconv.config import Settings
-from aiconv.ml.engine import Engine
-from aiconv.ml.main import engine_config, run_ml
 from aiconv.observability.gauges import run_gauges
 from aiconv.observability.loops import Body, LoopFailed, core, supervised
-from aiconv.observability.metrics import MODEL_LOADED
 from aiconv.observability.ops import Check, ops_app
 from aiconv.preflight import ensure_port_free, require_durable_redis
 from aiconv.resources import Resources, open_resources
-from aiconv.web.app import create_app
 from aiconv.web.registration import WebhookRegistration
 from aiconv.web.server import accepting, serve
-from aiconv.worker.main import run_worker
 
-MODES = ("web", "worker", "ml")
+if TYPE_CHECKING:
+    from aiconv.ml.engine import Engine
+
+IN_PROCESS_MODES = ("web", "worker", "ml")
 log = structlog.get_logger(__name__)
 
 
@@ -40,6 +45,18 @@ def stop_on_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
+def run_until_signalled(settings: Settings, modes: Iterable[str]) -> int:
+    """Run `modes` until SIGTERM/SIGINT; 0 after a clean stop (LoopFailed is raised otherwise)."""
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        await run_modes(settings, modes, stop)
+
+    asyncio.run(run())
+    return 0
+
+
 async def run_modes(
     settings: Settings,
     modes: Iterable[str],
@@ -48,6 +65,9 @@ async def run_modes(
 ) -> None:
     """Run `modes` until `stop`; raise LoopFailed when a core loop failed or ended early."""
     wanted = set(modes)
+    unknown = wanted - set(IN_PROCESS_MODES)
+    if unknown:
+        raise ValueError(f"not a mode that runs in process: {', '.join(sorted(unknown))}")
     stop = stop or asyncio.Event()
     # Before anything starts: a port taken by another process is one clear line, not a half-up
     # process sharing its traffic (granian binds with SO_REUSEPORT).
@@ -72,7 +92,7 @@ async def run_modes(
         if "web" in wanted and settings.webhook_mode:
             registration = WebhookRegistration(settings, resources.bot)
             checks["webhook"] = registration.check
-        loops = _Loops(stop)
+        loops = Loops(stop)
         startup_error: Exception | None = None
         try:
             async with loops.group:
@@ -113,7 +133,7 @@ async def run_modes(
         log.info("aiconv stopped")
 
 
-class _Loops:
+class Loops:
     """The process's loops, in one TaskGroup: core ones stop the process, auxiliary ones retry."""
 
     def __init__(self, stop: asyncio.Event) -> None:
@@ -129,7 +149,7 @@ class _Loops:
 
 
 async def _start(
-    loops: _Loops,
+    loops: Loops,
     resources: Resources,
     wanted: set[str],
     engines: list[Engine],
@@ -137,14 +157,20 @@ async def _start(
     on_ready: Callable[[Resources], Awaitable[None]] | None,
 ) -> None:
     settings, stop = resources.settings, loops.stop
+    # Each mode's parts are imported here, when (and only when) the mode runs.
     if "ml" in wanted:
-        engines.append(await Engine.load(engine_config(settings)))
-        MODEL_LOADED.set(1)
-        loops.core("ml", run_ml(engines[0], resources.queue, settings, stop))
+        from aiconv.modes import ml
+
+        engines.append(await ml.load_engine(settings))
+        loops.core("ml", ml.run_ml(engines[0], resources.queue, settings, stop))
     if "worker" in wanted:
-        loops.core("worker", run_worker(resources, stop, poll=not settings.webhook_mode))
+        from aiconv.modes import worker
+
+        loops.core("worker", worker.run_worker(resources, stop, poll=not settings.webhook_mode))
     if "web" in wanted:
-        loops.core("web", serve(create_app(settings), settings.bind_address, settings.port, stop))
+        from aiconv.web.app import create_app
+
+        loops.core("web", serve(create_app(resources), settings.bind_address, settings.port, stop))
         if registration is not None:  # serve first, register in the background
             loops.aux("webhook_registration", registration.register)
     log.info("aiconv running", modes=sorted(wanted), environment=settings.environment)

@@ -14,6 +14,7 @@ even when the database or Redis was emptied in between.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -30,8 +31,8 @@ from urllib.parse import urlsplit
 import psycopg
 
 from aiconv.config import Settings
+from aiconv.modes.process import IN_PROCESS_MODES, run_modes, stop_on_signals
 from aiconv.resources import Resources
-from aiconv.runtime import run_modes, stop_on_signals
 from aiconv.store.migrate import apply_migrations, ensure_database
 from aiconv.telegram.double import BotApiDouble
 
@@ -46,9 +47,11 @@ def say(text: str) -> None:
     print(f"aiconv demo: {text}", file=sys.stderr, flush=True)
 
 
-def main(
-    settings: Settings, *, embedded: bool = False, env: Mapping[str, str] | None = None
-) -> int:
+def main(settings: Settings, args: argparse.Namespace) -> int:
+    return run(settings, embedded=args.embedded)
+
+
+def run(settings: Settings, *, embedded: bool = False, env: Mapping[str, str] | None = None) -> int:
     """Pick the servers (starting embedded ones if needed), chat, stop what was started."""
     from aiconv.embedded import EmbeddedError
 
@@ -176,7 +179,7 @@ async def run_demo(settings: Settings) -> None:
 
         model = settings.model_path or "the bundled SmolLM2-135M-Instruct"
         say(f"loading the model ({model}) and starting web, worker and ml")
-        await run_modes(demo_settings, ("web", "worker", "ml"), stop=stop, on_ready=chat)
+        await run_modes(demo_settings, IN_PROCESS_MODES, stop=stop, on_ready=chat)
 
 
 async def _stored_ids(database_url: str) -> tuple[int, int, int]:

@@ -1,11 +1,16 @@
-"""The worker mode's wiring: update and reply consumers, the typing keeper, the poller."""
+"""`aiconv worker`: update and reply consumers, turn claims, the typing keeper, the poller.
+
+Wiring only; what each part does lives in worker/. Never imports llama.cpp (modes/__init__.py).
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 
 import structlog
 
+from aiconv.config import Settings
 from aiconv.jobs.consumer import Consumer
 from aiconv.jobs.keys import REPLIES_GROUP, UPDATES_GROUP
 from aiconv.jobs.queue import Job
@@ -23,6 +28,13 @@ from aiconv.worker.typing_keeper import TypingKeeper
 from aiconv.worker.updates import UpdateHandler, chat_lane
 
 log = structlog.get_logger(__name__)
+
+
+def main(settings: Settings, args: argparse.Namespace) -> int:
+    from aiconv.modes.process import run_until_signalled
+
+    settings.require_bot_token()
+    return run_until_signalled(settings, ("worker",))
 
 
 async def bot_username(resources: Resources) -> str | None:

@@ -1,7 +1,12 @@
-"""The ml mode's wiring: load the model, then consume generation jobs, ML_PARALLEL at once."""
+"""`aiconv ml`: load the model, then consume generation jobs, ML_PARALLEL at once.
+
+The only mode module that imports llama.cpp at import time (through ml/engine.py): `all` and
+`demo` reach it through modes/process.py when they run ml, `web` and `worker` never do.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 
@@ -16,9 +21,16 @@ from aiconv.ml.engine import Engine, EngineConfig
 from aiconv.ml.generator import GenerateHandler, lane_of
 from aiconv.ml.openai_jobs import openai_consumer
 from aiconv.ml.protocol import served_model_id
+from aiconv.observability.metrics import MODEL_LOADED
 from aiconv.worker.turns import Turns
 
 log = structlog.get_logger(__name__)
+
+
+def main(settings: Settings, args: argparse.Namespace) -> int:
+    from aiconv.modes.process import run_until_signalled
+
+    return run_until_signalled(settings, ("ml",))
 
 
 def engine_config(settings: Settings) -> EngineConfig:
@@ -37,6 +49,13 @@ def engine_config(settings: Settings) -> EngineConfig:
 
 def model_id(settings: Settings) -> str:
     return served_model_id(settings.resolved_model_path())
+
+
+async def load_engine(settings: Settings) -> Engine:
+    """The model, loaded (off the event loop) and announced by aiconv_model_loaded."""
+    engine = await Engine.load(engine_config(settings))
+    MODEL_LOADED.set(1)
+    return engine
 
 
 async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyncio.Event) -> None:
