@@ -18,6 +18,7 @@ from typing import Literal, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 from aiconv.conversation.pacing import PacingConfig
+from aiconv.conversation.policy import ChatPolicy, parse_ids
 from aiconv.conversation.prompt import DEFAULT_PERSONA
 from aiconv.jobs.consumer import ConsumerOptions
 from aiconv.store.crypto import KEY_BYTES, key_bytes
@@ -177,6 +178,7 @@ class Settings:
     pacing: PacingConfig = field(default_factory=PacingConfig)
     turns: TurnConfig = field(default_factory=TurnConfig)
     rate_limits: RateLimits = field(default_factory=RateLimits)
+    chat_policy: ChatPolicy = field(default_factory=ChatPolicy)
     worker_concurrency: int = 64
     schedule: Schedule = field(default_factory=lambda: Schedule())
     message_retention_days: int | None = None
@@ -297,6 +299,7 @@ class Settings:
                 chat_per_second=read.number("TELEGRAM_RATE_CHAT_PER_SECOND", 1.0, minimum=0.01),
                 group_per_minute=read.number("TELEGRAM_RATE_GROUP_PER_MINUTE", 20.0, minimum=0.1),
             ),
+            chat_policy=_chat_policy(read),
             worker_concurrency=read.integer("WORKER_CONCURRENCY", 64, minimum=1),
             schedule=Schedule(
                 sweep_seconds=read.number("SCHEDULE_SWEEP_SECONDS", 60.0, minimum=1.0),
@@ -380,6 +383,28 @@ def _list(value: str | None, unescape: bool = False) -> tuple[str, ...]:
         items = [i.replace("\\n", "\n").replace("\\t", "\t") for i in items]
     return (
         tuple(i for i in items if i) if unescape else tuple(i.strip() for i in items if i.strip())
+    )
+
+
+def _chat_policy(read: _Reader) -> ChatPolicy:
+    ids = {}
+    for name in ("ALLOWED_USER_IDS", "ALLOWED_CHAT_IDS"):
+        try:
+            ids[name] = parse_ids(read.raw(name))
+        except ValueError:
+            raise ConfigError(name, "expected comma-separated integer ids") from None
+    return ChatPolicy(
+        group_mode="all"
+        if read.choice("GROUP_MODE", "mention", ("mention", "all")) == "all"
+        else "mention",
+        group_context_messages=read.integer("GROUP_CONTEXT_MESSAGES", 5, minimum=0),
+        access_mode="allowlist"
+        if read.choice("ACCESS_MODE", "open", ("open", "allowlist")) == "allowlist"
+        else "open",
+        allowed_user_ids=ids["ALLOWED_USER_IDS"],
+        allowed_chat_ids=ids["ALLOWED_CHAT_IDS"],
+        user_daily_tokens=read.integer("USER_DAILY_TOKENS", 0, minimum=0),
+        user_messages_per_minute=read.integer("USER_MESSAGES_PER_MINUTE", 0, minimum=0),
     )
 
 
