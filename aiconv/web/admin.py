@@ -38,6 +38,7 @@ from aiconv.store.admin import AdminStore
 from aiconv.store.crypto import DecryptionError, TextCipher
 from aiconv.store.repository import Store
 from aiconv.web import auth
+from aiconv.web.admin_access import access_routes
 
 log = structlog.get_logger(__name__)
 
@@ -287,7 +288,8 @@ def admin_routes(
         AdminStore(pool, read_text=Store(pool, cipher).unseal),
         DeadLetters(redis, Keys(settings.redis_key_prefix), codec or JobCodec(cipher)),
     )
-    app = Starlette(routes=api.routes(), exception_handlers={HTTPException: _http_error})
+    routes = [*api.routes(), *access_routes(api.guard, pool, settings.chat_policy)]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.router.redirect_slashes = False  # no redirect built from the Host header (see app.py)
     return [Mount("/admin", app=app)]
 

@@ -46,14 +46,14 @@ async def start(database_url: str, redis_prefix: str, double: BotApiDouble) -> A
             ready.set_result(resources)
             await stop.wait()
 
-        tasks.append(
-            asyncio.create_task(runtime.run_modes(Settings.from_env(env), modes, stop, on_ready))
+        running = asyncio.create_task(
+            runtime.run_modes(Settings.from_env(env), modes, stop, on_ready)
         )
-        done, _ = await asyncio.wait(
-            [tasks[-1], ready], timeout=120, return_when=asyncio.FIRST_COMPLETED
-        )
-        if tasks[-1] in done:
-            tasks[-1].result()  # surfaces the start-up error
+        tasks.append(running)
+        waiting: list[asyncio.Future[Any]] = [running, ready]
+        await asyncio.wait(waiting, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        if running.done():
+            running.result()  # surfaces the start-up error
         await double.wait_for(lambda: double.polling > 0, timeout=30)
         return ready.result()
 
@@ -76,8 +76,9 @@ async def generated_prompts(resources: Resources, chat_id: int) -> list[list[lis
     stream = Keys(resources.settings.redis_key_prefix).generate
     codec = JobCodec(None)
     prompts = []
-    for _, fields in await resources.redis.xrange(stream):
-        payload = codec.decode(stream, fields.get(b"job", fields.get("job")))
+    for _, fields in await resources.redis.xrange(stream) or []:
+        raw = (fields or {}).get(b"job", (fields or {}).get("job"))
+        payload = codec.decode(stream, raw)
         if payload is not None and payload.get("chat_id") == chat_id:
             prompts.append(payload["turns"])
     return prompts
