@@ -120,7 +120,8 @@ class Store:
         """Store a message once per idempotency key; returns its id either way.
 
         ``context_only``: an unaddressed group message, kept for the prompt but never answered.
-        ``message_thread_id``: its forum topic, if any."""
+        ``message_thread_id``: its forum topic, if any. A ``user_id`` with no users row (deleted
+        by an admin while a reply was on its way) is stored as NULL: the row is never lost."""
         stats = stats or GenerationStats()
         stored, sealed = self.seal(text, chat_id, idempotency_key)
         async with self.pool.connection() as conn:
@@ -129,7 +130,8 @@ class Store:
                        idempotency_key, telegram_update_id, telegram_message_id,
                        reply_to_message_id, prompt_tokens, completion_tokens,
                        generation_seconds, first_token_seconds, message_thread_id, context_only)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                   VALUES (%s, (SELECT u.id FROM users u WHERE u.id = %s), %s, %s, %s, %s, %s,
+                           %s, %s, %s, %s, %s, %s, %s, %s)
                    ON CONFLICT (idempotency_key)
                        DO UPDATE SET idempotency_key = EXCLUDED.idempotency_key
                    RETURNING id""",

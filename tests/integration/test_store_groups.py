@@ -140,3 +140,14 @@ async def test_a_reset_before_migration_still_forgets(store: Store) -> None:
     await say(store, group, 2, "kept", user_id=56)
     await store.record_migration(group, supergroup)
     assert [t.text for t in await store.history(supergroup, 10)] == ["kept"]
+
+
+async def test_a_reply_for_a_user_without_a_row_is_stored_without_the_user(store: Store) -> None:
+    """Delivery stores replies with the user they answer (for the token quota); a user deleted
+    meanwhile must not make the reply's row fail for good."""
+    chat = random.randrange(10**9, 10**10)
+    await store.record_sender(dataclasses.replace(member(chat, chat, "Gus"), chat_type="private"))
+    await store.add_message(
+        chat_id=chat, user_id=chat + 1, role="assistant", text="hi", idempotency_key=f"nu:{chat}"
+    )
+    assert [t.text for t in await store.history(chat, 5)] == ["hi"]
