@@ -185,6 +185,7 @@ GROUP_MESSAGES = Counter(
     ["outcome"],
 )
 
+
 def registry() -> CollectorRegistry | None:
     """The registry to expose: merged from files in multiprocess mode, else the default."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
