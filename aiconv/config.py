@@ -46,7 +46,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
+from aiconv.conversation.addressing import GroupMode
 from aiconv.conversation.pacing import PacingConfig
+from aiconv.conversation.policy import AccessMode, ChatPolicy
 from aiconv.conversation.prompt import DEFAULT_PERSONA
 from aiconv.store.crypto import KEY_BYTES, key_bytes
 
@@ -62,6 +64,8 @@ Environment = Literal["dev", "production"]
 LogFormat = Literal["json", "console"]
 ENVIRONMENTS: tuple[Environment, ...] = ("dev", "production")
 LOG_FORMATS: tuple[LogFormat, ...] = ("console", "json")
+GROUP_MODES: tuple[GroupMode, ...] = ("mention", "all")
+ACCESS_MODES: tuple[AccessMode, ...] = ("open", "allowlist")
 
 # How production treats a secret setting (see `check_secrets`):
 # - "token": required to be real, refused when it is a template placeholder;
@@ -712,6 +716,49 @@ class Settings:
         "SHUTDOWN_GRACE_SECONDS", 25.0, number(0.0), "SIGTERM: time for jobs in flight to finish"
     )
 
+    group_mode: GroupMode = setting(
+        "GROUP_MODE",
+        "mention",
+        one_of(GROUP_MODES),
+        "in groups answer only when addressed (`mention`: an @mention, a reply to the bot, a "
+        "command for it) or every message (`all`)",
+    )
+    group_context_messages: int = setting(
+        "GROUP_CONTEXT_MESSAGES",
+        5,
+        integer(0),
+        "unaddressed group messages kept as context for the next answer; `0` = none stored",
+    )
+    access_mode: AccessMode = setting(
+        "ACCESS_MODE",
+        "open",
+        one_of(ACCESS_MODES),
+        "`open`: anyone; `allowlist`: the ids below and those allowed at run time "
+        "(`/admin/access`); others get one polite refusal a day",
+    )
+    allowed_user_ids: tuple[int, ...] = setting(
+        "ALLOWED_USER_IDS", (), integer_items, "comma-separated user ids allowed (`allowlist`)"
+    )
+    allowed_chat_ids: tuple[int, ...] = setting(
+        "ALLOWED_CHAT_IDS",
+        (),
+        integer_items,
+        "comma-separated chat ids allowed (`allowlist`; groups are negative)",
+    )
+    user_daily_tokens: int = setting(
+        "USER_DAILY_TOKENS",
+        0,
+        integer(0),
+        "generated tokens per user per UTC day (resets at midnight UTC); `0` = unlimited",
+    )
+    user_messages_per_minute: int = setting(
+        "USER_MESSAGES_PER_MINUTE",
+        0,
+        integer(0),
+        "burst guard: messages per user per chat in any 60 s, beyond which nothing is queued; "
+        "`0` = off",
+    )
+
     # --- what the stages are built with ------------------------------------------------------
 
     @property
@@ -724,6 +771,18 @@ class Settings:
             between_parts_pause_seconds=self.typing_between_parts_seconds,
             min_delay_seconds=self.typing_min_delay_seconds,
             max_delay_seconds=self.typing_max_delay_seconds,
+        )
+
+    @property
+    def chat_policy(self) -> ChatPolicy:
+        return ChatPolicy(
+            group_mode=self.group_mode,
+            group_context_messages=self.group_context_messages,
+            access_mode=self.access_mode,
+            allowed_user_ids=frozenset(self.allowed_user_ids),
+            allowed_chat_ids=frozenset(self.allowed_chat_ids),
+            user_daily_tokens=self.user_daily_tokens,
+            user_messages_per_minute=self.user_messages_per_minute,
         )
 
     @property
@@ -805,11 +864,18 @@ class Settings:
             raise ConfigError(
                 "TELEGRAM_WEBHOOK_SECRET", "required when TELEGRAM_WEBHOOK_URL is set"
             )
-        if self.typing_min_delay_seconds > self.typing_max_delay_seconds:
+        low, high = self.typing_min_delay_seconds, self.typing_max_delay_seconds
+        if low > high:
+            # Blame the one that was changed: a maximum set below the default minimum is the
+            # maximum's fault, not the untouched minimum's.
+            if low == _DEFAULT_TYPING_MIN_DELAY:
+                raise ConfigError(
+                    "TYPING_MAX_DELAY_SECONDS",
+                    f"must not be below TYPING_MIN_DELAY_SECONDS ({high} < {low})",
+                )
             raise ConfigError(
                 "TYPING_MIN_DELAY_SECONDS",
-                f"must not exceed TYPING_MAX_DELAY_SECONDS ({self.typing_min_delay_seconds} > "
-                f"{self.typing_max_delay_seconds})",
+                f"must not exceed TYPING_MAX_DELAY_SECONDS ({low} > {high})",
             )
 
     def check_secrets(self, given: Collection[str] = ()) -> None:
@@ -879,6 +945,9 @@ class Settings:
 _PASSWORD_PARTS = {"DB_PASSWORD": "DATABASE_URL", "REDIS_PASSWORD": "REDIS_URL"}
 _MAKE_SECRET = "openssl rand -hex 32"
 _MAKE_KEY = "openssl rand -base64 32"
+
+
+_DEFAULT_TYPING_MIN_DELAY = Settings().typing_min_delay_seconds
 
 
 def _is_placeholder(value: str) -> bool:

@@ -22,6 +22,12 @@ KNOWN_COMMANDS: dict[str, str] = {
 class Command:
     name: str
     args: str
+    explicit: bool = False  # addressed by name: /cmd@thisbot
+
+    def addressed_in_group(self) -> bool:
+        """In a group a bare /cmd may be meant for another bot: it is ours only when we know
+        it. `/cmd@thisbot` is always ours (an unknown one gets "unknown command")."""
+        return self.explicit or self.name in KNOWN_COMMANDS
 
 
 def parse_command(text: str, bot_username: str | None = None) -> Command | None:
@@ -40,4 +46,8 @@ def parse_command(text: str, bot_username: str | None = None) -> Command | None:
         and addressed.lower() != bot_username.lstrip("@").lower()
     ):
         return None
-    return Command(name=match.group("name").lower(), args=(match.group("args") or "").strip())
+    return Command(
+        name=match.group("name").lower(),
+        args=(match.group("args") or "").strip(),
+        explicit=addressed is not None,
+    )

@@ -14,6 +14,21 @@ Role = Literal["system", "user", "assistant"]
 class Turn:
     role: Role
     text: str
+    sender: str | None = None  # a group member's first name: the model is told who said what
+    context_only: bool = False  # an unaddressed group message, kept as context only
+
+    def speaker_text(self) -> str:
+        """The text as the model reads it: in groups, each user turn says who wrote it."""
+        if self.role == "user" and self.sender:
+            return f"{self.sender}: {self.text}"
+        return self.text
+
+
+def keep_recent_context(turns: Sequence[Turn], limit: int) -> list[Turn]:
+    """``turns`` with only the newest ``limit`` context-only turns (GROUP_CONTEXT_MESSAGES)."""
+    context = [i for i, t in enumerate(turns) if t.context_only]
+    kept = set(context[-limit:]) if limit > 0 else set()
+    return [t for i, t in enumerate(turns) if not t.context_only or i in kept]
 
 
 def approx_tokens(text: str) -> int:

@@ -103,6 +103,15 @@ class Keys:
         """GCRA state of a group's send limit (20 a minute)."""
         return f"{self.chat_tag(chat_id)}:grouprate"
 
+    def access_notice(self, chat_id: int | str, user_id: int | str, reason: str) -> str:
+        """String, set once until it expires: a refusal ("refused", "quota") already told to
+        this user in this chat today, or a burst warning ("burst") this minute."""
+        return f"{self.chat_tag(chat_id)}:notice:{reason}:{user_id}"
+
+    def user_burst(self, chat_id: int | str, user_id: int | str) -> str:
+        """Sorted set: the user's message ids in this chat over the last minute, scored by time."""
+        return f"{self.chat_tag(chat_id)}:burst:{user_id}"
+
     # --- turns (global) ------------------------------------------------------------------------
 
     @property

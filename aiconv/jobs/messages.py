@@ -150,6 +150,9 @@ class ReplyJob:
     turn: str | None = None  # set when the reply belongs to a turn, which it settles
     cancelled: bool = False  # the turn was superseded before its text was written
     stats: dict[str, Any] = field(default_factory=dict)
+    # The forum topic to answer in. None: outside topics, or (a turn's reply) the topic of the
+    # message it answers, which delivery looks up.
+    message_thread_id: int | None = None
     kind: Literal["reply"] = "reply"
 
     def to_payload(self) -> dict[str, Any]:
@@ -170,6 +173,7 @@ class ReplyJob:
             turn=_opt_str(p.get("turn")),
             cancelled=bool(p.get("cancelled")),
             stats=stats if isinstance(stats, dict) else {},
+            message_thread_id=_opt_int(p.get("message_thread_id")),
         )
 
 

@@ -171,6 +171,21 @@ DEPENDENCY_UP = Gauge(
 )
 
 
+# --- groups and access control (aiconv.worker.access, aiconv.worker.updates) -------------------
+
+ACCESS_REFUSED = Counter(
+    "aiconv_access_refused_total",
+    "Messages not answered by policy, by reason: refused (not on the allow-list), quota (daily "
+    "tokens used up), burst (USER_MESSAGES_PER_MINUTE)",
+    ["reason"],
+)
+GROUP_MESSAGES = Counter(
+    "aiconv_group_messages_total",
+    "Group messages by outcome: addressed (answered), context (kept, not answered), ignored",
+    ["outcome"],
+)
+
+
 def registry() -> CollectorRegistry | None:
     """The registry to expose: merged from files in multiprocess mode, else the default."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

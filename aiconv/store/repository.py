@@ -10,7 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 from aiconv.conversation.history import Role, Turn
 from aiconv.store.crypto import DecryptionError, TextCipher, message_context, read_message_text
 from aiconv.store.db import ReadRouter
-from aiconv.telegram.models import IncomingMessage
+from aiconv.telegram.models import ChatMemberChange, IncomingMessage
 
 log = structlog.get_logger(__name__)
 
@@ -115,8 +115,14 @@ class Store:
         telegram_message_id: int | None = None,
         reply_to_message_id: int | None = None,
         stats: GenerationStats | None = None,
+        message_thread_id: int | None = None,
+        context_only: bool = False,
     ) -> int:
-        """Store a message once per idempotency key; returns its id either way."""
+        """Store a message once per idempotency key; returns its id either way.
+
+        ``context_only``: an unaddressed group message, kept for the prompt but never answered.
+        ``message_thread_id``: its forum topic, if any. A ``user_id`` with no users row (deleted
+        by an admin while a reply was on its way) is stored as NULL: the row is never lost."""
         stats = stats or GenerationStats()
         stored, sealed = self.seal(text, chat_id, idempotency_key)
         async with self.pool.connection() as conn:
@@ -124,8 +130,9 @@ class Store:
                 """INSERT INTO messages (chat_id, user_id, role, text, text_sealed,
                        idempotency_key, telegram_update_id, telegram_message_id,
                        reply_to_message_id, prompt_tokens, completion_tokens,
-                       generation_seconds, first_token_seconds)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                       generation_seconds, first_token_seconds, message_thread_id, context_only)
+                   VALUES (%s, (SELECT u.id FROM users u WHERE u.id = %s), %s, %s, %s, %s, %s,
+                           %s, %s, %s, %s, %s, %s, %s, %s)
                    ON CONFLICT (idempotency_key)
                        DO UPDATE SET idempotency_key = EXCLUDED.idempotency_key
                    RETURNING id""",
@@ -143,6 +150,8 @@ class Store:
                     stats.completion_tokens,
                     stats.generation_seconds,
                     stats.first_token_seconds,
+                    message_thread_id,
+                    context_only,
                 ),
             )
             row = await cursor.fetchone()
@@ -162,7 +171,16 @@ class Store:
         text = self._readable(row[3], row[5], row[1], idempotency_key)
         return StoredMessage(row[0], row[1], row[2], text or "", row[4])
 
-    async def history(self, chat_id: int, limit: int, up_to_id: int | None = None) -> list[Turn]:
+    async def history(
+        self,
+        chat_id: int,
+        limit: int,
+        up_to_id: int | None = None,
+        *,
+        thread: int | None = None,
+        context_limit: int = 0,
+        with_senders: bool = False,
+    ) -> list[Turn]:
         """The chat's most recent turns since its last /reset, oldest first, in chat order.
 
         Chat order is Telegram's message id: one increasing sequence per chat, shared by the
@@ -177,34 +195,67 @@ class Store:
         highest id stored before it, so it stays right after the message it followed when
         stored; ties go by row id. /reset's boundary stays a row id: it forgets what was stored
         before it.
+
+        Groups: only the rows of forum topic ``thread`` are read (None: the chat outside topics);
+        the newest ``context_limit`` unaddressed messages come on top of ``limit``, so a busy
+        group's chatter never pushes the conversation with the bot out of the window. A group
+        that became a supergroup keeps its history: the old group's rows come first (Telegram
+        numbers a supergroup's messages afresh). ``with_senders``: user turns carry their
+        sender's first name.
         """
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
-                """SELECT role, text, text_sealed, idempotency_key FROM (
-                       SELECT id, role, text, text_sealed, idempotency_key, COALESCE(
-                                  telegram_message_id,
-                                  max(telegram_message_id) OVER (
-                                      ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING
-                                                       AND 1 PRECEDING),
+                """WITH chat_ids AS (
+                       SELECT %(chat)s::bigint AS id
+                       UNION SELECT id FROM chats WHERE migrated_to_chat_id = %(chat)s
+                   ), candidates AS (
+                       SELECT m.id, m.chat_id, m.role, m.text, m.text_sealed, m.idempotency_key,
+                              m.telegram_message_id, m.user_id, m.context_only
+                       FROM messages m JOIN chats c ON c.id = %(chat)s
+                       WHERE m.chat_id IN (SELECT id FROM chat_ids)
+                         AND m.id > c.history_starts_after
+                         AND (%(up_to)s::bigint IS NULL OR m.id <= %(up_to)s::bigint)
+                         AND m.message_thread_id IS NOT DISTINCT FROM %(thread)s::bigint
+                   ), newest AS (
+                       (SELECT * FROM candidates WHERE NOT context_only
+                        ORDER BY id DESC LIMIT %(limit)s)
+                       UNION ALL
+                       (SELECT * FROM candidates WHERE context_only
+                        ORDER BY id DESC LIMIT %(context_limit)s)
+                   ), placed AS (
+                       SELECT n.*, COALESCE(
+                                  n.telegram_message_id,
+                                  max(n.telegram_message_id) OVER (
+                                      PARTITION BY n.chat_id ORDER BY n.id
+                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
                                   0) AS position
-                       FROM (
-                           SELECT m.id, m.role, m.text, m.text_sealed, m.idempotency_key,
-                                  m.telegram_message_id
-                           FROM messages m JOIN chats c ON c.id = m.chat_id
-                           WHERE m.chat_id = %s AND m.id > c.history_starts_after
-                             AND (%s::bigint IS NULL OR m.id <= %s::bigint)
-                           ORDER BY m.id DESC LIMIT %s
-                       ) newest
-                   ) placed
-                   ORDER BY position, id""",
-                (chat_id, up_to_id, up_to_id, limit),
+                       FROM newest n
+                   )
+                   SELECT p.role, p.text, p.text_sealed, p.idempotency_key, p.chat_id,
+                          u.first_name, p.context_only
+                   FROM placed p LEFT JOIN users u ON u.id = p.user_id AND p.role = 'user'
+                   ORDER BY p.chat_id = %(chat)s, p.position, p.id""",
+                {
+                    "chat": chat_id,
+                    "up_to": up_to_id,
+                    "thread": thread,
+                    "limit": limit,
+                    "context_limit": context_limit,
+                },
             )
             rows = await cursor.fetchall()
         turns = []
-        for role, stored, sealed, key in rows:
-            text = self._readable(stored, sealed, chat_id, key)
+        for role, stored, sealed, key, row_chat, first_name, context_only in rows:
+            text = self._readable(stored, sealed, row_chat, key)
             if text is not None:
-                turns.append(Turn(role=role, text=text))
+                turns.append(
+                    Turn(
+                        role=role,
+                        text=text,
+                        sender=first_name if with_senders else None,
+                        context_only=context_only,
+                    )
+                )
         return turns
 
     async def chat_party(self, chat_id: int) -> tuple[str, int | None]:
@@ -213,6 +264,7 @@ class Store:
             cursor = await conn.execute(
                 """SELECT c.type, (SELECT m.user_id FROM messages m
                                     WHERE m.chat_id = c.id AND m.role = 'user'
+                                      AND NOT m.context_only
                                     ORDER BY m.id DESC LIMIT 1)
                    FROM chats c WHERE c.id = %s""",
                 (chat_id,),
@@ -247,7 +299,8 @@ class Store:
                               m.id, m.chat_id, m.user_id, m.telegram_message_id, m.created_at
                        FROM messages m JOIN chats c ON c.id = m.chat_id
                        WHERE m.created_at > now() - make_interval(secs => %(since)s::float8)
-                         AND m.role = 'user' AND m.id > c.history_starts_after
+                         AND m.role = 'user' AND NOT m.context_only
+                         AND m.id > c.history_starts_after
                        ORDER BY m.chat_id, m.telegram_message_id DESC NULLS LAST, m.id DESC
                    )
                    SELECT n.chat_id, n.telegram_message_id, n.user_id
@@ -266,6 +319,109 @@ class Store:
             )
             rows = await cursor.fetchall()
         return [UnansweredChat(int(row[0]), row[1], row[2]) for row in rows]
+
+    async def thread_of(self, chat_id: int, telegram_message_id: int | None) -> int | None:
+        """The forum topic of one of the chat's stored messages (None outside topics)."""
+        if telegram_message_id is None:
+            return None
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                """SELECT message_thread_id FROM messages
+                   WHERE chat_id = %s AND telegram_message_id = %s AND role = 'user'
+                   ORDER BY id DESC LIMIT 1""",
+                (chat_id, telegram_message_id),
+            )
+            row = await cursor.fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def record_membership(self, change: ChatMemberChange) -> None:
+        """The bot was added to, promoted in, or removed from a chat: recorded once per update."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                """INSERT INTO chat_member_events (chat_id, update_id, by_user_id, old_status,
+                       new_status, happened_at)
+                   VALUES (%s, %s, %s, %s, %s, to_timestamp(%s))
+                   ON CONFLICT (update_id) DO NOTHING""",
+                (
+                    change.chat_id,
+                    change.update_id,
+                    change.by_user_id,
+                    change.old_status,
+                    change.new_status,
+                    change.date,
+                ),
+            )
+            if cursor.rowcount == 0:
+                return  # a redelivered update
+            # The newest change (by Telegram's date) decides the chat's status.
+            await conn.execute(
+                """INSERT INTO chats (id, type, bot_status, bot_status_at)
+                   VALUES (%s, %s, %s, to_timestamp(%s))
+                   ON CONFLICT (id) DO UPDATE SET bot_status = EXCLUDED.bot_status,
+                       bot_status_at = EXCLUDED.bot_status_at, updated_at = now()
+                   WHERE chats.bot_status_at IS NULL
+                      OR chats.bot_status_at <= EXCLUDED.bot_status_at""",
+                (change.chat_id, change.chat_type, change.new_status, change.date),
+            )
+
+    async def bot_removed(self, chat_id: int) -> bool:
+        """Whether the bot's latest recorded status in the chat is left or kicked."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute("SELECT bot_status FROM chats WHERE id = %s", (chat_id,))
+            row = await cursor.fetchone()
+        return row is not None and row[0] in ("left", "kicked")
+
+    async def record_migration(self, old_chat_id: int, new_chat_id: int) -> None:
+        """A group became a supergroup: the supergroup's history continues the group's.
+
+        Idempotent (Telegram sends one service message in each chat). The rows stay with the old
+        chat (encrypted text is bound to its chat id); ``history`` reads them through the alias.
+        """
+        if old_chat_id == new_chat_id:
+            return
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO chats (id, type) VALUES (%s, 'supergroup'), (%s, 'group')
+                   ON CONFLICT (id) DO NOTHING""",
+                (new_chat_id, old_chat_id),
+            )
+            await conn.execute(
+                """UPDATE chats SET migrated_to_chat_id = %s, updated_at = now()
+                   WHERE id = %s AND migrated_to_chat_id IS DISTINCT FROM %s""",
+                (new_chat_id, old_chat_id, new_chat_id),
+            )
+            # A /reset in the old group still forgets what came before it.
+            await conn.execute(
+                """UPDATE chats SET history_starts_after = GREATEST(history_starts_after,
+                       (SELECT history_starts_after FROM chats WHERE id = %s))
+                   WHERE id = %s""",
+                (old_chat_id, new_chat_id),
+            )
+
+    async def access_granted(self, user_id: int | None, chat_id: int) -> bool:
+        """Whether the admin API allowed this user or this chat (ACCESS_MODE=allowlist)."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                """SELECT EXISTS (SELECT 1 FROM access_grants
+                                  WHERE (kind = 'chat' AND id = %s)
+                                     OR (kind = 'user' AND id = %s))""",
+                (chat_id, user_id),
+            )
+            row = await cursor.fetchone()
+        return bool(row and row[0])
+
+    async def tokens_today(self, user_id: int) -> int:
+        """Tokens generated for the user since the last UTC midnight (the database's clock)."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                """SELECT COALESCE(sum(completion_tokens), 0) FROM messages
+                   WHERE user_id = %s AND role = 'assistant'
+                     AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC')
+                                       AT TIME ZONE 'UTC'""",
+                (user_id,),
+            )
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     async def reset_history(self, chat_id: int) -> None:
         async with self.pool.connection() as conn:

@@ -183,11 +183,13 @@ class BotClient:
         text: str,
         reply_to_message_id: int | None = None,
         parse_mode: str | None = None,
+        message_thread_id: int | None = None,
     ) -> int:
         result = await self._call(
             "sendMessage",
             {
                 "chat_id": chat_id,
+                "message_thread_id": message_thread_id,
                 "text": text,
                 "reply_to_message_id": reply_to_message_id,
                 "parse_mode": parse_mode,

@@ -172,6 +172,7 @@ class BotApiDouble:
         self._faults: dict[str, list[_Fault]] = {}
         self._delays: dict[str, list[float]] = {}
         self._chat_types: dict[int, str] = {}
+        self.bot_messages: dict[tuple[int, int], dict[str, Any]] = {}  # (chat, id) -> as sent
         self._next_update_id = first_update_id
         self._next_message_id = first_message_id
         self._cond = asyncio.Condition()
@@ -299,8 +300,10 @@ class BotApiDouble:
         kind: str = "text",
         chat_type: str = "private",
         update_id: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Build a realistic Update JSON for a user message."""
+        """Build a realistic Update JSON for a user message; `extra` fields are added to the
+        message as given (entities, reply_to_message, message_thread_id, ...)."""
         if update_id is None:
             update_id = self._next_update_id
             self._next_update_id += 1
@@ -371,6 +374,7 @@ class BotApiDouble:
                 raise ValueError(f"unknown message kind: {kind!r}")
             if text is not None:
                 message["caption"] = text
+        message.update(extra or {})
         return {"update_id": update_id, "message": message}
 
     async def send_user_message(
@@ -382,13 +386,90 @@ class BotApiDouble:
         kind: str = "text",
         chat_type: str = "private",
         update_id: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Deliver a user message by webhook if one is set, else queue it for getUpdates."""
         update = self.make_update(
-            chat_id, text, user_id=user_id, kind=kind, chat_type=chat_type, update_id=update_id
+            chat_id,
+            text,
+            user_id=user_id,
+            kind=kind,
+            chat_type=chat_type,
+            update_id=update_id,
+            extra=extra,
         )
         await self.deliver(update)
         return update
+
+    # -- groups: mentions, replies, topics, membership, migration ------------------------
+
+    def mention(self, text: str) -> list[dict[str, Any]]:
+        """`mention` entities for every @bot_username in `text`, offsets in UTF-16 units."""
+        needle = f"@{self.bot_username}"
+        entities, start = [], text.find(needle)
+        while start >= 0:
+            offset = len(text[:start].encode("utf-16-le")) // 2
+            entities.append({"type": "mention", "offset": offset, "length": len(needle)})
+            start = text.find(needle, start + len(needle))
+        return entities
+
+    def bot_message(self, chat_id: int, message_id: int) -> dict[str, Any]:
+        """A message the bot sent, as Telegram puts it in `reply_to_message`."""
+        return self.bot_messages[(chat_id, message_id)]
+
+    def make_update_of(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An update of any other kind (`my_chat_member`, ...) with the next update id."""
+        update_id = self._next_update_id
+        self._next_update_id += 1
+        return {"update_id": update_id, kind: body}
+
+    def make_membership_update(
+        self,
+        chat_id: int,
+        new_status: str,
+        *,
+        old_status: str = "left",
+        by_user_id: int = 1,
+        chat_type: str = "group",
+    ) -> dict[str, Any]:
+        """`my_chat_member`: the bot's status in a chat changed (member, left, kicked, ...)."""
+        self._chat_types[chat_id] = chat_type
+        bot = self._bot_user()
+        return self.make_update_of(
+            "my_chat_member",
+            {
+                "chat": {"id": chat_id, "type": chat_type, "title": f"Chat {chat_id}"},
+                "from": {"id": by_user_id, "is_bot": False, "first_name": f"User{by_user_id}"},
+                "date": int(time.time()),
+                "old_chat_member": {"status": old_status, "user": bot},
+                "new_chat_member": {"status": new_status, "user": bot},
+            },
+        )
+
+    def make_migration_updates(
+        self, group_id: int, supergroup_id: int
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The two service messages Telegram sends when a group becomes a supergroup."""
+        self._chat_types[supergroup_id] = "supergroup"
+        sender = {"id": 1, "is_bot": False, "first_name": "User1"}
+        date = int(time.time())
+        in_group = {
+            "message_id": self._take_message_id(),
+            "from": sender,
+            "chat": {"id": group_id, "type": "group", "title": f"Chat {group_id}"},
+            "date": date,
+            "migrate_to_chat_id": supergroup_id,
+        }
+        in_supergroup = {
+            "message_id": self._take_message_id(),
+            "from": sender,
+            "chat": {"id": supergroup_id, "type": "supergroup", "title": f"Chat {group_id}"},
+            "date": date,
+            "migrate_from_chat_id": group_id,
+        }
+        return self.make_update_of("message", in_group), self.make_update_of(
+            "message", in_supergroup
+        )
 
     async def deliver(self, update: dict[str, Any]) -> None:
         """Deliver an arbitrary (possibly malformed) update the way Telegram would."""
@@ -584,13 +665,19 @@ class BotApiDouble:
             return 400, self._error(400, "Bad Request: message text is empty")
         if len(text) > MAX_MESSAGE_LENGTH:
             return 400, self._error(400, "Bad Request: message is too long")
-        message = {
+        message: dict[str, Any] = {
             "message_id": self._take_message_id(),
             "from": self._bot_user(),
             "chat": self._chat(chat_id),
             "date": int(time.time()),
             "text": text,
         }
+        if "message_thread_id" in params:
+            thread = _as_int(params["message_thread_id"])
+            if thread is None:
+                return 400, self._error(400, "Bad Request: message thread not found")
+            message.update(message_thread_id=thread, is_topic_message=True)
+        self.bot_messages[(chat_id, message["message_id"])] = message
         return self._ok(message)
 
     async def _send_chat_action(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:

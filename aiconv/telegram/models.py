@@ -5,6 +5,11 @@ What is parsed here can always be stored: every id must fit PostgreSQL's BIGINT 
 is cleaned of what PostgreSQL's TEXT and UTF-8 cannot hold: NUL characters are removed and lone
 UTF-16 surrogates (JSON ``"\ud800"``) become U+FFFD. `clean` does the same to a whole update
 before it is queued.
+
+What groups need is parsed too: entities (offsets in UTF-16 code units, as Telegram counts), the
+message replied to, the forum topic, supergroup migrations, and the bot's own membership changes
+(`my_chat_member`). A malformed entity is skipped rather than failing the update: entities only
+decide whether the bot was addressed, and a message is never lost over one.
 """
 
 from __future__ import annotations
@@ -50,6 +55,25 @@ def clean(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class MessageEntity:
+    """A span of a message's text; `offset` and `length` count UTF-16 code units."""
+
+    type: str
+    offset: int
+    length: int
+    user_id: int | None = None  # text_mention: the user mentioned
+
+
+@dataclass(frozen=True)
+class RepliedMessage:
+    """The message a message replies to: enough to tell a reply to the bot."""
+
+    message_id: int
+    from_user_id: int | None
+    from_is_bot: bool
+
+
+@dataclass(frozen=True)
 class IncomingMessage:
     update_id: int
     chat_id: int
@@ -62,12 +86,46 @@ class IncomingMessage:
     date: int
     kind: MessageKind
     text: str | None
+    entities: tuple[MessageEntity, ...] = ()
+    reply_to: RepliedMessage | None = None
+    message_thread_id: int | None = None
+    is_topic_message: bool = False  # message_thread_id names a forum topic (not a reply thread)
+    migrate_to_chat_id: int | None = None  # service message: this group became that supergroup
+    migrate_from_chat_id: int | None = None  # service message: this supergroup was that group
+
+    @property
+    def is_group(self) -> bool:
+        return self.chat_type in ("group", "supergroup")
+
+    @property
+    def topic(self) -> int | None:
+        """The forum topic to answer in, or None (replies in a plain group carry no topic)."""
+        return self.message_thread_id if self.is_topic_message else None
+
+
+@dataclass(frozen=True)
+class ChatMemberChange:
+    """`my_chat_member`: the bot's own status in a chat changed (added, removed, kicked, ...)."""
+
+    update_id: int
+    chat_id: int
+    chat_type: str
+    by_user_id: int | None
+    old_status: str
+    new_status: str
+    date: int
+
+    @property
+    def present(self) -> bool:
+        """Whether the bot is in the chat after the change."""
+        return self.new_status not in ("left", "kicked")
 
 
 @dataclass(frozen=True)
 class Update:
     update_id: int
     message: IncomingMessage | None
+    my_chat_member: ChatMemberChange | None = None
 
 
 def _req_int(obj: dict[str, Any], key: str, where: str) -> int:
@@ -87,6 +145,50 @@ def _opt_str(obj: dict[str, Any], key: str, where: str) -> str | None:
     if not isinstance(value, str):
         raise InvalidUpdate(f"invalid update: {where}.{key} must be a string")
     return clean_text(value)
+
+
+def _opt_int(obj: dict[str, Any], key: str, where: str) -> int | None:
+    return None if obj.get(key) is None else _req_int(obj, key, where)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX
+
+
+def _parse_entities(raw: object) -> tuple[MessageEntity, ...]:
+    """Well-formed entities only (see the module docstring)."""
+    if not isinstance(raw, list):
+        return ()
+    entities = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+            continue
+        offset, length = item.get("offset"), item.get("length")
+        if not (_is_count(offset) and _is_count(length)):
+            continue
+        assert isinstance(offset, int) and isinstance(length, int)
+        user = item.get("user")
+        user_id = user.get("id") if isinstance(user, dict) else None
+        if not (_is_count(user_id) or user_id is None):
+            user_id = None
+        entities.append(MessageEntity(clean_text(item["type"]), offset, length, user_id))
+    return tuple(entities)
+
+
+def _parse_replied(raw: object) -> RepliedMessage | None:
+    if not isinstance(raw, dict):
+        return None
+    message_id = raw.get("message_id")
+    if not _is_count(message_id):
+        return None
+    assert isinstance(message_id, int)
+    sender = raw.get("from")
+    from_id = sender.get("id") if isinstance(sender, dict) else None
+    return RepliedMessage(
+        message_id=message_id,
+        from_user_id=from_id if _is_count(from_id) else None,
+        from_is_bot=isinstance(sender, dict) and sender.get("is_bot") is True,
+    )
 
 
 def _parse_message(update_id: int, msg: object) -> IncomingMessage:
@@ -115,12 +217,14 @@ def _parse_message(update_id: int, msg: object) -> IncomingMessage:
         language_code = _opt_str(sender, "language_code", "message.from")
 
     text = _opt_str(msg, "text", "message")
+    entities = _parse_entities(msg.get("entities"))
     kind: MessageKind
     if text is not None:
         kind = "text"
     else:
         kind = next((k for k in _MEDIA_KINDS if msg.get(k) is not None), "other")
         text = _opt_str(msg, "caption", "message")
+        entities = _parse_entities(msg.get("caption_entities"))
 
     return IncomingMessage(
         update_id=update_id,
@@ -134,14 +238,49 @@ def _parse_message(update_id: int, msg: object) -> IncomingMessage:
         date=date,
         kind=kind,
         text=text,
+        entities=entities,
+        reply_to=_parse_replied(msg.get("reply_to_message")),
+        message_thread_id=_opt_int(msg, "message_thread_id", "message"),
+        is_topic_message=msg.get("is_topic_message") is True,
+        migrate_to_chat_id=_opt_int(msg, "migrate_to_chat_id", "message"),
+        migrate_from_chat_id=_opt_int(msg, "migrate_from_chat_id", "message"),
+    )
+
+
+def _parse_my_chat_member(update_id: int, raw: object) -> ChatMemberChange | None:
+    """The change, or None when its shape is not one (ignored like an unknown update kind);
+    an id that could not be stored is invalid, as everywhere."""
+    where = "my_chat_member"
+    if not isinstance(raw, dict):
+        return None
+    chat, old, new = raw.get("chat"), raw.get("old_chat_member"), raw.get("new_chat_member")
+    if not (isinstance(chat, dict) and isinstance(old, dict) and isinstance(new, dict)):
+        return None
+    sender = raw.get("from")
+    statuses = [m.get("status") for m in (old, new)]
+    if not all(isinstance(s, str) for s in statuses):
+        return None
+    chat_type = chat.get("type", "group")
+    return ChatMemberChange(
+        update_id=update_id,
+        chat_id=_req_int(chat, "id", f"{where}.chat"),
+        chat_type=clean_text(chat_type) if isinstance(chat_type, str) else "group",
+        by_user_id=_req_int(sender, "id", f"{where}.from") if isinstance(sender, dict) else None,
+        old_status=clean_text(str(statuses[0])),
+        new_status=clean_text(str(statuses[1])),
+        date=_req_int(raw, "date", where),
     )
 
 
 def parse_update(data: object) -> Update:
-    """Parse an Update; updates other than `message` are valid but carry message=None."""
+    """Parse an Update; updates other than `message` and `my_chat_member` are valid but carry
+    neither."""
     if not isinstance(data, dict):
         raise InvalidUpdate("invalid update: expected a JSON object")
     update_id = _req_int(data, "update_id", "update")
+    if "my_chat_member" in data:
+        change = _parse_my_chat_member(update_id, data["my_chat_member"])
+        return Update(update_id=update_id, message=None, my_chat_member=change)  # may be None
     if "message" not in data:
         return Update(update_id=update_id, message=None)
     return Update(update_id=update_id, message=_parse_message(update_id, data["message"]))

@@ -41,6 +41,7 @@ from aiconv.store.crypto import DecryptionError, TextCipher
 from aiconv.store.db import ReadRouter
 from aiconv.store.repository import Store
 from aiconv.web import auth
+from aiconv.web.admin_access import access_routes
 from aiconv.web.admin_schema import (
     BIGINT_MAX,
     BIGINT_MIN,
@@ -307,6 +308,7 @@ def admin_routes(
         AdminStore(pool, read_text=Store(pool, cipher).unseal, reads=reads),
         DeadLetters(redis, Keys(settings.redis_key_prefix), codec or JobCodec(cipher)),
     )
-    app = Starlette(routes=api.routes(), exception_handlers=EXCEPTION_HANDLERS)
+    routes = [*api.routes(), *access_routes(api.authorized, pool, settings.chat_policy)]
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False  # no redirect built from the Host header (see app.py)
     return [Mount("/admin", app=app)]

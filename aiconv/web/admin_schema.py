@@ -163,6 +163,32 @@ class Deleted(_Model):
     deleted: DeletedCounts
 
 
+class AccessGrant(_Model):
+    """Someone allowed at run time (`ACCESS_MODE=allowlist`)."""
+
+    kind: Literal["user", "chat"]
+    id: Int64
+    granted_by: str = Field(description="the admin token's subject")
+    created_at: datetime
+
+
+class AccessFromSettings(_Model):
+    users: list[Int64] = Field(description="ALLOWED_USER_IDS")
+    chats: list[Int64] = Field(description="ALLOWED_CHAT_IDS")
+
+
+class AccessList(_Model):
+    mode: Literal["open", "allowlist"]
+    settings: AccessFromSettings
+    grants: list[AccessGrant]
+
+
+class AccessRevoked(_Model):
+    kind: Literal["user", "chat"]
+    id: Int64
+    revoked: bool
+
+
 class OpenApiDocument(BaseModel):
     """This document (any JSON object)."""
 
@@ -208,6 +234,15 @@ DAYS = Parameter(
     "query",
     {"type": "integer", "minimum": 1, "maximum": STATS_DAYS_MAX, "default": STATS_DAYS_DEFAULT},
 )
+ACCESS_KIND = Parameter(
+    "kind", "path", {"type": "string", "enum": ["users", "chats"]}, "a user or a chat"
+)
+ACCESS_ID = Parameter(
+    "entity_id",
+    "path",
+    {"type": "integer", "format": "int64", "minimum": BIGINT_MIN, "maximum": BIGINT_MAX},
+    "the Telegram user or chat id (groups are negative)",
+)
 LIMIT = Parameter(
     "limit",
     "query",
@@ -252,6 +287,15 @@ OPERATIONS = (
     Operation("delete", "/users/{user_id}", "deleteUser",
               "Delete a user, their private chats and every message of theirs",
               Deleted, "deleted", (400, 401, 403, 404, 503), (USER_ID,)),
+    Operation("get", "/access", "getAccess",
+              "Who may use the bot: the mode, the ids of the settings, the run-time grants",
+              AccessList, "the allow-list", (401, 503)),
+    Operation("post", "/access/{kind}/{entity_id}", "allowAccess",
+              "Allow a user or a chat (idempotent)",
+              AccessGrant, "allowed", (400, 401, 403, 404, 503), (ACCESS_KIND, ACCESS_ID)),
+    Operation("delete", "/access/{kind}/{entity_id}", "revokeAccess",
+              "Revoke a run-time grant (404 when there is none)",
+              AccessRevoked, "revoked", (400, 401, 403, 404, 503), (ACCESS_KIND, ACCESS_ID)),
     Operation("get", "/openapi.json", "getOpenApi", "This document",
               OpenApiDocument, "the OpenAPI document", (401,)),
 )  # fmt: skip

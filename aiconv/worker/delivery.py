@@ -11,6 +11,10 @@ says how often that happens.
 Outages of Telegram (5xx, network errors, 429) are waited out here, with backoff and a metric, and
 use up none of the job's attempts: only a definite refusal (4xx) fails the job. A turn's reply is
 sent only while the turn owns its chat (worker/turns.py), and releases the turn when it is done.
+
+In a forum, a reply goes to the topic of the message it answers (`message_thread_id`, looked up
+from the stored message for a turn's reply). Stored parts carry their topic and the user they
+answer, whose daily token quota they count against (worker/access.py).
 """
 
 from __future__ import annotations
@@ -99,6 +103,9 @@ class DeliveryHandler:
         elapsed = time.time() - (reply.started_at or time.time())
         plans = plan_delivery(parts, pacing, already_elapsed=elapsed, rng=self.rng)
         reply_to = reply.reply_to_message_id if reply.chat_type != "private" else None
+        thread = reply.message_thread_id
+        if thread is None and reply.turn is not None and reply.chat_type == "supergroup":
+            thread = await self.resources.store.thread_of(chat_id, reply.reply_to_message_id)
         bound = log.bind(chat_id=chat_id, job_key=reply.key)
         sent_record = self.resources.keys.sent_parts(chat_id, reply.key)
         sent_any = False
@@ -107,7 +114,7 @@ class DeliveryHandler:
                 part_key = f"{reply.key}:{index}"
                 known = await self._already_sent(sent_record, part_key, index)
                 if known is not None:
-                    await self._store_part(reply, index, plan.text, known)
+                    await self._store_part(reply, index, plan.text, known, thread)
                     sent_any = True
                     continue
                 if index > 0 and reply.paced:
@@ -126,14 +133,14 @@ class DeliveryHandler:
                         REPLIES.labels("superseded").inc()
                         return "superseded"
                 message_id = await self._send(
-                    chat_id, reply.chat_type, plan.text, reply_to if index == 0 else None
+                    chat_id, reply.chat_type, plan.text, reply_to if index == 0 else None, thread
                 )
                 await self._record_sent(sent_record, part_key, index, message_id)
                 MESSAGES_SENT.inc()
                 if index == 0 and reply.paced:
                     REPLY_LATENCY.observe(time.time() - (reply.started_at or time.time()))
                 sent_any = True
-                await self._store_part(reply, index, plan.text, message_id)
+                await self._store_part(reply, index, plan.text, message_id, thread)
         except UserBlockedBot:
             bound.info("user blocked the bot; reply and pending work dropped")
             REPLIES.labels("blocked").inc()
@@ -178,9 +185,13 @@ class DeliveryHandler:
             pipe.expire(record, DONE_TTL_SECONDS)
             await pipe.execute()
 
-    async def _store_part(self, reply: ReplyJob, index: int, text: str, message_id: int) -> None:
+    async def _store_part(
+        self, reply: ReplyJob, index: int, text: str, message_id: int, thread: int | None
+    ) -> None:
         await self.resources.store.add_message(
             chat_id=reply.chat_id,
+            user_id=reply.user_id,
+            message_thread_id=thread,
             role="assistant",
             text=text,
             idempotency_key=f"{reply.key}:{index}",
@@ -190,7 +201,12 @@ class DeliveryHandler:
         )
 
     async def _send(
-        self, chat_id: int, chat_type: str | None, text: str, reply_to: int | None
+        self,
+        chat_id: int,
+        chat_type: str | None,
+        text: str,
+        reply_to: int | None,
+        thread: int | None = None,
     ) -> int:
         """sendMessage within Telegram's limits; outages and 429s are waited out, however long."""
         backoff = Backoff(0.5, OUTAGE_BACKOFF_CAP_SECONDS)
@@ -199,7 +215,11 @@ class DeliveryHandler:
             await self.limiter.wait_for_slot(chat_id, chat_type)
             try:
                 return await self.resources.bot.send_message(
-                    chat_id, text, reply_to_message_id=reply_to, parse_mode=parse_mode
+                    chat_id,
+                    text,
+                    reply_to_message_id=reply_to,
+                    parse_mode=parse_mode,
+                    message_thread_id=thread,
                 )
             except RetryAfter as error:
                 TELEGRAM_SEND_RETRIES.labels("rate_limited").inc()

@@ -22,7 +22,7 @@ from aiconv.telegram.client import RetryAfter, TelegramError
 from aiconv.telegram.models import InvalidUpdate, parse_update
 from aiconv.worker.updates import count_update, update_payload
 
-ALLOWED_UPDATES = ["message"]
+ALLOWED_UPDATES = ["message", "my_chat_member"]  # my_chat_member: added to / removed from a chat
 LOCK_TTL_MS = 60_000
 
 log = structlog.get_logger(__name__)

@@ -4,6 +4,16 @@ A user's text is stored in PostgreSQL first, then noted for a turn (worker/turns
 between leaves a stored, un-noted message, which the recovery sweep notes. A claimed turn reads the
 chat's history and hands it to ml, guarded by the turn: a turn that no longer owns its chat hands
 nothing on.
+
+Before a message can start a turn it passes, in order: the bot's presence in the chat (a group it
+was removed from is not answered), addressing (a group message is answered only when it mentions
+the bot, replies to it or is a command for it, see conversation/addressing.py; an unaddressed one
+may be stored as context, `context_only`, which never starts a turn), the allow-list, the burst
+guard and the daily token quota (worker/access.py). A message stopped by policy is not stored.
+
+Forum topics: a message's topic is stored with it; a turn reads the history of the topic of the
+message it answers and delivery replies in that topic. Turns and typing are still per chat: when
+two topics of one forum write during the same turn, the turn answers in the newest message's topic.
 """
 
 from __future__ import annotations
@@ -13,15 +23,18 @@ from typing import Any
 
 import structlog
 
-from aiconv.conversation import texts
-from aiconv.conversation.commands import parse_command
-from aiconv.conversation.history import approx_tokens, fit_history
+from aiconv.conversation import notices, texts
+from aiconv.conversation.addressing import BotIdentity, address
+from aiconv.conversation.commands import Command, parse_command
+from aiconv.conversation.history import approx_tokens, fit_history, keep_recent_context
 from aiconv.jobs.keys import UPDATES_GROUP
 from aiconv.jobs.messages import GenerateJob, ReplyJob, TurnJob, UpdateJob, chat_of
 from aiconv.jobs.queue import Job
-from aiconv.observability.metrics import UPDATES_RECEIVED
+from aiconv.observability.metrics import GROUP_MESSAGES, UPDATES_RECEIVED
 from aiconv.resources import Resources
-from aiconv.telegram.models import IncomingMessage, Update, parse_update
+from aiconv.telegram.client import TelegramError
+from aiconv.telegram.models import ChatMemberChange, IncomingMessage, Update, parse_update
+from aiconv.worker.access import AccessGate
 from aiconv.worker.turns import Turns
 from aiconv.worker.typing_keeper import TypingKeeper
 
@@ -35,6 +48,8 @@ __all__ = ["UPDATES_GROUP", "UpdateHandler", "chat_lane", "update_payload"]
 def update_payload(update: dict[str, Any]) -> dict[str, Any]:
     """The job the web and the poller enqueue for one Telegram update."""
     message = update.get("message")
+    if message is None:
+        message = update.get("my_chat_member")  # has a chat too: same lane as its messages
     chat = message.get("chat") if isinstance(message, dict) else None
     chat_id = chat.get("id") if isinstance(chat, dict) else None
     return UpdateJob(
@@ -79,31 +94,141 @@ class UpdateHandler:
         self.typing = typing
         self.turns = turns
         self.bot_username = bot_username
+        self.policy = resources.settings.chat_policy
+        self.access = AccessGate(resources.redis, resources.keys, resources.store, self.policy)
+        self._identity: BotIdentity | None = None
+
+    async def identity(self) -> BotIdentity | None:
+        """The bot's id and username from getMe, asked once and cached. Until getMe answers,
+        mentions are recognised by the username given at start (if any), replies not."""
+        if self._identity is not None:
+            return self._identity
+        try:
+            me = await self.r.bot.get_me()
+        except TelegramError as error:
+            log.warning("getMe failed; asked again at the next message", error=type(error).__name__)
+            if self.bot_username:
+                return BotIdentity(user_id=None, username=self.bot_username.lstrip("@"))
+            return None
+        user_id, username = me.get("id"), me.get("username")
+        if isinstance(user_id, int) and isinstance(username, str):
+            self._identity = BotIdentity(user_id=user_id, username=username)
+            self.bot_username = username
+        return self._identity
 
     async def __call__(self, job: Job) -> None:
         if job.payload.get("kind") == "turn":
             await self._start_turn(job, TurnJob.from_payload(job.payload))
             return
         update = parse_update(UpdateJob.from_payload(job.payload).update)
+        if update.my_chat_member is not None:
+            await self._membership(update.my_chat_member)
+            return
         message = update.message
         if message is None:
             return  # an update kind aiconv does not act on (edits, joins, ...)
         bound = log.bind(update_id=update.update_id, chat_id=message.chat_id)
+        if message.migrate_to_chat_id is not None or message.migrate_from_chat_id is not None:
+            await self._migrated(message)
+            bound.info("group migrated to a supergroup")
+            return
         if not await self.r.store.record_sender(message):
             bound.info("update from a blocked user ignored")
+            return
+        command = parse_command(message.text, self.bot_username) if message.text else None
+        text = message.text or ""
+        if message.is_group:
+            if await self.r.store.bot_removed(message.chat_id):
+                GROUP_MESSAGES.labels("ignored").inc()
+                bound.info("message in a chat the bot was removed from ignored")
+                return
+            addressing = address(message, await self.identity(), self.policy.group_mode)
+            if command is not None and not command.addressed_in_group():
+                command = None  # a bare command of another bot
+            if not (addressing.addressed or command is not None):
+                await self._keep_as_context(message)
+                return
+            GROUP_MESSAGES.labels("addressed").inc()
+            text = addressing.text
+        if not await self.access.allowed(message):
+            bound.info("user not on the allow-list")
+            if await self.access.first_notice_today(message, "refused"):
+                await self._reply_now(job, message, notices.NOT_ALLOWED)
+            return
+        burst = await self.access.burst(message)
+        if burst != "ok":
+            bound.info("burst guard: message skipped")
+            if burst == "over_first":
+                await self._reply_now(
+                    job, message, notices.slow_down(self.policy.user_messages_per_minute)
+                )
             return
         if message.kind != "text" or not message.text:
             bound.info("non-text message", kind=message.kind)
             await self._reply_now(job, message, texts.TEXT_ONLY)
             return
-        command = parse_command(message.text, self.bot_username)
         if command is not None:
             bound.info("command", command=command.name)
-            await self._command(job, message, command.name)
+            await self._command(job, message, command)
             return
-        await self._converse(message)
+        quota = await self.access.quota(message)
+        if quota.exhausted:
+            bound.info("daily token quota used up", used=quota.used, limit=quota.limit)
+            if await self.access.first_notice_today(message, "quota"):
+                await self._reply_now(job, message, notices.quota_used(quota.limit))
+            return
+        if not text:  # only the mention: say hello
+            await self._reply_now(job, message, texts.greeting(message.first_name))
+            return
+        await self._converse(message, text)
 
-    async def _command(self, job: Job, message: IncomingMessage, name: str) -> None:
+    async def _membership(self, change: ChatMemberChange) -> None:
+        await self.r.store.record_membership(change)
+        log.info(
+            "bot membership changed",
+            chat_id=change.chat_id,
+            old_status=change.old_status,
+            new_status=change.new_status,
+            by_user_id=change.by_user_id,
+        )
+        if not change.present:
+            # Nothing more can be sent there: drop the chat's pending turn and typing.
+            await self.turns.forget(change.chat_id)
+            await self.typing.end(change.chat_id)
+
+    async def _migrated(self, message: IncomingMessage) -> None:
+        if message.migrate_to_chat_id is not None:
+            await self.r.store.record_migration(message.chat_id, message.migrate_to_chat_id)
+        if message.migrate_from_chat_id is not None:
+            await self.r.store.record_migration(message.migrate_from_chat_id, message.chat_id)
+
+    async def _keep_as_context(self, message: IncomingMessage) -> None:
+        """An unaddressed group message: stored for the prompt when context is kept and the chat
+        may use the bot; never noted, so it never starts a turn."""
+        keep = (
+            self.policy.group_context_messages > 0
+            and message.kind == "text"
+            and bool(message.text)
+            and await self.access.allowed(message)
+        )
+        GROUP_MESSAGES.labels("context" if keep else "ignored").inc()
+        if not keep:
+            return
+        assert message.text is not None
+        await self.r.store.add_message(
+            chat_id=message.chat_id,
+            user_id=message.user_id,
+            role="user",
+            text=message.text,
+            idempotency_key=f"in:{message_key(message)}",
+            telegram_update_id=message.update_id,
+            telegram_message_id=message.message_id,
+            message_thread_id=message.topic,
+            context_only=True,
+        )
+
+    async def _command(self, job: Job, message: IncomingMessage, command: Command) -> None:
+        name = command.name
         if name == "start":
             reply = texts.greeting(message.first_name)
         elif name == "help":
@@ -128,21 +253,23 @@ class UpdateHandler:
             started_at=time.time(),
             paced=False,
             text=text,
+            message_thread_id=message.topic,
         )
         await self.r.queue.hand_over(
             job, UPDATES_GROUP, self.r.keys.replies, reply.to_payload(), reply.key
         )
 
-    async def _converse(self, message: IncomingMessage) -> None:
-        assert message.text is not None
+    async def _converse(self, message: IncomingMessage, text: str) -> None:
+        """Store the user's text (in groups: without the bot's mention) and note it for a turn."""
         await self.r.store.add_message(
             chat_id=message.chat_id,
             user_id=message.user_id,
             role="user",
-            text=message.text,
+            text=text,
             idempotency_key=f"in:{message_key(message)}",
             telegram_update_id=message.update_id,
             telegram_message_id=message.message_id,
+            message_thread_id=message.topic,
         )
         # The reply is generated when the chat's turn comes (see turns.py), not per message.
         if await self.turns.note_message(message.chat_id, message.message_id):
@@ -159,10 +286,19 @@ class UpdateHandler:
                     await self.typing.end(turn.chat_id)
             await self.r.queue.ack(job, UPDATES_GROUP)
             return
-        history = await self.r.store.history(turn.chat_id, HISTORY_ROWS)
+        chat_type, user_id = await self.r.store.chat_party(turn.chat_id)
+        group = chat_type in ("group", "supergroup")
+        context_limit = self.policy.group_context_messages if group else 0
+        history = await self.r.store.history(
+            turn.chat_id,
+            HISTORY_ROWS,
+            thread=await self.r.store.thread_of(turn.chat_id, turn.reply_to) if group else None,
+            context_limit=context_limit,
+            with_senders=group,
+        )
+        history = keep_recent_context(history, context_limit)
         # Coarse bound only (the byte estimate overcounts); ml trims with the real tokenizer.
         history = fit_history(history, approx_tokens, budget=2 * self.r.settings.n_ctx)
-        chat_type, user_id = await self.r.store.chat_party(turn.chat_id)
         generate = GenerateJob(
             turn=turn.turn,
             chat_id=turn.chat_id,
@@ -170,7 +306,8 @@ class UpdateHandler:
             user_id=user_id,
             reply_to_message_id=turn.reply_to,
             started_at=turn.first_at or time.time(),
-            turns=[(t.role, t.text) for t in history],
+            # In groups each user turn names its sender, so the model knows who said what.
+            turns=[(t.role, t.speaker_text() if group else t.text) for t in history],
         )
         await self.r.queue.hand_over(
             job,

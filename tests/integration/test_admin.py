@@ -56,6 +56,9 @@ ENDPOINTS = [
     ("POST", "/admin/users/1/unblock"),
     ("GET", "/admin/users/1/export"),
     ("DELETE", "/admin/users/1"),
+    ("GET", "/admin/access"),
+    ("POST", "/admin/access/users/1"),
+    ("DELETE", "/admin/access/chats/-1"),
     ("GET", "/admin/openapi.json"),
 ]
 
@@ -595,6 +598,9 @@ async def test_the_openapi_document_lists_exactly_the_endpoints(db: str, redis_p
         ("POST", "/admin/users/{user_id}/unblock"),
         ("GET", "/admin/users/{user_id}/export"),
         ("DELETE", "/admin/users/{user_id}"),
+        ("GET", "/admin/access"),
+        ("POST", "/admin/access/{kind}/{entity_id}"),
+        ("DELETE", "/admin/access/{kind}/{entity_id}"),
         ("GET", "/admin/openapi.json"),
     }
     assert documented == templates

@@ -13,8 +13,8 @@ from aiconv.conversation.commands import KNOWN_COMMANDS, Command, parse_command
         ("/help foo", Command("help", "foo")),
         ("/help   foo bar  ", Command("help", "foo bar")),
         ("  /START", Command("start", "")),
-        ("/reset@MyBot", Command("reset", "")),
-        ("/reset@mybot now", Command("reset", "now")),
+        ("/reset@MyBot", Command("reset", "", explicit=True)),
+        ("/reset@mybot now", Command("reset", "now", explicit=True)),
         ("/say hi\nthere", Command("say", "hi\nthere")),
     ],
 )
@@ -29,11 +29,19 @@ def test_non_commands(text: str) -> None:
 
 def test_addressed_to_other_bot() -> None:
     assert parse_command("/start@OtherBot", "MyBot") is None
-    assert parse_command("/start@OtherBot", "@otherbot") == Command("start", "")
+    assert parse_command("/start@OtherBot", "@otherbot") == Command("start", "", explicit=True)
 
 
 def test_any_bot_when_username_unknown() -> None:
-    assert parse_command("/start@OtherBot") == Command("start", "")
+    assert parse_command("/start@OtherBot") == Command("start", "", explicit=True)
+
+
+def test_in_groups_bare_commands_are_ours_only_when_known() -> None:
+    """A bare /cmd in a group may belong to another bot: only the ones we know are answered;
+    /cmd@thisbot always is (an unknown one gets "unknown command")."""
+    assert parse_command("/help").addressed_in_group()  # type: ignore[union-attr]
+    assert not parse_command("/weather").addressed_in_group()  # type: ignore[union-attr]
+    assert parse_command("/weather@MyBot", "MyBot").addressed_in_group()  # type: ignore[union-attr]
 
 
 def test_known_commands() -> None:

@@ -119,3 +119,20 @@ def test_merge_alternates_and_preserves_text(turns: list[Turn]) -> None:
     for left, right in pairwise(merged):
         assert left.role != right.role
     assert "\n".join(t.text for t in merged) == "\n".join(t.text for t in turns)
+
+
+def test_only_the_newest_context_turns_are_kept_and_senders_are_named() -> None:
+    from aiconv.conversation.history import keep_recent_context
+
+    turns = [
+        Turn("user", "c1", sender="Ann", context_only=True),
+        Turn("user", "q", sender="Bob"),
+        Turn("user", "c2", sender="Ann", context_only=True),
+        Turn("user", "c3", sender="Cy", context_only=True),
+        Turn("assistant", "a"),
+    ]
+    assert [t.text for t in keep_recent_context(turns, 2)] == ["q", "c2", "c3", "a"]
+    assert [t.text for t in keep_recent_context(turns, 0)] == ["q", "a"]
+    assert [t.text for t in keep_recent_context(turns, 9)] == ["c1", "q", "c2", "c3", "a"]
+    assert turns[1].speaker_text() == "Bob: q"
+    assert turns[4].speaker_text() == "a"

@@ -194,3 +194,79 @@ def test_text_is_cleaned_of_nul_and_lone_surrogates() -> None:
     assert clean({"k\x00": ["\ud800", 1, None, {"x": "ok"}]}) == {
         "k": ["\ufffd", 1, None, {"x": "ok"}]
     }
+
+
+def test_group_fields_are_parsed() -> None:
+    data = _text_update("@bot hi \U0001f600")
+    data["message"]["chat"] = {"id": -100777, "type": "supergroup", "is_forum": True}
+    data["message"].update(
+        entities=[
+            {"type": "mention", "offset": 0, "length": 4},
+            {"type": "text_mention", "offset": 5, "length": 2, "user": {"id": 42}},
+            {"type": "bold", "offset": "x", "length": 1},  # malformed: skipped
+            "junk",
+        ],
+        reply_to_message={"message_id": 3, "from": {"id": 42, "is_bot": True}},
+        message_thread_id=9,
+        is_topic_message=True,
+    )
+    msg = parse_update(data).message
+    assert msg is not None
+    assert [(e.type, e.offset, e.length, e.user_id) for e in msg.entities] == [
+        ("mention", 0, 4, None),
+        ("text_mention", 5, 2, 42),
+    ]
+    assert msg.reply_to is not None and msg.reply_to.from_user_id == 42
+    assert (msg.is_group, msg.message_thread_id, msg.topic) == (True, 9, 9)
+
+
+def test_a_reply_thread_outside_a_forum_is_no_topic() -> None:
+    data = _text_update()
+    data["message"]["message_thread_id"] = 9  # a reply chain in a plain supergroup
+    msg = parse_update(data).message
+    assert msg is not None and msg.topic is None
+
+
+def test_migration_service_messages_are_parsed() -> None:
+    data = _text_update()
+    del data["message"]["text"]
+    data["message"]["migrate_to_chat_id"] = -1001234
+    msg = parse_update(data).message
+    assert msg is not None and (msg.kind, msg.migrate_to_chat_id) == ("other", -1001234)
+
+
+def _member_update(new_status: str = "member") -> dict[str, Any]:
+    return {
+        "update_id": 77,
+        "my_chat_member": {
+            "chat": {"id": -55, "type": "group", "title": "G"},
+            "from": {"id": 8, "is_bot": False, "first_name": "Ann"},
+            "date": 1_700_000_000,
+            "old_chat_member": {"status": "left", "user": {"id": 1, "is_bot": True}},
+            "new_chat_member": {"status": new_status, "user": {"id": 1, "is_bot": True}},
+        },
+    }
+
+
+def test_my_chat_member_is_parsed() -> None:
+    change = parse_update(_member_update()).my_chat_member
+    assert change is not None
+    assert (change.chat_id, change.by_user_id, change.old_status, change.new_status) == (
+        -55,
+        8,
+        "left",
+        "member",
+    )
+    assert change.present
+    kicked = parse_update(_member_update("kicked")).my_chat_member
+    assert kicked is not None and not kicked.present
+
+
+def test_a_malformed_my_chat_member_is_ignored_but_an_unstorable_id_is_invalid() -> None:
+    data = _member_update()
+    data["my_chat_member"]["new_chat_member"] = "member"
+    assert parse_update(data) == Update(update_id=77, message=None)
+    data = _member_update()
+    data["my_chat_member"]["chat"]["id"] = 2**70
+    with pytest.raises(InvalidUpdate):
+        parse_update(data)
