@@ -26,7 +26,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from aiconv.telegram.double import BotApiDouble
+from aiconv.testing.botapi import BotApiDouble
 from tests.e2e.harness import AiconvProcess, base_env
 
 from ._support import NGINX_DIR, free_port, require_tool

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aiconv.telegram.double import BotApiDouble
+from aiconv.testing.botapi import BotApiDouble
 from tests.e2e.harness import AiconvProcess, base_env
 
 Launcher = Callable[..., AiconvProcess]

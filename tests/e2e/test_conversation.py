@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from aiconv.conversation import texts
-from aiconv.telegram.double import BotApiDouble
+from aiconv.testing.botapi import BotApiDouble
 from tests.e2e.conftest import Launcher
 from tests.e2e.harness import eventually, free_port
 

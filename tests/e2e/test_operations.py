@@ -6,7 +6,7 @@ import httpx
 import psycopg
 import pytest
 
-from aiconv.telegram.double import BotApiDouble
+from aiconv.testing.botapi import BotApiDouble
 from tests.e2e.conftest import Launcher
 from tests.e2e.harness import eventually
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aiconv.telegram.double import BotApiDouble
+from aiconv.testing.botapi import BotApiDouble
 from tests.e2e.harness import AiconvProcess, base_env, eventually
 
 pytestmark = pytest.mark.e2e

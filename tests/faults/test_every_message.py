@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from aiconv.conversation import texts
-from aiconv.telegram.double import BotApiDouble
+from aiconv.testing.botapi import BotApiDouble
 from tests.e2e.conftest import Launcher
 from tests.e2e.harness import AiconvProcess, eventually, free_port
 from tests.faults.driver import redis_answers, settled, telegram_delivers

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from redis.asyncio import Redis
 
-from aiconv.telegram.double import BotApiDouble
+from aiconv.testing.botapi import BotApiDouble
 from tests.e2e.conftest import Launcher
 from tests.e2e.harness import AiconvProcess, eventually, free_port
 from tests.faults.driver import (

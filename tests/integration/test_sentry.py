@@ -19,7 +19,7 @@ from sentry_sdk.transport import Transport
 from aiconv.config import Settings
 from aiconv.observability.sentry import Scrubber, init_sentry
 from aiconv.telegram.client import BotClient
-from aiconv.telegram.double import BotApiDouble
+from aiconv.testing.botapi import BotApiDouble
 
 TOKEN_SECRET = "AAHk3lvS9x-QzT7pW2mYbN4cR8dLfGj1eUo"
 TOKEN = f"7123456789:{TOKEN_SECRET}"

@@ -22,8 +22,8 @@ from aiconv.telegram.client import (
     ServerError,
     TelegramError,
 )
-from aiconv.telegram.double import BotApiDouble, LoopbackServer
 from aiconv.telegram.models import parse_update
+from aiconv.testing.botapi import BotApiDouble, LoopbackServer
 
 TOKEN = "987654:SECRET-token-value"
 

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from aiconv.jobs.keys import Keys
 from aiconv.telegram.client import BotClient
-from aiconv.telegram.double import BotApiDouble
+from aiconv.testing.botapi import BotApiDouble
 from aiconv.worker import typing_keeper
 from aiconv.worker.typing_keeper import TypingKeeper
 from tests.e2e.harness import eventually
