@@ -27,7 +27,7 @@ import pytest
 from redis.asyncio import Redis
 
 from aiconv.testing.botapi import BotApiDouble
-from tests.e2e.harness import AiconvProcess, base_env
+from tests.support.processes import AiconvProcess, base_env
 
 from ._support import NGINX_DIR, free_port, require_tool
 

@@ -11,8 +11,9 @@ from redis.asyncio import Redis
 
 from aiconv.conversation import texts
 from aiconv.testing.botapi import BotApiDouble
-from tests.e2e.conftest import Launcher
-from tests.e2e.harness import eventually, free_port
+from tests.support.ports import free_port
+from tests.support.processes import Launcher
+from tests.support.waiting import eventually
 
 SECRET = "e2e-webhook-secret"
 pytestmark = pytest.mark.e2e

@@ -7,8 +7,8 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from tests.e2e.conftest import Launcher
-from tests.e2e.harness import eventually
+from tests.support.processes import Launcher
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

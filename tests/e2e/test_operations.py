@@ -7,8 +7,9 @@ import psycopg
 import pytest
 
 from aiconv.testing.botapi import BotApiDouble
-from tests.e2e.conftest import Launcher
-from tests.e2e.harness import eventually
+from tests.support.ports import free_port
+from tests.support.processes import Launcher
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -72,8 +73,6 @@ async def test_web_workers_log_like_every_process_and_their_metrics_add_up(
 ) -> None:
     # Issue 13, item 8: granian workers never configured logging (console lines, debug, no
     # redaction), and with one worker the webhook's metrics never reached /metrics.
-    from tests.e2e.harness import free_port
-
     port = free_port()
     web = await launch(
         "web",

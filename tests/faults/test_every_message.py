@@ -22,9 +22,8 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -34,11 +33,12 @@ from redis.exceptions import RedisError
 
 from aiconv.conversation import texts
 from aiconv.testing.botapi import BotApiDouble
-from tests.e2e.conftest import Launcher
-from tests.e2e.harness import AiconvProcess, eventually, free_port
 from tests.faults.driver import redis_answers, settled, telegram_delivers
 from tests.faults.pgproxy import PgProxy
-from tests.faults.test_faults import RedisServer
+from tests.support.ports import free_port
+from tests.support.processes import AiconvProcess, Launcher
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.faults
 
@@ -651,14 +651,6 @@ async def test_sigterm_of_a_worker_during_delivery_sends_no_part_twice(
 
 
 # --- 7. Redis FLUSHALL mid-conversation ---------------------------------------------------------
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[str, RedisServer]]:
-    server = RedisServer(free_port(), tmp_path / "redis")
-    server.start()
-    yield f"redis://127.0.0.1:{server.port}/0", server
-    server.stop()
 
 
 # A consumer whose stream or group vanished (FLUSHALL) recreates it and reads on; PostgreSQL's

@@ -7,7 +7,6 @@ users at random ids; the stats assert exact totals), emptied before each test.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
@@ -24,6 +23,7 @@ import hypothesis
 import jwt as pyjwt
 import psycopg
 import pytest
+import pytest_asyncio
 import schemathesis
 import structlog.testing
 from jwt.utils import base64url_encode
@@ -38,8 +38,14 @@ from aiconv.telegram.models import IncomingMessage
 from aiconv.web import auth
 from aiconv.web.admin import OPENAPI
 from aiconv.web.app import create_app
-from tests.conftest import REDIS_URL, RUN_ID, delete_prefixed, migrated_database
-from tests.e2e.harness import free_port
+from tests.support.ports import free_port
+from tests.support.services import (
+    REDIS_URL,
+    RUN_ID,
+    delete_prefixed,
+    migrated_database,
+    new_redis_prefix,
+)
 
 KEY = "admin-test-signing-key-0123456789abcdef"
 OTHER_KEY = "another-signing-key-0123456789abcdef"
@@ -59,9 +65,9 @@ ENDPOINTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def admin_database_url() -> Iterator[str]:
-    with migrated_database(ADMIN_DB) as url:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def admin_database_url() -> AsyncIterator[str]:
+    async with migrated_database(ADMIN_DB) as url:
         yield url
 
 
@@ -683,10 +689,10 @@ FUZZ_DEAD_ID = "1700000000000-0"
 MAX_EXAMPLES = 25
 
 
-@pytest.fixture(scope="module")
-def fuzz_prefix(admin_database_url: str) -> Iterator[str]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def fuzz_prefix(admin_database_url: str) -> AsyncIterator[str]:
     """A user and dead jobs for the whole run (the fuzzing may block, delete or replay them)."""
-    prefix = f"aiconv-test-{RUN_ID}-fuzz:"
+    prefix = new_redis_prefix("fuzz")
 
     async def seed() -> None:
         with psycopg.connect(admin_database_url, autocommit=True) as conn:
@@ -711,9 +717,9 @@ def fuzz_prefix(admin_database_url: str) -> Iterator[str]:
             await redis.xadd(keys.dlq, {"job": json.dumps(record)}, id=f"1700000000000-{n}")
         await redis.aclose()
 
-    asyncio.run(seed())
+    await seed()
     yield prefix
-    asyncio.run(delete_prefixed(prefix))
+    await delete_prefixed(prefix)
 
 
 @pytest.fixture

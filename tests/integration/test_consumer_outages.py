@@ -13,7 +13,7 @@ from aiconv.jobs.consumer import Consumer, ConsumerOptions
 from aiconv.jobs.errors import DependencyUnavailable
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import Job, JobQueue
-from tests.e2e.harness import eventually
+from tests.support.waiting import eventually
 
 
 @pytest.fixture

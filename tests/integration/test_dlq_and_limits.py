@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import JobQueue
 from aiconv.worker.rate_limit import RateLimits, SendLimiter
-from tests.conftest import REDIS_URL
+from tests.support.services import REDIS_URL
 
 
 def aiconv(prefix: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from aiconv.jobs.consumer import Consumer, ConsumerOptions
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import Job, JobQueue
-from tests.e2e.harness import eventually
+from tests.support.waiting import eventually
 
 
 @pytest.fixture

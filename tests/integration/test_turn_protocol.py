@@ -39,7 +39,7 @@ from aiconv.jobs.keys import GENERATE_GROUP, REPLIES_GROUP, UPDATES_GROUP, Keys
 from aiconv.jobs.messages import GenerateJob, ReplyJob, TurnJob
 from aiconv.jobs.queue import Job, JobQueue, decode_entry
 from aiconv.worker.turns import TurnConfig, Turns
-from tests.conftest import REDIS_URL, delete_prefixed
+from tests.support.services import REDIS_URL, delete_prefixed
 
 CHATS = (101, -100200)
 WORKERS = (0, 1)

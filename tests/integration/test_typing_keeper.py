@@ -20,8 +20,8 @@ from aiconv.telegram.client import BotClient
 from aiconv.testing.botapi import BotApiDouble
 from aiconv.worker import typing_keeper
 from aiconv.worker.typing_keeper import TypingKeeper
-from tests.e2e.harness import eventually
-from tests.integration.test_rate_limit import on_clock, process_clocks
+from tests.support.clocks import on_clock, process_clocks
+from tests.support.waiting import eventually
 
 INTERVAL = 1.0  # shortened from 4 s so that a test sees several intervals
 TOKEN = "123456:TEST-TOKEN"

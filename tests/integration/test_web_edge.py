@@ -17,8 +17,8 @@ from aiconv.config import Settings
 from aiconv.jobs.keys import Keys
 from aiconv.observability.ops import ops_app
 from aiconv.web.app import create_app
-from tests.conftest import REDIS_URL
-from tests.e2e.harness import eventually
+from tests.support.services import REDIS_URL
+from tests.support.waiting import eventually
 
 API_KEY = "sk-edge-test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

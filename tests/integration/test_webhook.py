@@ -20,8 +20,9 @@ from aiconv.store.db import make_pool
 from aiconv.store.repository import Store
 from aiconv.telegram.models import parse_update
 from aiconv.web.app import create_app
-from tests.conftest import REDIS_URL
-from tests.e2e.harness import eventually, free_port
+from tests.support.ports import free_port
+from tests.support.services import REDIS_URL
+from tests.support.waiting import eventually
 
 SECRET = "in-process-secret"
 UPDATE = {
