@@ -38,6 +38,7 @@ from tests.faults.pgproxy import PgProxy
 from tests.support.ports import free_port
 from tests.support.processes import AiconvProcess, Launcher
 from tests.support.redis_server import RedisServer
+from tests.support.streams import stream_entries
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.faults
@@ -275,7 +276,7 @@ def figures(
 
 
 async def dead_letters(redis: Redis, prefix: str) -> list[Any]:
-    return list(await redis.xrange(f"{prefix}dlq", count=20))
+    return list(await stream_entries(redis, f"{prefix}dlq", count=20))
 
 
 async def settle_and_count(
@@ -458,6 +459,7 @@ async def test_postgres_refusing_connections_mid_typing_sends_every_part_once(
     users = Users(double, sends, watch=[aiconv], dlq=(redis, redis_prefix))
     chats = list(range(49301, 49306))
     outage_over = asyncio.Event()
+    sent_in_outage = 0
 
     async def chat_away(chat: int) -> None:
         for n in range(2):
@@ -476,7 +478,6 @@ async def test_postgres_refusing_connections_mid_typing_sends_every_part_once(
         await pg_proxy.restore()
         outage_over.set()
 
-    sent_in_outage = 0
     await asyncio.gather(fault(), *(chat_away(chat) for chat in chats))
     result = await settle_and_count(
         "PostgreSQL refusing connections for 15 s",

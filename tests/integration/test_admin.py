@@ -46,6 +46,7 @@ from tests.support.services import (
     migrated_database,
     new_redis_prefix,
 )
+from tests.support.streams import stream_entries
 
 KEY = "admin-test-signing-key-0123456789abcdef"
 OTHER_KEY = "another-signing-key-0123456789abcdef"
@@ -380,7 +381,7 @@ async def test_dlq_list_replay_and_drop(db: str, redis: Redis, redis_prefix: str
         assert replayed.status_code == 200
         body = replayed.json()
         assert body["id"] == first and body["stream"] == keys.generate
-        [(new_id, fields)] = await redis.xrange(keys.generate)
+        [(new_id, fields)] = await stream_entries(redis, keys.generate)
         assert body["replayed_as"] == new_id
         assert json.loads(fields["job"]) == {"key": "gen:1:1", "chat_id": 1}
         again = await http.post(f"/admin/dlq/{first}/replay", headers=bearer())
@@ -406,7 +407,7 @@ async def test_sealed_dead_jobs_are_listed_in_clear_and_each_read_is_audited(
     queue = JobQueue(redis, keys, JobCodec(TextCipher([key])))
     record = {"stream": keys.replies, "error": "E", "payload": {"key": "r", "text": "dear diary"}}
     await queue.hand_over(Job(keys.replies, "0-1", {}), "g", keys.dlq, record)
-    [(entry, fields)] = await redis.xrange(keys.dlq)
+    [(entry, fields)] = await stream_entries(redis, keys.dlq)
     assert "diary" not in fields["job"]
     settings = dataclasses.replace(settings_for(db, redis_prefix), encryption_key=key)
     with structlog.testing.capture_logs() as logs:
@@ -747,7 +748,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     from schemathesis import GenerationMode
 
     operation = served_schema[path][method]
-    fixed = {}
+    fixed: dict[str, int | str] = {}
     if "{user_id}" in path:
         fixed = {"user_id": FUZZ_USER}
     elif "{entry_id}" in path:

@@ -79,7 +79,7 @@ async def test_an_outage_does_not_use_up_attempts_but_failures_do(
 
 
 async def _settled(redis: Redis, stream: str) -> bool:
-    return (await redis.xpending(stream, "g"))["pending"] == 0
+    return int((await redis.xpending(stream, "g"))["pending"]) == 0
 
 
 def test_dependency_unavailable_names_the_service() -> None:

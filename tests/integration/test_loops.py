@@ -25,7 +25,7 @@ from tests.support.waiting import eventually
 
 
 def errors_of(loop: str) -> float:
-    return BACKGROUND_ERRORS.labels(loop)._value.get()
+    return float(BACKGROUND_ERRORS.labels(loop)._value.get())
 
 
 async def test_supervised_retries_a_failing_body_until_it_succeeds() -> None:

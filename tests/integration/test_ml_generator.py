@@ -19,6 +19,7 @@ from aiconv.ml.cancel import CancelWatcher
 from aiconv.ml.engine import Engine, EngineConfig
 from aiconv.ml.generator import GenerateHandler, lane_of
 from aiconv.ml.main import run_ml
+from tests.support.streams import stream_entries
 from tests.support.waiting import eventually
 
 PERSONA = "You are a helpful assistant."
@@ -67,7 +68,7 @@ async def own_turn(redis: Redis, keys: Keys, chat_id: int, message_id: int) -> s
 
 
 async def replies(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
-    entries = await redis.xrange(keys.replies)
+    entries = await stream_entries(redis, keys.replies)
     return [json.loads(fields["job"]) for _id, fields in entries]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import sentry_sdk
+import sentry_sdk.logger  # a submodule: imported explicitly, not left to sentry_sdk.init
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 

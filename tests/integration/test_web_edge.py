@@ -18,6 +18,7 @@ from aiconv.jobs.keys import Keys
 from aiconv.observability.ops import ops_app
 from aiconv.web.app import create_app
 from tests.support.services import REDIS_URL
+from tests.support.streams import Entry, read_stream, stream_entries
 from tests.support.waiting import eventually
 
 API_KEY = "sk-edge-test-key"
@@ -67,14 +68,13 @@ async def test_v1_text_is_cleaned_of_nul_and_lone_surrogates(
         request = asyncio.create_task(http.post("/v1/chat/completions", content=body, headers=AUTH))
         try:
             # Play ml: take the job, check it, answer it.
-            entries: list[object] = []
+            entries: list[Entry] = []
             for _ in range(6):  # 30 s at most
-                reply = await redis.xread({f"{redis_prefix}generate": "0-0"}, count=1, block=5000)
-                entries = reply[0][1] if reply else []
+                entries = await read_stream(redis, f"{redis_prefix}generate", count=1, block=5000)
                 if entries or request.done():
                     break
             assert entries, "no job was queued"
-            _, fields = entries[0]  # type: ignore[misc]
+            _, fields = entries[0]
             job = json.loads(fields["job"])
             assert job["messages"] == [{"role": "user", "content": "ab\ufffdc"}]
             assert job["stop"] == ["x\ufffd"]
@@ -101,14 +101,13 @@ async def test_with_a_key_v1_requests_and_answers_are_sealed_in_redis(
         request = asyncio.create_task(http.post("/v1/chat/completions", content=body, headers=AUTH))
         try:
             generate = f"{redis_prefix}generate"
-            entries: list[object] = []
+            entries: list[Entry] = []
             for _ in range(6):  # 30 s at most
-                reply = await redis.xread({generate: "0-0"}, count=1, block=5000)
-                entries = reply[0][1] if reply else []
+                entries = await read_stream(redis, generate, count=1, block=5000)
                 if entries or request.done():
                     break
             assert entries, "no job was queued"
-            _, fields = entries[0]  # type: ignore[misc]
+            _, fields = entries[0]
             assert "secret" not in fields["job"]
             job = codec.decode(generate, fields["job"])
             assert job is not None
@@ -275,7 +274,7 @@ async def test_a_client_that_leaves_cancels_its_request_at_once(
     finally:
         request.cancel()
     assert sent[0]["status"] == 499
-    [(_, fields)] = await redis.xrange(f"{redis_prefix}generate")
+    [(_, fields)] = await stream_entries(redis, f"{redis_prefix}generate")
     job = json.loads(fields["job"])
     assert await redis.exists(f"{redis_prefix}oai:{job['id']}:cancel") == 1  # ml skips it
     assert job["deadline"] <= time.time() + 300  # and would drop it after the proxies gave up

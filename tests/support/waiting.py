@@ -9,14 +9,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
 
+@overload
 async def eventually(
-    check: Callable[[], T | Awaitable[T]], timeout: float = 30.0, interval: float = 0.05
-) -> T:
+    check: Callable[[], Awaitable[T]], timeout: float = ..., interval: float = ...
+) -> T: ...
+
+
+@overload
+async def eventually(check: Callable[[], T], timeout: float = ..., interval: float = ...) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05
+) -> Any:
     """Poll `check()` (sync or async) until it returns a truthy value; raise after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
