@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl
 
 import httpx
@@ -37,7 +37,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class LoopbackServer:
+class _Started:
+    """`async with` runs `start()` on entry and `stop()` on exit."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class LoopbackServer(_Started):
     """Serve an ASGI app on 127.0.0.1 at a free port inside the running event loop.
 
     Served by the project's own granian helper (`aiconv.web.server.serve`), the server the
@@ -97,18 +119,6 @@ class LoopbackServer:
         self._stop = None
         self._task = None
 
-    async def __aenter__(self) -> LoopbackServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
 
 @dataclass(frozen=True)
 class ApiCall:
@@ -163,7 +173,7 @@ def _decode_value(value: str) -> Any:
     return value
 
 
-class BotApiDouble:
+class BotApiDouble(_Started):
     """Fake Bot API: records every call, queues or webhooks user messages, injects faults.
 
     `calls` is in completion order; `ApiCall.at` is the arrival time.
@@ -217,18 +227,6 @@ class BotApiDouble:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
-
-    async def __aenter__(self) -> BotApiDouble:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- inspection --------------------------------------------------------------------
 

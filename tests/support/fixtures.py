@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
@@ -55,10 +56,25 @@ async def redis() -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def double() -> AsyncIterator[BotApiDouble]:
+def double_options() -> Mapping[str, Any]:
+    """`BotApiDouble` arguments for `double` (a token, say); a module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
+async def double(double_options: Mapping[str, Any]) -> AsyncIterator[BotApiDouble]:
     """The Bot API double, with update ids of this test's own (as two bots' would be)."""
-    async with BotApiDouble(first_update_id=random.randrange(10**6, 10**9)) as server:
+    options: dict[str, Any] = {"first_update_id": random.randrange(10**6, 10**9)}
+    options.update(double_options)
+    async with BotApiDouble(**options) as server:
         yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the test's own requests (10 s timeouts)."""
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        yield client
 
 
 @pytest.fixture
