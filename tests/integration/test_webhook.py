@@ -24,6 +24,7 @@ from aiconv.web.app import create_app
 from tests.support.ports import free_port
 from tests.support.services import REDIS_URL
 from tests.support.streams import stream_entries
+from tests.support.updates import replaced
 from tests.support.waiting import eventually
 
 SECRET = "in-process-secret"
@@ -171,12 +172,7 @@ async def test_deeply_nested_json_is_a_bad_request_not_a_crash(
 
 
 def _with(path: tuple[str, ...], value: object) -> dict[str, Any]:
-    update: dict[str, Any] = json.loads(json.dumps(UPDATE))
-    target: Any = update
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = value
-    return update
+    return replaced(UPDATE, path, value)
 
 
 @pytest.mark.parametrize(

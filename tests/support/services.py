@@ -57,9 +57,7 @@ async def migrated_database(name: str) -> AsyncIterator[str]:
 async def delete_prefixed(prefix: str) -> None:
     """Delete every Redis key under a test's prefix."""
     redis = Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=500)]
-        if keys:
-            await redis.delete(*keys)
-    finally:
-        await redis.aclose()
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=500)]
+    if keys:
+        await redis.delete(*keys)
+    await redis.aclose()
