@@ -53,7 +53,7 @@ from psycopg import sql
 
 from aiconv.conversation.prompt import DEFAULT_PERSONA
 from aiconv.store.migrate import apply_migrations, ensure_database
-from aiconv.telegram.double import BotApiDouble
+from aiconv.testing.botapi import BotApiDouble
 from bench.common import Row, llama_server_binary, print_table
 
 ADMIN_DATABASE_URL = os.environ.get(

@@ -34,7 +34,7 @@ from aiconv.config import Settings
 from aiconv.modes.process import IN_PROCESS_MODES, run_modes, stop_on_signals
 from aiconv.resources import Resources
 from aiconv.store.migrate import apply_migrations, ensure_database
-from aiconv.telegram.double import BotApiDouble
+from aiconv.testing.botapi import BotApiDouble
 
 DEMO_CHAT_ID = 1000
 DEMO_USER_ID = 1000

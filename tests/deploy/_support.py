@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import sys
@@ -61,3 +62,22 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# Compose's ${VAR}, ${VAR:-default}, ${VAR?error} (shared by the compose smoke and make-env tests).
+VAR_RE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    def one(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        got = env.get(name)
+        if op and op.startswith(":") and not got:
+            got = None
+        if got is None:
+            if op and op.endswith("?"):
+                raise AssertionError(f"{name} is required and not in .env.example")
+            return arg or ""
+        return got
+
+    return VAR_RE.sub(one, value)

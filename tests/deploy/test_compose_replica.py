@@ -1,7 +1,7 @@
 """compose/compose.replica.yaml: the optional streaming read replica (profile "replica") is a
 standby cloned from the primary through a slot of its own, the primary accepts its replication
 connections, and the processes that run lag-tolerant reads (web: admin API, worker: business
-gauges) are pointed at it. The clone step itself is what tests/integration/pg_replica.py does
+gauges) are pointed at it. The clone step itself is what tests/support/pg_replica.py does
 against a real server."""
 
 from __future__ import annotations

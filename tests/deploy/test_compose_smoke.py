@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -28,25 +27,9 @@ import httpx
 import pytest
 import yaml
 
-from ._support import COMPOSE_DIR, free_port, missing, require_module
+from ._support import COMPOSE_DIR, free_port, interpolate, missing, require_module
 
 LAUNCH = "from aiconv.cli import main; raise SystemExit(main())"
-VAR_RE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
-
-
-def interpolate(value: str, env: dict[str, str]) -> str:
-    def one(m: re.Match[str]) -> str:
-        name, op, arg = m.group(1), m.group(2), m.group(3)
-        got = env.get(name)
-        if op and op.startswith(":") and not got:
-            got = None
-        if got is None:
-            if op and op.endswith("?"):
-                raise AssertionError(f"{name} is required and not in .env.example")
-            return arg or ""
-        return got
-
-    return VAR_RE.sub(one, value)
 
 
 def env_example() -> dict[str, str]:
@@ -102,6 +85,7 @@ def telegram_stub() -> Iterator[str]:
 def database() -> Iterator[str]:
     """A fresh database on the local PostgreSQL (trust auth), dropped afterwards."""
     import psycopg
+    from psycopg import sql
 
     name = f"aiconv_smoke_{uuid.uuid4().hex[:8]}"
     try:
@@ -111,11 +95,13 @@ def database() -> Iterator[str]:
     except psycopg.OperationalError as e:
         missing(f"PostgreSQL on 127.0.0.1:5432 ({e})")
     with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         try:
             yield name
         finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 def service_env(service: dict[str, Any], overrides: dict[str, str]) -> dict[str, str]:

@@ -144,7 +144,8 @@ def aiconv_deployments(docs: tuple[Doc, ...]) -> dict[str, Doc]:
 
 
 def main_container(deployment: Doc) -> Doc:
-    [c] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "aiconv"]
+    containers: list[Doc] = deployment["spec"]["template"]["spec"]["containers"]
+    [c] = [c for c in containers if c["name"] == "aiconv"]
     return c
 
 

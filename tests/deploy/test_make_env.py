@@ -20,8 +20,7 @@ import yaml
 
 from aiconv.config import ConfigError, Settings
 
-from ._support import COMPOSE_DIR, ROOT, require_tool
-from .test_compose_smoke import interpolate
+from ._support import COMPOSE_DIR, ROOT, interpolate, require_tool
 
 SCRIPT = COMPOSE_DIR / "make-env.py"
 TEMPLATE = COMPOSE_DIR / ".env.example"

@@ -27,8 +27,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from aiconv.telegram.double import BotApiDouble
-from tests.e2e.harness import AiconvProcess, base_env
+from aiconv.testing.botapi import BotApiDouble
+from tests.support.processes import AiconvProcess, base_env
+from tests.support.streams import stream_entries
 
 from ._support import NGINX_DIR, free_port, require_tool
 
@@ -377,7 +378,7 @@ async def test_a_webhook_through_nginx_reaches_aiconv_web(
             web.stop()
     assert response.status_code == 200
     assert refused.status_code == 401  # aiconv's own secret check, behind nginx
-    [(_, fields)] = await redis.xrange(f"{redis_prefix}updates")
+    [(_, fields)] = await stream_entries(redis, f"{redis_prefix}updates")
     assert json.loads(fields["job"])["update"] == update
 
 

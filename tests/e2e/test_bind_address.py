@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aiconv.telegram.double import BotApiDouble
-from tests.e2e.harness import AiconvProcess, base_env
+from aiconv.testing.botapi import BotApiDouble
+from tests.support.processes import AiconvProcess, base_env
 
 pytestmark = pytest.mark.e2e
 

@@ -10,9 +10,11 @@ import pytest
 from redis.asyncio import Redis
 
 from aiconv.conversation import texts
-from aiconv.telegram.double import BotApiDouble
-from tests.e2e.conftest import Launcher
-from tests.e2e.harness import eventually, free_port
+from aiconv.testing.botapi import BotApiDouble
+from tests.support.ports import free_port
+from tests.support.processes import Launcher
+from tests.support.streams import stream_entries
+from tests.support.waiting import eventually
 
 SECRET = "e2e-webhook-secret"
 pytestmark = pytest.mark.e2e
@@ -84,7 +86,7 @@ async def test_reset_forgets_the_history(
     await double.send_user_message(503, "What is my name?")
     await double.wait_for_messages(503, 3)
 
-    jobs = await redis.xrange(f"{redis_prefix}generate")
+    jobs = await stream_entries(redis, f"{redis_prefix}generate")
     turns = [json.loads(fields["job"])["turns"] for _, fields in jobs]
     assert ["user", "My name is Zorblax."] in turns[0]
     assert turns[-1] == [["user", "What is my name?"]]

@@ -12,9 +12,9 @@ import psycopg
 import pytest
 from redis.asyncio import Redis
 
-from aiconv.telegram.double import BotApiDouble
-from tests.e2e.conftest import Launcher
-from tests.e2e.harness import free_port
+from aiconv.testing.botapi import BotApiDouble
+from tests.support.ports import free_port
+from tests.support.processes import Launcher
 
 pytestmark = pytest.mark.e2e
 SECRET = "delivery-secret"

@@ -14,15 +14,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import ADMIN_DATABASE_URL, _database_url, delete_prefixed
-from tests.e2e.harness import base_env
+from tests.support.processes import base_env
+from tests.support.services import database_url_named, delete_prefixed, drop_database
 
 pytestmark = pytest.mark.e2e
 
@@ -98,12 +98,11 @@ async def run_demo(env: dict[str, str], line: str, *args: str) -> DemoRun:
 
 
 @pytest.fixture
-def demo_database() -> Iterator[str]:
+async def demo_database() -> AsyncIterator[str]:
     """A database the demo creates and migrates itself on its first run."""
     name = f"aiconv_demo_{uuid.uuid4().hex[:10]}"
-    yield _database_url(name)
-    with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    yield database_url_named(name)
+    await drop_database(name)
 
 
 async def test_a_second_demo_on_the_same_database_answers(

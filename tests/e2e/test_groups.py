@@ -14,10 +14,11 @@ from redis.asyncio import Redis
 from aiconv.conversation import notices
 from aiconv.jobs.codec import JobCodec
 from aiconv.jobs.keys import Keys
-from aiconv.telegram.double import BotApiDouble
-from tests.conftest import REDIS_URL
-from tests.e2e.conftest import Launcher
-from tests.e2e.harness import eventually, free_port
+from aiconv.testing.botapi import BotApiDouble
+from tests.support.ports import free_port
+from tests.support.processes import Launcher
+from tests.support.services import REDIS_URL
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 SECRET = "e2e-groups-webhook-secret"

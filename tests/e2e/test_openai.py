@@ -6,14 +6,17 @@ import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
-from tests.e2e.conftest import Launcher
-from tests.e2e.harness import eventually
+from tests.support.processes import Launcher
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
 KEY = "sk-e2e-test-key"
-QUESTION = [{"role": "user", "content": "Name one colour of the rainbow."}]
+QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Name one colour of the rainbow."}
+]
 
 
 def client(process: object, key: str = KEY) -> AsyncOpenAI:
@@ -35,7 +38,7 @@ async def test_chat_completions_streaming_and_not_with_the_openai_client(
         model=model.id,
         messages=QUESTION,
         temperature=0,
-        max_tokens=16,  # type: ignore[arg-type]
+        max_tokens=16,
     )
     assert whole.object == "chat.completion"
     assert whole.choices[0].message.role == "assistant"
@@ -48,7 +51,7 @@ async def test_chat_completions_streaming_and_not_with_the_openai_client(
 
     stream = await api.chat.completions.create(
         model=model.id,
-        messages=QUESTION,  # type: ignore[arg-type]
+        messages=QUESTION,
         temperature=0,
         max_tokens=16,
         stream=True,
@@ -77,7 +80,7 @@ async def test_chat_completions_streaming_and_not_with_the_openai_client(
     with pytest.raises(openai.AuthenticationError):
         await client(process, "wrong-key").chat.completions.create(
             model=model.id,
-            messages=QUESTION,  # type: ignore[arg-type]
+            messages=QUESTION,
         )
     with pytest.raises(openai.AuthenticationError):
         await client(process, "wrong-key").models.list()
@@ -90,12 +93,14 @@ async def test_chat_completions_streaming_and_not_with_the_openai_client(
         assert response.json()["error"]["code"] == "invalid_api_key"
 
     # A client that goes away mid-answer cancels its generation.
-    story = [{"role": "user", "content": "Tell me a very long story about a lighthouse."}]
+    story: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Tell me a very long story about a lighthouse."}
+    ]
     stream = await api.chat.completions.create(
         model=model.id,
         messages=story,
         max_tokens=500,
-        stream=True,  # type: ignore[arg-type]
+        stream=True,
     )
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -105,7 +110,7 @@ async def test_chat_completions_streaming_and_not_with_the_openai_client(
     def cancelled() -> bool:
         return any(
             e.get("event") == "api request generated" and e.get("finish_reason") == "cancelled"
-            for e in process.log_events()  # type: ignore[attr-defined]
+            for e in process.log_events()
         )
 
     await eventually(cancelled, timeout=60)

@@ -18,8 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aiconv.telegram.double import BotApiDouble
-from tests.e2e.harness import AiconvProcess, base_env, eventually
+from aiconv.testing.botapi import BotApiDouble
+from tests.support.processes import AiconvProcess, base_env
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 SECRET = "web-process-secret"

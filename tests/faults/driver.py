@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from aiconv.jobs.keys import Keys
-from aiconv.telegram.double import BotApiDouble
+from aiconv.testing.botapi import BotApiDouble
 
 TELEGRAM_RETRY_SECONDS = 0.5  # how soon the emulated Telegram retries a refused webhook
 

@@ -8,7 +8,7 @@ import socket
 import struct
 from urllib.parse import urlsplit
 
-from tests.e2e.harness import free_port
+from tests.support.ports import free_port
 
 CHUNK = 65536
 

@@ -22,9 +22,8 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -33,12 +32,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from aiconv.conversation import texts
-from aiconv.telegram.double import BotApiDouble
-from tests.e2e.conftest import Launcher
-from tests.e2e.harness import AiconvProcess, eventually, free_port
+from aiconv.testing.botapi import BotApiDouble
 from tests.faults.driver import redis_answers, settled, telegram_delivers
 from tests.faults.pgproxy import PgProxy
-from tests.faults.test_faults import RedisServer
+from tests.support.ports import free_port
+from tests.support.processes import AiconvProcess, Launcher
+from tests.support.redis_server import RedisServer
+from tests.support.streams import stream_entries
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.faults
 
@@ -275,7 +276,7 @@ def figures(
 
 
 async def dead_letters(redis: Redis, prefix: str) -> list[Any]:
-    return list(await redis.xrange(f"{prefix}dlq", count=20))
+    return list(await stream_entries(redis, f"{prefix}dlq", count=20))
 
 
 async def settle_and_count(
@@ -458,6 +459,7 @@ async def test_postgres_refusing_connections_mid_typing_sends_every_part_once(
     users = Users(double, sends, watch=[aiconv], dlq=(redis, redis_prefix))
     chats = list(range(49301, 49306))
     outage_over = asyncio.Event()
+    sent_in_outage = 0
 
     async def chat_away(chat: int) -> None:
         for n in range(2):
@@ -476,7 +478,6 @@ async def test_postgres_refusing_connections_mid_typing_sends_every_part_once(
         await pg_proxy.restore()
         outage_over.set()
 
-    sent_in_outage = 0
     await asyncio.gather(fault(), *(chat_away(chat) for chat in chats))
     result = await settle_and_count(
         "PostgreSQL refusing connections for 15 s",
@@ -651,14 +652,6 @@ async def test_sigterm_of_a_worker_during_delivery_sends_no_part_twice(
 
 
 # --- 7. Redis FLUSHALL mid-conversation ---------------------------------------------------------
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[str, RedisServer]]:
-    server = RedisServer(free_port(), tmp_path / "redis")
-    server.start()
-    yield f"redis://127.0.0.1:{server.port}/0", server
-    server.stop()
 
 
 # A consumer whose stream or group vanished (FLUSHALL) recreates it and reads on; PostgreSQL's

@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 from redis.asyncio import Redis
 
-from aiconv.telegram.double import BotApiDouble
-from tests.e2e.conftest import Launcher
-from tests.e2e.harness import AiconvProcess, eventually, free_port
+from aiconv.testing.botapi import BotApiDouble
 from tests.faults.driver import (
     Tally,
     converse,
@@ -30,6 +25,10 @@ from tests.faults.driver import (
     settled,
     telegram_delivers,
 )
+from tests.support.ports import free_port
+from tests.support.processes import AiconvProcess, Launcher
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.faults
 
@@ -81,49 +80,6 @@ async def test_kill_9_of_workers_and_ml_processes(
     count(double, chats, turns, tally)
     assert tally.faults >= 10
     assert_exactly_once(tally, database_url, chats)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[str, RedisServer]]:
-    server = RedisServer(free_port(), tmp_path / "redis")
-    server.start()
-    yield f"redis://127.0.0.1:{server.port}/0", server
-    server.stop()
-
-
-class RedisServer:
-    """A Redis of this test's own, persisting with AOF like a production one, to restart."""
-
-    def __init__(self, port: int, folder: Path) -> None:
-        self.port = port
-        self.folder = folder
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.folder.mkdir(exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.folder),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(20)
 
 
 async def test_redis_restarted_while_messages_flow(

@@ -18,7 +18,7 @@ from aiconv.jobs.keys import Keys
 from aiconv.store.repository import Store
 from aiconv.telegram.models import IncomingMessage
 from aiconv.worker.access import AccessGate
-from tests.conftest import REDIS_URL, delete_prefixed
+from tests.support.services import REDIS_URL, delete_prefixed
 
 CHAT, USER = -77, 5
 WORKERS = (0, 1)

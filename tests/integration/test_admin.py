@@ -7,7 +7,6 @@ users at random ids; the stats assert exact totals), emptied before each test.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
@@ -15,15 +14,14 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import hypothesis
 import jwt as pyjwt
 import psycopg
 import pytest
+import pytest_asyncio
 import schemathesis
 import structlog.testing
 from jwt.utils import base64url_encode
@@ -38,12 +36,18 @@ from aiconv.telegram.models import IncomingMessage
 from aiconv.web import auth
 from aiconv.web.admin_schema import openapi_document
 from aiconv.web.app import create_standalone_app
-from tests.conftest import REDIS_URL, RUN_ID, delete_prefixed, migrated_database
-from tests.e2e.harness import free_port
+from tests.support.admin import KEY, WRITE, admin_client, bearer, settings_for
+from tests.support.ports import free_port
+from tests.support.services import (
+    REDIS_URL,
+    RUN_ID,
+    delete_prefixed,
+    migrated_database,
+    new_redis_prefix,
+)
+from tests.support.streams import stream_entries
 
-KEY = "admin-test-signing-key-0123456789abcdef"
 OTHER_KEY = "another-signing-key-0123456789abcdef"
-WRITE = ("read", "write")
 ADMIN_DB = f"aiconv_test_{RUN_ID}_admin"
 OPENAPI = openapi_document()  # generated from the models (aiconv/web/admin_schema.py)
 
@@ -63,9 +67,9 @@ ENDPOINTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def admin_database_url() -> Iterator[str]:
-    with migrated_database(ADMIN_DB) as url:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def admin_database_url() -> AsyncIterator[str]:
+    async with migrated_database(ADMIN_DB) as url:
         yield url
 
 
@@ -82,27 +86,6 @@ async def store(db: str) -> AsyncIterator[Store]:
     await pool.open()
     yield Store(pool)
     await pool.close()
-
-
-def settings_for(database_url: str, prefix: str, key: str | None = KEY) -> Settings:
-    env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": prefix}
-    if key is not None:
-        env["JWT_SECRET_KEY"] = key
-    return Settings.from_env(env)
-
-
-@asynccontextmanager
-async def admin_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The whole web app, its lifespan (the pool) included, behind an in-process transport."""
-    app = create_standalone_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://aiconv") as http:
-            yield http
-
-
-def bearer(token: str | None = None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token or auth.mint(KEY, 'tests', 600, WRITE)}"}
 
 
 def incoming(chat_id: int, user_id: int, chat_type: str = "private") -> IncomingMessage:
@@ -378,7 +361,7 @@ async def test_dlq_list_replay_and_drop(db: str, redis: Redis, redis_prefix: str
         assert replayed.status_code == 200
         body = replayed.json()
         assert body["id"] == first and body["stream"] == keys.generate
-        [(new_id, fields)] = await redis.xrange(keys.generate)
+        [(new_id, fields)] = await stream_entries(redis, keys.generate)
         assert body["replayed_as"] == new_id
         assert json.loads(fields["job"]) == {"key": "gen:1:1", "chat_id": 1}
         again = await http.post(f"/admin/dlq/{first}/replay", headers=bearer())
@@ -404,7 +387,7 @@ async def test_sealed_dead_jobs_are_listed_in_clear_and_each_read_is_audited(
     queue = JobQueue(redis, keys, JobCodec(TextCipher([key])))
     record = {"stream": keys.replies, "error": "E", "payload": {"key": "r", "text": "dear diary"}}
     await queue.hand_over(Job(keys.replies, "0-1", {}), "g", keys.dlq, record)
-    [(entry, fields)] = await redis.xrange(keys.dlq)
+    [(entry, fields)] = await stream_entries(redis, keys.dlq)
     assert "diary" not in fields["job"]
     settings = dataclasses.replace(settings_for(db, redis_prefix), encryption_key=key)
     with structlog.testing.capture_logs() as logs:
@@ -690,10 +673,10 @@ FUZZ_DEAD_ID = "1700000000000-0"
 MAX_EXAMPLES = 25
 
 
-@pytest.fixture(scope="module")
-def fuzz_prefix(admin_database_url: str) -> Iterator[str]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def fuzz_prefix(admin_database_url: str) -> AsyncIterator[str]:
     """A user and dead jobs for the whole run (the fuzzing may block, delete or replay them)."""
-    prefix = f"aiconv-test-{RUN_ID}-fuzz:"
+    prefix = new_redis_prefix("fuzz")
 
     async def seed() -> None:
         with psycopg.connect(admin_database_url, autocommit=True) as conn:
@@ -718,9 +701,9 @@ def fuzz_prefix(admin_database_url: str) -> Iterator[str]:
             await redis.xadd(keys.dlq, {"job": json.dumps(record)}, id=f"1700000000000-{n}")
         await redis.aclose()
 
-    asyncio.run(seed())
+    await seed()
     yield prefix
-    asyncio.run(delete_prefixed(prefix))
+    await delete_prefixed(prefix)
 
 
 @pytest.fixture
@@ -748,7 +731,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     from schemathesis import GenerationMode
 
     operation = served_schema[path][method]
-    fixed = {}
+    fixed: dict[str, int | str] = {}
     if "{user_id}" in path:
         fixed = {"user_id": FUZZ_USER}
     elif "{entry_id}" in path:

@@ -8,7 +8,7 @@ import random
 from aiconv.store.db import make_pool
 from aiconv.store.repository import Store
 from aiconv.web import auth
-from tests.integration.test_admin import KEY, admin_client, bearer, settings_for
+from tests.support.admin import KEY, admin_client, bearer, settings_for
 
 
 async def test_grant_list_and_revoke_a_user_and_a_chat(

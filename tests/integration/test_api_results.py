@@ -24,8 +24,8 @@ from redis.asyncio import Redis
 from aiconv.jobs.codec import JobCodec
 from aiconv.jobs.keys import Keys
 from aiconv.web.api_results import ResultReader, ResultWaiter
-from tests.conftest import REDIS_URL, delete_prefixed
-from tests.e2e.harness import eventually
+from tests.support.services import REDIS_URL, delete_prefixed
+from tests.support.waiting import eventually
 
 REQUESTS = ["a", "b", "c", "d"]
 SETTLE_SECONDS = 10.0

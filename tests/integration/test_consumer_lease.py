@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from aiconv.jobs.lease import Lease
 from aiconv.jobs.retry import Backoff, sleep_or_stop
-from tests.e2e.harness import eventually
+from tests.support.waiting import eventually
 
 
 async def test_only_one_owner_holds_a_lease_and_only_it_renews_or_releases(

@@ -13,7 +13,7 @@ from aiconv.jobs.consumer import Consumer, ConsumerOptions
 from aiconv.jobs.errors import DependencyUnavailable
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import Job, JobQueue
-from tests.e2e.harness import eventually
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ async def test_an_outage_does_not_use_up_attempts_but_failures_do(
 
 
 async def _settled(redis: Redis, stream: str) -> bool:
-    return (await redis.xpending(stream, "g"))["pending"] == 0
+    return int((await redis.xpending(stream, "g"))["pending"]) == 0
 
 
 def test_dependency_unavailable_names_the_service() -> None:

@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 from aiconv.jobs.consumer import Consumer, ConsumerOptions
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import Job, JobQueue
-from tests.e2e.harness import eventually
+from tests.support.streams import read_group, stream_entries
+from tests.support.waiting import eventually
 
 GROUP = "g"
 
@@ -67,8 +68,8 @@ async def test_a_dead_consumers_jobs_are_all_claimed_whatever_the_load(
         await eventually(lambda: started == busy_jobs, timeout=30)
         for n in range(orphans):
             await queue.enqueue(stream, {"kind": "orphan", "key": f"orphan-{n}"})
-        read = await redis.xreadgroup(GROUP, "crashed", {stream: ">"}, count=100)
-        assert len(read[0][1]) == orphans  # the dead consumer took them all, then died
+        read = await read_group(redis, GROUP, "crashed", stream, count=100)
+        assert len(read) == orphans  # the dead consumer took them all, then died
         for _ in range(free_slots):
             release.release()
         begun = time.monotonic()
@@ -184,6 +185,7 @@ async def test_a_job_redelivered_by_crashes_too_often_is_dead_lettered_unrun(
     stream = queue.keys.generate
     await queue.ensure_group(stream, GROUP)
     entry_id = await queue.enqueue(stream, {"key": "crashes-workers"})
+    assert entry_id is not None
     await redis.xreadgroup(GROUP, "crashed-1", {stream: ">"}, count=1)
     # Delivered three times already, each time to a consumer that died before acknowledging.
     await redis.xclaim(
@@ -209,7 +211,7 @@ async def test_a_job_redelivered_by_crashes_too_often_is_dead_lettered_unrun(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
-    [(_, fields)] = await redis.xrange(queue.keys.dlq)
+    [(_, fields)] = await stream_entries(redis, queue.keys.dlq)
     record = json.loads(fields["job"])
     assert record["deliveries"] == 4
     assert "delivered too many times" in record["error"]

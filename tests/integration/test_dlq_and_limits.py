@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import JobQueue
 from aiconv.worker.rate_limit import RateLimits, SendLimiter
-from tests.conftest import REDIS_URL
+from tests.support.services import REDIS_URL
+from tests.support.streams import read_group, stream_entries
 
 
 def aiconv(prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -45,7 +46,7 @@ async def test_dlq_list_replay_and_drop(redis: Redis, redis_prefix: str) -> None
 
     replayed = aiconv(redis_prefix, "dlq", "replay", jobs[0]["id"])
     assert replayed.returncode == 0, replayed.stderr
-    [(_, fields)] = await redis.xrange(keys.replies)
+    [(_, fields)] = await stream_entries(redis, keys.replies)
     assert json.loads(fields["job"]) == jobs[0]["payload"]
 
     assert aiconv(redis_prefix, "dlq", "drop", jobs[1]["id"]).returncode == 0
@@ -63,13 +64,13 @@ async def test_trimming_keeps_unacknowledged_and_unread_entries(
     for n in range(6):
         await queue.enqueue(stream, {"n": n})
     # Read four: acknowledge the first two and the fourth; the third stays pending.
-    [[_, entries]] = await redis.xreadgroup("g", "c", {stream: ">"}, count=4)
+    entries = await read_group(redis, "g", "c", stream, count=4)
     ids = [entry_id for entry_id, _ in entries]
     await redis.xack(stream, "g", ids[0], ids[1], ids[3])
 
     trimmed = await queue.trim(stream, keep_seconds=-1)  # -1: entries of this very millisecond too
     assert trimmed == 2
-    remaining = [json.loads(f["job"])["n"] for _, f in await redis.xrange(stream)]
+    remaining = [json.loads(f["job"])["n"] for _, f in await stream_entries(redis, stream)]
     assert remaining == [2, 3, 4, 5]  # the pending one and everything after it
 
 

@@ -12,14 +12,15 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
-from aiconv.modes import process
 from aiconv.config import Settings
 from aiconv.conversation import notices, texts
 from aiconv.jobs.codec import JobCodec
 from aiconv.jobs.keys import Keys
+from aiconv.modes import process
 from aiconv.resources import Resources
-from aiconv.telegram.double import BotApiDouble
-from tests.e2e.harness import base_env, eventually
+from aiconv.testing.botapi import BotApiDouble
+from tests.support.processes import base_env
+from tests.support.waiting import eventually
 
 Start = Callable[..., Awaitable[Resources]]
 OUTSIDER, MEMBER = 3001, 3002

@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 from aiconv.jobs.consumer import Consumer, ConsumerOptions
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import Job, JobQueue
-from tests.e2e.harness import eventually
+from tests.support.streams import read_group, stream_entries
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ async def test_hand_over_enqueues_and_acknowledges_together(queue: JobQueue, red
     source, target = queue.keys.updates, queue.keys.generate
     await queue.ensure_group(source, "g")
     await queue.enqueue(source, {"key": "a"})
-    [[_, [(entry_id, fields)]]] = await redis.xreadgroup("g", "c1", {source: ">"}, count=1)
+    [(entry_id, fields)] = await read_group(redis, "g", "c1", source, count=1)
     job = Job(source, entry_id, json.loads(fields["job"]))
     assert (await redis.xpending(source, "g"))["pending"] == 1
 
@@ -142,7 +143,7 @@ async def test_a_job_that_keeps_failing_moves_to_the_dead_letter_stream(
     finally:
         stop.set()
         await task
-    [(_, fields)] = await redis.xrange(queue.keys.dlq)
+    [(_, fields)] = await stream_entries(redis, queue.keys.dlq)
     record = json.loads(fields["job"])
     assert record["payload"] == {"key": "poison"}
     assert "ValueError: cannot handle this" in record["error"]
@@ -201,7 +202,7 @@ async def test_trim_survives_entries_acknowledged_while_it_reads(
     assert await queue.trim(
         stream, keep_seconds=-1
     )  # -1: entries of this very millisecond too == 3
-    remaining = [json.loads(f["job"])["n"] for _, f in await redis.xrange(stream)]
+    remaining = [json.loads(f["job"])["n"] for _, f in await stream_entries(redis, stream)]
     assert remaining == [3]  # read by nobody yet: kept
 
 
@@ -247,13 +248,13 @@ async def test_with_a_key_user_text_never_reaches_redis_in_the_clear(
 
     # Every entry the job layer wrote (update, generation, dead letter) is sealed.
     for stream in (source, target, queue.keys.dlq):
-        for _, fields in await redis.xrange(stream):
+        for _, fields in await stream_entries(redis, stream):
             assert fields["job"].startswith("sealed1:") and "diary" not in fields["job"]
     dead = DeadLetters(redis, queue.keys, codec)
     [listed] = await dead.list()
     assert listed.payload == {"key": "g1", "turns": [["user", "my diary"]]}
     await dead.replay(listed.id)
-    [*_, (_, fields)] = await redis.xrange(target)
+    [*_, (_, fields)] = await stream_entries(redis, target)
     assert fields["job"].startswith("sealed1:")
     assert codec.decode(target, fields["job"]) == listed.payload
     # Without the key a sealed dead letter is listed as unreadable, never an error.

@@ -19,12 +19,13 @@ from aiconv.modes import process, worker
 from aiconv.observability.gauges import refresh_streams
 from aiconv.observability.loops import LoopFailed, supervised
 from aiconv.observability.metrics import BACKGROUND_ERRORS, STREAM_OLDEST_PENDING_AGE
-from tests.conftest import REDIS_URL
-from tests.e2e.harness import eventually, free_port
+from tests.support.ports import free_port
+from tests.support.services import REDIS_URL
+from tests.support.waiting import eventually
 
 
 def errors_of(loop: str) -> float:
-    return BACKGROUND_ERRORS.labels(loop)._value.get()
+    return float(BACKGROUND_ERRORS.labels(loop)._value.get())
 
 
 async def test_supervised_retries_a_failing_body_until_it_succeeds() -> None:

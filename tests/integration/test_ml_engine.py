@@ -7,7 +7,8 @@ alone or cold. The few-shot "repeat the word" prompt makes the right answer chec
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from aiconv.config import default_model_path
 from aiconv.conversation.history import Turn
 from aiconv.ml.engine import Completion, Engine, EngineClosed, EngineConfig, PromptTooLong
 from aiconv.ml.generator import prompt_tokens
-from tests.e2e.harness import eventually
+from tests.support.waiting import eventually
 
 WORDS = ["banana", "elephant", "violin", "saxophone", "pumpkin", "giraffe", "umbrella", "castle"]
 
@@ -36,19 +37,9 @@ STORY = [{"role": "user", "content": "Tell me a long story about a dragon and a 
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    config = EngineConfig(
-        model_path=default_model_path(),
-        n_ctx=1024,
-        n_threads=2,
-        max_tokens=16,
-        temperature=0.0,
-        parallel=4,
-        cache_mb=64,
-    )
-    engine = Engine.open(config)
-    yield engine
-    engine.close()
+def engine_options() -> Mapping[str, Any]:
+    """The shared `engine` fixture (tests/support/fixtures.py), configured for this module."""
+    return {"max_tokens": 16, "parallel": 4, "cache_mb": 64}
 
 
 async def run(engine: Engine, messages: list[dict[str, str]], **options: object) -> Completion:

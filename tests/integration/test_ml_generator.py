@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
@@ -19,25 +19,16 @@ from aiconv.ml.cancel import CancelWatcher
 from aiconv.ml.engine import Engine, EngineConfig
 from aiconv.ml.generator import GenerateHandler, lane_of
 from aiconv.modes.ml import run_ml
-from tests.e2e.harness import eventually
+from tests.support.streams import stream_entries
+from tests.support.waiting import eventually
 
 PERSONA = "You are a helpful assistant."
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    config = EngineConfig(
-        model_path=default_model_path(),
-        n_ctx=1024,
-        n_threads=2,
-        max_tokens=300,
-        temperature=0.0,
-        parallel=2,
-        cache_mb=32,
-    )
-    engine = Engine.open(config)
-    yield engine
-    engine.close()
+def engine_options() -> Mapping[str, Any]:
+    """The shared `engine` fixture (tests/support/fixtures.py), configured for this module."""
+    return {"max_tokens": 300, "parallel": 2, "cache_mb": 32}
 
 
 @pytest.fixture
@@ -77,7 +68,7 @@ async def own_turn(redis: Redis, keys: Keys, chat_id: int, message_id: int) -> s
 
 
 async def replies(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
-    entries = await redis.xrange(keys.replies)
+    entries = await stream_entries(redis, keys.replies)
     return [json.loads(fields["job"]) for _id, fields in entries]
 
 

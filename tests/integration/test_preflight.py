@@ -21,8 +21,9 @@ from redis.exceptions import RedisError
 
 from aiconv.config import ConfigError, Settings
 from aiconv.preflight import ensure_port_free, require_durable_redis
-from tests.conftest import REDIS_URL
-from tests.e2e.harness import eventually, free_port
+from tests.support.ports import free_port
+from tests.support.services import REDIS_URL
+from tests.support.waiting import eventually
 
 PRODUCTION = dataclasses.replace(Settings(), environment="production")
 

@@ -8,13 +8,8 @@ the real time. The limiter must not care: Redis's clock is the only one its shar
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
-from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,27 +18,8 @@ from redis.asyncio import Redis
 
 from aiconv.jobs.keys import Keys
 from aiconv.worker.rate_limit import RateLimits, SendLimiter
-from tests.conftest import REDIS_URL, RUN_ID, delete_prefixed
-
-T = TypeVar("T")
-
-_SKEW: contextvars.ContextVar[float] = contextvars.ContextVar("process_clock_skew", default=0.0)
-
-
-@contextmanager
-def process_clocks() -> Iterator[None]:
-    """Make `time.time()` honour the skew of the task that calls it (see on_clock)."""
-    real = time.time
-    with mock.patch("time.time", lambda: real() + _SKEW.get()):
-        yield
-
-
-def on_clock(skew: float, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-    """Run coro as a task whose process clock is `skew` seconds off, like another host's."""
-    context = contextvars.copy_context()
-    context.run(_SKEW.set, skew)
-    return asyncio.create_task(coro, context=context)
-
+from tests.support.clocks import on_clock, process_clocks
+from tests.support.services import REDIS_URL, RUN_ID, delete_prefixed
 
 LIMITS = RateLimits(global_per_second=10, chat_per_second=1, group_per_minute=20, group_burst=3)
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg
 import pytest
+import pytest_asyncio
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -45,9 +46,9 @@ from aiconv.store.repository import SchedulerStore
 from aiconv.telegram.models import IncomingMessage
 from aiconv.web import auth
 from aiconv.web.app import create_standalone_app
-from tests.conftest import ADMIN_DATABASE_URL, REDIS_URL, RUN_ID, migrated_database
 from tests.faults.pgproxy import PgProxy
-from tests.integration.pg_replica import StreamingReplica, server_binaries, wait_for
+from tests.support.pg_replica import StreamingReplica, server_binaries, wait_for
+from tests.support.services import ADMIN_DATABASE_URL, REDIS_URL, RUN_ID, migrated_database
 
 DATABASE = f"aiconv_test_{RUN_ID}_replica"
 CATCH_UP_SECONDS = 30.0
@@ -69,10 +70,10 @@ def replica() -> Iterator[StreamingReplica]:
         node.destroy()
 
 
-@pytest.fixture(scope="session")
-def primary_url(replica: StreamingReplica) -> Iterator[str]:
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def primary_url(replica: StreamingReplica) -> AsyncIterator[str]:
     """The replica tests' own database on the primary, migrated, once the replica has it too."""
-    with migrated_database(DATABASE) as url:
+    async with migrated_database(DATABASE) as url:
         wait_for(
             lambda: (
                 replica.has_database(DATABASE)

@@ -20,9 +20,10 @@ from redis.asyncio import Redis
 from aiconv.config import Settings
 from aiconv.modes.process import IN_PROCESS_MODES, run_modes
 from aiconv.resources import NotMade, Resources, open_resources
-from aiconv.telegram.double import BotApiDouble
-from tests.conftest import REDIS_URL
-from tests.e2e.harness import eventually, free_port
+from aiconv.testing.botapi import BotApiDouble
+from tests.support.ports import free_port
+from tests.support.services import REDIS_URL
+from tests.support.waiting import eventually
 
 JWT_KEY = "Rq3vX9tLw2Kp8ZmB5nYc7HdF4jGs6QaE"  # the admin API on: the web app wants the database
 

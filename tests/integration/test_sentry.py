@@ -13,13 +13,14 @@ from typing import Any
 import httpx
 import pytest
 import sentry_sdk
+import sentry_sdk.logger  # a submodule: imported explicitly, not left to sentry_sdk.init
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
 from aiconv.config import Settings
 from aiconv.observability.sentry import Scrubber, init_sentry
 from aiconv.telegram.client import BotClient
-from aiconv.telegram.double import BotApiDouble
+from aiconv.testing.botapi import BotApiDouble
 
 TOKEN_SECRET = "AAHk3lvS9x-QzT7pW2mYbN4cR8dLfGj1eUo"
 TOKEN = f"7123456789:{TOKEN_SECRET}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import psycopg
 import psycopg.conninfo
@@ -61,7 +62,7 @@ async def test_a_message_is_stored_once_per_key(store: Store) -> None:
 async def test_history_is_recent_first_limited_and_forgotten_on_reset(store: Store) -> None:
     await store.record_sender(incoming(9002))
     for n in range(5):
-        role = "user" if n % 2 == 0 else "assistant"
+        role: Literal["user", "assistant"] = "user" if n % 2 == 0 else "assistant"
         await store.add_message(
             chat_id=9002,
             role=role,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -22,22 +22,16 @@ from aiconv.telegram.client import (
     ServerError,
     TelegramError,
 )
-from aiconv.telegram.double import BotApiDouble, LoopbackServer
 from aiconv.telegram.models import parse_update
+from aiconv.testing.botapi import BotApiDouble, LoopbackServer
 
 TOKEN = "987654:SECRET-token-value"
 
 
 @pytest.fixture
-async def double() -> AsyncIterator[BotApiDouble]:
-    async with BotApiDouble(token=TOKEN) as d:
-        yield d
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        yield client
+def double_options() -> Mapping[str, Any]:
+    """The shared `double` fixture (tests/support/fixtures.py) with this module's token."""
+    return {"token": TOKEN}
 
 
 @pytest.fixture

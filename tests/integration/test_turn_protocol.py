@@ -19,7 +19,7 @@ import json
 import types
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -39,7 +39,8 @@ from aiconv.jobs.keys import GENERATE_GROUP, REPLIES_GROUP, UPDATES_GROUP, Keys
 from aiconv.jobs.messages import GenerateJob, ReplyJob, TurnJob
 from aiconv.jobs.queue import Job, JobQueue, decode_entry
 from aiconv.worker.turns import TurnConfig, Turns
-from tests.conftest import REDIS_URL, delete_prefixed
+from tests.support.services import REDIS_URL, delete_prefixed
+from tests.support.streams import Entry, stream_entries
 
 CHATS = (101, -100200)
 WORKERS = (0, 1)
@@ -145,7 +146,7 @@ class TurnProtocol(RuleBasedStateMachine):
     @rule()
     def leases_run_out_and_are_swept(self) -> None:
         async def expire() -> None:
-            held = await self.redis.zrange(self.keys.turns_held, 0, -1)
+            held = cast(list[str], await self.redis.zrange(self.keys.turns_held, 0, -1))
             if held:
                 await self.redis.zadd(self.keys.turns_held, dict.fromkeys(held, 0))
             await self.turns.sweep_leases()
@@ -162,7 +163,7 @@ class TurnProtocol(RuleBasedStateMachine):
             group = self.keys.group_of(stream)
             info = {g["name"]: g for g in await self.redis.xinfo_groups(stream)}
             last = info[group]["last-delivered-id"]
-            unread = await self.redis.xrange(stream, min=f"({last}", max="+", count=1)
+            unread = await stream_entries(self.redis, stream, min=f"({last}", max="+", count=1)
             if unread:
                 self._forget_apology(unread[0][1])
                 await self.redis.xdel(stream, unread[0][0])
@@ -228,10 +229,14 @@ class TurnProtocol(RuleBasedStateMachine):
         for stream in (self.keys.updates, self.keys.generate, self.keys.replies):
             group = self.keys.group_of(stream)
             pending = await self.redis.xpending_range(stream, group, "-", "+", 100)
-            ids = [p["message_id"] for p in pending if p["consumer"] in self.dead_consumers]
+            ids: list[Any] = [
+                p["message_id"] for p in pending if p["consumer"] in self.dead_consumers
+            ]
             if not ids:
                 continue
-            claimed = await self.redis.xclaim(stream, group, self.consumer(worker), 0, ids)
+            claimed = cast(
+                list[Entry], await self.redis.xclaim(stream, group, self.consumer(worker), 0, ids)
+            )
             for entry_id, fields in claimed:
                 if fields:
                     self.hands[worker].append(InHand(decode_entry(stream, entry_id, fields, 2)))
@@ -268,7 +273,9 @@ class TurnProtocol(RuleBasedStateMachine):
             model = self.chats[int(item.job.payload["chat_id"])]
             model.sending.discard(turn)
             if self.run(self.turns.status(model_chat(turn), turn)) != "lost":
-                covers = int(item.job.payload.get("covers", self.turn_covers.get(turn)))
+                known = item.job.payload.get("covers", self.turn_covers.get(turn))
+                assert known is not None, f"no covers known for {turn}"
+                covers = int(known)
                 self.turn_covers.setdefault(turn, covers)  # its turn stage may never have run
                 model.settled = max(model.settled, covers)
                 model.apologies_owed.add(turn)

@@ -13,6 +13,7 @@ from aiconv.jobs.keys import UPDATES_GROUP, Keys
 from aiconv.jobs.messages import TurnJob
 from aiconv.jobs.queue import JobQueue
 from aiconv.worker.turns import TurnConfig, Turns
+from tests.support.streams import stream_entries
 
 CHAT = 4242
 
@@ -27,7 +28,7 @@ def turns_with(redis: Redis, keys: Keys, *, final_after: float = 1000.0) -> Turn
 
 
 async def claimed(redis: Redis, keys: Keys) -> list[TurnJob]:
-    entries = await redis.xrange(keys.updates)
+    entries = await stream_entries(redis, keys.updates)
     return [TurnJob.from_payload(json.loads(fields["job"])) for _, fields in entries]
 
 
@@ -113,7 +114,7 @@ async def test_11_a_lease_is_renewed_while_the_job_lives_and_released_when_it_is
     await redis.xreadgroup(UPDATES_GROUP, "w", {keys.updates: ">"})
     await redis.zadd(keys.turns_held, {str(CHAT): 0})
     assert await turns.sweep_leases() == (1, 0)  # read and pending: renewed
-    [(entry, _)] = await redis.xrange(keys.updates)
+    [(entry, _)] = await stream_entries(redis, keys.updates)
     await redis.xack(keys.updates, UPDATES_GROUP, entry)
     await redis.xdel(keys.updates, entry)  # lost (failover), or acknowledged without a hand-over
     await redis.zadd(keys.turns_held, {str(CHAT): 0})
@@ -129,9 +130,9 @@ async def test_11_a_dead_lettered_turn_releases_its_chat_and_tells_the_user(
     queue = JobQueue(redis, keys)
     await turns.note_message(CHAT, 1)
     await turns.claim_due()
-    [(_, fields)] = await redis.xrange(keys.updates)
+    [(_, fields)] = await stream_entries(redis, keys.updates)
     await turns.abandon(queue, json.loads(fields["job"]))
-    [(_, sorry)] = await redis.xrange(keys.replies)
+    [(_, sorry)] = await stream_entries(redis, keys.replies)
     apology = json.loads(sorry["job"])
     assert apology["chat_id"] == CHAT and apology["key"].startswith("sorry:")
     assert apology.get("turn") is None  # delivered on its own

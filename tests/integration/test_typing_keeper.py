@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
+from typing import Any
 
 import httpx
 import pytest
@@ -17,26 +18,20 @@ from redis.asyncio import Redis
 
 from aiconv.jobs.keys import Keys
 from aiconv.telegram.client import BotClient
-from aiconv.telegram.double import BotApiDouble
+from aiconv.testing.botapi import BotApiDouble
 from aiconv.worker import typing_keeper
 from aiconv.worker.typing_keeper import TypingKeeper
-from tests.e2e.harness import eventually
-from tests.integration.test_rate_limit import on_clock, process_clocks
+from tests.support.clocks import on_clock, process_clocks
+from tests.support.waiting import eventually
 
 INTERVAL = 1.0  # shortened from 4 s so that a test sees several intervals
 TOKEN = "123456:TEST-TOKEN"
 
 
 @pytest.fixture
-async def double() -> AsyncIterator[BotApiDouble]:
-    async with BotApiDouble(token=TOKEN) as d:
-        yield d
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        yield client
+def double_options() -> Mapping[str, Any]:
+    """The shared `double` fixture (tests/support/fixtures.py) with this module's token."""
+    return {"token": TOKEN}
 
 
 @pytest.fixture(autouse=True)

@@ -22,8 +22,9 @@ from aiconv.jobs.queue import JobQueue
 from aiconv.observability.ops import ops_app
 from aiconv.web.app import create_standalone_app
 from aiconv.web.openai import OpenAiApi
-from tests.conftest import REDIS_URL
-from tests.e2e.harness import eventually
+from tests.support.services import REDIS_URL
+from tests.support.streams import stream_entries
+from tests.support.waiting import eventually
 
 API_KEY = "sk-edge-test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -276,7 +277,7 @@ async def test_a_client_that_leaves_cancels_its_request_at_once(
     finally:
         request.cancel()
     assert sent[0]["status"] == 499
-    [(_, fields)] = await redis.xrange(Keys(redis_prefix).openai_generate)
+    [(_, fields)] = await stream_entries(redis, Keys(redis_prefix).openai_generate)
     job = json.loads(fields["job"])
     assert await redis.exists(f"{redis_prefix}oai:{job['id']}:cancel") == 1  # ml skips it
     assert job["deadline"] <= time.time() + 300  # and would drop it after the proxies gave up

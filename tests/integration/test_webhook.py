@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import subprocess
+from typing import Any
 
 import httpx
 import hypothesis
@@ -20,8 +21,11 @@ from aiconv.store.db import make_pool
 from aiconv.store.repository import Store
 from aiconv.telegram.models import parse_update
 from aiconv.web.app import create_standalone_app
-from tests.conftest import REDIS_URL
-from tests.e2e.harness import eventually, free_port
+from tests.support.ports import free_port
+from tests.support.services import REDIS_URL
+from tests.support.streams import stream_entries
+from tests.support.updates import replaced
+from tests.support.waiting import eventually
 
 SECRET = "in-process-secret"
 UPDATE = {
@@ -167,13 +171,8 @@ async def test_deeply_nested_json_is_a_bad_request_not_a_crash(
     assert await redis.xlen(f"{redis_prefix}updates") == 0
 
 
-def _with(path: tuple[str, ...], value: object) -> dict[str, object]:
-    update = json.loads(json.dumps(UPDATE))
-    target = update
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = value
-    return update
+def _with(path: tuple[str, ...], value: object) -> dict[str, Any]:
+    return replaced(UPDATE, path, value)
 
 
 @pytest.mark.parametrize(
@@ -210,13 +209,14 @@ async def test_text_postgresql_cannot_hold_is_cleaned_at_the_edge_and_stored(
     async with client_for(REDIS_URL, redis_prefix) as http:
         response = await http.post("/webhook", content=json.dumps(update), headers=headers)
     assert response.status_code == 200
-    [(_, fields)] = await redis.xrange(f"{redis_prefix}updates")
+    [(_, fields)] = await stream_entries(redis, f"{redis_prefix}updates")
     payload = json.loads(fields["job"])
     assert "\\u0000" not in fields["job"] and "\\ud800" not in fields["job"]
 
     # What the worker does with it (worker/updates.py): parse the queued update, store it.
     message = parse_update(UpdateJob.from_payload(payload).update).message
     assert message is not None
+    assert message.text is not None
     assert (message.text, message.first_name) == ("ab \ufffdc \ufffdd 😀", "Ann\ufffd")
     pool = make_pool(database_url, max_size=1)
     await pool.open()
@@ -279,7 +279,7 @@ _bodies = st.one_of(
 )
 
 
-_STORABLE = {
+_STORABLE: dict[str, Any] = {
     "update_id": 1,
     "message": {
         "message_id": 1,
@@ -326,7 +326,7 @@ def test_fuzzed_updates_get_200_or_400_and_every_accepted_one_can_be_stored(
 
     async def store_every_queued_update() -> int:
         redis = Redis.from_url(REDIS_URL, decode_responses=True)
-        entries = await redis.xrange(f"{redis_prefix}updates")
+        entries = await stream_entries(redis, f"{redis_prefix}updates")
         await redis.aclose()
         pool = make_pool(database_url, max_size=1)
         await pool.open()

@@ -31,7 +31,7 @@ TARGET_LABELS = frozenset({"job", "instance"})
 
 # Series that are not aiconv's own but that the rules may use: Prometheus' scrape health.
 # The process_* family comes from prometheus_client's ProcessCollector (see exported_metrics).
-EXTERNAL_METRICS = {"up": frozenset()}
+EXTERNAL_METRICS: dict[str, frozenset[str]] = {"up": frozenset()}
 
 KEYWORDS = frozenset(
     {

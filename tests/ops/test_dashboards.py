@@ -173,8 +173,8 @@ def test_dashboard_variables_are_defined(name: str) -> None:
 
 def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
-    rules = []
-    where_of = {}
+    rules: list[dict[str, str]] = []
+    where_of: dict[str, str] = {}
     for name, board in sorted(BOARDS.items()):
         for where, expr in dashboard_exprs(board):
             record = f"dashboard:expr_{len(rules)}"

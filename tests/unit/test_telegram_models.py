@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from aiconv.telegram.models import IncomingMessage, InvalidUpdate, Update, clean, parse_update
+from tests.support.updates import replaced
 
 
 def _text_update(text: str = "hello") -> dict[str, Any]:
@@ -123,12 +124,7 @@ def _without(path: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _with(path: tuple[str, ...], value: object) -> dict[str, Any]:
-    data = copy.deepcopy(_text_update())
-    obj: Any = data
-    for key in path[:-1]:
-        obj = obj[key]
-    obj[path[-1]] = value
-    return data
+    return replaced(_text_update(), path, value)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """An in-process Telegram Bot API double served over real HTTP on loopback.
 
-Used by tests and by `aiconv demo`: the code under test talks to it exactly as it would
-to api.telegram.org (set TELEGRAM_API_URL to `double.url`).
+Test and demo tooling, not product: used by the tests and by `aiconv demo`, so that the code
+under test talks to it exactly as it would to api.telegram.org (set TELEGRAM_API_URL to
+`double.url`). Served by granian, the server the product itself uses.
 """
 
 from __future__ import annotations
@@ -11,77 +12,41 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from aiconv.web.server import serve
+
 MAX_MESSAGE_LENGTH = 4096
 
 
-class _QuietServer(uvicorn.Server):
-    # uvicorn would take over SIGINT/SIGTERM while serving; the host process owns them.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the caller binds it next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-class LoopbackServer:
-    """Serve an ASGI app on 127.0.0.1 at a free port inside the running event loop."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self._app = app
-        self._server: _QuietServer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.url = ""
+class _Started:
+    """`async with` runs `start()` on entry and `stop()` on exit."""
 
     async def start(self) -> None:
-        # Bind and listen ourselves: the port is known up front and connections made
-        # before uvicorn starts accepting wait in the backlog instead of being refused.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._app,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-        )
-        self._server = _QuietServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 10.0
-        while not self._server.started:
-            if self._task.done():
-                sock.close()
-                self._task.result()  # surfaces the start-up error
-                raise RuntimeError("loopback server exited during start-up")
-            if time.monotonic() > deadline:
-                raise RuntimeError("loopback server did not start within 10 s")
-            await asyncio.sleep(0.005)
+        raise NotImplementedError
 
     async def stop(self) -> None:
-        if self._server is None or self._task is None:
-            return
-        self._server.should_exit = True
-        await self._task
-        self._server = None
-        self._task = None
+        raise NotImplementedError
 
-    async def __aenter__(self) -> LoopbackServer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -92,6 +57,67 @@ class LoopbackServer:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+class LoopbackServer(_Started):
+    """Serve an ASGI app on 127.0.0.1 at a free port inside the running event loop.
+
+    Served by the project's own granian helper (`aiconv.web.server.serve`), the server the
+    product uses. Granian binds the port itself, so the port is picked free first; another
+    process taking it in between makes the bind fail, and start-up then tries a fresh port.
+    `start` returns once the port accepts connections, so callers never see a refusal.
+    """
+
+    START_ATTEMPTS = 5
+    START_TIMEOUT = 10.0  # seconds for one attempt to accept connections
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+        self._stop: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        for attempt in range(1, self.START_ATTEMPTS + 1):
+            port = free_port()
+            stop = asyncio.Event()
+            task = asyncio.create_task(serve(self._app, "127.0.0.1", port, stop))
+            if await self._accepting(port, task):
+                self._stop, self._task = stop, task
+                self.url = f"http://127.0.0.1:{port}"
+                return
+            stop.set()
+            try:
+                await task
+            except Exception:
+                if attempt == self.START_ATTEMPTS:
+                    raise  # surfaces the last bind error
+        raise RuntimeError(f"loopback server did not start in {self.START_ATTEMPTS} attempts")
+
+    async def _accepting(self, port: int, task: asyncio.Task[None]) -> bool:
+        # True once the port accepts connections; False if serving ended or the deadline passed.
+        deadline = time.monotonic() + self.START_TIMEOUT
+        while not task.done() and time.monotonic() < deadline:
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port), timeout=1.0
+                )
+            except (OSError, TimeoutError):
+                await asyncio.sleep(0.005)  # polling the port: granian has no started event
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return not task.done()
+        return False
+
+    async def stop(self) -> None:
+        if self._stop is None or self._task is None:
+            return
+        self._stop.set()
+        await self._task
+        self._stop = None
+        self._task = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +173,7 @@ def _decode_value(value: str) -> Any:
     return value
 
 
-class BotApiDouble:
+class BotApiDouble(_Started):
     """Fake Bot API: records every call, queues or webhooks user messages, injects faults.
 
     `calls` is in completion order; `ApiCall.at` is the arrival time.
@@ -202,18 +228,6 @@ class BotApiDouble:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
-
-    async def __aenter__(self) -> BotApiDouble:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- inspection --------------------------------------------------------------------
 

@@ -1,0 +1,127 @@
+"""The shared fixtures, loaded by the root conftest with `pytest_plugins`.
+
+Every fixture that touches a real service cleans up after itself: the run's database is
+dropped at the end of the session, a test's Redis keys when the test ends, processes and
+servers at teardown. Async resources are async fixtures on pytest-asyncio's loops; nothing
+here starts an event loop of its own.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from aiconv.testing.botapi import BotApiDouble
+from tests.support.processes import AiconvProcess, Launcher, base_env
+from tests.support.services import (
+    REDIS_URL,
+    RUN_ID,
+    delete_prefixed,
+    migrated_database,
+    new_redis_prefix,
+)
+
+if TYPE_CHECKING:
+    from aiconv.ml.engine import Engine
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def database_url() -> AsyncIterator[str]:
+    """The test run's own database, migrated."""
+    async with migrated_database(f"aiconv_test_{RUN_ID}") as url:
+        yield url
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = new_redis_prefix()
+    yield prefix
+    await delete_prefixed(prefix)
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    """A client of the test Redis (decoded responses); keys go under `redis_prefix`."""
+    client = Redis.from_url(REDIS_URL, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def double_options() -> Mapping[str, Any]:
+    """`BotApiDouble` arguments for `double` (a token, say); a module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
+async def double(double_options: Mapping[str, Any]) -> AsyncIterator[BotApiDouble]:
+    """The Bot API double, with update ids of this test's own (as two bots' would be)."""
+    options: dict[str, Any] = {"first_update_id": random.randrange(10**6, 10**9)}
+    options.update(double_options)
+    async with BotApiDouble(**options) as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the test's own requests (10 s timeouts)."""
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        yield client
+
+
+@pytest.fixture
+async def launch(
+    database_url: str, redis_prefix: str, double: BotApiDouble, tmp_path: Path
+) -> AsyncIterator[Launcher]:
+    """Start aiconv processes (any mode, extra settings); all are stopped at teardown."""
+    started: list[AiconvProcess] = []
+
+    async def start(mode: str = "all", **settings: str) -> AiconvProcess:
+        env = base_env(database_url, redis_prefix, double.url, double.token)
+        env.update(settings)
+        process = AiconvProcess(env, mode, tmp_path / f"aiconv-{mode}-{len(started)}.log")
+        started.append(process)
+        await process.start()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+        # Shown by pytest only when the test failed.
+        print(f"--- aiconv {process.mode} log ---\n{process.logs()}")
+
+
+@pytest.fixture(scope="module")
+def engine_options() -> Mapping[str, Any]:
+    """`EngineConfig` fields for the module's `engine`; a module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def engine(engine_options: Mapping[str, Any]) -> Iterator[Engine]:
+    """The bundled model in a batching engine, greedy (reproducible), shared by a module."""
+    # Imported here: loading llama.cpp is for the modules that use the model, not every test.
+    from aiconv.config import default_model_path
+    from aiconv.ml.engine import Engine, EngineConfig
+
+    options: dict[str, Any] = {
+        "model_path": default_model_path(),
+        "n_ctx": 1024,
+        "n_threads": 2,
+        "max_tokens": 16,
+        "temperature": 0.0,
+        "parallel": 4,
+        "cache_mb": 64,
+    }
+    options.update(engine_options)
+    engine = Engine.open(EngineConfig(**options))
+    yield engine
+    engine.close()
