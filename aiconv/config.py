@@ -178,6 +178,8 @@ class Settings:
     turns: TurnConfig = field(default_factory=TurnConfig)
     rate_limits: RateLimits = field(default_factory=RateLimits)
     worker_concurrency: int = 64
+    busy_notice_seconds: float = 30.0  # tell the user once when a turn's estimated wait exceeds it
+    max_queue_wait_seconds: float = 0.0  # decline new turns beyond this estimated wait; 0: never
     schedule: Schedule = field(default_factory=lambda: Schedule())
     message_retention_days: int | None = None
     backup_dir: Path | None = None
@@ -298,6 +300,8 @@ class Settings:
                 group_per_minute=read.number("TELEGRAM_RATE_GROUP_PER_MINUTE", 20.0, minimum=0.1),
             ),
             worker_concurrency=read.integer("WORKER_CONCURRENCY", 64, minimum=1),
+            busy_notice_seconds=read.number("BUSY_NOTICE_SECONDS", 30.0, minimum=0.0),
+            max_queue_wait_seconds=read.number("MAX_QUEUE_WAIT_SECONDS", 0.0, minimum=0.0),
             schedule=Schedule(
                 sweep_seconds=read.number("SCHEDULE_SWEEP_SECONDS", 60.0, minimum=1.0),
                 gauges_seconds=read.number("SCHEDULE_GAUGES_SECONDS", 60.0, minimum=1.0),

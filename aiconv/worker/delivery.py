@@ -179,6 +179,8 @@ class DeliveryHandler:
             await pipe.execute()
 
     async def _store_part(self, reply: ReplyJob, index: int, text: str, message_id: int) -> None:
+        if reply.notice:
+            return  # a busy notice answers nothing and is no part of the conversation's history
         await self.r.store.add_message(
             chat_id=reply.chat_id,
             role="assistant",

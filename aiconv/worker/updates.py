@@ -22,6 +22,7 @@ from aiconv.jobs.queue import Job
 from aiconv.observability.metrics import UPDATES_RECEIVED
 from aiconv.resources import Resources
 from aiconv.telegram.models import IncomingMessage, Update, parse_update
+from aiconv.worker.capacity import Pacer
 from aiconv.worker.turns import Turns
 from aiconv.worker.typing_keeper import TypingKeeper
 
@@ -73,12 +74,18 @@ class UpdateHandler:
     """Handles both jobs of the updates stream: Telegram updates, and claimed chat turns."""
 
     def __init__(
-        self, resources: Resources, typing: TypingKeeper, turns: Turns, bot_username: str | None
+        self,
+        resources: Resources,
+        typing: TypingKeeper,
+        turns: Turns,
+        bot_username: str | None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.r = resources
         self.typing = typing
         self.turns = turns
         self.bot_username = bot_username
+        self.pacer = pacer  # None: typing from the first message, no notices, no declines
 
     async def __call__(self, job: Job) -> None:
         if job.payload.get("kind") == "turn":
@@ -146,7 +153,10 @@ class UpdateHandler:
         )
         # The reply is generated when the chat's turn comes (see turns.py), not per message.
         if await self.turns.note_message(message.chat_id, message.message_id):
-            await self.typing.begin(message.chat_id)
+            if self.pacer is not None:
+                await self.pacer.message_noted(message.chat_id)  # typing only if soon
+            else:
+                await self.typing.begin(message.chat_id)
 
     async def _start_turn(self, job: Job, turn: TurnJob) -> None:
         """A claimed turn: hand the chat's history to the ml stage, keyed by the turn."""
@@ -159,10 +169,14 @@ class UpdateHandler:
                     await self.typing.end(turn.chat_id)
             await self.r.queue.ack(job, UPDATES_GROUP)
             return
+        chat_type, user_id = await self.r.store.chat_party(turn.chat_id)
+        if self.pacer is not None and not await self.pacer.before_generation(
+            job, turn, chat_type, user_id
+        ):
+            return  # declined: the decline is the turn's reply (worker/capacity.py)
         history = await self.r.store.history(turn.chat_id, HISTORY_ROWS)
         # Coarse bound only (the byte estimate overcounts); ml trims with the real tokenizer.
         history = fit_history(history, approx_tokens, budget=2 * self.r.settings.n_ctx)
-        chat_type, user_id = await self.r.store.chat_party(turn.chat_id)
         generate = GenerateJob(
             turn=turn.turn,
             chat_id=turn.chat_id,
