@@ -113,14 +113,16 @@ class Keys:
 
     # --- ml capacity ---------------------------------------------------------------------------
 
+    # Tagged {ml}: the publishing script writes an instance's hash and the index together.
+
     def ml_capacity(self, instance: str) -> str:
         """Hash: what one ml instance measured (slots, busy, speed); expires when it stops."""
-        return f"{self.prefix}ml:capacity:{instance}"
+        return f"{self.prefix}{{ml}}:capacity:{instance}"
 
     @property
     def ml_instances(self) -> str:
         """Sorted set: ml instances that published capacity, scored by when (Redis time)."""
-        return f"{self.prefix}ml:instances"
+        return f"{self.prefix}{{ml}}:instances"
 
     # --- rate limits, scheduler, poller, gauges ------------------------------------------------
 

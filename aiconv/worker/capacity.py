@@ -3,6 +3,8 @@
 `CapacityView` reads what every live ml instance published (aiconv/ml/stats.py) and the generate
 stream's backlog (XINFO GROUPS: unread entries = jobs not yet started), at most once per
 REFRESH_SECONDS per process, so a thousand messages a second cost a few Redis calls a second.
+Between two reads it counts the generation jobs this process queued itself, so a burst of turns
+within one second does not see the same empty queue a hundred times.
 
 `Pacer` applies it, at two moments:
 - a message is noted: "typing…" starts at once only if a new turn would start generating within
@@ -79,12 +81,23 @@ class CapacityView:
         self.keys = keys
         self._cached: Snapshot | None = None
         self._read_at = -math.inf
+        self._queued_since_read = 0
 
     async def snapshot(self) -> Snapshot:
         if self._cached is None or time.monotonic() - self._read_at >= REFRESH_SECONDS:
             self._cached = await self._read()
             self._read_at = time.monotonic()
+            self._queued_since_read = 0
         return self._cached
+
+    async def estimate(self) -> Estimate:
+        """The wait of a generation job queued now, behind what this process just queued too."""
+        snapshot = await self.snapshot()
+        return snapshot.estimate(extra_ahead=self._queued_since_read)
+
+    def queued(self) -> None:
+        """This process queued a generation job (seen by the next read of the stream)."""
+        self._queued_since_read += 1
 
     async def _read(self) -> Snapshot:
         instances = await self._instances()
@@ -151,7 +164,7 @@ class Pacer:
 
     async def message_noted(self, chat_id: int) -> None:
         """Typing at once only if a turn for it would start generating within seconds."""
-        estimate = (await self.view.snapshot()).estimate()
+        estimate = await self.view.estimate()
         if estimate.seconds <= TYPING_LEAD_SECONDS:
             await self.typing.begin(chat_id)
 
@@ -160,7 +173,7 @@ class Pacer:
     ) -> bool:
         """A turn is about to be queued for the model: False if it was declined instead (its
         job then handed on to delivery: the caller hands nothing more on)."""
-        estimate = (await self.view.snapshot()).estimate()
+        estimate = await self.view.estimate()
         TURN_ESTIMATED_WAIT.observe(estimate.seconds)
         bound = log.bind(chat_id=turn.chat_id, turn=turn.turn, wait=round(estimate.seconds, 1))
         limit = self.policy.max_queue_wait_seconds
@@ -179,6 +192,7 @@ class Pacer:
                 BUSY_NOTICES.inc()
                 bound.info("user told of a long wait")
         await self.typing.begin_in(turn.chat_id, estimate.seconds - TYPING_LEAD_SECONDS)
+        self.view.queued()
         return True
 
 

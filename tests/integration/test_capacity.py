@@ -244,3 +244,15 @@ async def test_capacity_publication_expires_on_its_own(
 
     await eventually(gone, timeout=10)
     assert (await CapacityView(redis, keys).snapshot()).instances == ()
+
+
+async def test_a_burst_of_turns_within_one_read_queues_each_behind_the_last(
+    redis: Redis, keys: Keys
+) -> None:
+    await publish(redis, keys, "ml", MlCapacity(slots=2, busy=0, seconds_per_generation=10.0))
+    view = CapacityView(redis, keys)
+    waits = []
+    for _ in range(4):
+        waits.append((await view.estimate()).seconds)
+        view.queued()
+    assert waits == [0.0, 0.0, 5.0, 10.0]  # two free slots, then (n - 2 + 1) * 10 s / 2
