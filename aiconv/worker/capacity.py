@@ -63,6 +63,7 @@ class Snapshot:
     instances: tuple[MlCapacity, ...]
     waiting: int  # generation jobs in the stream nobody has started (unread)
     in_progress: int  # read and not yet acknowledged
+    due: int = 0  # chats whose turn waits to be claimed: each becomes a generation job first
 
     def estimate(self, extra_ahead: int = 0) -> Estimate:
         """The wait of a generation job queued now (behind everything waiting)."""
@@ -82,18 +83,28 @@ class CapacityView:
         self._cached: Snapshot | None = None
         self._read_at = -math.inf
         self._queued_since_read = 0
+        self._noted_since_read = 0
 
     async def snapshot(self) -> Snapshot:
         if self._cached is None or time.monotonic() - self._read_at >= REFRESH_SECONDS:
             self._cached = await self._read()
             self._read_at = time.monotonic()
             self._queued_since_read = 0
+            self._noted_since_read = 0
         return self._cached
 
     async def estimate(self) -> Estimate:
         """The wait of a generation job queued now, behind what this process just queued too."""
         snapshot = await self.snapshot()
         return snapshot.estimate(extra_ahead=self._queued_since_read)
+
+    async def estimate_for_new_message(self) -> Estimate:
+        """The wait of the turn a message noted now will get: behind the queued generation jobs
+        and every chat whose turn is due (its own, if already there: over by one at most)."""
+        snapshot = await self.snapshot()
+        self._noted_since_read += 1
+        ahead = self._queued_since_read + snapshot.due + self._noted_since_read - 1
+        return snapshot.estimate(extra_ahead=ahead)
 
     def queued(self) -> None:
         """This process queued a generation job (seen by the next read of the stream)."""
@@ -102,6 +113,7 @@ class CapacityView:
     async def _read(self) -> Snapshot:
         instances = await self._instances()
         waiting, in_progress = await self._backlog()
+        due = int(await self.redis.zcard(self.keys.turns_due))
         rate, _ = service_rate(instances)
         ML_CAPACITY.labels("instances").set(len(instances))
         ML_CAPACITY.labels("slots").set(sum(i.slots for i in instances))
@@ -110,7 +122,7 @@ class CapacityView:
         ML_CAPACITY.labels("tokens_per_second").set(sum(i.tokens_per_second for i in instances))
         ML_CAPACITY.labels("service_rate").set(rate)
         GENERATE_QUEUE_AHEAD.set(waiting)
-        return Snapshot(tuple(instances), waiting, in_progress)
+        return Snapshot(tuple(instances), waiting, in_progress, due)
 
     async def _instances(self) -> list[MlCapacity]:
         names = await self.redis.zrange(self.keys.ml_instances, 0, -1)
@@ -164,7 +176,7 @@ class Pacer:
 
     async def message_noted(self, chat_id: int) -> None:
         """Typing at once only if a turn for it would start generating within seconds."""
-        estimate = await self.view.estimate()
+        estimate = await self.view.estimate_for_new_message()
         if estimate.seconds <= TYPING_LEAD_SECONDS:
             await self.typing.begin(chat_id)
 

@@ -256,3 +256,13 @@ async def test_a_burst_of_turns_within_one_read_queues_each_behind_the_last(
         waits.append((await view.estimate()).seconds)
         view.queued()
     assert waits == [0.0, 0.0, 5.0, 10.0]  # two free slots, then (n - 2 + 1) * 10 s / 2
+
+
+async def test_a_burst_of_messages_types_only_for_those_the_model_will_reach_soon(
+    redis: Redis, keys: Keys
+) -> None:
+    await publish(redis, keys, "ml", MlCapacity(slots=2, busy=0, seconds_per_generation=10.0))
+    await redis.zadd(keys.turns_due, {"1": 0.0, "2": 0.0})  # two chats already wait for a turn
+    view = CapacityView(redis, keys)
+    waits = [(await view.estimate_for_new_message()).seconds for _ in range(3)]
+    assert waits == [5.0, 10.0, 15.0]  # behind the two due chats, then behind each other
