@@ -86,6 +86,7 @@ class Throughput:
         self.busy = 0
         self._since = time.monotonic()
         self._finished: deque[_Finished] = deque()
+        self._last_seconds: float | None = None  # kept through idle windows: speed is not load
 
     def started(self) -> None:
         self.busy += 1
@@ -102,7 +103,9 @@ class Throughput:
             self._finished.popleft()
         span = max(min(self.window, now - self._since), 1e-3)
         done = list(self._finished)
-        seconds = sum(f.seconds for f in done) / len(done) if done else None
+        if done:
+            self._last_seconds = sum(f.seconds for f in done) / len(done)
+        seconds = self._last_seconds
         return MlCapacity(
             slots=self.slots,
             busy=min(self.busy, self.slots),

@@ -266,3 +266,14 @@ async def test_a_burst_of_messages_types_only_for_those_the_model_will_reach_soo
     view = CapacityView(redis, keys)
     waits = [(await view.estimate_for_new_message()).seconds for _ in range(3)]
     assert waits == [5.0, 10.0, 15.0]  # behind the two due chats, then behind each other
+
+
+def test_an_idle_instance_still_knows_how_fast_a_slot_is() -> None:
+    throughput = Throughput(slots=2, window=60.0)
+    throughput.started()
+    throughput.ended(3.0, 30, finished=True)
+    assert throughput.capacity().seconds_per_generation == pytest.approx(3.0)
+    throughput.window = 0.0  # the window has moved past every generation
+    idle = throughput.capacity()
+    assert idle.seconds_per_generation == pytest.approx(3.0)  # speed is kept
+    assert idle.turns_per_second == 0.0  # the measured load is not
