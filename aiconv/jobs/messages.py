@@ -150,7 +150,7 @@ class ReplyJob:
     turn: str | None = None  # set when the reply belongs to a turn, which it settles
     cancelled: bool = False  # the turn was superseded before its text was written
     stats: dict[str, Any] = field(default_factory=dict)
-    notice: bool = False  # a courtesy (busy:<turn>): sent once, answers nothing, not in history
+    notice: bool = False  # a courtesy (busy:...): sent once, answers nothing, not in history
     kind: Literal["reply"] = "reply"
 
     def to_payload(self) -> dict[str, Any]:

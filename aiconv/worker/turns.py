@@ -19,7 +19,8 @@ an active turn supersedes it (`live` key changes; ml and delivery stop before se
 final turn is delivered anyway so a user who writes in fragments still gets answers.
 
 When the model's queue is long (worker/capacity.py), a turn may tell its user once that the reply
-will take a while (`notify_busy`, keyed `busy:<turn>`: once per turn whatever is redelivered), or
+will take a while (`notify_busy`, keyed by the chat's oldest unanswered message: once per turn
+whatever is redelivered, and not again for the turn that follows a superseded one), or
 be declined (`decline`): its reply is then a fixed "overloaded" text, handed over and delivered
 as the turn's reply, so the turn settles, and its messages are answered, exactly as by a
 generated reply, and none is generated.
@@ -358,12 +359,14 @@ class Turns:
     async def notify_busy(self, queue: JobQueue, turn: TurnJob, chat_type: str, text: str) -> bool:
         """Tell the user once that this turn's reply will take a while; True if newly queued.
 
-        Keyed `busy:<turn>` like the dead letter's `sorry:<turn>`: a turn job run again (crash,
-        takeover) finds the key and queues nothing. The notice is a courtesy, not an answer: it
+        Keyed like the dead letter's `sorry:<turn>`, by the chat and its oldest unanswered message
+        (`busy:<chat>:<first_at>`): a turn job run again (crash, takeover) finds the key and
+        queues nothing, and neither does the next turn of a superseded one (a user who writes
+        again while waiting is not told twice). The notice is a courtesy, not an answer: it
         settles nothing, is not stored in the history, and does not reply to a message.
         """
         notice = ReplyJob(
-            key=f"busy:{turn.turn}",
+            key=notice_key(turn),
             chat_id=turn.chat_id,
             chat_type=chat_type,
             user_id=None,
@@ -495,6 +498,11 @@ class Turns:
             except RedisError as error:
                 log.warning("lease sweep cannot reach redis", error=type(error).__name__)
             await sleep_or_stop(stop, SWEEP_SECONDS)
+
+
+def notice_key(turn: TurnJob) -> str:
+    """The busy notice's idempotency key: one per stretch of unanswered messages of a chat."""
+    return f"busy:{turn.chat_id}:{turn.first_at:.6f}"
 
 
 def _text(value: str | bytes | None) -> str | None:

@@ -22,7 +22,7 @@ from aiconv.telegram.client import BotClient
 from aiconv.telegram.double import BotApiDouble
 from aiconv.worker.capacity import CapacityView, Pacer, PacingPolicy
 from aiconv.worker.rate_limit import RateLimits, SendLimiter
-from aiconv.worker.turns import TurnConfig, Turns
+from aiconv.worker.turns import TurnConfig, Turns, notice_key
 from aiconv.worker.typing_keeper import TypingKeeper, TypingSignal
 from tests.e2e.harness import eventually
 
@@ -184,7 +184,7 @@ async def test_a_long_wait_is_told_once_per_turn_and_the_turn_goes_on(
     assert await pacer.before_generation(job, turn, "private", CHAT) is True  # run again
     [(_, fields)] = await redis.xrange(keys.replies)
     notice = ReplyJob.from_payload(json.loads(fields["job"]))
-    assert notice.key == f"busy:{turn.turn}" and notice.notice and notice.turn is None
+    assert notice.key == notice_key(turn) and notice.notice and notice.turn is None
     assert notice.text == texts.busy_notice(3)
     assert await turns.status(CHAT, turn.turn) == "owner"  # the reply still comes
     due = await redis.zscore(keys.typing_due, str(CHAT))
@@ -277,3 +277,25 @@ def test_an_idle_instance_still_knows_how_fast_a_slot_is() -> None:
     idle = throughput.capacity()
     assert idle.seconds_per_generation == pytest.approx(3.0)  # speed is kept
     assert idle.turns_per_second == 0.0  # the measured load is not
+
+
+async def test_a_user_who_writes_again_while_waiting_is_not_told_twice(
+    redis: Redis, keys: Keys, bot: BotClient
+) -> None:
+    turns = Turns(redis, keys, TurnConfig(0.0, 1000.0))
+    queue = JobQueue(redis, keys)
+    job = await claimed_turn(redis, keys, turns, queue)
+    first = TurnJob.from_payload(job.payload)
+    assert await turns.notify_busy(queue, first, "private", "wait") is True
+    await turns.note_message(CHAT, 2)  # supersedes the waiting turn
+    assert await turns.finish(CHAT, first.turn, "superseded") is True
+    assert await turns.claim_due() == 1
+    second = TurnJob.from_payload(json.loads((await redis.xrange(keys.updates))[-1][1]["job"]))
+    assert second.turn != first.turn
+    assert await turns.notify_busy(queue, second, "private", "wait") is False
+    # Once answered, a new stretch of messages may be told again.
+    assert await turns.finish(CHAT, second.turn, "delivered") is False
+    await turns.note_message(CHAT, 3)
+    assert await turns.claim_due() == 1
+    third = TurnJob.from_payload(json.loads((await redis.xrange(keys.updates))[-1][1]["job"]))
+    assert await turns.notify_busy(queue, third, "private", "wait") is True

@@ -6,7 +6,7 @@ the other), updates redelivered out of order, leases that run out, jobs lost wit
 and dead letters. The stages below do what the worker's and ml's handlers do, through the same
 `Turns` and `JobQueue` calls; Telegram and PostgreSQL are modelled in memory.
 
-The model's queue may be normal, long (a turn tells its user once, `busy:<turn>`, then goes on:
+The model's queue may be normal, long (a turn tells its user once, `busy:...`, then goes on:
 the notice is sent before the turn's hand-over, and a crash may fall in between) or too long (the
 turn is declined: its reply is the decline, and nothing is generated for it).
 
