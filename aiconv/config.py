@@ -691,6 +691,20 @@ class Settings:
         number(0.0),
         "after this wait a turn is no longer superseded by newer messages",
     )
+    busy_notice_seconds: float = setting(
+        "BUSY_NOTICE_SECONDS",
+        30.0,
+        number(0.0),
+        "a turn whose estimated wait for the model exceeds this tells its user once "
+        '("I\'ll answer in about N minutes"); `0` = never',
+    )
+    max_queue_wait_seconds: float = setting(
+        "MAX_QUEUE_WAIT_SECONDS",
+        0.0,
+        number(0.0),
+        "beyond this estimated wait new turns are declined politely instead of queued; `0` = off",
+        shown_default="`0` (off)",
+    )
     telegram_rate_chat_per_second: float = setting(
         "TELEGRAM_RATE_CHAT_PER_SECOND", 1.0, number(0.01), "messages per second into one chat"
     )

@@ -12,6 +12,14 @@ UNKNOWN_COMMAND = "I don't know that command. Send /help to see what I understan
 
 GENERATION_FAILED = "Sorry, something went wrong on my side. Could you try again in a moment?"
 
+OVERLOADED = "I'm overloaded right now; please write again in a few minutes."
+
+
+def busy_notice(minutes: int) -> str:
+    """Told once per turn when the model's queue is long; the reply still comes."""
+    when = "about a minute" if minutes <= 1 else f"about {minutes} minutes"
+    return f"Lots of people are writing to me right now — I'll answer in {when}."
+
 
 def greeting(first_name: str | None) -> str:
     name = (first_name or "").strip()

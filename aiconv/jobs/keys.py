@@ -134,6 +134,19 @@ class Keys:
     def typing_deadline(self) -> str:
         return f"{self.prefix}typing:deadline"
 
+    # --- ml capacity ---------------------------------------------------------------------------
+
+    # Tagged {ml}: the publishing script writes an instance's hash and the index together.
+
+    def ml_capacity(self, instance: str) -> str:
+        """Hash: what one ml instance measured (slots, busy, speed); expires when it stops."""
+        return f"{self.prefix}{{ml}}:capacity:{instance}"
+
+    @property
+    def ml_instances(self) -> str:
+        """Sorted set: ml instances that published capacity, scored by when (Redis time)."""
+        return f"{self.prefix}{{ml}}:instances"
+
     # --- rate limits, scheduler, poller, gauges ------------------------------------------------
 
     @property

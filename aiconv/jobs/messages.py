@@ -153,6 +153,7 @@ class ReplyJob:
     # The forum topic to answer in. None: outside topics, or (a turn's reply) the topic of the
     # message it answers, which delivery looks up.
     message_thread_id: int | None = None
+    notice: bool = False  # a courtesy (busy:...): sent once, answers nothing, not in history
     kind: Literal["reply"] = "reply"
 
     def to_payload(self) -> dict[str, Any]:
@@ -174,6 +175,7 @@ class ReplyJob:
             cancelled=bool(p.get("cancelled")),
             stats=stats if isinstance(stats, dict) else {},
             message_thread_id=_opt_int(p.get("message_thread_id")),
+            notice=bool(p.get("notice")),
         )
 
 

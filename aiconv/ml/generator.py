@@ -23,7 +23,8 @@ from aiconv.jobs.queue import Job, JobQueue, TurnGuard
 from aiconv.ml.cancel import CancelWatcher
 from aiconv.ml.engine import Completion, Engine
 from aiconv.ml.openai_jobs import API_KIND, OpenAiJobHandler
-from aiconv.ml.stats import observe
+from aiconv.ml.stats import Throughput, observe
+from aiconv.worker.typing_keeper import TypingSignal
 
 PROMPT_MARGIN_TOKENS = 32  # chat-template tokens around each turn, beyond the per-turn overhead
 TRIM_TO = 0.6  # share of the history budget left after a cut (see fit_turns)
@@ -102,6 +103,7 @@ class GenerateHandler:
         persona: str,
         watcher: CancelWatcher,
         model_id: str = "",
+        throughput: Throughput | None = None,
     ) -> None:
         self.engine = engine
         self.queue = queue
@@ -110,11 +112,24 @@ class GenerateHandler:
         self.watcher = watcher
         self.api = OpenAiJobHandler(engine, queue, keys, watcher, model_id)
         self._anchors: OrderedDict[Any, Turn] = OrderedDict()  # chat -> first turn of its window
+        # What this instance publishes for the worker's wait estimates (ml/stats.py).
+        self.throughput = throughput or Throughput(slots=max(1, engine.config.parallel))
+        self.typing = TypingSignal(queue.redis, keys)
 
     async def __call__(self, job: Job) -> None:
-        if job.payload.get("kind") == API_KIND:
-            await self.api(job)
-            return
+        began = time.monotonic()
+        self.throughput.started()
+        measured: list[int] = []  # completion tokens of a generation that finished
+        try:
+            if job.payload.get("kind") == API_KIND:
+                await self.api(job)
+                measured.append(0)  # it held a slot as long as a turn would
+            else:
+                await self._turn(job, measured)
+        finally:
+            self.throughput.ended(time.monotonic() - began, sum(measured), finished=bool(measured))
+
+    async def _turn(self, job: Job, measured: list[int]) -> None:
         gen = GenerateJob.from_payload(job.payload)
         turns = [Turn(role=role, text=text) for role, text in gen.turns]  # type: ignore[arg-type]
         chat_id = gen.chat_id
@@ -134,6 +149,8 @@ class GenerateHandler:
                     prompt_tokens, self.engine, self.persona, turns, self._anchors.get(chat_id)
                 )
                 self._remember(chat_id, first)
+                # The reply is being written now: "typing…" if the worker held it back.
+                await self.typing.generation_started(chat_id)
                 generation = self.engine.submit(prompt, cache_key=f"chat:{chat_id}")
                 try:
                     with self.watcher.watch(live, gen.turn, generation):
@@ -154,6 +171,8 @@ class GenerateHandler:
                 }
                 bound.info("generation cancelled" if cancelled else "generated", **stats)
                 observe(completion, "cancelled" if cancelled else "ok")
+                if not cancelled:
+                    measured.append(completion.completion_tokens)
         except Exception as error:  # the user gets an apology, never silence
             bound.error("generation failed", error=type(error).__name__, detail=str(error)[:200])
             observe(None, "failed")

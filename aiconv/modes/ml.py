@@ -21,6 +21,8 @@ from aiconv.ml.engine import Engine, EngineConfig
 from aiconv.ml.generator import GenerateHandler, lane_of
 from aiconv.ml.openai_jobs import openai_consumer
 from aiconv.ml.protocol import served_model_id
+from aiconv.ml.stats import CapacityPublisher, Throughput
+from aiconv.observability.loops import supervised
 from aiconv.observability.metrics import MODEL_LOADED
 from aiconv.worker.turns import Turns
 
@@ -68,8 +70,9 @@ async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyn
         """A generation that can never complete must not hold its chat's turn."""
         await turns.abandon(queue, job.payload)
 
+    throughput = Throughput(slots=engine.context.n_seq)
     handler = GenerateHandler(
-        engine, queue, queue.keys, settings.persona, watcher, model_id(settings)
+        engine, queue, queue.keys, settings.persona, watcher, model_id(settings), throughput
     )
     consumer = Consumer(
         queue,
@@ -84,6 +87,8 @@ async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyn
     api_consumer = openai_consumer(
         queue, handler.api, settings.consumer_options(concurrency=engine.context.n_seq)
     )
+    # The worker estimates waits from what each instance publishes (ml/stats.py).
+    publisher = CapacityPublisher(queue.redis, queue.keys, consumer.name, throughput)
     log.info("ml running", consumer=consumer.name, parallel=engine.context.n_seq)
     # A dead decode loop would answer every job with an apology: stop consuming instead and fail,
     # so that the process exits non-zero and is restarted; other ml processes go on meanwhile.
@@ -98,7 +103,11 @@ async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyn
         halt.set()
 
     engine.on_failure(halt_on_failure)
-    helpers = [asyncio.create_task(relay_stop()), asyncio.create_task(watcher.run(halt))]
+    helpers = [
+        asyncio.create_task(relay_stop()),
+        asyncio.create_task(watcher.run(halt)),
+        asyncio.create_task(supervised("ml_capacity", lambda: publisher.run(halt), halt)),
+    ]
     try:
         async with asyncio.TaskGroup() as consumers:
             consumers.create_task(consumer.run(halt))

@@ -18,6 +18,7 @@ from aiconv.observability.loops import supervised
 from aiconv.resources import Resources
 from aiconv.store.repository import SchedulerStore
 from aiconv.telegram.client import TelegramError
+from aiconv.worker.capacity import CapacityView, Pacer, PacingPolicy
 from aiconv.worker.delivery import DeliveryHandler
 from aiconv.worker.maintenance import scheduled_jobs
 from aiconv.worker.poller import Poller
@@ -52,9 +53,18 @@ async def bot_username(resources: Resources) -> str | None:
 
 async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -> None:
     settings = resources.settings
-    typing = TypingKeeper(resources.redis, resources.keys, resources.bot)
+    # Chat actions and messages share one Bot API budget.
+    limiter = SendLimiter(resources.redis, resources.keys, settings.rate_limits)
+    typing = TypingKeeper(resources.redis, resources.keys, resources.bot, limiter)
     maintenance = SchedulerStore(resources.store.pool, resources.reads)
     turns = Turns(resources.redis, resources.keys, settings.turns)
+    pacer = Pacer(
+        CapacityView(resources.redis, resources.keys),
+        typing,
+        turns,
+        resources.queue,
+        PacingPolicy(settings.busy_notice_seconds, settings.max_queue_wait_seconds),
+    )
     options = settings.consumer_options(concurrency=settings.worker_concurrency)
 
     async def abandon(job: Job) -> None:
@@ -65,7 +75,7 @@ async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -
         resources.queue,
         resources.keys.updates,
         UPDATES_GROUP,
-        UpdateHandler(resources, typing, turns, await bot_username(resources)),
+        UpdateHandler(resources, typing, turns, await bot_username(resources), pacer),
         lane_of=chat_lane,
         options=options,
         on_dead_letter=abandon,
@@ -78,7 +88,7 @@ async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -
             resources,
             typing,
             turns,
-            SendLimiter(resources.redis, resources.keys, settings.rate_limits),
+            limiter,
         ),
         lane_of=chat_lane,
         options=options,

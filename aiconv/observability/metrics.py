@@ -134,6 +134,39 @@ REPLY_PARTS_UNCERTAIN = Counter(
     "Reply parts whose sendMessage answer was lost after sending; counted as sent, never resent",
 )
 
+# -- capacity-aware pacing ------------------------------------------------------------------
+TURN_ESTIMATED_WAIT = Histogram(
+    "aiconv_turn_estimated_wait_seconds",
+    "Estimated wait of each turn for the model when it is queued (queue position and capacity)",
+    buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200),
+)
+BUSY_NOTICES = Counter(
+    "aiconv_busy_notices_total",
+    "Turns whose user was told of a long wait (BUSY_NOTICE_SECONDS); the reply still comes",
+)
+TURNS_DECLINED = Counter(
+    "aiconv_turns_declined_total",
+    "Turns answered with 'overloaded' instead of queued (MAX_QUEUE_WAIT_SECONDS)",
+)
+CHAT_ACTIONS = Counter(
+    "aiconv_chat_actions_total",
+    "'typing' chat actions, by outcome: sent, skipped (Bot API budget taken), failed",
+    ["outcome"],
+)
+ML_CAPACITY = Gauge(
+    "aiconv_ml_capacity",
+    "Capacity the live ml instances publish, summed, as a worker last read it, by figure: "
+    "slots, busy, instances, turns_per_second (measured), tokens_per_second (measured), "
+    "service_rate (generations a second when every slot is busy)",
+    ["figure"],
+    multiprocess_mode="max",
+)
+GENERATE_QUEUE_AHEAD = Gauge(
+    "aiconv_generate_queue_waiting",
+    "Generation jobs waiting unread in the generate stream, as a worker last read it",
+    multiprocess_mode="max",
+)
+
 # -- storage and business -------------------------------------------------------------------
 DB_POOL_CONNECTIONS = Gauge(
     "aiconv_db_pool_connections",

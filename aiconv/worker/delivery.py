@@ -188,6 +188,8 @@ class DeliveryHandler:
     async def _store_part(
         self, reply: ReplyJob, index: int, text: str, message_id: int, thread: int | None
     ) -> None:
+        if reply.notice:
+            return  # a busy notice answers nothing and is no part of the conversation's history
         await self.resources.store.add_message(
             chat_id=reply.chat_id,
             user_id=reply.user_id,

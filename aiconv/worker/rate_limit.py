@@ -1,9 +1,11 @@
 """Telegram's sending limits, shared by every worker through Redis.
 
 Telegram allows about one message per second in a chat, about 30 per second overall, and 20 per
-minute in a group. Each send reserves the earliest moment all applicable limits allow (GCRA:
-a "theoretical arrival time" per limit, kept in Redis) and waits until then, so many workers
-together never exceed the limits, and waiting senders keep their order.
+minute in a group; chat actions ("typing…") count against the bot-wide budget too, and take a
+slot only if one comes soon (`try_reserve_global`), so they never delay a message. Each send
+reserves the earliest moment all applicable limits allow (GCRA: a "theoretical arrival time" per
+limit, kept in Redis) and waits until then, so many workers together never exceed the limits,
+and waiting senders keep their order.
 
 The limits' clock is Redis's own (`TIME`, read inside the script), never the calling process's:
 every worker compares against the same timestamps, so a worker whose clock runs 30 s ahead
@@ -22,7 +24,8 @@ from aiconv.jobs.keys import Keys
 
 # KEYS: one per limit; ARGV: (interval, tolerance) per key. Times are Redis's, in seconds; they
 # are stored and returned as "%.6f" strings (tostring would keep 14 digits, Lua-to-Redis
-# conversion would truncate to an integer). Returns the seconds to wait before sending.
+# conversion would truncate to an integer). Returns the seconds to wait before sending. An
+# optional last ARGV, a longest acceptable wait: beyond it nothing is reserved and -1 returned.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -33,6 +36,8 @@ for i, key in ipairs(KEYS) do
   local earliest = math.max(now, tat - tolerance)
   if earliest > start then start = earliest end
 end
+local max_wait = ARGV[2 * #KEYS + 1]
+if max_wait and start - now > tonumber(max_wait) then return '-1' end
 for i, key in ipairs(KEYS) do
   local interval = tonumber(ARGV[2 * i - 1])
   local tat = tonumber(redis.call('GET', key) or '0')
@@ -85,3 +90,12 @@ class SendLimiter:
         keys = [self.keys.global_rate]
         args = [1.0 / self.limits.global_per_second, 0.0]
         return max(0.0, float(await self._reserve(keys=keys, args=args)))
+
+    async def try_reserve_global(self, max_wait: float) -> float | None:
+        """A bot-wide slot within `max_wait` seconds (the seconds to wait), or None and nothing
+        reserved: for calls worth making only soon (a chat action), which then yield the budget
+        to messages."""
+        keys = [self.keys.global_rate]
+        args = [1.0 / self.limits.global_per_second, 0.0, max_wait]
+        seconds = float(await self._reserve(keys=keys, args=args))
+        return None if seconds < 0 else seconds

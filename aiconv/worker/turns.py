@@ -18,6 +18,13 @@ is *active* until its oldest unanswered message has waited `final_after`; a mess
 an active turn supersedes it (`live` key changes; ml and delivery stop before sending anything), a
 final turn is delivered anyway so a user who writes in fragments still gets answers.
 
+When the model's queue is long (worker/capacity.py), a turn may tell its user once that the reply
+will take a while (`notify_busy`, keyed by the chat's oldest unanswered message: once per turn
+whatever is redelivered, and not again for the turn that follows a superseded one), or
+be declined (`decline`): its reply is then a fixed "overloaded" text, handed over and delivered
+as the turn's reply, so the turn settles, and its messages are answered, exactly as by a
+generated reply, and none is generated.
+
 All time is Redis time (`TIME` inside the scripts). PostgreSQL stays the truth: `recover` re-notes
 the newest unanswered stored message of every chat, so losing Redis state loses no stored message.
 """
@@ -34,9 +41,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from aiconv.conversation import texts
-from aiconv.jobs.keys import Keys
-from aiconv.jobs.messages import ReplyJob, chat_of
-from aiconv.jobs.queue import TURN_LEASE_SECONDS, JobQueue, TurnGuard
+from aiconv.jobs.keys import UPDATES_GROUP, Keys
+from aiconv.jobs.messages import ReplyJob, TurnJob, chat_of
+from aiconv.jobs.queue import TURN_LEASE_SECONDS, Job, JobQueue, TurnGuard
 from aiconv.jobs.retry import sleep_or_stop
 from aiconv.observability.metrics import TURNS_RECOVERED
 
@@ -347,6 +354,67 @@ class Turns:
             await queue.enqueue(self.keys.replies, sorry.to_payload(), sorry.key)
         await self.finish(chat_id, turn, "dropped")
 
+    # --- a long queue for the model -------------------------------------------------------------
+
+    async def notify_busy(self, queue: JobQueue, turn: TurnJob, chat_type: str, text: str) -> bool:
+        """Tell the user once that this turn's reply will take a while; True if newly queued.
+
+        Keyed like the dead letter's `sorry:<turn>`, by the chat and its oldest unanswered message
+        (`busy:<chat>:<first_at>`): a turn job run again (crash, takeover) finds the key and
+        queues nothing, and neither does the next turn of a superseded one (a user who writes
+        again while waiting is not told twice). The notice is a courtesy, not an answer: it
+        settles nothing, is not stored in the history, and does not reply to a message.
+        """
+        notice = ReplyJob(
+            key=notice_key(turn),
+            chat_id=turn.chat_id,
+            chat_type=chat_type,
+            user_id=None,
+            reply_to_message_id=None,
+            started_at=time.time(),
+            paced=False,
+            text=text,
+            notice=True,
+        )
+        return await queue.enqueue(self.keys.replies, notice.to_payload(), notice.key) is not None
+
+    async def decline(
+        self,
+        queue: JobQueue,
+        job: Job,
+        turn: TurnJob,
+        chat_type: str,
+        user_id: int | None,
+        text: str,
+    ) -> bool:
+        """Answer the turn with `text` instead of generating (the model's queue is too long).
+
+        The decline is the turn's reply (`decline:<turn>`), handed over from the turn job under
+        the turn's guard, so it is delivered once and settles the turn like any reply: its
+        messages are answered by it, and nothing is generated for them. False if the turn no
+        longer owns its chat (nothing handed on).
+        """
+        reply = ReplyJob(
+            key=f"decline:{turn.turn}",
+            chat_id=turn.chat_id,
+            chat_type=chat_type,
+            user_id=user_id,
+            reply_to_message_id=turn.reply_to,
+            started_at=turn.first_at or time.time(),
+            paced=False,
+            text=text,
+            turn=turn.turn,
+        )
+        entry = await queue.hand_over(
+            job,
+            UPDATES_GROUP,
+            self.keys.replies,
+            reply.to_payload(),
+            reply.key,
+            guard=self.guard(turn.chat_id, turn.turn),
+        )
+        return entry is not None
+
     # --- leases --------------------------------------------------------------------------------
 
     async def sweep_leases(self, limit: int = 100) -> tuple[int, int]:
@@ -430,6 +498,11 @@ class Turns:
             except RedisError as error:
                 log.warning("lease sweep cannot reach redis", error=type(error).__name__)
             await sleep_or_stop(stop, SWEEP_SECONDS)
+
+
+def notice_key(turn: TurnJob) -> str:
+    """The busy notice's idempotency key: one per stretch of unanswered messages of a chat."""
+    return f"busy:{turn.chat_id}:{turn.first_at:.6f}"
 
 
 def _text(value: str | bytes | None) -> str | None:

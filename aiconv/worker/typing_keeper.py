@@ -1,9 +1,20 @@
-"""Keeps "typing…" visible in every chat whose reply is being worked on.
+"""Keeps "typing…" visible in a chat while its reply is really being written or typed.
 
-Telegram shows a chat action for about 5 s, so it must be repeated. The chats awaiting a reply live
+Telegram shows a chat action for about 5 s, so it must be repeated. The chats to keep typing live
 in Redis (a sorted set of when each chat's next action is due, and a deadline per chat), so
 whichever worker is alive sends the action, once per chat per interval, and a crashed worker's
 chats keep "typing" until their deadline passes.
+
+Typing is shown only while a reply is being written: a chat whose turn waits in a long queue for
+the model is *scheduled* (`begin_in`): its first action is due when its generation is expected to
+start (the worker's estimate, aiconv/conversation/capacity.py), and ml pulls that forward when the
+generation really starts (`TypingSignal`). A person with many people writing to them does not
+show "typing…" to all of them for minutes, and the Bot API budget goes to replies (at 1000
+waiting users, keeping all of them typing was 30 calls per reply).
+
+Every action takes a slot of the bot-wide Bot API budget shared with messages (worker/rate_limit.py)
+only if one is free within ACTION_MAX_WAIT_SECONDS; otherwise it is skipped (a late action is
+useless, and messages come first).
 
 Every time in that shared state is Redis's (`TIME`, read inside the scripts), never a worker's
 own clock: with clocks that disagree, one worker would see another's chats due at once (two
@@ -21,11 +32,14 @@ from redis.exceptions import RedisError
 
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.retry import sleep_or_stop
+from aiconv.observability.metrics import CHAT_ACTIONS
 from aiconv.telegram.client import BotClient, TelegramError
+from aiconv.worker.rate_limit import SendLimiter
 
 INTERVAL_SECONDS = 4.0  # under Telegram's ~5 s display time
 GIVE_UP_SECONDS = 300.0  # a reply that never comes must not leave a chat typing forever
 TICK_SECONDS = 0.25
+ACTION_MAX_WAIT_SECONDS = 1.0  # an action later than this is not worth a slot of the budget
 
 log = structlog.get_logger(__name__)
 
@@ -35,13 +49,35 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """
 
-# A chat's action was just sent: the next is due an interval from now, and it stops at the
-# deadline. KEYS: due, deadline; ARGV: chat, interval, give_up
+# A chat's next action is due `delay` from now (an interval after one just sent, or when its
+# generation is expected to start), and it stops give_up after that. With 'soonest', an action
+# already due sooner (the chat is typing) and a later deadline are kept.
+# KEYS: due, deadline; ARGV: chat, delay, give_up, 'soonest' or ''
 _BEGIN = (
     _NOW
     + """
-redis.call('HSET', KEYS[2], ARGV[1], string.format('%.6f', now + tonumber(ARGV[3])))
-redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[2])), ARGV[1])
+local at = now + tonumber(ARGV[2])
+local deadline = at + tonumber(ARGV[3])
+if ARGV[4] == 'soonest' then
+  deadline = math.max(deadline, tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0'))
+  redis.call('ZADD', KEYS[1], 'LT', string.format('%.6f', at), ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], string.format('%.6f', at), ARGV[1])
+end
+redis.call('HSET', KEYS[2], ARGV[1], string.format('%.6f', deadline))
+"""
+)
+
+# ml started generating a chat's reply: its held-back typing is due now (only for a chat the
+# worker is keeping, so a /reset or a delivered reply is never undone). KEYS: due, deadline;
+# ARGV: chat, give_up
+_GENERATION_STARTED = (
+    _NOW
+    + """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], string.format('%.6f', now + tonumber(ARGV[2])))
+redis.call('ZADD', KEYS[1], 'LT', string.format('%.6f', now), ARGV[1])
+return 1
 """
 )
 
@@ -70,19 +106,31 @@ return claimed
 
 
 class TypingKeeper:
-    def __init__(self, redis: Redis, keys: Keys, bot: BotClient) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, bot: BotClient, limiter: SendLimiter | None = None
+    ) -> None:
         self.redis = redis
         self.bot = bot
         self.keys = keys
+        self.limiter = limiter
         self._begin = redis.register_script(_BEGIN)
         self._claim = redis.register_script(_CLAIM_DUE)
 
     async def begin(self, chat_id: int) -> None:
         """Work on a reply for this chat started: show typing now and keep it up."""
         await self.send_now(chat_id)
+        await self._schedule(chat_id, INTERVAL_SECONDS)
+
+    async def begin_in(self, chat_id: int, delay: float) -> None:
+        """The reply's generation is expected to start in `delay` seconds: typing from then on
+        (or from when ml starts it, if sooner; at the next tick if the delay is not positive).
+        A chat already typing keeps typing, without an extra action."""
+        await self._schedule(chat_id, max(delay, 0.0), soonest=True)
+
+    async def _schedule(self, chat_id: int, delay: float, soonest: bool = False) -> None:
         await self._begin(
             keys=[self.keys.typing_due, self.keys.typing_deadline],
-            args=[str(chat_id), INTERVAL_SECONDS, GIVE_UP_SECONDS],
+            args=[str(chat_id), delay, GIVE_UP_SECONDS, "soonest" if soonest else ""],
         )
 
     async def end(self, chat_id: int) -> None:
@@ -92,11 +140,23 @@ class TypingKeeper:
             await pipe.execute()
 
     async def send_now(self, chat_id: int) -> None:
-        """One typing action; a failure never blocks the reply itself."""
+        """One typing action within the shared budget; a failure never blocks the reply."""
         try:
+            if self.limiter is not None:
+                wait = await self.limiter.try_reserve_global(ACTION_MAX_WAIT_SECONDS)
+                if wait is None:
+                    CHAT_ACTIONS.labels("skipped").inc()
+                    return  # the budget is taken by messages: they come first
+                if wait > 0:
+                    await asyncio.sleep(wait)  # our reserved slot
             await self.bot.send_chat_action(chat_id, "typing")
+            CHAT_ACTIONS.labels("sent").inc()
         except TelegramError as error:
+            CHAT_ACTIONS.labels("failed").inc()
             log.info("typing action failed", chat_id=chat_id, error=type(error).__name__)
+        except RedisError as error:
+            CHAT_ACTIONS.labels("failed").inc()
+            log.info("typing action skipped", chat_id=chat_id, error=type(error).__name__)
 
     async def run(self, stop: asyncio.Event) -> None:
         keys = [self.keys.typing_due, self.keys.typing_deadline]
@@ -108,3 +168,20 @@ class TypingKeeper:
             except RedisError as error:
                 log.warning("typing keeper cannot reach redis", error=type(error).__name__)
             await sleep_or_stop(stop, TICK_SECONDS)
+
+
+class TypingSignal:
+    """ml's side: a chat's generation started, so its held-back "typing…" is due now."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.keys = keys
+        self._started = redis.register_script(_GENERATION_STARTED)
+
+    async def generation_started(self, chat_id: int) -> None:
+        try:
+            await self._started(
+                keys=[self.keys.typing_due, self.keys.typing_deadline],
+                args=[str(chat_id), GIVE_UP_SECONDS],
+            )
+        except RedisError as error:  # typing is a courtesy: the reply goes on without it
+            log.info("typing not signalled", chat_id=chat_id, error=type(error).__name__)

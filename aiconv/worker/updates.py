@@ -35,6 +35,7 @@ from aiconv.resources import Resources
 from aiconv.telegram.client import TelegramError
 from aiconv.telegram.models import ChatMemberChange, IncomingMessage, Update, parse_update
 from aiconv.worker.access import AccessGate
+from aiconv.worker.capacity import Pacer
 from aiconv.worker.turns import Turns
 from aiconv.worker.typing_keeper import TypingKeeper
 
@@ -88,12 +89,18 @@ class UpdateHandler:
     """Handles both jobs of the updates stream: Telegram updates, and claimed chat turns."""
 
     def __init__(
-        self, resources: Resources, typing: TypingKeeper, turns: Turns, bot_username: str | None
+        self,
+        resources: Resources,
+        typing: TypingKeeper,
+        turns: Turns,
+        bot_username: str | None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.r = resources
         self.typing = typing
         self.turns = turns
         self.bot_username = bot_username
+        self.pacer = pacer  # None: typing from the first message, no notices, no declines
         self.policy = resources.settings.chat_policy
         self.access = AccessGate(resources.redis, resources.keys, resources.store, self.policy)
         self._identity: BotIdentity | None = None
@@ -273,7 +280,10 @@ class UpdateHandler:
         )
         # The reply is generated when the chat's turn comes (see turns.py), not per message.
         if await self.turns.note_message(message.chat_id, message.message_id):
-            await self.typing.begin(message.chat_id)
+            if self.pacer is not None:
+                await self.pacer.message_noted(message.chat_id)  # typing only if soon
+            else:
+                await self.typing.begin(message.chat_id)
 
     async def _start_turn(self, job: Job, turn: TurnJob) -> None:
         """A claimed turn: hand the chat's history to the ml stage, keyed by the turn."""
@@ -287,6 +297,10 @@ class UpdateHandler:
             await self.r.queue.ack(job, UPDATES_GROUP)
             return
         chat_type, user_id = await self.r.store.chat_party(turn.chat_id)
+        if self.pacer is not None and not await self.pacer.before_generation(
+            job, turn, chat_type, user_id
+        ):
+            return  # declined: the decline is the turn's reply (worker/capacity.py)
         group = chat_type in ("group", "supergroup")
         context_limit = self.policy.group_context_messages if group else 0
         history = await self.r.store.history(

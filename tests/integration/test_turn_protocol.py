@@ -6,10 +6,15 @@ the other), updates redelivered out of order, leases that run out, jobs lost wit
 and dead letters. The stages below do what the worker's and ml's handlers do, through the same
 `Turns` and `JobQueue` calls; Telegram and PostgreSQL are modelled in memory.
 
+The model's queue may be normal, long (a turn tells its user once, `busy:...`, then goes on:
+the notice is sent before the turn's hand-over, and a crash may fall in between) or too long (the
+turn is declined: its reply is the decline, and nothing is generated for it).
+
 Invariants, after every step: no part is sent twice; a chat never has two turns sending at once; a
-turn's reply was written from a history that holds every message it covers. Once the chat goes
-quiet (everything drained): every noted message is covered by a later reply, replies left in
-message order, and no lock, lease or due entry outlives its work.
+turn's reply was written from a history that holds every message it covers; at most one busy
+notice per turn; a declined turn is never generated nor answered by a generated reply. Once the
+chat goes quiet (everything drained): every noted message is covered by a later reply (a decline
+counts), replies left in message order, and no lock, lease or due entry outlives its work.
 """
 
 from __future__ import annotations
@@ -83,6 +88,9 @@ class TurnProtocol(RuleBasedStateMachine):
         self.sent: list[tuple[str, int]] = []  # (reply key, part) as "Telegram" received them
         self.turn_covers: dict[str, int] = {}  # turn -> covers, from its turn job
         self.turn_history: dict[str, set[int]] = {}  # turn -> message ids its history held
+        self.load = "normal"  # the model's queue: normal, long (busy notice), too long (decline)
+        self.declined: set[str] = set()  # turns answered by a decline
+        self.generated: set[str] = set()  # turns whose generation ran
         self.turns = Turns(self.redis, self.keys, TurnConfig(0.0, 1000.0))
         for stream in (self.keys.updates, self.keys.generate, self.keys.replies):
             self.run(self.queue.ensure_group(stream, self.keys.group_of(stream)))
@@ -136,6 +144,12 @@ class TurnProtocol(RuleBasedStateMachine):
         self.run(self.turns.forget(chat))
         model.reset_at = len(model.noted)
         model.settled = max(model.settled, len(model.noted))
+
+    # --- the model's queue ----------------------------------------------------------------------
+
+    @rule(load=st.sampled_from(["normal", "long", "too long"]))
+    def the_model_queue_changes(self, load: str) -> None:
+        self.load = load
 
     # --- the turn scheduler and the lease sweeper ----------------------------------------------
 
@@ -288,14 +302,15 @@ class TurnProtocol(RuleBasedStateMachine):
     async def _step(self, item: InHand) -> bool:
         job = item.job
         if job.stream == self.keys.updates:
-            await self._turn_stage(job)
-            return True
+            return await self._turn_stage(item)
         if job.stream == self.keys.generate:
             await self._generate_stage(job)
             return True
         return await self._delivery_step(item)
 
-    async def _turn_stage(self, job: Job) -> None:
+    async def _turn_stage(self, item: InHand) -> bool:
+        """Two steps when the queue is long (the notice, then the hand-over). True when done."""
+        job = item.job
         turn = TurnJob.from_payload(job.payload)
         self.turn_covers[turn.turn] = turn.covers
         status = await self.turns.status(turn.chat_id, turn.turn)
@@ -303,7 +318,15 @@ class TurnProtocol(RuleBasedStateMachine):
             await self.turns.finish(turn.chat_id, turn.turn, "superseded")
         if status != "owner":
             await self.queue.ack(job, UPDATES_GROUP)
-            return
+            return True
+        if self.load == "too long":
+            if await self.turns.decline(self.queue, job, turn, "private", None, "declined"):
+                self.declined.add(turn.turn)
+            return True
+        if self.load == "long" and item.part == 0:
+            await self.turns.notify_busy(self.queue, turn, "private", "busy")
+            item.part = 1
+            return False  # a crash here leaves the turn job pending: it runs again
         history = list(self.chats[turn.chat_id].stored)  # PostgreSQL's view now
         self.turn_history[turn.turn] = set(history)
         gen = GenerateJob(
@@ -323,9 +346,11 @@ class TurnProtocol(RuleBasedStateMachine):
             gen.key,
             guard=self.turns.guard(turn.chat_id, turn.turn),
         )
+        return True
 
     async def _generate_stage(self, job: Job) -> None:
         gen = GenerateJob.from_payload(job.payload)
+        self.generated.add(gen.turn)
         live = await self.redis.get(self.keys.chat_live(gen.chat_id))
         cancelled = live is not None and live != gen.turn
         reply = ReplyJob(
@@ -398,6 +423,20 @@ class TurnProtocol(RuleBasedStateMachine):
         assert len(self.sent) == len(set(self.sent)), self.sent
 
     @invariant()
+    def at_most_one_busy_notice_per_turn(self) -> None:
+        """Queued once, not only sent once: delivery's own record would hide a second job."""
+        entries = self.run(self.redis.xrange(self.keys.replies))
+        keys = [json.loads(fields["job"]).get("key", "") for _, fields in entries]
+        notices = [key for key in keys if key.startswith("busy:")]
+        assert len(notices) == len(set(notices)), notices
+
+    @invariant()
+    def a_declined_turn_is_answered_by_the_decline_alone(self) -> None:
+        assert not self.declined & self.generated, self.declined & self.generated
+        replied = {key.removeprefix("reply:") for key, _ in self.sent if key.startswith("reply:")}
+        assert not self.declined & replied, self.declined & replied
+
+    @invariant()
     def one_turn_sending_per_chat(self) -> None:
         for chat, model in self.chats.items():
             assert len(model.sending) <= 1, (chat, model.sending)
@@ -451,6 +490,8 @@ class TurnProtocol(RuleBasedStateMachine):
             state = self.run(self.redis.hgetall(self.keys.chat_state(chat)))
             assert "turn" not in state, (chat, state)
             assert self.run(self.redis.get(self.keys.chat_live(chat))) is None
+        self.at_most_one_busy_notice_per_turn()  # recovery re-ran turn jobs in quiesce
+        self.a_declined_turn_is_answered_by_the_decline_alone()
         assert self.run(self.redis.zcard(self.keys.turns_due)) == 0
         assert self.run(self.redis.zcard(self.keys.turns_held)) == 0
         for stream in (self.keys.updates, self.keys.generate, self.keys.replies):
