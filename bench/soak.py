@@ -51,6 +51,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
+from aiconv.conversation import texts
 from aiconv.conversation.prompt import DEFAULT_PERSONA
 from aiconv.store.migrate import apply_migrations, ensure_database
 from aiconv.testing.botapi import BotApiDouble
@@ -62,8 +63,11 @@ ADMIN_DATABASE_URL = os.environ.get(
 REDIS_URL = os.environ.get("AICONV_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SECRET = "soak-webhook-secret-0123456789abcdef"
 FIRST_CHAT_ID = 8_100_000_000  # far from the ids the tests use
-# What the bot says instead of a reply when it is busy: counted apart, never as a reply.
-NOT_A_REPLY = re.compile(r"Lots of people are writing to me|I'm overloaded")
+# What the bot says instead of, or before, a reply when it is busy: counted apart, never as one.
+_WHEN = texts.busy_notice(2).split("about 2 minutes")
+BUSY_NOTICE = re.compile(
+    re.escape(_WHEN[0]) + "about (a minute|[0-9]+ minutes)" + re.escape(_WHEN[1])
+)
 TOPICS = (
     "Hi! How are you today?",
     "What should I cook for dinner tonight?",
@@ -322,8 +326,13 @@ def busy_throughput(samples: Sequence[tuple[float, float]]) -> float:
     return (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
 
 
+def is_notice(text: str) -> bool:
+    return BUSY_NOTICE.fullmatch(text) is not None
+
+
 def is_reply(text: str) -> bool:
-    return not NOT_A_REPLY.search(text)
+    """A generated reply (or a part of one): neither a busy notice nor a decline."""
+    return not is_notice(text) and text != texts.OVERLOADED
 
 
 async def send_all(
@@ -391,8 +400,8 @@ def analyse(chats: list[Chat], double: BotApiDouble, started: float, ended: floa
         if isinstance(chat_id, int) or (isinstance(chat_id, str) and chat_id.lstrip("-").isdigit()):
             by_chat[int(chat_id)].append(call)
     acks = [c.ack_seconds for c in chats]
-    first_typing, latency = [], []
-    lost = duplicated = notices = 0
+    first_typing, first_sign, latency = [], [], []
+    lost = duplicated = notices = declined = 0
     for chat in chats:
         if chat.accepted_at is None:
             continue
@@ -401,13 +410,20 @@ def analyse(chats: list[Chat], double: BotApiDouble, started: float, ended: floa
         if typing:
             first_typing.append(min(typing) - chat.accepted_at)
         sent = [c for c in calls if c.method == "sendMessage" and c.status == 200]
-        replies = [c for c in sent if is_reply(str(c.params.get("text", "")))]
-        notices += len(sent) - len(replies)
+        said = [str(c.params.get("text", "")) for c in sent]
+        notices += sum(1 for text in said if is_notice(text))
+        # The user's first sign that the bot saw the message: typing, a busy notice, or a reply.
+        if typing or sent:
+            first_sign.append(min([*typing, *(c.at for c in sent)]) - chat.accepted_at)
+        if texts.OVERLOADED in said:
+            declined += 1  # answered: politely declined, nothing generated
+            continue
+        replies = [c for c, text in zip(sent, said, strict=True) if is_reply(text)]
         if not replies:
             lost += 1
             continue
-        texts = Counter(str(c.params.get("text")) for c in replies)
-        if any(n > 1 for n in texts.values()):
+        counts = Counter(str(c.params.get("text")) for c in replies)
+        if any(n > 1 for n in counts.values()):
             duplicated += 1
         latency.append(max(c.at for c in replies) - chat.accepted_at)
     span = max(ended - started, 1e-9)
@@ -419,12 +435,15 @@ def analyse(chats: list[Chat], double: BotApiDouble, started: float, ended: floa
         "first_typing_p50_s": percentile(first_typing, 50),
         "first_typing_p95_s": percentile(first_typing, 95),
         "chats_with_typing": len(first_typing),
+        "first_sign_p50_s": percentile(first_sign, 50),
+        "first_sign_p95_s": percentile(first_sign, 95),
         "reply_latency_p50_s": percentile(latency, 50),
         "reply_latency_p95_s": percentile(latency, 95),
         "reply_latency_max_s": max(latency, default=float("nan")),
         "lost": lost,
         "duplicated": duplicated,
         "busy_notices": notices,
+        "declined": declined,
         "bot_api_calls": len(double.calls),
         "bot_api_calls_per_reply": len(double.calls) / max(len(chats) - lost, 1),
         "bot_api_calls_per_s_mean": len(double.calls) / span,
