@@ -57,7 +57,7 @@ async def test_a_turn_behind_a_long_queue_is_told_once_and_typed_only_when_writt
     launch: Launcher, double: BotApiDouble, redis: Redis, redis_prefix: str
 ) -> None:
     keys = Keys(redis_prefix)
-    chat = 9101
+    chat = 61_001  # ids of this module's own: the database is the whole run's
     staged = await stage_a_long_queue(redis, keys)
     await launch("worker", BUSY_NOTICE_SECONDS="30")
     await double.send_user_message(chat, "Hello, anybody there?")
@@ -100,7 +100,7 @@ async def test_beyond_the_longest_wait_a_turn_is_declined_and_its_message_kept(
     launch: Launcher, double: BotApiDouble, redis: Redis, redis_prefix: str, database_url: str
 ) -> None:
     keys = Keys(redis_prefix)
-    chat = 9102
+    chat = 61_002
     await stage_a_long_queue(redis, keys)
     await launch("worker", BUSY_NOTICE_SECONDS="30", MAX_QUEUE_WAIT_SECONDS="300")
     await double.send_user_message(chat, "Are you busy?")
