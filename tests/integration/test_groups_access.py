@@ -105,7 +105,7 @@ async def test_a_group_is_answered_only_when_addressed_with_names_and_context(
     )
     await double.wait_for_messages(group, 1)
     [answer] = double.calls_of("sendMessage", group)
-    assert answer.params["reply_to_message_id"] == asked["message"]["message_id"]
+    assert answer.params["reply_parameters"]["message_id"] == asked["message"]["message_id"]
     [prompt] = await generated_prompts(resources, group)
     user_text = "\n".join(content for role, content in prompt if role == "user")
     # GROUP_CONTEXT_MESSAGES=1: only the newest chatter; the mention is gone from the text.

@@ -57,7 +57,8 @@ async def test_get_me(bot: BotClient, double: BotApiDouble) -> None:
 async def test_send_message_and_chat_action(bot: BotClient, double: BotApiDouble) -> None:
     await bot.send_chat_action(5)
     first = await bot.send_message(5, "hello")
-    second = await bot.send_message(5, "again", reply_to_message_id=first, parse_mode="HTML")
+    bold = [{"type": "bold", "offset": 0, "length": 5}]
+    second = await bot.send_message(5, "again", reply_to=first, entities=bold)
     await bot.send_message(6, "other chat")
     assert second > first
     assert double.sent_texts(5) == ["hello", "again"]
@@ -65,9 +66,15 @@ async def test_send_message_and_chat_action(bot: BotClient, double: BotApiDouble
     action = double.calls_of("sendChatAction", chat_id=5)[0]
     assert action.params == {"chat_id": 5, "action": "typing"}
     reply = double.calls_of("sendMessage", chat_id=5)[1]
-    assert reply.params["reply_to_message_id"] == first
-    assert reply.params["parse_mode"] == "HTML"
-    assert "parse_mode" not in double.calls_of("sendMessage", chat_id=5)[0].params
+    # reply_parameters, not the legacy reply_to_message_id; entities, never parse_mode
+    assert reply.params["reply_parameters"] == {
+        "message_id": first,
+        "allow_sending_without_reply": True,
+    }
+    assert reply.params["entities"] == bold
+    assert "reply_to_message_id" not in reply.params
+    plain = double.calls_of("sendMessage", chat_id=5)[0].params
+    assert "entities" not in plain and "reply_parameters" not in plain
     assert double.calls[0].at <= double.calls[-1].at
 
 
