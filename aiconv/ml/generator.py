@@ -190,6 +190,7 @@ class GenerateHandler:
             turn=gen.turn,
             cancelled=cancelled,
             stats=stats,
+            markdown=text is not texts.GENERATION_FAILED,
         )
         await self.queue.hand_over(
             job,

@@ -171,11 +171,12 @@ class DeliveryHandler:
         return "delivered"
 
     def parts_of(self, reply: ReplyJob) -> list[FormattedText]:
-        """The reply's messages: a turn's generated text rendered from Markdown, fixed texts
-        as they are; never none (an empty generation says that something went wrong)."""
-        generated = reply.turn is not None and not reply.notice
+        """The reply's messages: generated text rendered from Markdown, fixed texts as they
+        are; never none (an empty generation says that something went wrong)."""
         formatted = (
-            self.renderer.render(reply.text) if generated else FormattedText.plain(reply.text)
+            self.renderer.render(reply.text)
+            if reply.markdown and not reply.notice
+            else FormattedText.plain(reply.text)
         )
         return split_formatted(formatted, TELEGRAM_TEXT_LIMIT) or [
             FormattedText.plain(texts.GENERATION_FAILED)
