@@ -161,6 +161,45 @@ async def test_real_bad_requests(bot: BotClient, double: BotApiDouble) -> None:
     assert double.sent_texts(1) == ["x" * 4096]
 
 
+async def test_entities_are_checked_in_utf16_units_like_telegram(
+    bot: BotClient, double: BotApiDouble
+) -> None:
+    text = "😀 bold"  # the emoji is two UTF-16 units: "bold" is at 3..7
+    await bot.send_message(1, text, entities=[{"type": "bold", "offset": 3, "length": 4}])
+    assert double.sent_messages(1)[-1]["entities"] == [{"type": "bold", "offset": 3, "length": 4}]
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"type": "bold", "offset": 3, "length": 5}, "ends after the end of the text"),
+        ({"type": "blink", "offset": 0, "length": 1}, "unsupported entity type"),
+        ({"type": "bold", "offset": -1, "length": 2}, "wrong entity offset or length"),
+        ({"type": "bold", "offset": 0, "length": 0}, "wrong entity offset or length"),
+        ({"type": "text_link", "offset": 0, "length": 2}, "must have a url"),
+    ]
+    for entity, why in refused:
+        with pytest.raises(BadRequest, match="can't parse entities") as info:
+            await bot.send_message(1, text, entities=[entity])
+        assert why in info.value.description
+    assert double.sent_texts(1) == [text]
+
+
+async def test_reply_parameters_are_checked(
+    bot: BotClient, double: BotApiDouble, http: httpx.AsyncClient
+) -> None:
+    url = f"{double.url}/bot{TOKEN}/sendMessage"
+    for bad in (
+        {"message_id": "x"},
+        "not json",
+        {"message_id": 1, "allow_sending_without_reply": 1},
+    ):
+        answer = await http.post(url, json={"chat_id": 1, "text": "hi", "reply_parameters": bad})
+        assert answer.status_code == 400
+    answer = await http.post(
+        url, json={"chat_id": 1, "text": "hi", "parse_mode": "HTML", "entities": []}
+    )
+    assert answer.status_code == 400
+    await bot.send_message(1, "hi", reply_to=5)
+    assert double.sent_texts(1) == ["hi"]
+
+
 async def test_wrong_token_and_unknown_method(
     double: BotApiDouble, http: httpx.AsyncClient
 ) -> None:
