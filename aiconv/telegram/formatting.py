@@ -42,6 +42,7 @@ from telegramify_markdown.config import RenderConfig
 from telegramify_markdown.converter import STANDARD_OPTIONS
 
 from aiconv.observability.metrics import REPLY_FORMAT_FALLBACKS
+from aiconv.telegram.models import clean_text
 
 log = structlog.get_logger(__name__)
 
@@ -161,6 +162,7 @@ class MarkdownRenderer:
 
     def render(self, markdown: str) -> FormattedText:
         """Text and entities for `markdown`; its raw text, unformatted, if conversion fails."""
+        markdown = clean_text(markdown)  # a lone surrogate can be neither parsed nor sent
         try:
             text, raw_entities = telegramify_markdown.convert(
                 escape_html(markdown), config=self._config
@@ -172,7 +174,10 @@ class MarkdownRenderer:
             )
         except Exception as error:  # any converter bug must not lose the reply
             REPLY_FORMAT_FALLBACKS.labels("convert_error").inc()
-            log.warning("markdown conversion failed; sent as plain text", error=repr(error))
+            # The type only: the error's text would carry the reply's words into the log.
+            log.warning(
+                "markdown conversion failed; sent as plain text", error=type(error).__name__
+            )
             return FormattedText.plain(markdown)
         if markdown.strip() and not text.strip():
             REPLY_FORMAT_FALLBACKS.labels("empty").inc()

@@ -67,6 +67,7 @@ def test_a_fenced_block_is_pre_with_its_language_and_backticks_inside(
         ("<div>\n**x**\n</div>", "<div>\nx\n</div>"),
         ("Here:\n```python\nprint(1)\nno end", "Here:\nprint(1)\nno end"),
         ("`<b>` stays", "<b> stays"),
+        ("a \ud83d **b**", "a \ufffd b"),  # a lone surrogate can't be sent: replaced
     ],
 )
 def test_nasty_inputs_keep_their_visible_text(
@@ -169,8 +170,9 @@ def _letters(text: str) -> str:
     return "".join(ch for ch in text if ch.isalpha())
 
 
-# The rest of a line that opens a fence is its info string (the language): markup, not text.
-_FENCE_INFO = re.compile(r"(?m)^( {0,3}(?:`{3,}|~{3,})).*$")
+# The rest of a line that opens a fence (in a list item or quote too) is its info string (the
+# language): markup, not text.
+_FENCE_INFO = re.compile(r"(?m)^([ \t>*+#|-]*(?:`{3,}|~{3,})).*$")
 
 
 def _is_subsequence(short: str, long: str) -> bool:
