@@ -154,6 +154,7 @@ class ReplyJob:
     # message it answers, which delivery looks up.
     message_thread_id: int | None = None
     notice: bool = False  # a courtesy (busy:...): sent once, answers nothing, not in history
+    markdown: bool = False  # the model's Markdown: sent rendered as entities (fixed texts: not)
     kind: Literal["reply"] = "reply"
 
     def to_payload(self) -> dict[str, Any]:
@@ -176,6 +177,7 @@ class ReplyJob:
             stats=stats if isinstance(stats, dict) else {},
             message_thread_id=_opt_int(p.get("message_thread_id")),
             notice=bool(p.get("notice")),
+            markdown=bool(p.get("markdown")),
         )
 
 

@@ -190,6 +190,7 @@ class GenerateHandler:
             turn=gen.turn,
             cancelled=cancelled,
             stats=stats,
+            markdown=text != texts.GENERATION_FAILED,  # the model wrote it: Markdown
         )
         await self.queue.hand_over(
             job,

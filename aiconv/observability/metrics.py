@@ -133,6 +133,11 @@ REPLY_PARTS_UNCERTAIN = Counter(
     "aiconv_reply_parts_uncertain_total",
     "Reply parts whose sendMessage answer was lost after sending; counted as sent, never resent",
 )
+REPLY_FORMAT_FALLBACKS = Counter(
+    "aiconv_reply_format_fallbacks_total",
+    "Replies sent as plain text because their Markdown could not be sent as entities",
+    ["reason"],  # convert_error, empty, invalid, rejected (Telegram refused the entities)
+)
 
 # -- capacity-aware pacing ------------------------------------------------------------------
 TURN_ESTIMATED_WAIT = Histogram(

@@ -6,6 +6,7 @@ exception's text or the request URL. No retries: callers own the retry policy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -181,18 +182,29 @@ class BotClient:
         self,
         chat_id: int,
         text: str,
-        reply_to_message_id: int | None = None,
-        parse_mode: str | None = None,
+        *,
+        reply_to: int | None = None,
+        entities: Sequence[Mapping[str, Any]] | None = None,
         message_thread_id: int | None = None,
     ) -> int:
+        """Send `text` with its `entities` (no parse_mode: nothing for Telegram to misparse).
+
+        `reply_to` goes as `reply_parameters` (the legacy `reply_to_message_id` is deprecated),
+        allowing the send when that message was deleted meanwhile: the answer still arrives.
+        """
+        reply_parameters = (
+            {"message_id": reply_to, "allow_sending_without_reply": True}
+            if reply_to is not None
+            else None
+        )
         result = await self._call(
             "sendMessage",
             {
                 "chat_id": chat_id,
                 "message_thread_id": message_thread_id,
                 "text": text,
-                "reply_to_message_id": reply_to_message_id,
-                "parse_mode": parse_mode,
+                "entities": [dict(e) for e in entities] if entities else None,
+                "reply_parameters": reply_parameters,
             },
         )
         message_id = result.get("message_id") if isinstance(result, dict) else None

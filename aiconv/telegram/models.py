@@ -66,11 +66,13 @@ class MessageEntity:
 
 @dataclass(frozen=True)
 class RepliedMessage:
-    """The message a message replies to: enough to tell a reply to the bot."""
+    """The message a message replies to: enough to tell a reply to the bot, and its text (or
+    caption) for the prompt."""
 
     message_id: int
     from_user_id: int | None
     from_is_bot: bool
+    text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,21 @@ class IncomingMessage:
     is_topic_message: bool = False  # message_thread_id names a forum topic (not a reply thread)
     migrate_to_chat_id: int | None = None  # service message: this group became that supergroup
     migrate_from_chat_id: int | None = None  # service message: this supergroup was that group
+    quote: str | None = None  # the part of the replied message the user quoted (TextQuote)
+
+    @property
+    def quoted_text(self) -> str | None:
+        """What the user replied to, for the prompt: the quoted part, else the whole replied
+        message's text; None for no reply, or for a topic's root (every topic message
+        "replies" to the service message that opened its topic)."""
+        if self.quote:
+            return self.quote
+        replied = self.reply_to
+        if replied is None or not replied.text:
+            return None
+        if self.is_topic_message and replied.message_id == self.message_thread_id:
+            return None
+        return replied.text
 
     @property
     def is_group(self) -> bool:
@@ -184,11 +201,19 @@ def _parse_replied(raw: object) -> RepliedMessage | None:
     assert isinstance(message_id, int)
     sender = raw.get("from")
     from_id = sender.get("id") if isinstance(sender, dict) else None
+    text = raw.get("text", raw.get("caption"))
     return RepliedMessage(
         message_id=message_id,
         from_user_id=from_id if _is_count(from_id) else None,
         from_is_bot=isinstance(sender, dict) and sender.get("is_bot") is True,
+        text=clean_text(text) if isinstance(text, str) else None,
     )
+
+
+def _parse_quote(raw: object) -> str | None:
+    """The text of a TextQuote; a malformed one is no quote (the message itself stands)."""
+    text = raw.get("text") if isinstance(raw, dict) else None
+    return clean_text(text) if isinstance(text, str) and text else None
 
 
 def _parse_message(update_id: int, msg: object) -> IncomingMessage:
@@ -244,6 +269,7 @@ def _parse_message(update_id: int, msg: object) -> IncomingMessage:
         is_topic_message=msg.get("is_topic_message") is True,
         migrate_to_chat_id=_opt_int(msg, "migrate_to_chat_id", "message"),
         migrate_from_chat_id=_opt_int(msg, "migrate_from_chat_id", "message"),
+        quote=_parse_quote(msg.get("quote")),
     )
 
 

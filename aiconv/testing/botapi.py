@@ -27,7 +27,83 @@ from starlette.types import ASGIApp
 
 from aiconv.web.server import serve
 
-MAX_MESSAGE_LENGTH = 4096
+MAX_MESSAGE_LENGTH = 4096  # UTF-16 code units, as Telegram counts
+
+# Bot API MessageEntity types; sendMessage refuses any other.
+ENTITY_TYPES = frozenset(
+    {
+        *("mention", "hashtag", "cashtag", "bot_command", "url", "email", "phone_number"),
+        *("bold", "italic", "underline", "strikethrough", "spoiler", "code", "pre"),
+        *("blockquote", "expandable_blockquote", "text_link", "text_mention", "custom_emoji"),
+        "date_time",
+    }
+)
+
+
+def _utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def _json_field(value: Any) -> Any:
+    """A structured parameter: JSON in a request body, or a JSON string in a form/query."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def entities_error(text: str, raw: Any) -> str | None:
+    """Telegram's 400 description for sendMessage `entities` that do not fit `text`, or None.
+
+    Checked as Telegram does: a list of objects of known types whose offset and length (UTF-16
+    code units) lie within the text; a text_link needs a url, a text_mention a user.
+    """
+    entities = _json_field(raw)
+    if not isinstance(entities, list):
+        return "Bad Request: can't parse entities: entities must be an array"
+    size = _utf16_units(text)
+    for entity in entities:
+        if not isinstance(entity, dict):
+            return "Bad Request: can't parse entities: entity must be an object"
+        kind = entity.get("type")
+        if kind not in ENTITY_TYPES:
+            return f"Bad Request: can't parse entities: unsupported entity type {kind!r}"
+        offset, length = entity.get("offset"), entity.get("length")
+        if not (isinstance(offset, int) and isinstance(length, int)) or (
+            isinstance(offset, bool) or isinstance(length, bool) or offset < 0 or length <= 0
+        ):
+            return "Bad Request: can't parse entities: wrong entity offset or length"
+        if offset + length > size:
+            return (
+                f"Bad Request: can't parse entities: entity beginning at UTF-16 offset {offset} "
+                f"ends after the end of the text at UTF-16 offset {size}"
+            )
+        if kind == "text_link" and not (isinstance(entity.get("url"), str) and entity["url"]):
+            return "Bad Request: can't parse entities: text_link entity must have a url"
+        if kind == "text_mention" and not isinstance(entity.get("user"), dict):
+            return "Bad Request: can't parse entities: text_mention entity must have a user"
+        if kind == "pre" and not isinstance(entity.get("language", ""), str):
+            return "Bad Request: can't parse entities: pre language must be a string"
+    return None
+
+
+def _is_plain_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def reply_parameters_error(raw: Any) -> str | None:
+    """Telegram's 400 description for malformed `reply_parameters`, or None."""
+    params = _json_field(raw)
+    if not isinstance(params, dict):
+        return "Bad Request: can't parse reply parameters JSON object"
+    if not _is_plain_int(params.get("message_id")):
+        return "Bad Request: message to be replied not found"
+    allow = params.get("allow_sending_without_reply", False)
+    if not isinstance(allow, bool):
+        return "Bad Request: can't parse reply parameters JSON object"
+    return None
 
 
 def free_port() -> int:
@@ -238,6 +314,11 @@ class BotApiDouble(_Started):
             if c.method == method
             and (chat_id is None or _as_int(c.params.get("chat_id")) == chat_id)
         ]
+
+    def sent_messages(self, chat_id: int) -> list[dict[str, Any]]:
+        """The messages the bot sent to a chat, in order, as Telegram stored them (with their
+        entities)."""
+        return [m for (chat, _), m in sorted(self.bot_messages.items()) if chat == chat_id]
 
     def sent_texts(self, chat_id: int) -> list[str]:
         return [
@@ -677,8 +758,18 @@ class BotApiDouble(_Started):
         text = params.get("text")
         if not isinstance(text, str) or not text.strip():
             return 400, self._error(400, "Bad Request: message text is empty")
-        if len(text) > MAX_MESSAGE_LENGTH:
+        if _utf16_units(text) > MAX_MESSAGE_LENGTH:
             return 400, self._error(400, "Bad Request: message is too long")
+        if "parse_mode" in params and "entities" in params:
+            return 400, self._error(400, "Bad Request: can't use parse_mode with entities")
+        if "entities" in params:
+            problem = entities_error(text, params["entities"])
+            if problem is not None:
+                return 400, self._error(400, problem)
+        if "reply_parameters" in params:
+            problem = reply_parameters_error(params["reply_parameters"])
+            if problem is not None:
+                return 400, self._error(400, problem)
         message: dict[str, Any] = {
             "message_id": self._take_message_id(),
             "from": self._bot_user(),
@@ -686,6 +777,8 @@ class BotApiDouble(_Started):
             "date": int(time.time()),
             "text": text,
         }
+        if "entities" in params:
+            message["entities"] = _json_field(params["entities"])
         if "message_thread_id" in params:
             thread = _as_int(params["message_thread_id"])
             if thread is None:

@@ -15,6 +15,13 @@ sent only while the turn owns its chat (worker/turns.py), and releases the turn 
 In a forum, a reply goes to the topic of the message it answers (`message_thread_id`, looked up
 from the stored message for a turn's reply). Stored parts carry their topic and the user they
 answer, whose daily token quota they count against (worker/access.py).
+
+A generated reply is the model's Markdown, sent as text plus message entities
+(telegram/formatting.py): code blocks, bold, links render, and the stored part is the text as
+shown. Parts are cut with their entities re-based (telegram/split.py), deterministically, so a
+redelivered reply has the same parts. Telegram refusing a part's entities (400) sends that part
+again as plain text: formatting never costs a reply. Fixed texts (greetings, notices) are sent
+as they are, unformatted.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from aiconv.jobs.retry import Backoff
 from aiconv.observability.metrics import (
     MESSAGES_SENT,
     REPLIES,
+    REPLY_FORMAT_FALLBACKS,
     REPLY_LATENCY,
     REPLY_PARTS_UNCERTAIN,
     TELEGRAM_SEND_RETRIES,
@@ -43,12 +51,13 @@ from aiconv.observability.metrics import (
 from aiconv.resources import Resources
 from aiconv.store.repository import GenerationStats
 from aiconv.telegram.client import BadRequest, Forbidden, NetworkError, RetryAfter, ServerError
-from aiconv.telegram.split import split_message
+from aiconv.telegram.formatting import Entity, FormattedText, MarkdownRenderer
+from aiconv.telegram.split import split_formatted
 from aiconv.worker.rate_limit import SendLimiter
 from aiconv.worker.turns import Outcome, Turns
 from aiconv.worker.typing_keeper import TypingKeeper
 
-__all__ = ["REPLIES_GROUP", "DeliveryHandler", "UserBlockedBot", "split_for_telegram"]
+__all__ = ["REPLIES_GROUP", "DeliveryHandler", "UserBlockedBot"]
 
 TELEGRAM_TEXT_LIMIT = 4096
 UNPACED = PacingConfig(enabled=False)
@@ -70,13 +79,12 @@ class DeliveryHandler:
         typing: TypingKeeper,
         turns: Turns,
         limiter: SendLimiter,
-        parse_mode: str | None = None,
     ) -> None:
         self.resources = resources
         self.typing = typing
         self.turns = turns
         self.limiter = limiter
-        self.parse_mode = parse_mode
+        self.renderer = MarkdownRenderer()
         self.rng = random.Random()
         self._sent: OrderedDict[str, int] = OrderedDict()  # part key -> Telegram message id
 
@@ -98,10 +106,12 @@ class DeliveryHandler:
     async def _deliver(self, reply: ReplyJob) -> Outcome | None:
         """Send the reply's parts; the turn's outcome, or None if the turn was lost meanwhile."""
         chat_id = reply.chat_id
-        parts = split_for_telegram(reply.text) or [texts.GENERATION_FAILED]
+        parts = self.parts_of(reply)
         pacing = self.resources.settings.pacing if reply.paced else UNPACED
         elapsed = time.time() - (reply.started_at or time.time())
-        plans = plan_delivery(parts, pacing, already_elapsed=elapsed, rng=self.rng)
+        plans = plan_delivery(
+            [p.text for p in parts], pacing, already_elapsed=elapsed, rng=self.rng
+        )
         reply_to = reply.reply_to_message_id if reply.chat_type != "private" else None
         thread = reply.message_thread_id
         if thread is None and reply.turn is not None and reply.chat_type == "supergroup":
@@ -133,7 +143,11 @@ class DeliveryHandler:
                         REPLIES.labels("superseded").inc()
                         return "superseded"
                 message_id = await self._send(
-                    chat_id, reply.chat_type, plan.text, reply_to if index == 0 else None, thread
+                    chat_id,
+                    reply.chat_type,
+                    parts[index],
+                    reply_to if index == 0 else None,
+                    thread,
                 )
                 await self._record_sent(sent_record, part_key, index, message_id)
                 MESSAGES_SENT.inc()
@@ -155,6 +169,18 @@ class DeliveryHandler:
             latency_seconds=round(time.time() - (reply.started_at or time.time()), 3),
         )
         return "delivered"
+
+    def parts_of(self, reply: ReplyJob) -> list[FormattedText]:
+        """The reply's messages: generated text rendered from Markdown, fixed texts as they
+        are; never none (an empty generation says that something went wrong)."""
+        formatted = (
+            self.renderer.render(reply.text)
+            if reply.markdown and not reply.notice
+            else FormattedText.plain(reply.text)
+        )
+        return split_formatted(formatted, TELEGRAM_TEXT_LIMIT) or [
+            FormattedText.plain(texts.GENERATION_FAILED)
+        ]
 
     async def _settle(self, reply: ReplyJob, outcome: Outcome) -> None:
         assert reply.turn is not None
@@ -206,21 +232,21 @@ class DeliveryHandler:
         self,
         chat_id: int,
         chat_type: str | None,
-        text: str,
+        part: FormattedText,
         reply_to: int | None,
         thread: int | None = None,
     ) -> int:
         """sendMessage within Telegram's limits; outages and 429s are waited out, however long."""
         backoff = Backoff(0.5, OUTAGE_BACKOFF_CAP_SECONDS)
-        parse_mode = self.parse_mode
+        entities: tuple[Entity, ...] = part.entities
         while True:
             await self.limiter.wait_for_slot(chat_id, chat_type)
             try:
                 return await self.resources.bot.send_message(
                     chat_id,
-                    text,
-                    reply_to_message_id=reply_to,
-                    parse_mode=parse_mode,
+                    part.text,
+                    reply_to=reply_to,
+                    entities=[e.to_api() for e in entities],
                     message_thread_id=thread,
                 )
             except RetryAfter as error:
@@ -240,10 +266,13 @@ class DeliveryHandler:
                 await self._wait_out(chat_id, error, backoff)
             except BadRequest as error:
                 description = error.description.lower()
-                if parse_mode is not None and "can't parse entities" in description:
-                    parse_mode = None  # the model wrote broken markup: send it as plain text
-                elif reply_to is not None and "message to be replied not found" in description:
+                if reply_to is not None and "message to be replied not found" in description:
                     reply_to = None  # the user deleted the message we answer
+                elif entities and _about_entities(description):
+                    # Telegram refused the formatting: the same text, plain, still answers.
+                    REPLY_FORMAT_FALLBACKS.labels("rejected").inc()
+                    log.warning("entities refused; part sent as plain text", chat_id=chat_id)
+                    entities = ()
                 else:
                     raise
             except Forbidden as error:
@@ -260,15 +289,10 @@ class DeliveryHandler:
         await asyncio.sleep(delay)
 
 
-def split_for_telegram(text: str) -> list[str]:
-    """Parts within Telegram's 4096 limit, which counts UTF-16 code units, not characters."""
-    parts = []
-    for part in split_message(text, TELEGRAM_TEXT_LIMIT):
-        if len(part.encode("utf-16-le")) // 2 <= TELEGRAM_TEXT_LIMIT:
-            parts.append(part)
-        else:  # astral characters (emoji) count twice
-            parts.extend(split_message(part, TELEGRAM_TEXT_LIMIT // 2))
-    return parts
+def _about_entities(description: str) -> bool:
+    """A 400 about the entities (Telegram: "can't parse entities", "entity ... ends after the
+    end of the text", "unsupported ... entity", ...), not about the chat or the text itself."""
+    return "entit" in description
 
 
 def _stats(raw: dict[str, object]) -> GenerationStats:

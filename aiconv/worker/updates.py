@@ -27,6 +27,7 @@ from aiconv.conversation import notices, texts
 from aiconv.conversation.addressing import BotIdentity, address
 from aiconv.conversation.commands import Command, parse_command
 from aiconv.conversation.history import approx_tokens, fit_history, keep_recent_context
+from aiconv.conversation.prompt import with_quote
 from aiconv.jobs.keys import UPDATES_GROUP
 from aiconv.jobs.messages import GenerateJob, ReplyJob, TurnJob, UpdateJob, chat_of
 from aiconv.jobs.queue import Job
@@ -267,12 +268,13 @@ class UpdateHandler:
         )
 
     async def _converse(self, message: IncomingMessage, text: str) -> None:
-        """Store the user's text (in groups: without the bot's mention) and note it for a turn."""
+        """Store the user's text (in groups: without the bot's mention; after the text they
+        replied to, quoted) and note it for a turn."""
         await self.r.store.add_message(
             chat_id=message.chat_id,
             user_id=message.user_id,
             role="user",
-            text=text,
+            text=with_quote(text, message.quoted_text),
             idempotency_key=f"in:{message_key(message)}",
             telegram_update_id=message.update_id,
             telegram_message_id=message.message_id,

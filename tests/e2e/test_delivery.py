@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from redis.asyncio import Redis
 
+from aiconv.telegram.formatting import Entity, entity_problems
 from aiconv.testing.botapi import BotApiDouble
 from tests.support.ports import free_port
 from tests.support.processes import Launcher
@@ -21,7 +22,12 @@ SECRET = "delivery-secret"
 
 
 async def inject_reply(
-    redis: Redis, prefix: str, database_url: str, chat_id: int, text: str
+    redis: Redis,
+    prefix: str,
+    database_url: str,
+    chat_id: int,
+    text: str,
+    markdown: bool = False,
 ) -> None:
     """A reply job as the ml stage hands it over, to drive delivery with a known text."""
     with psycopg.connect(database_url) as conn:
@@ -38,6 +44,7 @@ async def inject_reply(
         "paced": True,
         "text": text,
         "stats": {},
+        "markdown": markdown,  # as the ml stage marks a generated answer
     }
     await redis.xadd(f"{prefix}replies", {"job": json.dumps(job)})
 
@@ -115,3 +122,64 @@ async def test_web_worker_and_ml_as_separate_processes(
     [reply] = await double.wait_for_messages(806, 1)
     assert reply
     assert double.webhook_responses[-1][1] == 200
+
+
+def entities_of(message: dict[str, object]) -> list[Entity]:
+    raw = message.get("entities") or []
+    assert isinstance(raw, list)
+    return [
+        Entity(e["type"], e["offset"], e["length"], e.get("url"), e.get("language")) for e in raw
+    ]
+
+
+async def test_markdown_arrives_as_valid_entities_in_several_parts(
+    launch: Launcher, double: BotApiDouble, redis: Redis, redis_prefix: str, database_url: str
+) -> None:
+    await launch("worker", TYPING_SIMULATION_ENABLED="false")
+    code = "\n".join(f"total_{n} = sum(`x`) ** {n}  # <b>not html</b> 😀" for n in range(120))
+    assert len(code) > 5000
+    markdown = (
+        "**Bold with _nested italic_ inside** and a [link (with parens)](https://ex.am/a_(b)).\n\n"
+        f"```python\n{code}\n```\n\nThat's **all**."
+    )
+    await inject_reply(redis, redis_prefix, database_url, 804, markdown, markdown=True)
+    await double.wait_for(lambda: any("all" in t for t in double.sent_texts(804)), 60)
+    messages = double.sent_messages(804)
+    assert len(messages) >= 2
+    assert all(call.status == 200 for call in double.calls_of("sendMessage", 804))
+    kinds: set[str] = set()
+    for message in messages:
+        entities = entities_of(message)
+        assert entity_problems(str(message["text"]), entities) == []
+        kinds |= {e.type for e in entities}
+    assert {"bold", "italic", "text_link", "pre"} <= kinds
+    first = messages[0]
+    assert str(first["text"]).startswith("Bold with nested italic inside and a link (with parens).")
+    # The code block's text arrives whole across the parts, backticks and "<b>" included.
+    shown = "\n".join(str(m["text"]) for m in messages)
+    assert all(line in shown for line in code.splitlines())
+
+
+async def test_a_part_whose_entities_telegram_refuses_still_arrives_as_plain_text(
+    launch: Launcher, double: BotApiDouble, redis: Redis, redis_prefix: str, database_url: str
+) -> None:
+    double.fail_next("sendMessage", 400, "Bad Request: can't parse entities: test refusal")
+    await launch("worker", TYPING_SIMULATION_ENABLED="false")
+    nasty = "Never closed **bold, <div> tags, 😀 and **real bold** then `code"
+    await inject_reply(redis, redis_prefix, database_url, 805, nasty, markdown=True)
+    [text] = await double.wait_for_messages(805, 1)
+    refused, sent = double.calls_of("sendMessage", 805)
+    assert refused.status == 400 and "entities" in refused.params
+    assert sent.status == 200 and "entities" not in sent.params
+    assert text == sent.params["text"] == refused.params["text"]
+    assert "<div>" in text and "😀" in text
+
+
+async def test_fixed_texts_are_sent_as_written(
+    launch: Launcher, double: BotApiDouble, redis: Redis, redis_prefix: str, database_url: str
+) -> None:
+    await launch("worker", TYPING_SIMULATION_ENABLED="false")
+    await inject_reply(redis, redis_prefix, database_url, 806, "Hello, **__name__**!")
+    [text] = await double.wait_for_messages(806, 1)
+    assert text == "Hello, **__name__**!"
+    assert "entities" not in double.calls_of("sendMessage", 806)[0].params

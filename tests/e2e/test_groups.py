@@ -82,7 +82,7 @@ async def test_a_forum_mention_is_answered_in_its_topic_and_chatter_is_not(
     await double.wait_for_messages(forum, 1)
     [reply] = double.calls_of("sendMessage", forum)
     assert reply.params["message_thread_id"] == 3
-    assert reply.params["reply_to_message_id"] == asked["message"]["message_id"]
+    assert reply.params["reply_parameters"]["message_id"] == asked["message"]["message_id"]
     [prompt] = await eventually(lambda: prompts_for(redis_prefix, forum), timeout=10)
     users = [content for role, content in prompt if role == "user"]
     assert users == ["User61: anyone up for lunch?", "User62: say hello to everyone"]

@@ -105,7 +105,7 @@ async def test_a_group_is_answered_only_when_addressed_with_names_and_context(
     )
     await double.wait_for_messages(group, 1)
     [answer] = double.calls_of("sendMessage", group)
-    assert answer.params["reply_to_message_id"] == asked["message"]["message_id"]
+    assert answer.params["reply_parameters"]["message_id"] == asked["message"]["message_id"]
     [prompt] = await generated_prompts(resources, group)
     user_text = "\n".join(content for role, content in prompt if role == "user")
     # GROUP_CONTEXT_MESSAGES=1: only the newest chatter; the mention is gone from the text.
@@ -275,3 +275,38 @@ async def test_a_bot_removed_from_a_group_does_not_answer_there_and_migration_ke
     )
     history = await resources.store.history(supergroup, 10, context_limit=5)
     assert [t.text for t in history] == ["earlier words"]
+
+
+async def test_the_text_a_user_replies_to_is_quoted_in_their_turn(
+    start: Start, double: BotApiDouble
+) -> None:
+    """A reply carries the replied message's text into the prompt, or only the part the user
+    quoted (`quote`), bounded; the generation job the worker hands to ml shows it."""
+    resources = await start(("worker",))
+    whole, part = 5001 + random.randrange(1000), 7001 + random.randrange(1000)
+    earlier = {
+        "message_id": 77,
+        "from": {"id": 1, "is_bot": True, "first_name": "bot"},
+        "date": 1,
+        "text": "The capital is Paris.\nIt has 2 million people.",
+    }
+    await double.send_user_message(
+        whole, "are you sure?", user_id=whole, extra={"reply_to_message": earlier}
+    )
+    await double.send_user_message(
+        part,
+        "why that one?",
+        user_id=part,
+        extra={"reply_to_message": earlier, "quote": {"text": "Paris", "position": 15}},
+    )
+
+    async def last_user_turn(chat_id: int) -> str | None:
+        prompts = await generated_prompts(resources, chat_id)
+        return prompts[-1][-1][1] if prompts else None
+
+    assert await eventually(lambda: last_user_turn(whole), timeout=30) == (
+        "> The capital is Paris.\n> It has 2 million people.\n\nare you sure?"
+    )
+    assert await eventually(lambda: last_user_turn(part), timeout=30) == (
+        "> Paris\n\nwhy that one?"
+    )

@@ -82,6 +82,7 @@ async def test_a_generation_job_becomes_a_reply(
     assert reply["key"] == "reply:11:1:1"
     assert reply["turn"] == "11:1:1"
     assert reply["text"].strip()
+    assert reply["markdown"] is True  # the model's text: delivery renders its Markdown
     assert not reply.get("cancelled")
     assert reply["stats"]["completion_tokens"] > 0
     assert reply["stats"]["prompt_tokens"] > 0
@@ -129,6 +130,7 @@ async def test_a_failed_generation_answers_with_an_apology(
     [reply] = await replies(redis, queue.keys)
     assert reply["text"] == texts.GENERATION_FAILED
     assert not reply.get("cancelled")
+    assert reply["markdown"] is False  # a fixed apology, sent as written
 
 
 def test_lanes_keep_a_chat_in_order_and_let_api_requests_run_freely(queue: JobQueue) -> None:

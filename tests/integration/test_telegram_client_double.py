@@ -57,7 +57,8 @@ async def test_get_me(bot: BotClient, double: BotApiDouble) -> None:
 async def test_send_message_and_chat_action(bot: BotClient, double: BotApiDouble) -> None:
     await bot.send_chat_action(5)
     first = await bot.send_message(5, "hello")
-    second = await bot.send_message(5, "again", reply_to_message_id=first, parse_mode="HTML")
+    bold = [{"type": "bold", "offset": 0, "length": 5}]
+    second = await bot.send_message(5, "again", reply_to=first, entities=bold)
     await bot.send_message(6, "other chat")
     assert second > first
     assert double.sent_texts(5) == ["hello", "again"]
@@ -65,9 +66,15 @@ async def test_send_message_and_chat_action(bot: BotClient, double: BotApiDouble
     action = double.calls_of("sendChatAction", chat_id=5)[0]
     assert action.params == {"chat_id": 5, "action": "typing"}
     reply = double.calls_of("sendMessage", chat_id=5)[1]
-    assert reply.params["reply_to_message_id"] == first
-    assert reply.params["parse_mode"] == "HTML"
-    assert "parse_mode" not in double.calls_of("sendMessage", chat_id=5)[0].params
+    # reply_parameters, not the legacy reply_to_message_id; entities, never parse_mode
+    assert reply.params["reply_parameters"] == {
+        "message_id": first,
+        "allow_sending_without_reply": True,
+    }
+    assert reply.params["entities"] == bold
+    assert "reply_to_message_id" not in reply.params
+    plain = double.calls_of("sendMessage", chat_id=5)[0].params
+    assert "entities" not in plain and "reply_parameters" not in plain
     assert double.calls[0].at <= double.calls[-1].at
 
 
@@ -152,6 +159,45 @@ async def test_real_bad_requests(bot: BotClient, double: BotApiDouble) -> None:
         await bot.send_message(1, "x" * 4097)
     await bot.send_message(1, "x" * 4096)
     assert double.sent_texts(1) == ["x" * 4096]
+
+
+async def test_entities_are_checked_in_utf16_units_like_telegram(
+    bot: BotClient, double: BotApiDouble
+) -> None:
+    text = "😀 bold"  # the emoji is two UTF-16 units: "bold" is at 3..7
+    await bot.send_message(1, text, entities=[{"type": "bold", "offset": 3, "length": 4}])
+    assert double.sent_messages(1)[-1]["entities"] == [{"type": "bold", "offset": 3, "length": 4}]
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"type": "bold", "offset": 3, "length": 5}, "ends after the end of the text"),
+        ({"type": "blink", "offset": 0, "length": 1}, "unsupported entity type"),
+        ({"type": "bold", "offset": -1, "length": 2}, "wrong entity offset or length"),
+        ({"type": "bold", "offset": 0, "length": 0}, "wrong entity offset or length"),
+        ({"type": "text_link", "offset": 0, "length": 2}, "must have a url"),
+    ]
+    for entity, why in refused:
+        with pytest.raises(BadRequest, match="can't parse entities") as info:
+            await bot.send_message(1, text, entities=[entity])
+        assert why in info.value.description
+    assert double.sent_texts(1) == [text]
+
+
+async def test_reply_parameters_are_checked(
+    bot: BotClient, double: BotApiDouble, http: httpx.AsyncClient
+) -> None:
+    url = f"{double.url}/bot{TOKEN}/sendMessage"
+    for bad in (
+        {"message_id": "x"},
+        "not json",
+        {"message_id": 1, "allow_sending_without_reply": 1},
+    ):
+        answer = await http.post(url, json={"chat_id": 1, "text": "hi", "reply_parameters": bad})
+        assert answer.status_code == 400
+    answer = await http.post(
+        url, json={"chat_id": 1, "text": "hi", "parse_mode": "HTML", "entities": []}
+    )
+    assert answer.status_code == 400
+    await bot.send_message(1, "hi", reply_to=5)
+    assert double.sent_texts(1) == ["hi"]
 
 
 async def test_wrong_token_and_unknown_method(

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aiconv.conversation.history import Turn
-from aiconv.conversation.prompt import DEFAULT_PERSONA, build_messages
+from aiconv.conversation.prompt import DEFAULT_PERSONA, QUOTE_MAX_CHARS, build_messages, with_quote
 
 
 def test_basic() -> None:
@@ -37,6 +37,26 @@ def test_without_user_text() -> None:
 def test_default_persona() -> None:
     assert DEFAULT_PERSONA.strip()
     assert build_messages(DEFAULT_PERSONA, [])[0]["role"] == "system"
+    # Replies render Markdown now: the persona invites it instead of forbidding it.
+    assert "no markdown" not in DEFAULT_PERSONA.lower()
+    assert "Markdown" in DEFAULT_PERSONA
+
+
+def test_a_reply_quotes_what_it_answers_before_the_text() -> None:
+    assert with_quote("why?", None) == "why?"
+    assert with_quote("why?", "  ") == "why?"
+    assert with_quote("why?", "Paris.\n\nIt is big.") == "> Paris.\n>\n> It is big.\n\nwhy?"
+
+
+@given(st.text(max_size=2000), st.text(min_size=1, max_size=50))
+def test_a_quote_is_bounded_and_the_text_kept_whole(quoted: str, text: str) -> None:
+    turn = with_quote(text, quoted)
+    assert turn.endswith(text)
+    quote_lines = turn[: len(turn) - len(text)]
+    # Every quoted line is marked, and the quote's own text is at most the bound.
+    assert all(line.startswith(">") for line in quote_lines.strip("\n").splitlines())
+    shown = "".join(line[2:] for line in quote_lines.strip("\n").splitlines())
+    assert len(shown) <= QUOTE_MAX_CHARS
 
 
 roles = st.sampled_from(["system", "user", "assistant"])

@@ -266,3 +266,33 @@ def test_a_malformed_my_chat_member_is_ignored_but_an_unstorable_id_is_invalid()
     data["my_chat_member"]["chat"]["id"] = 2**70
     with pytest.raises(InvalidUpdate):
         parse_update(data)
+
+
+def test_a_reply_carries_the_replied_text_or_the_quoted_part() -> None:
+    replied = {"message_id": 3, "from": {"id": 9, "is_bot": True}, "date": 1, "text": "Paris."}
+    update = _text_update("why?")
+    update["message"]["reply_to_message"] = replied
+    message = parse_update(update).message
+    assert message is not None and message.reply_to is not None
+    assert message.reply_to.text == "Paris."
+    assert message.quoted_text == "Paris."
+    update["message"]["quote"] = {"text": "Par", "position": 0}
+    assert (quoted := parse_update(update).message) is not None
+    assert quoted.quoted_text == "Par"
+    update["message"]["quote"] = {"text": 5}  # malformed: no quote, the reply stands
+    assert (fallback := parse_update(update).message) is not None
+    assert fallback.quoted_text == "Paris."
+
+
+def test_a_topic_root_is_not_quoted() -> None:
+    update = _text_update("hi")
+    update["message"].update(
+        message_thread_id=4,
+        is_topic_message=True,
+        reply_to_message={"message_id": 4, "date": 1, "forum_topic_created": {"name": "t"}},
+    )
+    assert (message := parse_update(update).message) is not None
+    assert message.quoted_text is None
+    update["message"]["reply_to_message"]["text"] = "opening words"
+    assert (root := parse_update(update).message) is not None
+    assert root.quoted_text is None
