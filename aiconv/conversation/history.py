@@ -16,12 +16,36 @@ class Turn:
     text: str
     sender: str | None = None  # a group member's first name: the model is told who said what
     context_only: bool = False  # an unaddressed group message, kept as context only
+    retry: bool = False  # a /retry marker: see drop_retried; never shown to the model
 
     def speaker_text(self) -> str:
         """The text as the model reads it: in groups, each user turn says who wrote it."""
         if self.role == "user" and self.sender:
             return f"{self.sender}: {self.text}"
         return self.text
+
+
+def drop_retried(turns: Sequence[Turn]) -> list[Turn]:
+    """The history as the model should read it after /retry: each marker is dropped together
+    with the assistant turns right before it (the answers it asked to write again), so the
+    prompt ends with the user message(s) that answer was for.
+
+    Only assistant turns go; every user turn (group chatter included) stays, whatever the
+    markers. Two markers in a row, or a marker before any answer (/retry racing the first
+    reply), drop nothing more: a retry never removes more than the one answer it follows.
+    """
+    kept: list[Turn] = []
+    for turn in turns:
+        if not turn.retry:
+            kept.append(turn)
+            continue
+        # Back to the newest addressed user turn; group chatter in between stays.
+        index = len(kept) - 1
+        while index >= 0 and (kept[index].role == "assistant" or kept[index].context_only):
+            if kept[index].role == "assistant":
+                del kept[index]
+            index -= 1
+    return kept
 
 
 def keep_recent_context(turns: Sequence[Turn], limit: int) -> list[Turn]:
