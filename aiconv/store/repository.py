@@ -229,7 +229,8 @@ class Store:
                        UNION SELECT id FROM chats WHERE migrated_to_chat_id = %(chat)s
                    ), candidates AS (
                        SELECT m.id, m.chat_id, m.role, m.text, m.text_sealed, m.idempotency_key,
-                              m.telegram_message_id, m.user_id, m.context_only, m.retry
+                              m.telegram_message_id, m.user_id, m.context_only, m.retry,
+                              m.reply_to_message_id
                        FROM messages m JOIN chats c ON c.id = %(chat)s
                        WHERE m.chat_id IN (SELECT id FROM chat_ids)
                          AND m.id > c.history_starts_after
@@ -251,7 +252,8 @@ class Store:
                        FROM newest n
                    )
                    SELECT p.role, p.text, p.text_sealed, p.idempotency_key, p.chat_id,
-                          u.first_name, p.context_only, p.retry
+                          u.first_name, p.context_only, p.retry, p.telegram_message_id,
+                          p.reply_to_message_id
                    FROM placed p LEFT JOIN users u ON u.id = p.user_id AND p.role = 'user'
                    ORDER BY p.chat_id = %(chat)s, p.position, p.id""",
                 {
@@ -264,18 +266,35 @@ class Store:
             )
             rows = await cursor.fetchall()
         turns = []
-        for role, stored, sealed, key, row_chat, first_name, context_only, retry in rows:
+        for (
+            role,
+            stored,
+            sealed,
+            key,
+            row_chat,
+            first_name,
+            context_only,
+            retry,
+            message_id,
+            reply_to,
+        ) in rows:
             text = self._readable(stored, sealed, row_chat, key)
-            if text is not None:
-                turns.append(
-                    Turn(
-                        role=role,
-                        text=text,
-                        sender=first_name if with_senders else None,
-                        context_only=context_only,
-                        retry=retry,
-                    )
+            if text is None:
+                continue
+            # Telegram ids are per chat: a migrated group's rows carry none (no comparisons
+            # across the two numberings).
+            ours = row_chat == chat_id
+            turns.append(
+                Turn(
+                    role=role,
+                    text=text,
+                    sender=first_name if with_senders else None,
+                    context_only=context_only,
+                    retry=retry,
+                    message_id=message_id if ours else None,
+                    reply_to=reply_to if ours else None,
                 )
+            )
         return turns
 
     async def chat_party(self, chat_id: int) -> tuple[str, int | None]:

@@ -1,5 +1,6 @@
 from itertools import pairwise
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -198,3 +199,33 @@ def test_retry_markers_only_ever_remove_answers(kinds: list[str]) -> None:
         assert all(t.role == "user" for t in kept[-1:])
     if not any(t.retry for t in turns):
         assert kept == turns
+
+
+def _u(message_id: int, retry: bool = False) -> Turn:
+    return Turn("user", "/retry" if retry else f"m{message_id}", retry=retry, message_id=message_id)
+
+
+def _a(message_id: int, reply_to: int) -> Turn:
+    return Turn("assistant", f"answer {message_id}", message_id=message_id, reply_to=reply_to)
+
+
+@pytest.mark.parametrize(
+    ("turns", "kept"),
+    [
+        # The answer right before the marker.
+        ([_u(1), _a(2, 1), _u(3, True)], [_u(1)]),
+        # /retry sent while the answer was written: stored after the marker, still retried.
+        ([_u(1), _u(2, True), _a(3, 1)], [_u(1)]),
+        ([_u(1), _u(2), _u(3, True), _a(4, 1)], [_u(1), _u(2)]),
+        ([_u(1), _u(2, True), _u(3), _a(4, 1)], [_u(1), _u(3)]),
+        # Only the newest answer; both parts of it.
+        ([_u(1), _a(2, 1), _u(3), _a(4, 3), _a(5, 3), _u(6, True)], [_u(1), _a(2, 1), _u(3)]),
+        # The answer to a marker is retried by the next marker, not by its own.
+        ([_u(1), _a(2, 1), _u(3, True), _a(4, 3)], [_u(1), _a(4, 3)]),
+        ([_u(1), _a(2, 1), _u(3, True), _a(4, 3), _u(5, True)], [_u(1)]),
+        # A command's fixed reply (its command is not stored) is not the answer retried.
+        ([_u(1), _a(2, 1), _a(4, 3), _u(5, True)], [_u(1), _a(4, 3)]),
+    ],
+)
+def test_a_retry_finds_the_answer_it_retries_by_ids(turns: list[Turn], kept: list[Turn]) -> None:
+    assert drop_retried(turns) == kept
