@@ -6,8 +6,8 @@ Invariants:
   the turn protocol (worker/turns.py). One turn at a time per chat and "noted > answered" decide
   when it is answered, exactly as for text: /retry racing a new message, a redelivered /retry,
   two /retry in a row, all end in one answer per turn, never two at once. Nothing already sent
-  is edited or deleted; the model's history just loses the answer the marker follows
-  (conversation.history.drop_retried).
+  is edited or deleted; the model's history just loses the answer the marker retries, the
+  newest one of a turn that began before it (conversation.history.drop_retried).
 - /retry counts against USER_DAILY_TOKENS like a message, and is refused when there is no user
   message to answer again (since the last /reset, in this topic).
 - /persona is stored per chat in PostgreSQL (chats.persona, encrypted like message text) and

@@ -5,8 +5,10 @@
 --   to its chat, so it cannot be moved onto another chat.
 -- * messages.retry: a /retry command kept in the history as a marker. It is a user row (the
 --   turn that answers it is owed, and the recovery sweep sees it like any unanswered message),
---   but never shown to the model: the history read for a prompt drops the marker and the
---   assistant rows right before it, so the new turn answers the same user message(s) again.
+--   but never shown to the model: the history read for a prompt drops the marker and the answer
+--   it retries (conversation.history.drop_retried: found by reply_to_message_id, so an answer
+--   still being written when /retry came counts), so the new turn answers the same user
+--   message(s) again.
 --   Nothing already sent is touched; the old answer only leaves the model's context.
 
 ALTER TABLE chats ADD COLUMN persona TEXT;
