@@ -266,3 +266,34 @@ def test_a_malformed_my_chat_member_is_ignored_but_an_unstorable_id_is_invalid()
     data["my_chat_member"]["chat"]["id"] = 2**70
     with pytest.raises(InvalidUpdate):
         parse_update(data)
+
+
+def test_bot_commands_and_chat_members_parse_or_fail_clearly() -> None:
+    from aiconv.telegram.models import (
+        BotCommand,
+        ChatMember,
+        parse_bot_commands,
+        parse_chat_member,
+    )
+
+    assert parse_bot_commands([{"command": "help", "description": "list"}]) == [
+        BotCommand("help", "list")
+    ]
+    assert BotCommand("help", "list").to_api() == {"command": "help", "description": "list"}
+    member = parse_chat_member({"status": "creator", "user": {"id": 5, "is_bot": False}})
+    assert member == ChatMember(5, "creator") and member.is_admin
+    assert parse_chat_member({"status": "administrator", "user": {"id": 5}}).is_admin
+    for status in ("member", "restricted", "left", "kicked"):
+        assert not parse_chat_member({"status": status, "user": {"id": 5}}).is_admin
+    assert parse_bot_commands([]) == []
+    for bad in (None, {}, [{"command": 1}], [1]):
+        with pytest.raises(ValueError, match="getMyCommands"):
+            parse_bot_commands(bad)
+    for bad_member in (
+        None,
+        {"status": "member"},
+        {"status": 1, "user": {"id": 5}},
+        {"status": "member", "user": {"id": True}},
+    ):
+        with pytest.raises(ValueError, match="getChatMember"):
+            parse_chat_member(bad_member)
