@@ -286,7 +286,8 @@ def test_bot_commands_and_chat_members_parse_or_fail_clearly() -> None:
     for status in ("member", "restricted", "left", "kicked"):
         assert not parse_chat_member({"status": status, "user": {"id": 5}}).is_admin
     assert parse_bot_commands([]) == []
-    for bad in (None, {}, [{"command": 1}], [1]):
+    bad_results: list[object] = [None, {}, [{"command": 1}], [1]]
+    for bad in bad_results:
         with pytest.raises(ValueError, match="getMyCommands"):
             parse_bot_commands(bad)
     for bad_member in (
