@@ -11,6 +11,10 @@ the bot, replies to it or is a command for it, see conversation/addressing.py; a
 may be stored as context, `context_only`, which never starts a turn), the allow-list, the burst
 guard and the daily token quota (worker/access.py). A message stopped by policy is not stored.
 
+Commands (worker/commands.py) answer with a fixed reply outside any turn, except /retry: its
+marker is stored and noted here like a message, so its answer is a turn like any other. A claimed
+turn's job carries the chat's persona (/persona) when it has one.
+
 Forum topics: a message's topic is stored with it; a turn reads the history of the topic of the
 message it answers and delivery replies in that topic. Turns and typing are still per chat: when
 two topics of one forum write during the same turn, the turn answers in the newest message's topic.
@@ -314,7 +318,7 @@ class UpdateHandler:
             context_limit=context_limit,
             with_senders=group,
         )
-        # /retry: its marker and the answer before it leave the prompt (worker/commands.py).
+        # /retry: its marker and the answer it retries leave the prompt (worker/commands.py).
         history = keep_recent_context(drop_retried(history), context_limit)
         # Coarse bound only (the byte estimate overcounts); ml trims with the real tokenizer.
         history = fit_history(history, approx_tokens, budget=2 * self.r.settings.n_ctx)
