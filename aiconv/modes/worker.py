@@ -1,4 +1,5 @@
-"""`aiconv worker`: update and reply consumers, turn claims, the typing keeper, the poller.
+"""`aiconv worker`: update and reply consumers, turn claims, the typing keeper, the poller, the
+command menu.
 
 Wiring only; what each part does lives in worker/. Never imports llama.cpp (modes/__init__.py).
 """
