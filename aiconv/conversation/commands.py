@@ -32,9 +32,6 @@ COMMANDS: dict[str, str] = {
     "stats": "messages and tokens in this chat, today and in total, and your quota",
 }
 
-# Kept under its old name: texts and tests read the known commands from it.
-KNOWN_COMMANDS = COMMANDS
-
 # Bare in a group, only these are ours (any bot is expected to answer them).
 GROUP_BARE_COMMANDS = frozenset({"start", "help", "reset"})
 

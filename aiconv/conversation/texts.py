@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiconv.conversation.commands import KNOWN_COMMANDS
+from aiconv.conversation.commands import COMMANDS
 
 RESET_DONE = "Done — I've forgotten our conversation. Let's start fresh!"
 
@@ -31,7 +31,7 @@ def greeting(first_name: str | None) -> str:
 
 
 def help_text() -> str:
-    lines = [f"/{name} — {description}" for name, description in KNOWN_COMMANDS.items()]
+    lines = [f"/{name} — {description}" for name, description in COMMANDS.items()]
     return "Here's what I understand:\n" + "\n".join(lines) + "\n\nAnything else, just say it."
 
 

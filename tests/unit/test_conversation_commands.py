@@ -9,7 +9,6 @@ from aiconv.conversation.addressing import BotIdentity, address
 from aiconv.conversation.commands import (
     COMMANDS,
     GROUP_BARE_COMMANDS,
-    KNOWN_COMMANDS,
     Command,
     menu,
     parse_command,
@@ -61,9 +60,9 @@ def test_in_groups_bare_commands_are_ours_only_when_basic() -> None:
 
 
 def test_known_commands_are_the_menu_and_the_help() -> None:
-    assert set(KNOWN_COMMANDS) == {"start", "help", "reset", "retry", "persona", "stats"}
+    assert set(COMMANDS) == {"start", "help", "reset", "retry", "persona", "stats"}
     assert [name for name, _ in menu()] == list(COMMANDS)
-    for name in KNOWN_COMMANDS:
+    for name in COMMANDS:
         assert parse_command(f"/{name}") == Command(name, "")
         assert f"/{name}" in texts.help_text()
     for name, description in menu():
@@ -152,7 +151,7 @@ def test_texts() -> None:
     assert "/help" in texts.greeting(None)
     assert "None" not in texts.greeting(None)
     assert texts.greeting("  ").startswith("Hi!")
-    for name in KNOWN_COMMANDS:
+    for name in COMMANDS:
         assert f"/{name}" in texts.help_text()
     for reply in (
         texts.RESET_DONE,
