@@ -92,6 +92,8 @@ class IncomingMessage:
     is_topic_message: bool = False  # message_thread_id names a forum topic (not a reply thread)
     migrate_to_chat_id: int | None = None  # service message: this group became that supergroup
     migrate_from_chat_id: int | None = None  # service message: this supergroup was that group
+    # Sent on behalf of a chat: the group itself when an anonymous administrator wrote it.
+    sender_chat_id: int | None = None
 
     @property
     def is_group(self) -> bool:
@@ -244,7 +246,19 @@ def _parse_message(update_id: int, msg: object) -> IncomingMessage:
         is_topic_message=msg.get("is_topic_message") is True,
         migrate_to_chat_id=_opt_int(msg, "migrate_to_chat_id", "message"),
         migrate_from_chat_id=_opt_int(msg, "migrate_from_chat_id", "message"),
+        sender_chat_id=_sender_chat_id(msg.get("sender_chat")),
     )
+
+
+def _sender_chat_id(raw: object) -> int | None:
+    """`sender_chat.id`, or None when absent or unusable (it only grants admin rights, so a
+    malformed one grants nothing)."""
+    if not isinstance(raw, dict):
+        return None
+    chat_id = raw.get("id")
+    if isinstance(chat_id, bool) or not isinstance(chat_id, int):
+        return None
+    return chat_id if INT64_MIN <= chat_id <= INT64_MAX else None
 
 
 def _parse_my_chat_member(update_id: int, raw: object) -> ChatMemberChange | None:

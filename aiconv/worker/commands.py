@@ -12,9 +12,10 @@ Invariants:
   message to answer again (since the last /reset, in this topic).
 - /persona is stored per chat in PostgreSQL (chats.persona, encrypted like message text) and
   carried in each generation job, so it applies from the next turn on. Everyone may see it; in
-  groups only administrators may change it. Whether a user is an administrator comes from
-  getChatMember, remembered in Redis for ADMIN_CACHE_SECONDS under the chat's hash tag; a failed
-  getChatMember refuses the change (nothing cached), it never lets it through.
+  groups only administrators may change it (an anonymous administrator writes as the group
+  itself, `sender_chat`, which only administrators can). Whether a user is an administrator
+  comes from getChatMember, remembered in Redis for ADMIN_CACHE_SECONDS under the chat's hash
+  tag; a failed getChatMember refuses the change (nothing cached), it never lets it through.
 - The command menu (setMyCommands) is registered once per process start, in the background and
   retried with backoff (observability.loops.supervised), only when getMyCommands differs: a
   Telegram outage never delays start-up, and a fleet of workers restarting does not rewrite it.
@@ -109,7 +110,8 @@ class CommandHandler:
             custom = await self.r.store.chat_persona(message.chat_id)
             shown = custom if custom is not None else self.r.settings.persona
             return Reply(texts.persona_shown(shown, custom is not None)), "ok"
-        if message.is_group:
+        # Only a group's administrators can write anonymously, as the group itself.
+        if message.is_group and message.sender_chat_id != message.chat_id:
             admin = await self.is_admin(message.chat_id, message.user_id)
             if admin is None:
                 return Reply(texts.PERSONA_UNCHECKED), "unchecked"

@@ -232,3 +232,22 @@ async def test_the_command_menu_is_set_once_and_left_alone_when_unchanged(
     assert len(double.calls_of("setMyCommands")) == 1
     assert len(double.calls_of("getMyCommands")) == 2
     assert [(c["command"], c["description"]) for c in double.my_commands] == menu()
+
+
+async def test_an_anonymous_group_admin_may_change_the_persona(
+    in_process: InProcess, double: BotApiDouble
+) -> None:
+    """Anonymous admins write as the group itself (`sender_chat`), from GroupAnonymousBot."""
+    await in_process()
+    group = a_group()
+    anonymous = {"sender_chat": {"id": group, "type": "group", "title": "the group"}}
+    text = f"/persona@{double.bot_username} Be formal."
+    await double.send_user_message(
+        group, text, user_id=1087968824, chat_type="group", extra=anonymous
+    )
+    assert await double.wait_for_messages(group, 1) == [texts.PERSONA_SET]
+    assert double.calls_of("getChatMember") == []
+    # Another chat posting in the group (a linked channel) is no admin of it.
+    channel = {"sender_chat": {"id": -100999, "type": "channel", "title": "a channel"}}
+    await double.send_user_message(group, text, user_id=136817688, chat_type="group", extra=channel)
+    assert (await double.wait_for_messages(group, 2))[-1] == texts.PERSONA_ADMINS_ONLY

@@ -298,3 +298,23 @@ def test_bot_commands_and_chat_members_parse_or_fail_clearly() -> None:
     ):
         with pytest.raises(ValueError, match="getChatMember"):
             parse_chat_member(bad_member)
+
+
+def test_sender_chat_is_parsed_and_a_malformed_one_is_ignored() -> None:
+    def with_sender_chat(sender_chat: object) -> dict[str, object]:
+        return {
+            "update_id": 1,
+            "message": {
+                "message_id": 2,
+                "date": 0,
+                "chat": {"id": -5, "type": "group"},
+                "text": "hi",
+                "sender_chat": sender_chat,
+            },
+        }
+
+    message = parse_update(with_sender_chat({"id": -5, "type": "group"})).message
+    assert message is not None and message.sender_chat_id == -5
+    for bad in (None, {"id": "x"}, {"id": True}, {"id": 10**30}, "chat"):
+        message = parse_update(with_sender_chat(bad)).message
+        assert message is not None and message.sender_chat_id is None
