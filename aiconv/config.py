@@ -772,6 +772,20 @@ class Settings:
         "burst guard: messages per user per chat in any 60 s, beyond which nothing is queued; "
         "`0` = off",
     )
+    persona_max_chars: int = setting(
+        "PERSONA_MAX_CHARS",
+        1000,
+        integer(1, 4000),
+        "longest persona `/persona <text>` accepts, in characters (the persona takes context "
+        "from the history)",
+    )
+    admin_cache_seconds: int = setting(
+        "ADMIN_CACHE_SECONDS",
+        300,
+        integer(0),
+        "how long a group member's admin status (getChatMember, asked when they change the "
+        "persona) is remembered; `0` = ask every time",
+    )
 
     # --- what the stages are built with ------------------------------------------------------
 

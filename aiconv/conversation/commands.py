@@ -1,4 +1,14 @@
-"""Parsing of Telegram bot commands ("/start", "/help foo", "/reset@MyBot")."""
+"""Parsing of Telegram bot commands ("/start", "/persona be brief", "/reset@MyBot").
+
+Which commands exist, and what the bot's menu (setMyCommands) says about them, is decided here
+and nowhere else: the help text, the menu and the parser all read COMMANDS, so they cannot drift.
+
+In groups a bare `/cmd` may be meant for another bot (several bots share a group, and /help or
+/stats are common names). So a bare command is taken as ours only when it is one of the basic
+three every bot answers (`GROUP_BARE_COMMANDS`: /start, /help, /reset); any command is ours when
+it is addressed to us by name (`/cmd@thisbot`) or the message is otherwise addressed to the bot
+(an @mention before it, a reply to one of its messages: see conversation/addressing.py).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +21,19 @@ _COMMAND_RE = re.compile(
     re.DOTALL,
 )
 
-KNOWN_COMMANDS: dict[str, str] = {
+# name -> the description shown by /help and in the bot's command menu (setMyCommands: 3-256
+# characters, lower-case names). Order is the menu's order.
+COMMANDS: dict[str, str] = {
     "start": "say hello and see what I can do",
     "help": "list the commands",
     "reset": "forget our conversation so far and start afresh",
+    "retry": "write the last answer again (a new reply; nothing sent is changed)",
+    "persona": "show this chat's persona; /persona <text> sets it, /persona reset restores it",
+    "stats": "messages and tokens in this chat, today and in total, and your quota",
 }
+
+# Bare in a group, only these are ours (any bot is expected to answer them).
+GROUP_BARE_COMMANDS = frozenset({"start", "help", "reset"})
 
 
 @dataclass(frozen=True)
@@ -25,9 +43,14 @@ class Command:
     explicit: bool = False  # addressed by name: /cmd@thisbot
 
     def addressed_in_group(self) -> bool:
-        """In a group a bare /cmd may be meant for another bot: it is ours only when we know
-        it. `/cmd@thisbot` is always ours (an unknown one gets "unknown command")."""
-        return self.explicit or self.name in KNOWN_COMMANDS
+        """In a group a bare /cmd may be meant for another bot: it is ours only when it is one
+        of the basic three. `/cmd@thisbot` is always ours (an unknown one gets "unknown
+        command")."""
+        return self.explicit or self.name in GROUP_BARE_COMMANDS
+
+    @property
+    def known(self) -> bool:
+        return self.name in COMMANDS
 
 
 def parse_command(text: str, bot_username: str | None = None) -> Command | None:
@@ -51,3 +74,8 @@ def parse_command(text: str, bot_username: str | None = None) -> Command | None:
         args=(match.group("args") or "").strip(),
         explicit=addressed is not None,
     )
+
+
+def menu() -> list[tuple[str, str]]:
+    """The bot's command menu, as setMyCommands takes it: (command, description) in order."""
+    return list(COMMANDS.items())

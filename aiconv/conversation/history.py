@@ -16,12 +16,58 @@ class Turn:
     text: str
     sender: str | None = None  # a group member's first name: the model is told who said what
     context_only: bool = False  # an unaddressed group message, kept as context only
+    retry: bool = False  # a /retry marker: see drop_retried; never shown to the model
+    message_id: int | None = None  # Telegram's id, when known (drop_retried compares them)
+    reply_to: int | None = None  # an assistant turn: the newest message its turn answered
 
     def speaker_text(self) -> str:
         """The text as the model reads it: in groups, each user turn says who wrote it."""
         if self.role == "user" and self.sender:
             return f"{self.sender}: {self.text}"
         return self.text
+
+
+def drop_retried(turns: Sequence[Turn]) -> list[Turn]:
+    """The history as the model should read it after /retry: every marker is dropped, and so is
+    the answer each marker asked to write again, so the prompt ends with the user message(s)
+    that answer was for.
+
+    The answer a marker retries is the newest answer to a message before it: of the assistant
+    turns replying (``reply_to``) to a stored user turn older than the marker, those with the
+    highest such id (all parts of one reply). Found by ids, not by position, because an answer
+    being written when /retry arrived is stored after the marker, yet is the one retried; and
+    fixed replies to commands (not stored) are never mistaken for it. Without ids (rows written
+    before the ids were kept, or a migrated group's old rows) the assistant turns right before
+    the marker are taken. Only assistant turns go; every user turn (group chatter included)
+    stays. An answer to a marker itself is not retried by that marker, only by a later one.
+    """
+    stored_users = {t.message_id for t in turns if t.role == "user" and t.message_id is not None}
+    retried: set[int] = set()  # positions of the answers to drop
+    for position, marker in enumerate(turns):
+        if not marker.retry:
+            continue
+        by_id = [
+            (t.reply_to, index)
+            for index, t in enumerate(turns)
+            if t.role == "assistant"
+            and t.reply_to is not None
+            and t.reply_to in stored_users
+            and marker.message_id is not None
+            and t.reply_to < marker.message_id
+        ]
+        if by_id:
+            newest = max(reply_to for reply_to, _ in by_id)
+            retried.update(index for reply_to, index in by_id if reply_to == newest)
+            continue
+        # Without ids: back to the newest addressed user turn; group chatter in between stays.
+        index = position - 1
+        while index >= 0 and (
+            turns[index].role == "assistant" or turns[index].context_only or turns[index].retry
+        ):
+            if turns[index].role == "assistant":
+                retried.add(index)
+            index -= 1
+    return [t for i, t in enumerate(turns) if not t.retry and i not in retried]
 
 
 def keep_recent_context(turns: Sequence[Turn], limit: int) -> list[Turn]:

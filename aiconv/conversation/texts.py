@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiconv.conversation.commands import KNOWN_COMMANDS
+from aiconv.conversation.commands import COMMANDS
 
 RESET_DONE = "Done — I've forgotten our conversation. Let's start fresh!"
 
@@ -31,5 +31,50 @@ def greeting(first_name: str | None) -> str:
 
 
 def help_text() -> str:
-    lines = [f"/{name} — {description}" for name, description in KNOWN_COMMANDS.items()]
+    lines = [f"/{name} — {description}" for name, description in COMMANDS.items()]
     return "Here's what I understand:\n" + "\n".join(lines) + "\n\nAnything else, just say it."
+
+
+# --- /persona, /retry, /stats ------------------------------------------------------------------
+
+PERSONA_SET = "Done — this chat's persona is set. Send /persona to see it, /persona reset to undo."
+
+PERSONA_RESET = "Done — this chat is back to the default persona."
+
+PERSONA_ADMINS_ONLY = "Only this group's administrators can change its persona."
+
+PERSONA_UNCHECKED = "I couldn't check whether you're an administrator here; please try again soon."
+
+NOTHING_TO_RETRY = "There's nothing for me to answer again yet — write to me first."
+
+
+def persona_shown(persona: str, custom: bool) -> str:
+    which = "This chat's persona" if custom else "This chat uses the default persona"
+    return f"{which}:\n\n{persona}\n\nChange it with /persona <text>; /persona reset restores it."
+
+
+def persona_too_long(length: int, limit: int) -> str:
+    return (
+        f"That persona is {length} characters long; the limit is {limit}. "
+        "Please shorten it and send it again — nothing was changed."
+    )
+
+
+def stats_text(
+    messages_today: int,
+    messages_total: int,
+    tokens_today: int,
+    tokens_total: int,
+    quota: tuple[int, int] | None,
+) -> str:
+    """/stats. ``quota``: (tokens used today, daily limit) when USER_DAILY_TOKENS is set."""
+    lines = [
+        "This chat:",
+        f"• messages: {messages_today} today, {messages_total} in total",
+        f"• tokens I wrote: {tokens_today} today, {tokens_total} in total",
+    ]
+    if quota is not None:
+        used, limit = quota
+        left = max(0, limit - used)
+        lines.append(f"Your daily quota: {left} of {limit} tokens left (resets at midnight UTC).")
+    return "\n".join(lines)

@@ -112,6 +112,11 @@ class Keys:
         """Sorted set: the user's message ids in this chat over the last minute, scored by time."""
         return f"{self.chat_tag(chat_id)}:burst:{user_id}"
 
+    def chat_admin(self, chat_id: int | str, user_id: int | str) -> str:
+        """String "1"/"0", expiring: whether the user is an administrator of this chat, as
+        getChatMember said lately (changing a group's /persona is for its admins)."""
+        return f"{self.chat_tag(chat_id)}:admin:{user_id}"
+
     # --- turns (global) ------------------------------------------------------------------------
 
     @property

@@ -108,6 +108,9 @@ class GenerateJob:
     reply_to_message_id: int
     started_at: float
     turns: list[tuple[str, str]]  # (role, text), oldest first
+    # The chat's own system prompt (/persona); None: ml's PERSONA setting. Carried in the job
+    # so the ml stage needs no database, and a persona set mid-turn applies from the next turn.
+    persona: str | None = None
     kind: Literal["chat"] = "chat"
 
     @property
@@ -132,6 +135,7 @@ class GenerateJob:
             reply_to_message_id=_int(p.get("reply_to_message_id")),
             started_at=float(p.get("started_at") or 0.0),
             turns=[(str(role), str(text)) for role, text in raw_turns],
+            persona=_opt_str(p.get("persona")),
         )
 
 

@@ -145,8 +145,9 @@ class GenerateHandler:
                 bound.info("generation skipped: superseded")
                 observe(None, "cancelled")
             else:
+                persona = self.persona if gen.persona is None else gen.persona  # /persona
                 prompt, first = await asyncio.to_thread(
-                    prompt_tokens, self.engine, self.persona, turns, self._anchors.get(chat_id)
+                    prompt_tokens, self.engine, persona, turns, self._anchors.get(chat_id)
                 )
                 self._remember(chat_id, first)
                 # The reply is being written now: "typing…" if the worker held it back.

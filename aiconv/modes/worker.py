@@ -1,4 +1,5 @@
-"""`aiconv worker`: update and reply consumers, turn claims, the typing keeper, the poller.
+"""`aiconv worker`: update and reply consumers, turn claims, the typing keeper, the poller, the
+command menu.
 
 Wiring only; what each part does lives in worker/. Never imports llama.cpp (modes/__init__.py).
 """
@@ -19,6 +20,7 @@ from aiconv.resources import Resources
 from aiconv.store.repository import SchedulerStore
 from aiconv.telegram.client import TelegramError
 from aiconv.worker.capacity import CapacityView, Pacer, PacingPolicy
+from aiconv.worker.commands import CommandMenu
 from aiconv.worker.delivery import DeliveryHandler
 from aiconv.worker.maintenance import scheduled_jobs
 from aiconv.worker.poller import Poller
@@ -102,7 +104,8 @@ async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -
         scheduled_jobs(resources, maintenance, turns),
     )
     # Core: consuming, claiming turns, polling. Auxiliary (survive their own errors): typing,
-    # the leases' sweep (another worker's sweep covers a pause), the scheduler.
+    # the leases' sweep (another worker's sweep covers a pause), the scheduler, and the command
+    # menu (registered once, retried with backoff; start-up never waits for it).
     loops = [
         updates.run(stop),
         replies.run(stop),
@@ -110,6 +113,7 @@ async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -
         supervised("turn_leases", lambda: turns.run_sweeps(stop), stop),
         supervised("typing", lambda: typing.run(stop), stop),
         supervised("scheduler", lambda: scheduler.run(stop), stop),
+        supervised("command_menu", CommandMenu(resources.bot).register, stop),
     ]
     if poll:
         loops.append(Poller(resources).run(stop))

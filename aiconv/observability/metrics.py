@@ -254,3 +254,23 @@ DB_REPLICA_FALLBACKS = Counter(
     "Lag-tolerant reads served by the primary, by reason: down, lagging",
     ["reason"],
 )
+COMMANDS = Counter(
+    "aiconv_commands_total",
+    "Bot commands handled, by command (start, help, reset, retry, persona, stats, unknown) and "
+    "outcome (ok, refused: not a group admin, too_long: persona over PERSONA_MAX_CHARS, "
+    "nothing: /retry with nothing to retry, quota: daily tokens used up, unchecked: "
+    "getChatMember failed)",
+    ["command", "outcome"],
+)
+ADMIN_CHECKS = Counter(
+    "aiconv_admin_checks_total",
+    "Is this group member an admin, by source: cache (Redis, ADMIN_CACHE_SECONDS), asked "
+    "(getChatMember answered), failed (getChatMember failed: the change is refused for now)",
+    ["source"],
+)
+COMMAND_MENU = Counter(
+    "aiconv_command_menu_total",
+    "Command menu registrations at start, by outcome: set (setMyCommands called), unchanged "
+    "(getMyCommands already matched)",
+    ["outcome"],
+)

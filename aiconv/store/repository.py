@@ -14,6 +14,10 @@ from aiconv.telegram.models import ChatMemberChange, IncomingMessage
 
 log = structlog.get_logger(__name__)
 
+# The encryption context of a chat's persona: no message row has this idempotency key, so a
+# message's ciphertext can never be read as a persona, nor the other way round.
+PERSONA_KEY = "chat-persona"
+
 
 @dataclass(frozen=True)
 class StoredMessage:
@@ -31,6 +35,16 @@ class UnansweredChat:
     chat_id: int
     telegram_message_id: int | None  # that message's id: the turn's newest message
     user_id: int | None
+
+
+@dataclass(frozen=True)
+class ChatStats:
+    """/stats: one chat's messages and generated tokens."""
+
+    messages_today: int
+    messages_total: int
+    tokens_today: int
+    tokens_total: int
 
 
 @dataclass(frozen=True)
@@ -117,11 +131,13 @@ class Store:
         stats: GenerationStats | None = None,
         message_thread_id: int | None = None,
         context_only: bool = False,
+        retry: bool = False,
     ) -> int:
         """Store a message once per idempotency key; returns its id either way.
 
         ``context_only``: an unaddressed group message, kept for the prompt but never answered.
-        ``message_thread_id``: its forum topic, if any. A ``user_id`` with no users row (deleted
+        ``message_thread_id``: its forum topic, if any. ``retry``: a /retry marker (migration
+        0006). A ``user_id`` with no users row (deleted
         by an admin while a reply was on its way) is stored as NULL: the row is never lost."""
         stats = stats or GenerationStats()
         stored, sealed = self.seal(text, chat_id, idempotency_key)
@@ -130,9 +146,10 @@ class Store:
                 """INSERT INTO messages (chat_id, user_id, role, text, text_sealed,
                        idempotency_key, telegram_update_id, telegram_message_id,
                        reply_to_message_id, prompt_tokens, completion_tokens,
-                       generation_seconds, first_token_seconds, message_thread_id, context_only)
+                       generation_seconds, first_token_seconds, message_thread_id, context_only,
+                       retry)
                    VALUES (%s, (SELECT u.id FROM users u WHERE u.id = %s), %s, %s, %s, %s, %s,
-                           %s, %s, %s, %s, %s, %s, %s, %s)
+                           %s, %s, %s, %s, %s, %s, %s, %s, %s)
                    ON CONFLICT (idempotency_key)
                        DO UPDATE SET idempotency_key = EXCLUDED.idempotency_key
                    RETURNING id""",
@@ -152,6 +169,7 @@ class Store:
                     stats.first_token_seconds,
                     message_thread_id,
                     context_only,
+                    retry,
                 ),
             )
             row = await cursor.fetchone()
@@ -201,7 +219,8 @@ class Store:
         group's chatter never pushes the conversation with the bot out of the window. A group
         that became a supergroup keeps its history: the old group's rows come first (Telegram
         numbers a supergroup's messages afresh). ``with_senders``: user turns carry their
-        sender's first name.
+        sender's first name. /retry markers come as turns with ``retry`` set
+        (conversation.history.drop_retried turns them into the prompt's history).
         """
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
@@ -210,7 +229,8 @@ class Store:
                        UNION SELECT id FROM chats WHERE migrated_to_chat_id = %(chat)s
                    ), candidates AS (
                        SELECT m.id, m.chat_id, m.role, m.text, m.text_sealed, m.idempotency_key,
-                              m.telegram_message_id, m.user_id, m.context_only
+                              m.telegram_message_id, m.user_id, m.context_only, m.retry,
+                              m.reply_to_message_id
                        FROM messages m JOIN chats c ON c.id = %(chat)s
                        WHERE m.chat_id IN (SELECT id FROM chat_ids)
                          AND m.id > c.history_starts_after
@@ -232,7 +252,8 @@ class Store:
                        FROM newest n
                    )
                    SELECT p.role, p.text, p.text_sealed, p.idempotency_key, p.chat_id,
-                          u.first_name, p.context_only
+                          u.first_name, p.context_only, p.retry, p.telegram_message_id,
+                          p.reply_to_message_id
                    FROM placed p LEFT JOIN users u ON u.id = p.user_id AND p.role = 'user'
                    ORDER BY p.chat_id = %(chat)s, p.position, p.id""",
                 {
@@ -245,17 +266,35 @@ class Store:
             )
             rows = await cursor.fetchall()
         turns = []
-        for role, stored, sealed, key, row_chat, first_name, context_only in rows:
+        for (
+            role,
+            stored,
+            sealed,
+            key,
+            row_chat,
+            first_name,
+            context_only,
+            retry,
+            message_id,
+            reply_to,
+        ) in rows:
             text = self._readable(stored, sealed, row_chat, key)
-            if text is not None:
-                turns.append(
-                    Turn(
-                        role=role,
-                        text=text,
-                        sender=first_name if with_senders else None,
-                        context_only=context_only,
-                    )
+            if text is None:
+                continue
+            # Telegram ids are per chat: a migrated group's rows carry none (no comparisons
+            # across the two numberings).
+            ours = row_chat == chat_id
+            turns.append(
+                Turn(
+                    role=role,
+                    text=text,
+                    sender=first_name if with_senders else None,
+                    context_only=context_only,
+                    retry=retry,
+                    message_id=message_id if ours else None,
+                    reply_to=reply_to if ours else None,
                 )
+            )
         return turns
 
     async def chat_party(self, chat_id: int) -> tuple[str, int | None]:
@@ -422,6 +461,61 @@ class Store:
             )
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
+
+    # --- commands: /persona, /stats ------------------------------------------------------------
+
+    async def chat_persona(self, chat_id: int) -> str | None:
+        """The chat's own persona (/persona), or None: the PERSONA setting applies. One that
+        cannot be decrypted (ENCRYPTION_KEY lost) is logged and treated as unset."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT persona, persona_sealed FROM chats WHERE id = %s", (chat_id,)
+            )
+            row = await cursor.fetchone()
+        if row is None or row[0] is None:
+            return None
+        return self._readable(row[0], row[1], chat_id, PERSONA_KEY)
+
+    async def set_chat_persona(self, chat_id: int, persona: str | None) -> None:
+        """Set the chat's persona; None: back to the PERSONA setting. The chat row exists (its
+        sender was recorded before any command runs)."""
+        stored: str | None = None
+        sealed: bool | None = None
+        if persona is not None:
+            stored, sealed = self.seal(persona, chat_id, PERSONA_KEY)
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                """UPDATE chats SET persona = %s, persona_sealed = %s, updated_at = now()
+                   WHERE id = %s""",
+                (stored, sealed, chat_id),
+            )
+
+    async def chat_stats(self, chat_id: int) -> ChatStats:
+        """Messages (both sides, context-only chatter and /retry markers left out) and tokens
+        generated in the chat, since UTC midnight and in total; a migrated group's rows count."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                """WITH chat_ids AS (
+                       SELECT %(chat)s::bigint AS id
+                       UNION SELECT id FROM chats WHERE migrated_to_chat_id = %(chat)s
+                   ), counted AS (
+                       SELECT m.created_at >= date_trunc('day', now() AT TIME ZONE 'UTC')
+                                               AT TIME ZONE 'UTC' AS today,
+                              COALESCE(m.completion_tokens, 0) AS tokens
+                       FROM messages m
+                       WHERE m.chat_id IN (SELECT id FROM chat_ids)
+                         AND NOT m.context_only AND NOT m.retry
+                   )
+                   SELECT count(*) FILTER (WHERE today), count(*),
+                          COALESCE(sum(tokens) FILTER (WHERE today), 0),
+                          COALESCE(sum(tokens), 0)
+                   FROM counted""",
+                {"chat": chat_id},
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            return ChatStats(0, 0, 0, 0)
+        return ChatStats(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
     async def reset_history(self, chat_id: int) -> None:
         async with self.pool.connection() as conn:

@@ -12,6 +12,12 @@ from typing import Any
 import httpx
 
 from aiconv.observability.metrics import TELEGRAM_CALLS, TELEGRAM_RATE_LIMITED
+from aiconv.telegram.models import (
+    BotCommand,
+    ChatMember,
+    parse_bot_commands,
+    parse_chat_member,
+)
 
 # Extra seconds on top of a getUpdates long-poll so the HTTP timeout never fires first.
 _LONG_POLL_MARGIN = 10.0
@@ -214,3 +220,22 @@ class BotClient:
 
     async def send_chat_action(self, chat_id: int, action: str = "typing") -> None:
         await self._call("sendChatAction", {"chat_id": chat_id, "action": action})
+
+    # --- the command menu and chat members (aiconv.worker.commands) --------------------------
+
+    async def set_my_commands(self, commands: list[BotCommand]) -> None:
+        await self._call("setMyCommands", {"commands": [c.to_api() for c in commands]})
+
+    async def get_my_commands(self) -> list[BotCommand]:
+        result = await self._call("getMyCommands", {})
+        try:
+            return parse_bot_commands(result)
+        except ValueError as error:
+            raise TelegramError("getMyCommands", 200, str(error)) from None
+
+    async def get_chat_member(self, chat_id: int, user_id: int) -> ChatMember:
+        result = await self._call("getChatMember", {"chat_id": chat_id, "user_id": user_id})
+        try:
+            return parse_chat_member(result)
+        except ValueError as error:
+            raise TelegramError("getChatMember", 200, str(error)) from None

@@ -95,6 +95,8 @@ class IncomingMessage:
     migrate_to_chat_id: int | None = None  # service message: this group became that supergroup
     migrate_from_chat_id: int | None = None  # service message: this supergroup was that group
     quote: str | None = None  # the part of the replied message the user quoted (TextQuote)
+    # Sent on behalf of a chat: the group itself when an anonymous administrator wrote it.
+    sender_chat_id: int | None = None
 
     @property
     def quoted_text(self) -> str | None:
@@ -270,7 +272,19 @@ def _parse_message(update_id: int, msg: object) -> IncomingMessage:
         migrate_to_chat_id=_opt_int(msg, "migrate_to_chat_id", "message"),
         migrate_from_chat_id=_opt_int(msg, "migrate_from_chat_id", "message"),
         quote=_parse_quote(msg.get("quote")),
+        sender_chat_id=_sender_chat_id(msg.get("sender_chat")),
     )
+
+
+def _sender_chat_id(raw: object) -> int | None:
+    """`sender_chat.id`, or None when absent or unusable (it only grants admin rights, so a
+    malformed one grants nothing)."""
+    if not isinstance(raw, dict):
+        return None
+    chat_id = raw.get("id")
+    if isinstance(chat_id, bool) or not isinstance(chat_id, int):
+        return None
+    return chat_id if INT64_MIN <= chat_id <= INT64_MAX else None
 
 
 def _parse_my_chat_member(update_id: int, raw: object) -> ChatMemberChange | None:
@@ -310,3 +324,57 @@ def parse_update(data: object) -> Update:
     if "message" not in data:
         return Update(update_id=update_id, message=None)
     return Update(update_id=update_id, message=_parse_message(update_id, data["message"]))
+
+
+# --- Bot API results the commands use: the command menu and a user's status in a chat --------
+
+ADMIN_STATUSES = frozenset({"creator", "administrator"})
+
+
+@dataclass(frozen=True)
+class BotCommand:
+    """One entry of the bot's command menu (setMyCommands / getMyCommands)."""
+
+    command: str  # without the "/"; 1-32 lower-case letters, digits, underscores
+    description: str  # 1-256 characters
+
+    def to_api(self) -> dict[str, str]:
+        return {"command": self.command, "description": self.description}
+
+
+@dataclass(frozen=True)
+class ChatMember:
+    """getChatMember's answer, reduced to what the bot decides on."""
+
+    user_id: int
+    status: str  # creator, administrator, member, restricted, left, kicked
+
+    @property
+    def is_admin(self) -> bool:
+        return self.status in ADMIN_STATUSES
+
+
+def parse_bot_commands(raw: object) -> list[BotCommand]:
+    """getMyCommands' result; raises ValueError when it is not a list of commands."""
+    if not isinstance(raw, list):
+        raise ValueError("getMyCommands: expected a list")
+    commands = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise ValueError("getMyCommands: expected objects")
+        command, description = item.get("command"), item.get("description")
+        if not isinstance(command, str) or not isinstance(description, str):
+            raise ValueError("getMyCommands: command and description must be strings")
+        commands.append(BotCommand(command, description))
+    return commands
+
+
+def parse_chat_member(raw: object) -> ChatMember:
+    """getChatMember's result; raises ValueError when it has no user id or status."""
+    if not isinstance(raw, dict):
+        raise ValueError("getChatMember: expected an object")
+    user, status = raw.get("user"), raw.get("status")
+    user_id = user.get("id") if isinstance(user, dict) else None
+    if isinstance(user_id, bool) or not isinstance(user_id, int) or not isinstance(status, str):
+        raise ValueError("getChatMember: user.id and status are required")
+    return ChatMember(user_id=user_id, status=status)

@@ -275,6 +275,10 @@ class BotApiDouble(_Started):
         self._delays: dict[str, list[float]] = {}
         self._chat_types: dict[int, str] = {}
         self.bot_messages: dict[tuple[int, int], dict[str, Any]] = {}  # (chat, id) -> as sent
+        # setMyCommands / getMyCommands: the default scope's menu, as last set.
+        self.my_commands: list[dict[str, str]] = []
+        # getChatMember: chat -> ids of its administrators (`creator` when first listed).
+        self.chat_admins: dict[int, list[int]] = {}
         self._next_update_id = first_update_id
         self._next_message_id = first_message_id
         self._cond = asyncio.Condition()
@@ -496,6 +500,11 @@ class BotApiDouble(_Started):
         await self.deliver(update)
         return update
 
+    def set_admins(self, chat_id: int, *user_ids: int) -> None:
+        """getChatMember answers `creator` for the first id, `administrator` for the others,
+        `member` for anyone else in this chat."""
+        self.chat_admins[chat_id] = list(user_ids)
+
     # -- groups: mentions, replies, topics, membership, migration ------------------------
 
     def mention(self, text: str) -> list[dict[str, Any]]:
@@ -653,6 +662,9 @@ class BotApiDouble(_Started):
             "getUpdates": self._get_updates,
             "sendMessage": self._send_message,
             "sendChatAction": self._send_chat_action,
+            "setMyCommands": self._set_my_commands,
+            "getMyCommands": self._get_my_commands,
+            "getChatMember": self._get_chat_member,
         }.get(method)
         if handler is None:
             return 404, self._error(404, "Not Found")
@@ -793,3 +805,45 @@ class BotApiDouble(_Started):
         if not isinstance(params.get("action"), str):
             return 400, self._error(400, "Bad Request: action is empty")
         return self._ok(True)
+
+    async def _set_my_commands(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        commands = params.get("commands")
+        if not isinstance(commands, list) or len(commands) > 100:
+            return 400, self._error(400, "Bad Request: commands must be a list of at most 100")
+        menu: list[dict[str, str]] = []
+        for item in commands:
+            name = item.get("command") if isinstance(item, dict) else None
+            description = item.get("description") if isinstance(item, dict) else None
+            if not (
+                isinstance(name, str)
+                and 1 <= len(name) <= 32
+                and name == name.lower()
+                and name.replace("_", "").isalnum()
+                and name.isascii()
+            ):
+                return 400, self._error(400, "Bad Request: BOT_COMMAND_INVALID")
+            if not isinstance(description, str) or not 1 <= len(description) <= 256:
+                return 400, self._error(400, "Bad Request: BOT_COMMAND_DESCRIPTION_INVALID")
+            menu.append({"command": name, "description": description})
+        if params.get("scope") is None and params.get("language_code") is None:
+            self.my_commands = menu  # only the default scope is modelled
+        return self._ok(True)
+
+    async def _get_my_commands(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return self._ok(list(self.my_commands))
+
+    async def _get_chat_member(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        chat_id, user_id = _as_int(params.get("chat_id")), _as_int(params.get("user_id"))
+        if chat_id is None:
+            return 400, self._error(400, "Bad Request: chat not found")
+        if user_id is None:
+            return 400, self._error(400, "Bad Request: invalid user_id specified")
+        admins = self.chat_admins.get(chat_id, [])
+        if admins and admins[0] == user_id:
+            status = "creator"
+        elif user_id in admins:
+            status = "administrator"
+        else:
+            status = "member"
+        user = {"id": user_id, "is_bot": False, "first_name": f"User{user_id}"}
+        return self._ok({"status": status, "user": user})

@@ -11,6 +11,10 @@ the bot, replies to it or is a command for it, see conversation/addressing.py; a
 may be stored as context, `context_only`, which never starts a turn), the allow-list, the burst
 guard and the daily token quota (worker/access.py). A message stopped by policy is not stored.
 
+Commands (worker/commands.py) answer with a fixed reply outside any turn, except /retry: its
+marker is stored and noted here like a message, so its answer is a turn like any other. A claimed
+turn's job carries the chat's persona (/persona) when it has one.
+
 Forum topics: a message's topic is stored with it; a turn reads the history of the topic of the
 message it answers and delivery replies in that topic. Turns and typing are still per chat: when
 two topics of one forum write during the same turn, the turn answers in the newest message's topic.
@@ -26,7 +30,12 @@ import structlog
 from aiconv.conversation import notices, texts
 from aiconv.conversation.addressing import BotIdentity, address
 from aiconv.conversation.commands import Command, parse_command
-from aiconv.conversation.history import approx_tokens, fit_history, keep_recent_context
+from aiconv.conversation.history import (
+    approx_tokens,
+    drop_retried,
+    fit_history,
+    keep_recent_context,
+)
 from aiconv.conversation.prompt import with_quote
 from aiconv.jobs.keys import UPDATES_GROUP
 from aiconv.jobs.messages import GenerateJob, ReplyJob, TurnJob, UpdateJob, chat_of
@@ -37,6 +46,7 @@ from aiconv.telegram.client import TelegramError
 from aiconv.telegram.models import ChatMemberChange, IncomingMessage, Update, parse_update
 from aiconv.worker.access import AccessGate
 from aiconv.worker.capacity import Pacer
+from aiconv.worker.commands import CommandHandler, Retry
 from aiconv.worker.turns import Turns
 from aiconv.worker.typing_keeper import TypingKeeper
 
@@ -104,6 +114,7 @@ class UpdateHandler:
         self.pacer = pacer  # None: typing from the first message, no notices, no declines
         self.policy = resources.settings.chat_policy
         self.access = AccessGate(resources.redis, resources.keys, resources.store, self.policy)
+        self.commands = CommandHandler(resources, turns, typing, self.access)
         self._identity: BotIdentity | None = None
 
     async def identity(self) -> BotIdentity | None:
@@ -151,8 +162,10 @@ class UpdateHandler:
                 bound.info("message in a chat the bot was removed from ignored")
                 return
             addressing = address(message, await self.identity(), self.policy.group_mode)
-            if command is not None and not command.addressed_in_group():
-                command = None  # a bare command of another bot
+            if command is None and addressing.addressed and addressing.text != text:
+                command = parse_command(addressing.text, self.bot_username)  # "@bot /stats"
+            if command is not None and not (command.addressed_in_group() or addressing.addressed):
+                command = None  # a bare command, perhaps another bot's
             if not (addressing.addressed or command is not None):
                 await self._keep_as_context(message)
                 return
@@ -236,19 +249,12 @@ class UpdateHandler:
         )
 
     async def _command(self, job: Job, message: IncomingMessage, command: Command) -> None:
-        name = command.name
-        if name == "start":
-            reply = texts.greeting(message.first_name)
-        elif name == "help":
-            reply = texts.help_text()
-        elif name == "reset":
-            await self.r.store.reset_history(message.chat_id)
-            await self.turns.forget(message.chat_id)
-            await self.typing.end(message.chat_id)
-            reply = texts.RESET_DONE
-        else:
-            reply = texts.UNKNOWN_COMMAND
-        await self._reply_now(job, message, reply)
+        """A fixed reply, or (/retry) a marker noted for a turn (see worker/commands.py)."""
+        outcome = await self.commands(message, command)
+        if isinstance(outcome, Retry):
+            await self._converse(message, message.text or "/retry", retry=True)
+            return
+        await self._reply_now(job, message, outcome.text)
 
     async def _reply_now(self, job: Job, message: IncomingMessage, text: str) -> None:
         """A fixed reply: straight to delivery, unpaced, outside any turn."""
@@ -267,9 +273,10 @@ class UpdateHandler:
             job, UPDATES_GROUP, self.r.keys.replies, reply.to_payload(), reply.key
         )
 
-    async def _converse(self, message: IncomingMessage, text: str) -> None:
+    async def _converse(self, message: IncomingMessage, text: str, retry: bool = False) -> None:
         """Store the user's text (in groups: without the bot's mention; after the text they
-        replied to, quoted) and note it for a turn."""
+        replied to, quoted) and note it for a turn. ``retry``: the text is a /retry marker,
+        never shown to the model."""
         await self.r.store.add_message(
             chat_id=message.chat_id,
             user_id=message.user_id,
@@ -279,6 +286,7 @@ class UpdateHandler:
             telegram_update_id=message.update_id,
             telegram_message_id=message.message_id,
             message_thread_id=message.topic,
+            retry=retry,
         )
         # The reply is generated when the chat's turn comes (see turns.py), not per message.
         if await self.turns.note_message(message.chat_id, message.message_id):
@@ -312,7 +320,8 @@ class UpdateHandler:
             context_limit=context_limit,
             with_senders=group,
         )
-        history = keep_recent_context(history, context_limit)
+        # /retry: its marker and the answer it retries leave the prompt (worker/commands.py).
+        history = keep_recent_context(drop_retried(history), context_limit)
         # Coarse bound only (the byte estimate overcounts); ml trims with the real tokenizer.
         history = fit_history(history, approx_tokens, budget=2 * self.r.settings.n_ctx)
         generate = GenerateJob(
@@ -324,6 +333,7 @@ class UpdateHandler:
             started_at=turn.first_at or time.time(),
             # In groups each user turn names its sender, so the model knows who said what.
             turns=[(t.role, t.speaker_text() if group else t.text) for t in history],
+            persona=await self.r.store.chat_persona(turn.chat_id),
         )
         await self.r.queue.hand_over(
             job,

@@ -12,6 +12,8 @@ from redis.asyncio import Redis
 
 from aiconv.config import Settings, default_model_path
 from aiconv.conversation import texts
+from aiconv.conversation.history import Turn
+from aiconv.conversation.prompt import build_messages
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.messages import GenerateJob
 from aiconv.jobs.queue import Job, JobQueue
@@ -46,7 +48,9 @@ async def watcher(redis: Redis) -> AsyncIterator[CancelWatcher]:
     await task
 
 
-def job(queue: JobQueue, chat_id: int, message_id: int, text: str) -> Job:
+def job(
+    queue: JobQueue, chat_id: int, message_id: int, text: str, persona: str | None = None
+) -> Job:
     generate = GenerateJob(
         turn=f"{chat_id}:{message_id}:1",
         chat_id=chat_id,
@@ -55,6 +59,7 @@ def job(queue: JobQueue, chat_id: int, message_id: int, text: str) -> Job:
         reply_to_message_id=message_id,
         started_at=0.0,
         turns=[("user", text)],
+        persona=persona,
     )
     return Job(stream=queue.keys.generate, id=f"0-{message_id}", payload=generate.to_payload())
 
@@ -86,6 +91,20 @@ async def test_a_generation_job_becomes_a_reply(
     assert not reply.get("cancelled")
     assert reply["stats"]["completion_tokens"] > 0
     assert reply["stats"]["prompt_tokens"] > 0
+
+
+@pytest.mark.parametrize("persona", [None, "You are a pirate. Answer like one, always."])
+async def test_the_chat_s_persona_in_the_job_is_the_system_prompt(
+    engine: Engine, queue: JobQueue, redis: Redis, watcher: CancelWatcher, persona: str | None
+) -> None:
+    """/persona: the job's persona replaces the PERSONA setting; None keeps the setting."""
+    handler = GenerateHandler(engine, queue, queue.keys, PERSONA, watcher)
+    await own_turn(redis, queue.keys, 16, 1)
+    await handler(job(queue, 16, 1, "Hello!", persona=persona))
+    [reply] = await replies(redis, queue.keys)
+    system = PERSONA if persona is None else persona
+    expected = engine.chat_tokens(build_messages(system, [Turn("user", "Hello!")]))
+    assert reply["stats"]["prompt_tokens"] == len(expected)
 
 
 @pytest.mark.parametrize("live", ["superseded", "reset"])

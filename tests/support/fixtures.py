@@ -8,8 +8,9 @@ here starts an event loop of its own.
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from tests.support.services import (
 
 if TYPE_CHECKING:
     from aiconv.ml.engine import Engine
+    from aiconv.resources import Resources
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -125,3 +127,46 @@ def engine(engine_options: Mapping[str, Any]) -> Iterator[Engine]:
     engine = Engine.open(EngineConfig(**options))
     yield engine
     engine.close()
+
+
+InProcess = Callable[..., Awaitable["Resources"]]
+
+
+@pytest.fixture
+async def in_process(
+    database_url: str, redis_prefix: str, double: BotApiDouble
+) -> AsyncIterator[InProcess]:
+    """Run aiconv's modes in this test's process, polling the double, until the test ends:
+    `await in_process(("worker", "ml"), SETTING="value")` returns the modes' Resources once they
+    are ready and the poller waits on getUpdates."""
+    # Imported here: the modes pull in the whole product, which most tests never start.
+    from aiconv.config import Settings
+    from aiconv.modes import process
+
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def run(modes: tuple[str, ...] = ("worker",), **settings: str) -> Resources:
+        env = base_env(database_url, redis_prefix, double.url, double.token)
+        env.update(settings)
+        ready: asyncio.Future[Resources] = asyncio.get_running_loop().create_future()
+
+        async def on_ready(resources: Resources) -> None:
+            ready.set_result(resources)
+            await stop.wait()
+
+        running = asyncio.create_task(
+            process.run_modes(Settings.from_env(env), modes, stop, on_ready)
+        )
+        tasks.append(running)
+        waiting: list[asyncio.Future[Any]] = [running, ready]
+        await asyncio.wait(waiting, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        if running.done():
+            running.result()  # surfaces the start-up error
+        await double.wait_for(lambda: double.polling > 0, timeout=30)
+        return ready.result()
+
+    yield run
+    stop.set()
+    for task in tasks:
+        await asyncio.wait_for(task, 60)

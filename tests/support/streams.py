@@ -7,7 +7,7 @@ entries are `(id, fields)` with str everywhere. Saying so once here keeps the te
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -45,3 +45,20 @@ def _entries_of(reply: object) -> list[Entry]:
         return []
     [(_, entries)] = cast(list[tuple[str, list[Entry]]], reply)
     return entries
+
+
+async def generation_jobs(redis: Redis, prefix: str, chat_id: int) -> list[dict[str, Any]]:
+    """Every chat-turn generation job handed to ml for `chat_id` (its `turns`, `persona`, ...),
+    oldest first, decoded from the generate stream."""
+    # Imported here: the job codec is product code this typing helper otherwise never needs.
+    from aiconv.jobs.codec import JobCodec
+    from aiconv.jobs.keys import Keys
+
+    stream = Keys(prefix).generate
+    codec = JobCodec(None)
+    jobs = []
+    for _, fields in await stream_entries(redis, stream):
+        payload = codec.decode(stream, fields.get("job"))
+        if payload is not None and payload.get("chat_id") == chat_id:
+            jobs.append(payload)
+    return jobs

@@ -1,11 +1,13 @@
 from itertools import pairwise
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from aiconv.conversation.history import (
     Turn,
     approx_tokens,
+    drop_retried,
     fit_history,
     merge_consecutive,
 )
@@ -136,3 +138,94 @@ def test_only_the_newest_context_turns_are_kept_and_senders_are_named() -> None:
     assert [t.text for t in keep_recent_context(turns, 9)] == ["c1", "q", "c2", "c3", "a"]
     assert turns[1].speaker_text() == "Bob: q"
     assert turns[4].speaker_text() == "a"
+
+
+# --- /retry markers ----------------------------------------------------------------------------
+
+_roles = st.sampled_from(["user", "assistant", "retry", "context"])
+
+
+def _turn(kind: str, index: int) -> Turn:
+    if kind == "retry":
+        return Turn("user", "/retry", retry=True)
+    if kind == "context":
+        return Turn("user", f"chatter {index}", context_only=True)
+    return Turn(kind, f"{kind} {index}")  # type: ignore[arg-type]
+
+
+def test_a_retry_drops_the_answer_it_follows_and_itself() -> None:
+    turns = [
+        Turn("user", "hi"),
+        Turn("assistant", "hello"),
+        Turn("user", "tell a joke"),
+        Turn("assistant", "joke one, part 1"),
+        Turn("assistant", "joke one, part 2"),
+        Turn("user", "x", context_only=True),
+        Turn("user", "/retry", retry=True),
+    ]
+    assert drop_retried(turns) == [*turns[:3], turns[5]]
+
+
+def test_a_retry_before_any_answer_drops_nothing_else() -> None:
+    marker = Turn("user", "/retry", retry=True)
+    turns = [Turn("user", "hi"), marker, marker]
+    assert drop_retried(turns) == [Turn("user", "hi")]
+
+
+@given(st.lists(_roles, max_size=30))
+def test_retry_markers_only_ever_remove_answers(kinds: list[str]) -> None:
+    turns = [_turn(kind, i) for i, kind in enumerate(kinds)]
+    kept = drop_retried(turns)
+    assert not any(t.retry for t in kept)
+    # Every user turn stays, in order; what goes is markers and assistant turns.
+    assert [t for t in kept if t.role == "user"] == [
+        t for t in turns if t.role == "user" and not t.retry
+    ]
+
+    # An answer goes exactly when a later marker follows it with no addressed user turn between.
+    def retried(index: int) -> bool:
+        for later in turns[index + 1 :]:
+            if later.retry:
+                return True
+            if later.role == "user" and not later.context_only:
+                return False
+        return False
+
+    assert [t for t in kept if t.role == "assistant"] == [
+        t for i, t in enumerate(turns) if t.role == "assistant" and not retried(i)
+    ]
+    # After a marker, the history ends with user turns: the new turn answers them again.
+    if turns and turns[-1].retry:
+        assert all(t.role == "user" for t in kept[-1:])
+    if not any(t.retry for t in turns):
+        assert kept == turns
+
+
+def _u(message_id: int, retry: bool = False) -> Turn:
+    return Turn("user", "/retry" if retry else f"m{message_id}", retry=retry, message_id=message_id)
+
+
+def _a(message_id: int, reply_to: int) -> Turn:
+    return Turn("assistant", f"answer {message_id}", message_id=message_id, reply_to=reply_to)
+
+
+@pytest.mark.parametrize(
+    ("turns", "kept"),
+    [
+        # The answer right before the marker.
+        ([_u(1), _a(2, 1), _u(3, True)], [_u(1)]),
+        # /retry sent while the answer was written: stored after the marker, still retried.
+        ([_u(1), _u(2, True), _a(3, 1)], [_u(1)]),
+        ([_u(1), _u(2), _u(3, True), _a(4, 1)], [_u(1), _u(2)]),
+        ([_u(1), _u(2, True), _u(3), _a(4, 1)], [_u(1), _u(3)]),
+        # Only the newest answer; both parts of it.
+        ([_u(1), _a(2, 1), _u(3), _a(4, 3), _a(5, 3), _u(6, True)], [_u(1), _a(2, 1), _u(3)]),
+        # The answer to a marker is retried by the next marker, not by its own.
+        ([_u(1), _a(2, 1), _u(3, True), _a(4, 3)], [_u(1), _a(4, 3)]),
+        ([_u(1), _a(2, 1), _u(3, True), _a(4, 3), _u(5, True)], [_u(1)]),
+        # A command's fixed reply (its command is not stored) is not the answer retried.
+        ([_u(1), _a(2, 1), _a(4, 3), _u(5, True)], [_u(1), _a(4, 3)]),
+    ],
+)
+def test_a_retry_finds_the_answer_it_retries_by_ids(turns: list[Turn], kept: list[Turn]) -> None:
+    assert drop_retried(turns) == kept

@@ -296,3 +296,55 @@ def test_a_topic_root_is_not_quoted() -> None:
     update["message"]["reply_to_message"]["text"] = "opening words"
     assert (root := parse_update(update).message) is not None
     assert root.quoted_text is None
+
+
+def test_bot_commands_and_chat_members_parse_or_fail_clearly() -> None:
+    from aiconv.telegram.models import (
+        BotCommand,
+        ChatMember,
+        parse_bot_commands,
+        parse_chat_member,
+    )
+
+    assert parse_bot_commands([{"command": "help", "description": "list"}]) == [
+        BotCommand("help", "list")
+    ]
+    assert BotCommand("help", "list").to_api() == {"command": "help", "description": "list"}
+    member = parse_chat_member({"status": "creator", "user": {"id": 5, "is_bot": False}})
+    assert member == ChatMember(5, "creator") and member.is_admin
+    assert parse_chat_member({"status": "administrator", "user": {"id": 5}}).is_admin
+    for status in ("member", "restricted", "left", "kicked"):
+        assert not parse_chat_member({"status": status, "user": {"id": 5}}).is_admin
+    assert parse_bot_commands([]) == []
+    bad_results: list[object] = [None, {}, [{"command": 1}], [1]]
+    for bad in bad_results:
+        with pytest.raises(ValueError, match="getMyCommands"):
+            parse_bot_commands(bad)
+    for bad_member in (
+        None,
+        {"status": "member"},
+        {"status": 1, "user": {"id": 5}},
+        {"status": "member", "user": {"id": True}},
+    ):
+        with pytest.raises(ValueError, match="getChatMember"):
+            parse_chat_member(bad_member)
+
+
+def test_sender_chat_is_parsed_and_a_malformed_one_is_ignored() -> None:
+    def with_sender_chat(sender_chat: object) -> dict[str, object]:
+        return {
+            "update_id": 1,
+            "message": {
+                "message_id": 2,
+                "date": 0,
+                "chat": {"id": -5, "type": "group"},
+                "text": "hi",
+                "sender_chat": sender_chat,
+            },
+        }
+
+    message = parse_update(with_sender_chat({"id": -5, "type": "group"})).message
+    assert message is not None and message.sender_chat_id == -5
+    for bad in (None, {"id": "x"}, {"id": True}, {"id": 10**30}, "chat"):
+        message = parse_update(with_sender_chat(bad)).message
+        assert message is not None and message.sender_chat_id is None
