@@ -18,6 +18,7 @@ from aiconv.jobs.keys import Keys
 from aiconv.store.repository import Store
 from aiconv.telegram.models import IncomingMessage
 from aiconv.worker.access import AccessGate
+from tests.support.messages import incoming_message
 from tests.support.services import REDIS_URL, delete_prefixed
 
 CHAT, USER = -77, 5
@@ -25,18 +26,14 @@ WORKERS = (0, 1)
 
 
 def message(message_id: int) -> IncomingMessage:
-    return IncomingMessage(
+    return incoming_message(
         update_id=message_id,
         chat_id=CHAT,
         chat_type="group",
         user_id=USER,
         username=None,
-        first_name="Ann",
         language_code=None,
         message_id=message_id,
-        date=0,
-        kind="text",
-        text="hi",
     )
 
 

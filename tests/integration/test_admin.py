@@ -37,6 +37,7 @@ from aiconv.web import auth
 from aiconv.web.admin_schema import openapi_document
 from aiconv.web.app import create_standalone_app
 from tests.support.admin import KEY, WRITE, admin_client, bearer, settings_for
+from tests.support.messages import incoming_message
 from tests.support.ports import free_port
 from tests.support.services import (
     REDIS_URL,
@@ -89,18 +90,8 @@ async def store(db: str) -> AsyncIterator[Store]:
 
 
 def incoming(chat_id: int, user_id: int, chat_type: str = "private") -> IncomingMessage:
-    return IncomingMessage(
-        update_id=1,
-        chat_id=chat_id,
-        chat_type=chat_type,
-        user_id=user_id,
-        username=f"u{user_id}",
-        first_name="Ann",
-        language_code="en",
-        message_id=1,
-        date=0,
-        kind="text",
-        text="hi",
+    return incoming_message(
+        chat_id=chat_id, chat_type=chat_type, user_id=user_id, username=f"u{user_id}"
     )
 
 

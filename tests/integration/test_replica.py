@@ -43,10 +43,10 @@ from aiconv.store.db import (
     measure_replica_lag,
 )
 from aiconv.store.repository import SchedulerStore
-from aiconv.telegram.models import IncomingMessage
 from aiconv.web import auth
 from aiconv.web.app import create_standalone_app
 from tests.faults.pgproxy import PgProxy
+from tests.support.messages import incoming_message
 from tests.support.pg_replica import StreamingReplica, server_binaries, wait_for
 from tests.support.services import ADMIN_DATABASE_URL, REDIS_URL, RUN_ID, migrated_database
 
@@ -296,19 +296,7 @@ async def test_the_conversation_path_never_touches_the_replica(
         replica_requests = reads.replica.get_stats().get("requests_num", 0)
         chat_id = uuid.uuid4().int % 2**40 + 10**12
         with ReplayPaused(replica):
-            message = IncomingMessage(
-                update_id=1,
-                chat_id=chat_id,
-                chat_type="private",
-                user_id=chat_id,
-                username="ann",
-                first_name="Ann",
-                language_code="en",
-                message_id=1,
-                date=0,
-                kind="text",
-                text="hi",
-            )
+            message = incoming_message(chat_id=chat_id, user_id=chat_id)
             assert await resources.store.record_sender(message)
             await resources.store.add_message(
                 chat_id=chat_id,

@@ -18,6 +18,7 @@ from aiconv.store.db import RECONNECT_WINDOW_SECONDS, make_pool
 from aiconv.store.migrate import apply_migrations, available_migrations
 from aiconv.store.repository import GenerationStats, Store
 from aiconv.telegram.models import IncomingMessage
+from tests.support.messages import incoming_message
 
 
 @pytest.fixture
@@ -29,18 +30,8 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 
 
 def incoming(chat_id: int, user_id: int = 1, message_id: int = 1) -> IncomingMessage:
-    return IncomingMessage(
-        update_id=message_id,
-        chat_id=chat_id,
-        chat_type="private",
-        user_id=user_id,
-        username="ann",
-        first_name="Ann",
-        language_code="en",
-        message_id=message_id,
-        date=0,
-        kind="text",
-        text="hi",
+    return incoming_message(
+        update_id=message_id, chat_id=chat_id, user_id=user_id, message_id=message_id
     )
 
 

@@ -13,6 +13,7 @@ from aiconv.store.crypto import TextCipher
 from aiconv.store.db import make_pool
 from aiconv.store.repository import Store
 from aiconv.telegram.models import IncomingMessage
+from tests.support.messages import incoming_message
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 
 
 def member(chat_id: int, user_id: int, name: str) -> IncomingMessage:
-    return IncomingMessage(
+    return incoming_message(
         update_id=0,
         chat_id=chat_id,
         chat_type="group" if chat_id > -(10**12) else "supergroup",
@@ -34,8 +35,6 @@ def member(chat_id: int, user_id: int, name: str) -> IncomingMessage:
         first_name=name,
         language_code=None,
         message_id=0,
-        date=0,
-        kind="text",
         text="",
     )
 
