@@ -37,6 +37,7 @@ from aiconv.web import auth
 from aiconv.web.admin_schema import openapi_document
 from aiconv.web.app import create_standalone_app
 from tests.support.admin import KEY, WRITE, admin_client, bearer, settings_for
+from tests.support.fuzzing import fuzz_settings
 from tests.support.messages import incoming_message
 from tests.support.ports import free_port
 from tests.support.services import (
@@ -735,13 +736,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters=fixed))
     for strategy in strategies:
 
-        @hypothesis.settings(
-            max_examples=MAX_EXAMPLES,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            suppress_health_check=list(hypothesis.HealthCheck),
-        )
+        @fuzz_settings(MAX_EXAMPLES)
         @hypothesis.given(case=strategy)
         def run(case: Any) -> None:
             case.call_and_validate(headers=bearer())

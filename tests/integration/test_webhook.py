@@ -21,6 +21,7 @@ from aiconv.store.db import make_pool
 from aiconv.store.repository import Store
 from aiconv.telegram.models import parse_update
 from aiconv.web.app import create_standalone_app
+from tests.support.fuzzing import fuzz_settings
 from tests.support.ports import free_port
 from tests.support.services import REDIS_URL
 from tests.support.streams import stream_entries
@@ -306,13 +307,7 @@ def test_fuzzed_updates_get_200_or_400_and_every_accepted_one_can_be_stored(
     )
     with TestClient(create_standalone_app(settings)) as http:
 
-        @hypothesis.settings(
-            max_examples=FUZZ_EXAMPLES,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            suppress_health_check=list(hypothesis.HealthCheck),
-        )
+        @fuzz_settings(FUZZ_EXAMPLES)
         @hypothesis.given(body=_bodies)
         # Always reach the storing path: what is generated depends on the modules loaded (hypothesis
         # draws on their constants), so a run may generate no storable update by itself.
