@@ -7,6 +7,7 @@ import psycopg
 import pytest
 
 from aiconv.testing.botapi import BotApiDouble
+from tests.support.database import query_rows
 from tests.support.ports import free_port
 from tests.support.processes import Launcher
 from tests.support.waiting import eventually
@@ -15,10 +16,11 @@ pytestmark = pytest.mark.e2e
 
 
 def runs(database_url: str, job: str) -> list[tuple[int, str]]:
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT slot, runner FROM scheduled_runs WHERE job = %s AND outcome = 'ok'", (job,)
-        ).fetchall()
+    rows = query_rows(
+        database_url,
+        "SELECT slot, runner FROM scheduled_runs WHERE job = %s AND outcome = 'ok'",
+        job,
+    )
     return [(int(slot), str(runner)) for slot, runner in rows]
 
 

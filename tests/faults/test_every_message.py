@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -36,6 +35,7 @@ from aiconv.conversation import texts
 from aiconv.testing.botapi import BotApiDouble
 from tests.faults.driver import redis_answers, settled, telegram_delivers
 from tests.faults.pgproxy import PgProxy
+from tests.support.database import query_rows
 from tests.support.ports import free_port
 from tests.support.processes import AiconvProcess, Launcher
 from tests.support.redis_server import RedisServer
@@ -240,12 +240,12 @@ def figures(
     name: str, database_url: str, users: Users, sends: SendLog, faults: str = ""
 ) -> Figures:
     chats = users.chats
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT chat_id, telegram_message_id, reply_to_message_id FROM messages "
-            "WHERE role = 'assistant' AND chat_id = ANY(%s)",
-            (chats,),
-        ).fetchall()
+    rows = query_rows(
+        database_url,
+        "SELECT chat_id, telegram_message_id, reply_to_message_id FROM messages "
+        "WHERE role = 'assistant' AND chat_id = ANY(%s)",
+        chats,
+    )
     result = Figures(name, faults=faults)
     for chat in chats:
         parts = sends.of(chat)
@@ -504,9 +504,10 @@ async def test_a_user_who_blocked_the_bot_is_answered_after_writing_again(
         lambda: any(c.status == 403 for c in scenario.double.calls_of("sendMessage", chat)), 60
     )
     await settled(scenario.redis, scenario.redis_prefix, 60)
-    with psycopg.connect(scenario.database_url) as conn:
-        row = conn.execute("SELECT blocked_bot_at FROM users WHERE id = %s", (chat,)).fetchone()
-    assert row is not None and row[0] is not None, "a 403 did not mark the user as blocking us"
+    [(blocked_bot_at,)] = query_rows(
+        scenario.database_url, "SELECT blocked_bot_at FROM users WHERE id = %s", chat
+    )
+    assert blocked_bot_at is not None, "a 403 did not mark the user as blocking us"
     assert scenario.sends.of(chat) == []
     # Later the user unblocks the bot and writes again.
     blocked_message = users.posted[chat][0]
@@ -519,11 +520,9 @@ async def test_a_user_who_blocked_the_bot_is_answered_after_writing_again(
     )
     result.assert_every_message_answered_once()
     assert result.replies == 1
-    with psycopg.connect(scenario.database_url) as conn:
-        row = conn.execute(
-            "SELECT blocked, blocked_bot_at FROM users WHERE id = %s", (chat,)
-        ).fetchone()
-    assert row == (False, None)
+    assert query_rows(
+        scenario.database_url, "SELECT blocked, blocked_bot_at FROM users WHERE id = %s", chat
+    ) == [(False, None)]
 
 
 # --- 5. kill -9 of a worker with many chats in flight (defect 6) -------------------------------
@@ -665,11 +664,12 @@ async def test_redis_flushall_mid_conversation_loses_no_stored_message(
 
 
 def stored_user_messages(database_url: str, chats: list[int]) -> int:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM messages WHERE role = 'user' AND chat_id = ANY(%s)", (chats,)
-        ).fetchone()
-    return int(row[0]) if row else 0
+    [(count,)] = query_rows(
+        database_url,
+        "SELECT count(*) FROM messages WHERE role = 'user' AND chat_id = ANY(%s)",
+        chats,
+    )
+    return int(count)
 
 
 def streams_exist(redis: Redis, prefix: str) -> Any:

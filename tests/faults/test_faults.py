@@ -25,6 +25,7 @@ from tests.faults.driver import (
     settled,
     telegram_delivers,
 )
+from tests.support.database import query_rows
 from tests.support.ports import free_port
 from tests.support.processes import AiconvProcess, Launcher
 from tests.support.redis_server import RedisServer
@@ -184,17 +185,15 @@ async def test_bursts_in_several_chats_are_answered_once_each_in_order(
     tally = Tally("bursts of 3 messages, 2 workers + 2 ml", injected=len(chats) * bursts * 3)
     count(double, chats, bursts, tally)
     assert_exactly_once(tally, database_url, chats)
-    with psycopg.connect(database_url) as conn:
-        for chat in chats:
-            answered = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT reply_to_message_id FROM messages WHERE chat_id = %s "
-                    "AND role = 'assistant' ORDER BY id",
-                    (chat,),
-                )
-            ]
-            assert answered == last_of_burst[chat]  # one reply per burst, to its last message
+    for chat in chats:
+        answered = query_rows(
+            database_url,
+            "SELECT reply_to_message_id FROM messages WHERE chat_id = %s "
+            "AND role = 'assistant' ORDER BY id",
+            chat,
+        )
+        # one reply per burst, to its last message
+        assert [reply_to for (reply_to,) in answered] == last_of_burst[chat]
 
 
 async def test_a_message_while_the_bot_types_is_answered_together(
@@ -216,8 +215,8 @@ async def test_a_message_while_the_bot_types_is_answered_together(
     await double.wait_for_messages(1601, 1)
     await settled(redis, redis_prefix)
     assert len(double.sent_texts(1601)) == 1
-    with psycopg.connect(database_url) as conn:
-        [(reply_to,)] = conn.execute(
-            "SELECT reply_to_message_id FROM messages WHERE chat_id = 1601 AND role = 'assistant'"
-        ).fetchall()
+    [(reply_to,)] = query_rows(
+        database_url,
+        "SELECT reply_to_message_id FROM messages WHERE chat_id = 1601 AND role = 'assistant'",
+    )
     assert reply_to == second["message"]["message_id"]

@@ -25,6 +25,7 @@ from aiconv.worker.maintenance import (
     scheduled_jobs,
 )
 from aiconv.worker.turns import TurnConfig, Turns
+from tests.support.database import query_rows
 
 
 @pytest.fixture
@@ -47,10 +48,9 @@ async def test_retention_purges_only_old_messages(
                 (f"retention-{n}", age),
             )
     assert await maintenance.purge_messages_older_than(30, batch=1) == 2
-    with psycopg.connect(database_url) as conn:
-        left = conn.execute(
-            "SELECT idempotency_key FROM messages WHERE chat_id = 7001 ORDER BY id"
-        ).fetchall()
+    left = query_rows(
+        database_url, "SELECT idempotency_key FROM messages WHERE chat_id = 7001 ORDER BY id"
+    )
     assert [row[0] for row in left] == ["retention-2", "retention-3"]
 
 
@@ -66,10 +66,9 @@ async def test_old_scheduled_run_records_are_purged(
             )
     assert await maintenance.purge_scheduled_runs(14, batch=1) == 2
     assert await maintenance.purge_scheduled_runs(14) == 0
-    with psycopg.connect(database_url) as conn:
-        left = conn.execute(
-            "SELECT slot FROM scheduled_runs WHERE job = 'purge-test' ORDER BY slot"
-        ).fetchall()
+    left = query_rows(
+        database_url, "SELECT slot FROM scheduled_runs WHERE job = 'purge-test' ORDER BY slot"
+    )
     assert [row[0] for row in left] == [0, 13]
 
 
