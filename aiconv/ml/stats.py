@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from aiconv.conversation.capacity import MlCapacity
 from aiconv.jobs.keys import Keys
-from aiconv.jobs.retry import sleep_or_stop
+from aiconv.jobs.retry import repeat_every
 from aiconv.ml.engine import Completion
 from aiconv.observability.metrics import (
     GENERATION_SECONDS,
@@ -140,11 +140,6 @@ class CapacityPublisher:
             await pipe.execute()
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.publish()
-            except RedisError as error:
-                log.warning("capacity not published", error=type(error).__name__)
-            await sleep_or_stop(stop, PUBLISH_SECONDS)
+        await repeat_every(stop, PUBLISH_SECONDS, self.publish, "capacity not published")
         with contextlib.suppress(RedisError):  # failing that, the TTL withdraws it
             await self.withdraw()

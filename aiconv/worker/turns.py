@@ -38,13 +38,13 @@ from typing import Any, Literal
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from aiconv.conversation import texts
 from aiconv.jobs.keys import UPDATES_GROUP, Keys
 from aiconv.jobs.messages import ReplyJob, TurnJob, chat_of
 from aiconv.jobs.queue import TURN_LEASE_SECONDS, Job, JobQueue, TurnGuard
-from aiconv.jobs.retry import sleep_or_stop
+from aiconv.jobs.retry import repeat_every
 from aiconv.observability.metrics import TURNS_RECOVERED
 
 TICK_SECONDS = 0.1
@@ -483,21 +483,11 @@ class Turns:
 
     async def run_claims(self, stop: asyncio.Event) -> None:
         """Claim due turns every tick (any worker may; each claim happens once)."""
-        while not stop.is_set():
-            try:
-                await self.claim_due()
-            except RedisError as error:
-                log.warning("turn scheduler cannot reach redis", error=type(error).__name__)
-            await sleep_or_stop(stop, TICK_SECONDS)
+        await repeat_every(stop, TICK_SECONDS, self.claim_due, "turn scheduler cannot reach redis")
 
     async def run_sweeps(self, stop: asyncio.Event) -> None:
         """Look after the leases of turns in flight every second."""
-        while not stop.is_set():
-            try:
-                await self.sweep_leases()
-            except RedisError as error:
-                log.warning("lease sweep cannot reach redis", error=type(error).__name__)
-            await sleep_or_stop(stop, SWEEP_SECONDS)
+        await repeat_every(stop, SWEEP_SECONDS, self.sweep_leases, "lease sweep cannot reach redis")
 
 
 def notice_key(turn: TurnJob) -> str:
