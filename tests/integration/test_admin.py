@@ -30,13 +30,13 @@ from redis.asyncio import Redis
 from aiconv.config import Settings
 from aiconv.jobs.keys import Keys
 from aiconv.store.admin import AdminStore
-from aiconv.store.db import make_pool
 from aiconv.store.repository import GenerationStats, Store
 from aiconv.telegram.models import IncomingMessage
 from aiconv.web import auth
 from aiconv.web.admin_schema import openapi_document
 from aiconv.web.app import create_standalone_app
 from tests.support.admin import KEY, WRITE, admin_client, bearer, settings_for
+from tests.support.database import open_pool
 from tests.support.fuzzing import fuzz_settings
 from tests.support.messages import incoming_message
 from tests.support.ports import free_port
@@ -84,10 +84,8 @@ def db(admin_database_url: str) -> str:
 
 @pytest.fixture
 async def store(db: str) -> AsyncIterator[Store]:
-    pool = make_pool(db, max_size=2)
-    await pool.open()
-    yield Store(pool)
-    await pool.close()
+    async with open_pool(db) as pool:
+        yield Store(pool)
 
 
 def incoming(chat_id: int, user_id: int, chat_type: str = "private") -> IncomingMessage:
@@ -673,13 +671,11 @@ async def fuzz_prefix(admin_database_url: str) -> AsyncIterator[str]:
     async def seed() -> None:
         with psycopg.connect(admin_database_url, autocommit=True) as conn:
             conn.execute("TRUNCATE users, chats, messages")
-        pool = make_pool(admin_database_url, max_size=2)
-        await pool.open()
-        store = Store(pool)
-        for user in (FUZZ_USER, FUZZ_USER + 1):
-            await say(store, user, user, f"fuzz {user}")
-            await reply(store, user, f"fuzz reply {user}", prompt=1, completion=1)
-        await pool.close()
+        async with open_pool(admin_database_url) as pool:
+            store = Store(pool)
+            for user in (FUZZ_USER, FUZZ_USER + 1):
+                await say(store, user, user, f"fuzz {user}")
+                await reply(store, user, f"fuzz reply {user}", prompt=1, completion=1)
         redis = Redis.from_url(REDIS_URL, decode_responses=True)
         keys = Keys(prefix)
         for n in range(3):

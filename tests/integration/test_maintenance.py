@@ -16,7 +16,6 @@ from redis.asyncio import Redis
 from aiconv.config import Settings
 from aiconv.jobs.keys import Keys
 from aiconv.resources import Resources
-from aiconv.store.db import make_pool
 from aiconv.store.repository import SchedulerStore
 from aiconv.worker.maintenance import (
     SCHEDULED_RUNS_KEEP_DAYS,
@@ -25,15 +24,13 @@ from aiconv.worker.maintenance import (
     scheduled_jobs,
 )
 from aiconv.worker.turns import TurnConfig, Turns
-from tests.support.database import query_rows
+from tests.support.database import open_pool, query_rows
 
 
 @pytest.fixture
 async def maintenance(database_url: str) -> AsyncIterator[SchedulerStore]:
-    pool = make_pool(database_url, max_size=2)
-    await pool.open()
-    yield SchedulerStore(pool)
-    await pool.close()
+    async with open_pool(database_url) as pool:
+        yield SchedulerStore(pool)
 
 
 async def test_retention_purges_only_old_messages(

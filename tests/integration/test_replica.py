@@ -46,6 +46,7 @@ from aiconv.store.repository import SchedulerStore
 from aiconv.web import auth
 from aiconv.web.app import create_standalone_app
 from tests.faults.pgproxy import PgProxy
+from tests.support.database import open_pool
 from tests.support.messages import incoming_message
 from tests.support.pg_replica import StreamingReplica, server_binaries, wait_for
 from tests.support.services import ADMIN_DATABASE_URL, REDIS_URL, RUN_ID, migrated_database
@@ -87,10 +88,8 @@ async def primary_url(replica: StreamingReplica) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def primary(primary_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    pool = make_pool(primary_url, 2, "primary")
-    await pool.open()
-    yield pool
-    await pool.close()
+    async with open_pool(primary_url, name="primary") as pool:
+        yield pool
 
 
 class FakeClock:

@@ -10,19 +10,17 @@ import pytest
 
 from aiconv.conversation.history import Role
 from aiconv.store.crypto import TextCipher
-from aiconv.store.db import make_pool
 from aiconv.store.repository import Store
 from aiconv.telegram.models import IncomingMessage
+from tests.support.database import open_pool
 from tests.support.messages import incoming_message
 
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    pool = make_pool(database_url, max_size=4)
-    await pool.open()
-    # Sealed text: migration must not move rows whose text is bound to their chat id.
-    yield Store(pool, TextCipher.from_setting("a-test-passphrase-of-some-length"))
-    await pool.close()
+    async with open_pool(database_url, max_size=4) as pool:
+        # Sealed text: migration must not move rows whose text is bound to their chat id.
+        yield Store(pool, TextCipher.from_setting("a-test-passphrase-of-some-length"))
 
 
 def member(chat_id: int, user_id: int, name: str) -> IncomingMessage:

@@ -17,10 +17,10 @@ from starlette.testclient import TestClient
 
 from aiconv.config import Settings
 from aiconv.jobs.messages import UpdateJob
-from aiconv.store.db import make_pool
 from aiconv.store.repository import Store
 from aiconv.telegram.models import parse_update
 from aiconv.web.app import create_standalone_app
+from tests.support.database import open_pool
 from tests.support.fuzzing import fuzz_settings
 from tests.support.ports import free_port
 from tests.support.services import REDIS_URL
@@ -219,9 +219,7 @@ async def test_text_postgresql_cannot_hold_is_cleaned_at_the_edge_and_stored(
     assert message is not None
     assert message.text is not None
     assert (message.text, message.first_name) == ("ab \ufffdc \ufffdd 😀", "Ann\ufffd")
-    pool = make_pool(database_url, max_size=1)
-    await pool.open()
-    try:
+    async with open_pool(database_url, max_size=1) as pool:
         store = Store(pool)
         assert await store.record_sender(message)
         await store.add_message(
@@ -232,8 +230,6 @@ async def test_text_postgresql_cannot_hold_is_cleaned_at_the_edge_and_stored(
             idempotency_key=f"in:{message.chat_id}:{message.message_id}:{redis_prefix}",
         )
         assert [t.text for t in await store.history(message.chat_id, 1)] == [message.text]
-    finally:
-        await pool.close()
 
 
 # --- fuzzing: hostile JSON shapes never give a 5xx, and whatever is accepted can be stored -----
@@ -323,10 +319,8 @@ def test_fuzzed_updates_get_200_or_400_and_every_accepted_one_can_be_stored(
         redis = Redis.from_url(REDIS_URL, decode_responses=True)
         entries = await stream_entries(redis, f"{redis_prefix}updates")
         await redis.aclose()
-        pool = make_pool(database_url, max_size=1)
-        await pool.open()
         stored = 0
-        try:
+        async with open_pool(database_url, max_size=1) as pool:
             store = Store(pool)
             for _, fields in entries:
                 # What the worker does with a queued update (worker/updates.py).
@@ -345,8 +339,6 @@ def test_fuzzed_updates_get_200_or_400_and_every_accepted_one_can_be_stored(
                     telegram_message_id=message.message_id,
                 )
                 stored += 1
-        finally:
-            await pool.close()
         return stored
 
     assert asyncio.run(store_every_queued_update()) > 0  # the run reached the storing path
