@@ -22,8 +22,6 @@ import httpx
 import psycopg
 import pytest
 import pytest_asyncio
-from hypothesis import HealthCheck
-from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 from psycopg_pool import AsyncConnectionPool
@@ -47,6 +45,7 @@ from aiconv.web import auth
 from aiconv.web.app import create_standalone_app
 from tests.faults.pgproxy import PgProxy
 from tests.support.database import open_pool
+from tests.support.fuzzing import protocol_settings
 from tests.support.messages import incoming_message
 from tests.support.pg_replica import StreamingReplica, server_binaries, wait_for
 from tests.support.services import ADMIN_DATABASE_URL, REDIS_URL, RUN_ID, migrated_database
@@ -507,13 +506,7 @@ def test_the_router_state_machine(replica: StreamingReplica, primary_url: str) -
     RouterMachine.replica_url = replica.url(DATABASE)
     run_state_machine_as_test(
         RouterMachine,
-        settings=hypothesis_settings(
-            max_examples=15,
-            stateful_step_count=10,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow],
-            database=None,
-        ),
+        settings=protocol_settings(15, 10),
     )
 
 
