@@ -15,7 +15,6 @@ import signal
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from tests.support.http_stub import QuietHandler, serving
 from tests.support.processes import AiconvProcess, base_env
 from tests.support.streams import stream_entries
 
-from ._support import NGINX_DIR, free_port, require_tool
+from ._support import NGINX_DIR, free_port, require_tool, server_process
 
 SECRET = "test-webhook-secret_123"
 
@@ -205,31 +204,18 @@ def running_nginx(
     nginx, openssl = tools
     make_cert(openssl, folder / "certs")
     rendered = render(folder, upstream_port, webhook_sources)
-    process = subprocess.Popen(
-        [*nginx_args(nginx, rendered), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"nginx exited: {process.stderr.read().decode()}")  # type: ignore[union-attr]
-            try:
-                httpx.get(f"http://127.0.0.1:{rendered.http_port}/nginx-health", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)  # polling a condition, with a deadline
-        yield rendered
-    finally:
-        process.send_signal(signal.SIGQUIT)
+
+    def answers() -> bool:
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+            httpx.get(f"http://127.0.0.1:{rendered.http_port}/nginx-health", timeout=1)
+        except httpx.TransportError:
+            return False
+        return True
+
+    argv = [*nginx_args(nginx, rendered), "-g", "daemon off;"]
+    # SIGQUIT: nginx's graceful shutdown.
+    with server_process(argv, answers, within=15, stop_signal=signal.SIGQUIT):
+        yield rendered
 
 
 @pytest.fixture
