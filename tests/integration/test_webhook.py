@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 from aiconv.config import Settings
 from aiconv.jobs.messages import UpdateJob
 from aiconv.store.repository import Store
-from aiconv.telegram.models import parse_update
+from aiconv.telegram.models import IncomingMessage, parse_update
 from aiconv.web.app import create_standalone_app
 from tests.support.database import open_pool
 from tests.support.fuzzing import fuzz_settings
@@ -221,15 +221,26 @@ async def test_text_postgresql_cannot_hold_is_cleaned_at_the_edge_and_stored(
     assert (message.text, message.first_name) == ("ab \ufffdc \ufffdd 😀", "Ann\ufffd")
     async with open_pool(database_url, max_size=1) as pool:
         store = Store(pool)
-        assert await store.record_sender(message)
-        await store.add_message(
-            chat_id=message.chat_id,
-            user_id=message.user_id,
-            role="user",
-            text=message.text,
-            idempotency_key=f"in:{message.chat_id}:{message.message_id}:{redis_prefix}",
-        )
+        key = f"in:{message.chat_id}:{message.message_id}:{redis_prefix}"
+        assert await store_as_the_worker_does(store, message, key)
         assert [t.text for t in await store.history(message.chat_id, 1)] == [message.text]
+
+
+async def store_as_the_worker_does(store: Store, message: IncomingMessage, key: str) -> bool:
+    """What the worker does with a parsed text message (worker/updates.py): record its sender,
+    then store its text under `key`. True when the sender was recorded."""
+    assert message.text is not None
+    recorded = await store.record_sender(message)
+    await store.add_message(
+        chat_id=message.chat_id,
+        user_id=message.user_id,
+        role="user",
+        text=message.text,
+        idempotency_key=key,
+        telegram_update_id=message.update_id,
+        telegram_message_id=message.message_id,
+    )
+    return recorded
 
 
 # --- fuzzing: hostile JSON shapes never give a 5xx, and whatever is accepted can be stored -----
@@ -328,15 +339,8 @@ def test_fuzzed_updates_get_200_or_400_and_every_accepted_one_can_be_stored(
                 message = update.message
                 if message is None or not message.text:
                     continue
-                await store.record_sender(message)
-                await store.add_message(
-                    chat_id=message.chat_id,
-                    user_id=message.user_id,
-                    role="user",
-                    text=message.text,
-                    idempotency_key=f"fuzz:{redis_prefix}:{update.update_id}",
-                    telegram_update_id=update.update_id,
-                    telegram_message_id=message.message_id,
+                await store_as_the_worker_does(
+                    store, message, f"fuzz:{redis_prefix}:{update.update_id}"
                 )
                 stored += 1
         return stored
