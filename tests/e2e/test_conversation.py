@@ -12,7 +12,7 @@ from aiconv.conversation import texts
 from aiconv.testing.botapi import BotApiDouble
 from tests.support.database import query_rows
 from tests.support.ports import free_port
-from tests.support.processes import Launcher
+from tests.support.processes import Launcher, webhook_settings
 from tests.support.streams import stream_entries
 from tests.support.waiting import eventually
 
@@ -30,18 +30,10 @@ def stored_replies(database_url: str, *chats: int) -> list[tuple[int, int]]:
     return [(int(row[0]), int(row[1])) for row in rows]
 
 
-def webhook_settings(port: int) -> dict[str, str]:
-    return {
-        "PORT": str(port),
-        "TELEGRAM_WEBHOOK_URL": f"http://127.0.0.1:{port}/webhook",
-        "TELEGRAM_WEBHOOK_SECRET": SECRET,
-    }
-
-
 async def test_webhook_message_gets_a_reply_preceded_by_typing(
     launch: Launcher, double: BotApiDouble, database_url: str
 ) -> None:
-    await launch("all", **webhook_settings(free_port()))
+    await launch("all", **webhook_settings(free_port(), SECRET))
     assert double.webhook_url is not None and double.webhook_url.endswith("/webhook")
     assert double.webhook_secret == SECRET
 
@@ -95,7 +87,7 @@ async def test_reset_forgets_the_history(
 async def test_webhook_rejects_bad_requests_and_answers_a_repeat_once(
     launch: Launcher, double: BotApiDouble
 ) -> None:
-    app = await launch("all", **webhook_settings(free_port()))
+    app = await launch("all", **webhook_settings(free_port(), SECRET))
     url = f"{app.web_url}/webhook"
     good = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
     update = double.make_update(504, "Hello, once only please.")

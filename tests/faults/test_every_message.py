@@ -37,7 +37,7 @@ from tests.faults.driver import redis_answers, settled, telegram_delivers
 from tests.faults.pgproxy import PgProxy
 from tests.support.database import query_rows
 from tests.support.ports import free_port
-from tests.support.processes import AiconvProcess, Launcher
+from tests.support.processes import AiconvProcess, Launcher, webhook_settings
 from tests.support.redis_server import RedisServer
 from tests.support.streams import stream_entries
 from tests.support.waiting import eventually
@@ -60,13 +60,7 @@ SLOW_TYPING = {
 
 
 def webhook(port: int, **settings: str) -> dict[str, str]:
-    return {
-        "PORT": str(port),
-        "TELEGRAM_WEBHOOK_URL": f"http://127.0.0.1:{port}/webhook",
-        "TELEGRAM_WEBHOOK_SECRET": SECRET,
-        **FAST_RECOVERY,
-        **settings,
-    }
+    return {**webhook_settings(port, SECRET), **FAST_RECOVERY, **settings}
 
 
 # --- what Telegram received --------------------------------------------------------------------

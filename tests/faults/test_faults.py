@@ -27,7 +27,7 @@ from tests.faults.driver import (
 )
 from tests.support.database import query_rows
 from tests.support.ports import free_port
-from tests.support.processes import AiconvProcess, Launcher
+from tests.support.processes import AiconvProcess, Launcher, webhook_settings
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import eventually
 
@@ -43,12 +43,7 @@ FAST_RECOVERY = {
 
 
 def webhook(port: int) -> dict[str, str]:
-    return {
-        "PORT": str(port),
-        "TELEGRAM_WEBHOOK_URL": f"http://127.0.0.1:{port}/webhook",
-        "TELEGRAM_WEBHOOK_SECRET": SECRET,
-        **FAST_RECOVERY,
-    }
+    return {**webhook_settings(port, SECRET), **FAST_RECOVERY}
 
 
 def assert_exactly_once(tally: Tally, database_url: str, chats: list[int]) -> None:
