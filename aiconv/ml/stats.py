@@ -115,13 +115,15 @@ class Throughput:
         )
 
 
+@dataclass(eq=False)  # a service: compared by identity
 class CapacityPublisher:
-    def __init__(self, redis: Redis, keys: Keys, instance: str, throughput: Throughput) -> None:
-        self.redis = redis
-        self.keys = keys
-        self.instance = instance
-        self.throughput = throughput
-        self._publish = redis.register_script(_PUBLISH)
+    redis: Redis
+    keys: Keys
+    instance: str
+    throughput: Throughput
+
+    def __post_init__(self) -> None:
+        self._publish = self.redis.register_script(_PUBLISH)
 
     async def publish(self) -> None:
         fields = self.throughput.capacity().to_fields()

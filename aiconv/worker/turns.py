@@ -220,19 +220,22 @@ class TurnConfig:
     final_after_seconds: float = 15.0
 
 
+@dataclass(eq=False)  # a service: compared by identity
 class Turns:
-    def __init__(self, redis: Redis, keys: Keys, config: TurnConfig) -> None:
-        self.redis = redis
-        self.keys = keys
-        self.config = config
-        self._note = redis.register_script(_NOTE)
-        self._due_now = redis.register_script(_DUE_NOW)
-        self._claim = redis.register_script(_CLAIM)
-        self._finish = redis.register_script(_FINISH)
-        self._forget = redis.register_script(_FORGET)
-        self._renew = redis.register_script(_RENEW)
-        self._forget_held = redis.register_script(_FORGET_HELD)
-        self._expiring = redis.register_script(_EXPIRING)
+    redis: Redis
+    keys: Keys
+    config: TurnConfig
+
+    def __post_init__(self) -> None:
+        register = self.redis.register_script
+        self._note = register(_NOTE)
+        self._due_now = register(_DUE_NOW)
+        self._claim = register(_CLAIM)
+        self._finish = register(_FINISH)
+        self._forget = register(_FORGET)
+        self._renew = register(_RENEW)
+        self._forget_held = register(_FORGET_HELD)
+        self._expiring = register(_EXPIRING)
 
     # --- the conversation path -----------------------------------------------------------------
 

@@ -25,6 +25,7 @@ replicates a script's effects, so reading `TIME` before writing is allowed.)
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import structlog
 from redis.asyncio import Redis
@@ -105,16 +106,16 @@ return claimed
 )
 
 
+@dataclass(eq=False)  # a service: compared by identity
 class TypingKeeper:
-    def __init__(
-        self, redis: Redis, keys: Keys, bot: BotClient, limiter: SendLimiter | None = None
-    ) -> None:
-        self.redis = redis
-        self.bot = bot
-        self.keys = keys
-        self.limiter = limiter
-        self._begin = redis.register_script(_BEGIN)
-        self._claim = redis.register_script(_CLAIM_DUE)
+    redis: Redis
+    keys: Keys
+    bot: BotClient
+    limiter: SendLimiter | None = None
+
+    def __post_init__(self) -> None:
+        self._begin = self.redis.register_script(_BEGIN)
+        self._claim = self.redis.register_script(_CLAIM_DUE)
 
     async def begin(self, chat_id: int) -> None:
         """Work on a reply for this chat started: show typing now and keep it up."""
