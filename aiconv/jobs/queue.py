@@ -176,7 +176,8 @@ class JobQueue:
         Returns the new entry's id, or None when nothing was added (the key was already handed
         on, or the guarding turn no longer owns its chat).
         """
-        return await self._run(stream, payload, idempotency_key, (source, group), guard)
+        keys, args = self._script_input(stream, payload, idempotency_key, (source, group), guard)
+        return _entry_or_none(await self._hand_over(keys=keys, args=args))
 
     def decode_entry(
         self, stream: str, entry_id: bytes | str, fields: dict[Any, Any], deliveries: int
@@ -215,17 +216,6 @@ class JobQueue:
         # Groups' last-delivered ids are themselves delivered: keep from just after them.
         minid = f"{oldest_needed[0]}-{oldest_needed[1]}"
         return int(await self.redis.xtrim(stream, minid=minid, approximate=False))
-
-    async def _run(
-        self,
-        stream: str,
-        payload: dict[str, Any],
-        idempotency_key: str | None,
-        source: tuple[Job, str] | None,
-        guard: TurnGuard | None,
-    ) -> str | None:
-        keys, args = self._script_input(stream, payload, idempotency_key, source, guard)
-        return _entry_or_none(await self._hand_over(keys=keys, args=args))
 
     def _script_input(
         self,

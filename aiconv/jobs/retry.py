@@ -3,7 +3,9 @@
 Every retry loop waits with `Backoff` (exponential growth to a cap, full jitter), so many
 processes that lost the same dependency at the same moment do not come back in lock-step and
 hammer it together. Every loop that waits between rounds does it with `sleep_or_stop`, so a
-graceful stop never waits out a sleep: the wait ends as soon as the stop event is set.
+graceful stop never waits out a sleep: the wait ends as soon as the stop event is set. A loop
+that repeats one Redis step on a fixed tick is `repeat_every`: an outage costs it rounds (each
+logged), never the loop itself.
 """
 
 from __future__ import annotations
@@ -11,6 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Awaitable, Callable
+
+import structlog
+from redis.exceptions import RedisError
+
+log = structlog.get_logger(__name__)
 
 
 class Backoff:
@@ -38,6 +46,19 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+async def repeat_every(
+    stop: asyncio.Event, seconds: float, step: Callable[[], Awaitable[object]], unreachable: str
+) -> None:
+    """Run `step` every `seconds` until `stop` is set. A Redis error skips that round, logged as
+    a warning with `unreachable` as its event; the next tick tries again."""
+    while not stop.is_set():
+        try:
+            await step()
+        except RedisError as error:
+            log.warning(unreachable, error=type(error).__name__)
+        await sleep_or_stop(stop, seconds)
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -36,15 +37,13 @@ FLUSH_SECONDS = 0.02
 log = structlog.get_logger(__name__)
 
 
+@dataclass(eq=False)  # a service: compared by identity
 class OpenAiJobHandler:
-    def __init__(
-        self, engine: Engine, queue: JobQueue, keys: Keys, watcher: CancelWatcher, model_id: str
-    ) -> None:
-        self.engine = engine
-        self.queue = queue
-        self.keys = keys
-        self.watcher = watcher
-        self.model_id = model_id
+    engine: Engine
+    queue: JobQueue
+    keys: Keys
+    watcher: CancelWatcher
+    model_id: str
 
     async def _emit(self, out: str, event: dict[str, Any]) -> None:
         # Sealed like jobs when ENCRYPTION_KEY is set: the answer is user text too.

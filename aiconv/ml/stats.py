@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from aiconv.conversation.capacity import MlCapacity
 from aiconv.jobs.keys import Keys
-from aiconv.jobs.retry import sleep_or_stop
+from aiconv.jobs.retry import repeat_every
 from aiconv.ml.engine import Completion
 from aiconv.observability.metrics import (
     GENERATION_SECONDS,
@@ -115,13 +115,15 @@ class Throughput:
         )
 
 
+@dataclass(eq=False)  # a service: compared by identity
 class CapacityPublisher:
-    def __init__(self, redis: Redis, keys: Keys, instance: str, throughput: Throughput) -> None:
-        self.redis = redis
-        self.keys = keys
-        self.instance = instance
-        self.throughput = throughput
-        self._publish = redis.register_script(_PUBLISH)
+    redis: Redis
+    keys: Keys
+    instance: str
+    throughput: Throughput
+
+    def __post_init__(self) -> None:
+        self._publish = self.redis.register_script(_PUBLISH)
 
     async def publish(self) -> None:
         fields = self.throughput.capacity().to_fields()
@@ -140,11 +142,6 @@ class CapacityPublisher:
             await pipe.execute()
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.publish()
-            except RedisError as error:
-                log.warning("capacity not published", error=type(error).__name__)
-            await sleep_or_stop(stop, PUBLISH_SECONDS)
+        await repeat_every(stop, PUBLISH_SECONDS, self.publish, "capacity not published")
         with contextlib.suppress(RedisError):  # failing that, the TTL withdraws it
             await self.withdraw()

@@ -28,6 +28,13 @@ DLQ_LIMIT_DEFAULT, DLQ_LIMIT_MAX = 100, 1000
 STREAM_ID_PATTERN = "^[0-9]{1,20}-[0-9]{1,20}$"
 
 Int64 = Annotated[int, Field(ge=BIGINT_MIN, le=BIGINT_MAX, json_schema_extra={"format": "int64"})]
+# The same range as a parameter's schema (a Telegram user or chat id in a path).
+INT64_SCHEMA: dict[str, Any] = {
+    "type": "integer",
+    "format": "int64",
+    "minimum": BIGINT_MIN,
+    "maximum": BIGINT_MAX,
+}
 
 
 def _count(description: str) -> Any:
@@ -217,12 +224,7 @@ class Parameter:
         return parameter
 
 
-USER_ID = Parameter(
-    "user_id",
-    "path",
-    {"type": "integer", "format": "int64", "minimum": BIGINT_MIN, "maximum": BIGINT_MAX},
-    "the Telegram user id",
-)
+USER_ID = Parameter("user_id", "path", INT64_SCHEMA, "the Telegram user id")
 ENTRY_ID = Parameter(
     "entry_id",
     "path",
@@ -240,7 +242,7 @@ ACCESS_KIND = Parameter(
 ACCESS_ID = Parameter(
     "entity_id",
     "path",
-    {"type": "integer", "format": "int64", "minimum": BIGINT_MIN, "maximum": BIGINT_MAX},
+    INT64_SCHEMA,
     "the Telegram user or chat id (groups are negative)",
 )
 LIMIT = Parameter(

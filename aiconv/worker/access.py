@@ -72,14 +72,16 @@ class Quota:
         return self.limit > 0 and self.used >= self.limit
 
 
+@dataclass(eq=False)  # a service: compared by identity
 class AccessGate:
-    def __init__(self, redis: Redis, keys: Keys, store: Store, policy: ChatPolicy) -> None:
-        self.redis = redis
-        self.keys = keys
-        self.store = store
-        self.policy = policy
-        self._once_today = redis.register_script(_ONCE_TODAY)
-        self._burst = redis.register_script(_BURST)
+    redis: Redis
+    keys: Keys
+    store: Store
+    policy: ChatPolicy
+
+    def __post_init__(self) -> None:
+        self._once_today = self.redis.register_script(_ONCE_TODAY)
+        self._burst = self.redis.register_script(_BURST)
 
     async def allowed(self, message: IncomingMessage) -> bool:
         if self.policy.allowed_by_settings(message.user_id, message.chat_id):

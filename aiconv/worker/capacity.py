@@ -159,20 +159,13 @@ class CapacityView:
         return int(await self.redis.xlen(stream)), 0  # no ml has ever read it: all waiting
 
 
+@dataclass(eq=False)  # a service: compared by identity
 class Pacer:
-    def __init__(
-        self,
-        view: CapacityView,
-        typing: TypingKeeper,
-        turns: Turns,
-        queue: JobQueue,
-        policy: PacingPolicy,
-    ) -> None:
-        self.view = view
-        self.typing = typing
-        self.turns = turns
-        self.queue = queue
-        self.policy = policy
+    view: CapacityView
+    typing: TypingKeeper
+    turns: Turns
+    queue: JobQueue
+    policy: PacingPolicy
 
     async def message_noted(self, chat_id: int) -> None:
         """Typing at once only if a turn for it would start generating within seconds."""

@@ -57,12 +57,14 @@ class RateLimits:
     group_burst: int = 3
 
 
+@dataclass(eq=False)  # a service: compared by identity
 class SendLimiter:
-    def __init__(self, redis: Redis, keys: Keys, limits: RateLimits) -> None:
-        self.redis = redis
-        self.keys = keys
-        self.limits = limits
-        self._reserve = redis.register_script(_RESERVE)
+    redis: Redis
+    keys: Keys
+    limits: RateLimits
+
+    def __post_init__(self) -> None:
+        self._reserve = self.redis.register_script(_RESERVE)
 
     async def wait_for_slot(self, chat_id: int, chat_type: str | None) -> None:
         """Sleep until this chat may send its next message."""

@@ -14,7 +14,7 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -41,22 +41,18 @@ class ScheduledJob:
     run: Callable[[], Awaitable[str | None]]  # returns a short detail for the record
 
 
+@dataclass(eq=False)  # a service: compared by identity
 class EmbeddedScheduler:
-    def __init__(
-        self,
-        redis: Redis,
-        keys: Keys,
-        maintenance: SchedulerStore,
-        runner: str,
-        jobs: list[ScheduledJob],
-    ) -> None:
-        self.redis = redis
-        self.keys = keys
-        self.maintenance = maintenance
-        self.runner = runner
-        self.jobs = jobs
-        self.leading = False
-        self._lease = Lease(redis, keys.scheduler_leader, runner, LEASE_SECONDS)
+    redis: Redis
+    keys: Keys
+    maintenance: SchedulerStore
+    runner: str
+    jobs: list[ScheduledJob]
+    leading: bool = field(default=False, init=False)
+    _lease: Lease = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._lease = Lease(self.redis, self.keys.scheduler_leader, self.runner, LEASE_SECONDS)
 
     async def run(self, stop: asyncio.Event) -> None:
         scheduler = AsyncIOScheduler(timezone=dt.UTC)

@@ -38,13 +38,13 @@ from typing import Any, Literal
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from aiconv.conversation import texts
 from aiconv.jobs.keys import UPDATES_GROUP, Keys
 from aiconv.jobs.messages import ReplyJob, TurnJob, chat_of
 from aiconv.jobs.queue import TURN_LEASE_SECONDS, Job, JobQueue, TurnGuard
-from aiconv.jobs.retry import sleep_or_stop
+from aiconv.jobs.retry import repeat_every
 from aiconv.observability.metrics import TURNS_RECOVERED
 
 TICK_SECONDS = 0.1
@@ -220,19 +220,22 @@ class TurnConfig:
     final_after_seconds: float = 15.0
 
 
+@dataclass(eq=False)  # a service: compared by identity
 class Turns:
-    def __init__(self, redis: Redis, keys: Keys, config: TurnConfig) -> None:
-        self.redis = redis
-        self.keys = keys
-        self.config = config
-        self._note = redis.register_script(_NOTE)
-        self._due_now = redis.register_script(_DUE_NOW)
-        self._claim = redis.register_script(_CLAIM)
-        self._finish = redis.register_script(_FINISH)
-        self._forget = redis.register_script(_FORGET)
-        self._renew = redis.register_script(_RENEW)
-        self._forget_held = redis.register_script(_FORGET_HELD)
-        self._expiring = redis.register_script(_EXPIRING)
+    redis: Redis
+    keys: Keys
+    config: TurnConfig
+
+    def __post_init__(self) -> None:
+        register = self.redis.register_script
+        self._note = register(_NOTE)
+        self._due_now = register(_DUE_NOW)
+        self._claim = register(_CLAIM)
+        self._finish = register(_FINISH)
+        self._forget = register(_FORGET)
+        self._renew = register(_RENEW)
+        self._forget_held = register(_FORGET_HELD)
+        self._expiring = register(_EXPIRING)
 
     # --- the conversation path -----------------------------------------------------------------
 
@@ -483,21 +486,11 @@ class Turns:
 
     async def run_claims(self, stop: asyncio.Event) -> None:
         """Claim due turns every tick (any worker may; each claim happens once)."""
-        while not stop.is_set():
-            try:
-                await self.claim_due()
-            except RedisError as error:
-                log.warning("turn scheduler cannot reach redis", error=type(error).__name__)
-            await sleep_or_stop(stop, TICK_SECONDS)
+        await repeat_every(stop, TICK_SECONDS, self.claim_due, "turn scheduler cannot reach redis")
 
     async def run_sweeps(self, stop: asyncio.Event) -> None:
         """Look after the leases of turns in flight every second."""
-        while not stop.is_set():
-            try:
-                await self.sweep_leases()
-            except RedisError as error:
-                log.warning("lease sweep cannot reach redis", error=type(error).__name__)
-            await sleep_or_stop(stop, SWEEP_SECONDS)
+        await repeat_every(stop, SWEEP_SECONDS, self.sweep_leases, "lease sweep cannot reach redis")
 
 
 def notice_key(turn: TurnJob) -> str:

@@ -25,13 +25,14 @@ replicates a script's effects, so reading `TIME` before writing is allowed.)
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from aiconv.jobs.keys import Keys
-from aiconv.jobs.retry import sleep_or_stop
+from aiconv.jobs.retry import repeat_every
 from aiconv.observability.metrics import CHAT_ACTIONS
 from aiconv.telegram.client import BotClient, TelegramError
 from aiconv.worker.rate_limit import SendLimiter
@@ -105,16 +106,16 @@ return claimed
 )
 
 
+@dataclass(eq=False)  # a service: compared by identity
 class TypingKeeper:
-    def __init__(
-        self, redis: Redis, keys: Keys, bot: BotClient, limiter: SendLimiter | None = None
-    ) -> None:
-        self.redis = redis
-        self.bot = bot
-        self.keys = keys
-        self.limiter = limiter
-        self._begin = redis.register_script(_BEGIN)
-        self._claim = redis.register_script(_CLAIM_DUE)
+    redis: Redis
+    keys: Keys
+    bot: BotClient
+    limiter: SendLimiter | None = None
+
+    def __post_init__(self) -> None:
+        self._begin = self.redis.register_script(_BEGIN)
+        self._claim = self.redis.register_script(_CLAIM_DUE)
 
     async def begin(self, chat_id: int) -> None:
         """Work on a reply for this chat started: show typing now and keep it up."""
@@ -159,15 +160,14 @@ class TypingKeeper:
             log.info("typing action skipped", chat_id=chat_id, error=type(error).__name__)
 
     async def run(self, stop: asyncio.Event) -> None:
+        await repeat_every(stop, TICK_SECONDS, self._send_due, "typing keeper cannot reach redis")
+
+    async def _send_due(self) -> None:
+        """Send "typing…" to every chat whose next action is due (at most 100 a tick)."""
         keys = [self.keys.typing_due, self.keys.typing_deadline]
-        while not stop.is_set():
-            try:
-                chats = await self._claim(keys=keys, args=[INTERVAL_SECONDS, 100])
-                if chats:
-                    await asyncio.gather(*(self.send_now(int(chat)) for chat in chats))
-            except RedisError as error:
-                log.warning("typing keeper cannot reach redis", error=type(error).__name__)
-            await sleep_or_stop(stop, TICK_SECONDS)
+        chats = await self._claim(keys=keys, args=[INTERVAL_SECONDS, 100])
+        if chats:
+            await asyncio.gather(*(self.send_now(int(chat)) for chat in chats))
 
 
 class TypingSignal:

@@ -12,8 +12,13 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,6 +61,42 @@ def require_module(name: str, package: str) -> None:
     """Whether a module is installed, without importing it (locust's import monkey-patches)."""
     if importlib.util.find_spec(name) is None:
         missing(f"Python package {package}")
+
+
+@contextmanager
+def server_process(
+    argv: list[str],
+    answers: Callable[[], bool],
+    *,
+    within: float,
+    env: dict[str, str] | None = None,
+    stop_signal: int = signal.SIGTERM,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server (`argv`) for the block, once `answers()` says it serves.
+
+    It fails at once, with the server's stderr, if the server exits before answering, and after
+    `within` seconds if it never answers. When the block ends the server is sent `stop_signal`
+    and, if it is still running 10 s later, killed: no server outlives its test.
+    """
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    name = Path(argv[0]).name
+    try:
+        deadline = time.monotonic() + within
+        while not answers():
+            if process.poll() is not None:
+                assert process.stderr is not None
+                raise AssertionError(f"{name} exited: {process.stderr.read().decode()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} did not answer within {within} s")
+            time.sleep(0.05)  # polling a condition, with a deadline
+        yield process
+    finally:
+        process.send_signal(stop_signal)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
 
 
 def free_port() -> int:

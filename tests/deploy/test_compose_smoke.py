@@ -10,22 +10,21 @@ are accepted.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+
+from tests.support.http_stub import QuietHandler, serving
 
 from ._support import COMPOSE_DIR, free_port, interpolate, missing, require_module
 
@@ -43,13 +42,11 @@ def env_example() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def telegram_stub() -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def _answer(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
+            self.read_body()
             method = self.path.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
             result: Any = True
             if method == "getMe":
@@ -59,26 +56,12 @@ def telegram_stub() -> Iterator[str]:
                 result = []
             elif method == "getWebhookInfo":
                 result = {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
-            body = json.dumps({"ok": True, "result": result}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.answer_json({"ok": True, "result": result})
 
         do_GET = do_POST = _answer
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+
+from tests.support.http_stub import QuietHandler, serving
 
 from ._support import ROOT, require_module
 
@@ -23,11 +23,11 @@ SECRET = "load-test-secret"
 def recorder() -> Iterator[tuple[int, list[dict[str, Any]]]]:
     seen: list[dict[str, Any]] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = self.read_body()
             seen.append(
                 {
                     "path": self.path,
@@ -39,17 +39,8 @@ def recorder() -> Iterator[tuple[int, list[dict[str, Any]]]]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield int(server.server_address[1]), seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as port:
+        yield port, seen
 
 
 def test_locustfile_posts_valid_updates_with_the_secret(

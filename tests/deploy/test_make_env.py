@@ -183,20 +183,25 @@ def test_an_existing_file_with_placeholders_is_refused_in_production_and_kept(
     assert make_env.main(["--output", str(output)], no_docker(tmp_path), interactive=False) == 0
 
 
-def test_without_a_token_a_non_interactive_run_fails_in_one_line_and_writes_nothing(
-    tmp_path: Path,
-) -> None:
-    output = tmp_path / ".env"
-    env = {k: v for k, v in os.environ.items() if k != "TELEGRAM_BOT_TOKEN"}
-    env["PATH"] = no_docker(tmp_path)["PATH"]
-    result = subprocess.run(
+def run_script(output: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """The script run as a user would, non-interactively (no terminal on stdin), writing
+    `output`: this process's environment without TELEGRAM_BOT_TOKEN, then `env`."""
+    inherited = {k: v for k, v in os.environ.items() if k != "TELEGRAM_BOT_TOKEN"}
+    return subprocess.run(
         [sys.executable, str(SCRIPT), "--output", str(output)],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        env=env,
+        env={**inherited, **env},
         timeout=30,
     )
+
+
+def test_without_a_token_a_non_interactive_run_fails_in_one_line_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / ".env"
+    result = run_script(output, **no_docker(tmp_path))
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1, result.stderr
@@ -206,17 +211,8 @@ def test_without_a_token_a_non_interactive_run_fails_in_one_line_and_writes_noth
 
 
 def test_the_token_from_the_environment_is_used_and_a_bad_one_refused(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "TELEGRAM_BOT_TOKEN"}
-    env.update(no_docker(tmp_path), TELEGRAM_BOT_TOKEN=TOKEN)
     output = tmp_path / ".env"
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--output", str(output)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    result = run_script(output, **no_docker(tmp_path), TELEGRAM_BOT_TOKEN=TOKEN)
     assert result.returncode == 0, result.stderr
     assert values(output)["TELEGRAM_BOT_TOKEN"] == TOKEN
     assert "long polling" in result.stderr

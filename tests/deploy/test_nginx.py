@@ -15,12 +15,10 @@ import signal
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -28,10 +26,11 @@ import pytest
 from redis.asyncio import Redis
 
 from aiconv.testing.botapi import BotApiDouble
+from tests.support.http_stub import QuietHandler, serving
 from tests.support.processes import AiconvProcess, base_env
 from tests.support.streams import stream_entries
 
-from ._support import NGINX_DIR, free_port, require_tool
+from ._support import NGINX_DIR, free_port, require_tool, server_process
 
 SECRET = "test-webhook-secret_123"
 
@@ -174,12 +173,11 @@ class Upstream:
 def upstream() -> Iterator[Upstream]:
     state = Upstream(port=0)
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def _handle(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+            body = self.read_body()
             with state.lock:
                 state.seen.append(
                     Seen(
@@ -189,28 +187,13 @@ def upstream() -> Iterator[Upstream]:
                         body,
                     )
                 )
-            payload = json.dumps({"ok": True}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            self.answer_json({"ok": True})
 
         do_GET = do_POST = _handle
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.port = int(server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as port:
+        state.port = port
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @contextmanager
@@ -221,31 +204,18 @@ def running_nginx(
     nginx, openssl = tools
     make_cert(openssl, folder / "certs")
     rendered = render(folder, upstream_port, webhook_sources)
-    process = subprocess.Popen(
-        [*nginx_args(nginx, rendered), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"nginx exited: {process.stderr.read().decode()}")  # type: ignore[union-attr]
-            try:
-                httpx.get(f"http://127.0.0.1:{rendered.http_port}/nginx-health", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)  # polling a condition, with a deadline
-        yield rendered
-    finally:
-        process.send_signal(signal.SIGQUIT)
+
+    def answers() -> bool:
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+            httpx.get(f"http://127.0.0.1:{rendered.http_port}/nginx-health", timeout=1)
+        except httpx.TransportError:
+            return False
+        return True
+
+    argv = [*nginx_args(nginx, rendered), "-g", "daemon off;"]
+    # SIGQUIT: nginx's graceful shutdown.
+    with server_process(argv, answers, within=15, stop_signal=signal.SIGQUIT):
+        yield rendered
 
 
 @pytest.fixture
@@ -423,13 +393,11 @@ class HoldingUpstream:
 def holding() -> Iterator[HoldingUpstream]:
     state = HoldingUpstream(port=0)
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def _handle(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
+            self.read_body()
             if self.path.startswith("/v1/"):
                 with state.changed:
                     state.held += 1
@@ -437,28 +405,16 @@ def holding() -> Iterator[HoldingUpstream]:
                 state.release.wait(60)
             with state.changed:
                 state.answered.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
+            self.answer_json({})
 
         do_GET = do_POST = _handle
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.port = int(server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        state.release.set()
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as port:
+        state.port = port
+        try:
+            yield state
+        finally:
+            state.release.set()  # before the server shuts down: no request is left held
 
 
 def test_v1_connections_beyond_the_limit_are_refused_and_the_webhook_still_answers(

@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ import redis
 import yaml
 
 from . import test_kustomize
-from ._support import COMPOSE_DIR, free_port, require_tool
+from ._support import COMPOSE_DIR, free_port, require_tool, server_process
 from .test_compose import VAR_RE, env_example
 
 CONF_IN_CONTAINER = "/usr/local/etc/redis/redis.conf"
@@ -46,30 +45,18 @@ def compose_redis_conf(password: str) -> str:
 @contextmanager
 def serving(argv: list[str], env: dict[str, str], port: int) -> Iterator[int]:
     """Run redis-server (argv) until it answers on `port`; yield its process id."""
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"redis-server exited: {process.stderr.read().decode()}")  # type: ignore[union-attr]
-            try:
-                redis.Redis(port=port, socket_timeout=1).ping()
-            except redis.AuthenticationError:
-                break  # it answers (and wants a password)
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)  # polling a condition, with a deadline
-            else:
-                break
-        yield process.pid
-    finally:
-        process.terminate()
+
+    def answers() -> bool:
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+            redis.Redis(port=port, socket_timeout=1).ping()
+        except redis.AuthenticationError:
+            return True  # it answers (and wants a password)
+        except redis.ConnectionError:
+            return False
+        return True
+
+    with server_process(argv, answers, within=20, env=env) as process:
+        yield process.pid
 
 
 def check_running(pid: int, port: int, password: str) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import psycopg
 import pytest
 from redis.asyncio import Redis
 
@@ -21,6 +20,7 @@ from aiconv.conversation.capacity import MlCapacity
 from aiconv.jobs.keys import GENERATE_GROUP, UPDATES_GROUP, Keys
 from aiconv.jobs.queue import JobQueue
 from aiconv.testing.botapi import BotApiDouble
+from tests.support.database import query_rows
 from tests.support.processes import Launcher
 from tests.support.streams import stream_entries
 from tests.support.waiting import eventually
@@ -114,11 +114,10 @@ async def test_beyond_the_longest_wait_a_turn_is_declined_and_its_message_kept(
     jobs = await stream_jobs(redis, keys.generate)
     assert [job for _, job in jobs if job.get("chat_id") == chat] == []  # nothing generated
     assert double.calls_of("sendChatAction", chat) == []
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT role, reply_to_message_id IS NOT NULL FROM messages WHERE chat_id = %s "
-            "ORDER BY id",
-            (chat,),
-        ).fetchall()
+    rows = query_rows(
+        database_url,
+        "SELECT role, reply_to_message_id IS NOT NULL FROM messages WHERE chat_id = %s ORDER BY id",
+        chat,
+    )
     # The user's message is kept; the decline is stored as the answer to it.
     assert rows == [("user", False), ("assistant", True)]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 import httpx
-import psycopg
 import pytest
 from redis.asyncio import Redis
 
 from aiconv.conversation import texts
 from aiconv.testing.botapi import BotApiDouble
+from tests.support.database import query_rows
 from tests.support.ports import free_port
-from tests.support.processes import Launcher
+from tests.support.processes import Launcher, webhook_settings
 from tests.support.streams import stream_entries
 from tests.support.waiting import eventually
 
@@ -21,27 +21,19 @@ pytestmark = pytest.mark.e2e
 
 
 def stored_replies(database_url: str, *chats: int) -> list[tuple[int, int]]:
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT chat_id, reply_to_message_id FROM messages "
-            "WHERE role = 'assistant' AND chat_id = ANY(%s) ORDER BY chat_id",
-            (list(chats),),
-        ).fetchall()
+    rows = query_rows(
+        database_url,
+        "SELECT chat_id, reply_to_message_id FROM messages "
+        "WHERE role = 'assistant' AND chat_id = ANY(%s) ORDER BY chat_id",
+        list(chats),
+    )
     return [(int(row[0]), int(row[1])) for row in rows]
-
-
-def webhook_settings(port: int) -> dict[str, str]:
-    return {
-        "PORT": str(port),
-        "TELEGRAM_WEBHOOK_URL": f"http://127.0.0.1:{port}/webhook",
-        "TELEGRAM_WEBHOOK_SECRET": SECRET,
-    }
 
 
 async def test_webhook_message_gets_a_reply_preceded_by_typing(
     launch: Launcher, double: BotApiDouble, database_url: str
 ) -> None:
-    await launch("all", **webhook_settings(free_port()))
+    await launch("all", **webhook_settings(free_port(), SECRET))
     assert double.webhook_url is not None and double.webhook_url.endswith("/webhook")
     assert double.webhook_secret == SECRET
 
@@ -55,11 +47,11 @@ async def test_webhook_message_gets_a_reply_preceded_by_typing(
     assert typing and typing[0].params["action"] == "typing"
     assert typing[0].at < sent[0].at
 
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT role, telegram_message_id, completion_tokens FROM messages "
-            "WHERE chat_id = 501 ORDER BY id"
-        ).fetchall()
+    rows = query_rows(
+        database_url,
+        "SELECT role, telegram_message_id, completion_tokens FROM messages "
+        "WHERE chat_id = 501 ORDER BY id",
+    )
     assert [row[0] for row in rows] == ["user", "assistant"]
     assert rows[0][1] == update["message"]["message_id"]
     assert rows[1][1] is not None and rows[1][2] and rows[1][2] > 0
@@ -95,7 +87,7 @@ async def test_reset_forgets_the_history(
 async def test_webhook_rejects_bad_requests_and_answers_a_repeat_once(
     launch: Launcher, double: BotApiDouble
 ) -> None:
-    app = await launch("all", **webhook_settings(free_port()))
+    app = await launch("all", **webhook_settings(free_port(), SECRET))
     url = f"{app.web_url}/webhook"
     good = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
     update = double.make_update(504, "Hello, once only please.")

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from aiconv.telegram.formatting import Entity, entity_problems
 from aiconv.testing.botapi import BotApiDouble
 from tests.support.ports import free_port
-from tests.support.processes import Launcher
+from tests.support.processes import Launcher, webhook_settings
 
 pytestmark = pytest.mark.e2e
 SECRET = "delivery-secret"
@@ -107,11 +107,7 @@ async def test_web_worker_and_ml_as_separate_processes(
     launch: Launcher, double: BotApiDouble
 ) -> None:
     port = free_port()
-    webhook = {
-        "PORT": str(port),
-        "TELEGRAM_WEBHOOK_URL": f"http://127.0.0.1:{port}/webhook",
-        "TELEGRAM_WEBHOOK_SECRET": SECRET,
-    }
+    webhook = webhook_settings(port, SECRET)
     web = await launch("web", **webhook)
     await launch("worker", **webhook)
     await launch("ml")

@@ -16,7 +16,7 @@ from aiconv.jobs.codec import JobCodec
 from aiconv.jobs.keys import Keys
 from aiconv.testing.botapi import BotApiDouble
 from tests.support.ports import free_port
-from tests.support.processes import Launcher
+from tests.support.processes import Launcher, webhook_settings
 from tests.support.services import REDIS_URL
 from tests.support.waiting import eventually
 
@@ -60,9 +60,7 @@ async def test_a_forum_mention_is_answered_in_its_topic_and_chatter_is_not(
     port = free_port()
     process = await launch(
         "all",
-        PORT=str(port),
-        TELEGRAM_WEBHOOK_URL=f"http://127.0.0.1:{port}/webhook",
-        TELEGRAM_WEBHOOK_SECRET=SECRET,
+        **webhook_settings(port, SECRET),
         ACCESS_MODE="allowlist",
         ALLOWED_USER_IDS="61,62",
     )

@@ -7,18 +7,20 @@ import psycopg
 import pytest
 
 from aiconv.testing.botapi import BotApiDouble
+from tests.support.database import query_rows
 from tests.support.ports import free_port
-from tests.support.processes import Launcher
+from tests.support.processes import Launcher, webhook_settings
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
 
 def runs(database_url: str, job: str) -> list[tuple[int, str]]:
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT slot, runner FROM scheduled_runs WHERE job = %s AND outcome = 'ok'", (job,)
-        ).fetchall()
+    rows = query_rows(
+        database_url,
+        "SELECT slot, runner FROM scheduled_runs WHERE job = %s AND outcome = 'ok'",
+        job,
+    )
     return [(int(slot), str(runner)) for slot, runner in rows]
 
 
@@ -77,9 +79,7 @@ async def test_web_workers_log_like_every_process_and_their_metrics_add_up(
     web = await launch(
         "web",
         WEB_WORKERS=workers,
-        PORT=str(port),
-        TELEGRAM_WEBHOOK_URL=f"http://127.0.0.1:{port}/webhook",
-        TELEGRAM_WEBHOOK_SECRET="s3cret",
+        **webhook_settings(port, "s3cret"),
         # "update received" is a debug line (one per update costs the webhook under load): seen
         # only when the workers read LOG_LEVEL, whose default (info) would hide it.
         LOG_LEVEL="debug",

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from aiconv.testing.botapi import BotApiDouble
-from tests.support.processes import AiconvProcess, base_env
+from tests.support.processes import AiconvProcess, base_env, webhook_settings
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
@@ -31,12 +31,7 @@ def web_process(
     database_url: str, redis_prefix: str, double: BotApiDouble, log: Path, **extra: str
 ) -> AiconvProcess:
     env = base_env(database_url, redis_prefix, double.url, double.token)
-    port = env["PORT"]
-    env.update(
-        TELEGRAM_WEBHOOK_URL=f"http://127.0.0.1:{port}/webhook",
-        TELEGRAM_WEBHOOK_SECRET=SECRET,
-        **extra,
-    )
+    env.update(webhook_settings(int(env["PORT"]), SECRET), **extra)
     return AiconvProcess(env, "web", log)
 
 

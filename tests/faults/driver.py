@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import psycopg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from aiconv.jobs.keys import Keys
 from aiconv.testing.botapi import BotApiDouble
+from tests.support.database import query_rows
 
 TELEGRAM_RETRY_SECONDS = 0.5  # how soon the emulated Telegram retries a refused webhook
 
@@ -115,11 +115,11 @@ def count(double: BotApiDouble, chats: list[int], turns: int, tally: Tally) -> T
 
 def replies_in_order(database_url: str, chat: int) -> bool:
     """The chat's replies answer its messages in the order the user sent them."""
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT reply_to_message_id FROM messages WHERE chat_id = %s AND role = 'assistant' "
-            "ORDER BY id",
-            (chat,),
-        ).fetchall()
+    rows = query_rows(
+        database_url,
+        "SELECT reply_to_message_id FROM messages WHERE chat_id = %s AND role = 'assistant' "
+        "ORDER BY id",
+        chat,
+    )
     answered = [row[0] for row in rows]
     return answered == sorted(answered) and len(set(answered)) == len(answered)

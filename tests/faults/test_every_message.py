@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -35,8 +35,9 @@ from aiconv.conversation import texts
 from aiconv.testing.botapi import BotApiDouble
 from tests.faults.driver import redis_answers, settled, telegram_delivers
 from tests.faults.pgproxy import PgProxy
+from tests.support.database import query_rows
 from tests.support.ports import free_port
-from tests.support.processes import AiconvProcess, Launcher
+from tests.support.processes import AiconvProcess, Launcher, webhook_settings
 from tests.support.redis_server import RedisServer
 from tests.support.streams import stream_entries
 from tests.support.waiting import eventually
@@ -59,13 +60,7 @@ SLOW_TYPING = {
 
 
 def webhook(port: int, **settings: str) -> dict[str, str]:
-    return {
-        "PORT": str(port),
-        "TELEGRAM_WEBHOOK_URL": f"http://127.0.0.1:{port}/webhook",
-        "TELEGRAM_WEBHOOK_SECRET": SECRET,
-        **FAST_RECOVERY,
-        **settings,
-    }
+    return {**webhook_settings(port, SECRET), **FAST_RECOVERY, **settings}
 
 
 # --- what Telegram received --------------------------------------------------------------------
@@ -239,12 +234,12 @@ def figures(
     name: str, database_url: str, users: Users, sends: SendLog, faults: str = ""
 ) -> Figures:
     chats = users.chats
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT chat_id, telegram_message_id, reply_to_message_id FROM messages "
-            "WHERE role = 'assistant' AND chat_id = ANY(%s)",
-            (chats,),
-        ).fetchall()
+    rows = query_rows(
+        database_url,
+        "SELECT chat_id, telegram_message_id, reply_to_message_id FROM messages "
+        "WHERE role = 'assistant' AND chat_id = ANY(%s)",
+        chats,
+    )
     result = Figures(name, faults=faults)
     for chat in chats:
         parts = sends.of(chat)
@@ -279,53 +274,64 @@ async def dead_letters(redis: Redis, prefix: str) -> list[Any]:
     return list(await stream_entries(redis, f"{prefix}dlq", count=20))
 
 
-async def settle_and_count(
-    name: str,
-    redis: Redis,
-    prefix: str,
-    database_url: str,
-    users: Users,
-    sends: SendLog,
-    faults: str = "",
-    timeout: float = 90,
-) -> Figures:
-    """Wait until nothing is pending or held, then count; the figures are printed either way."""
-    unsettled: TimeoutError | None = None
-    try:
-        await settled(redis, prefix, timeout)
-    except TimeoutError as error:
-        unsettled = error
-    result = figures(name, database_url, users, sends, faults)
-    users.check_alive()
-    assert unsettled is None, f"{unsettled}; {result.line()}"
-    assert await dead_letters(redis, prefix) == [], result.line()
-    return result
+@dataclass(frozen=True)
+class Scenario:
+    """What every scenario works with: its processes, Telegram, Redis (with the run's key prefix)
+    and PostgreSQL. The users it makes fail their waits at once on a dead letter in this Redis."""
+
+    launch: Launcher
+    double: BotApiDouble
+    sends: SendLog
+    redis: Redis
+    redis_prefix: str
+    database_url: str
+
+    def users(self, watch: list[AiconvProcess]) -> Users:
+        return Users(self.double, self.sends, watch=watch, dlq=(self.redis, self.redis_prefix))
+
+    async def settle_and_count(
+        self, name: str, users: Users, faults: str = "", timeout: float = 90
+    ) -> Figures:
+        """Wait until nothing is pending or held, then count; the figures are printed either way."""
+        unsettled: TimeoutError | None = None
+        try:
+            await settled(self.redis, self.redis_prefix, timeout)
+        except TimeoutError as error:
+            unsettled = error
+        result = figures(name, self.database_url, users, self.sends, faults)
+        users.check_alive()
+        assert unsettled is None, f"{unsettled}; {result.line()}"
+        assert await dead_letters(self.redis, self.redis_prefix) == [], result.line()
+        return result
+
+    async def pending_of(self, stream: str, group: str, process: AiconvProcess) -> int:
+        """How many entries of `stream` the consumer of `process` holds."""
+        assert process.process is not None
+        pid = process.process.pid
+        try:
+            consumers = await self.redis.xinfo_consumers(f"{self.redis_prefix}{stream}", group)
+        except RedisError:
+            return 0  # stream or group not created yet
+        return sum(int(c["pending"]) for c in consumers if f"-{pid}-" in str(c["name"]))
 
 
-async def pending_of(redis: Redis, prefix: str, stream: str, group: str, pid: int) -> int:
-    """How many entries of `stream` the consumer of process `pid` holds."""
-    try:
-        consumers = await redis.xinfo_consumers(f"{prefix}{stream}", group)
-    except RedisError:
-        return 0  # stream or group not created yet
-    return sum(int(c["pending"]) for c in consumers if f"-{pid}-" in str(c["name"]))
-
-
-def pid_of(process: AiconvProcess) -> int:
-    assert process.process is not None
-    return process.process.pid
-
-
-# --- 1. the fragment texter (defects 1 and 2) --------------------------------------------------
-
-
-async def test_users_texting_in_fragments_get_their_last_one_answered(
+@pytest.fixture
+def scenario(
     launch: Launcher,
     double: BotApiDouble,
     sends: SendLog,
     redis: Redis,
     redis_prefix: str,
     database_url: str,
+) -> Scenario:
+    return Scenario(launch, double, sends, redis, redis_prefix, database_url)
+
+
+# --- 1. the fragment texter (defects 1 and 2) --------------------------------------------------
+
+
+async def test_users_texting_in_fragments_get_their_last_one_answered(
+    scenario: Scenario,
 ) -> None:
     # The issue's user writes every 3 s with a 15 s final-after; here every ~1 s with 3 s. A reply
     # is typed until 6-8 s after the oldest message it answers, so from ~3 s on a final turn is
@@ -334,9 +340,9 @@ async def test_users_texting_in_fragments_get_their_last_one_answered(
     # older one after the newer one's turn was claimed (defect 2).
     hook = webhook(free_port(), TURN_FINAL_AFTER_SECONDS="3", TURN_DEBOUNCE_SECONDS="0.3")
     typing = {**SLOW_TYPING, "TYPING_MIN_DELAY_SECONDS": "6", "TYPING_MAX_DELAY_SECONDS": "8"}
-    processes = [await launch("web", **hook), await launch("ml", **hook)]
-    processes += [await launch("worker", **hook, **typing) for _ in range(2)]
-    users = Users(double, sends, watch=processes, dlq=(redis, redis_prefix))
+    processes = [await scenario.launch("web", **hook), await scenario.launch("ml", **hook)]
+    processes += [await scenario.launch("worker", **hook, **typing) for _ in range(2)]
+    users = scenario.users(processes)
     # Three such users at once, a third of a second apart.
     chats = [49101, 49102, 49103]  # chat ids of their own: the database is the run's
     fragments = [
@@ -360,15 +366,11 @@ async def test_users_texting_in_fragments_get_their_last_one_answered(
             await users.say(chat, fragment)
 
     await asyncio.gather(*(texter(chat, n / 3) for n, chat in enumerate(chats)))
-    answered_while_texting = len(sends.parts)
+    answered_while_texting = len(scenario.sends.parts)
     await users.all_answered(chats, timeout=60)
-    result = await settle_and_count(
+    result = await scenario.settle_and_count(
         "fragment texters",
-        redis,
-        redis_prefix,
-        database_url,
         users,
-        sends,
         faults=f"replies while texting={answered_while_texting}",
     )
     result.assert_every_message_answered_once()
@@ -382,19 +384,14 @@ async def test_users_texting_in_fragments_get_their_last_one_answered(
 
 
 async def test_telegram_5xx_outage_is_waited_out_and_every_reply_delivered_once(
-    launch: Launcher,
-    double: BotApiDouble,
-    sends: SendLog,
-    redis: Redis,
-    redis_prefix: str,
-    database_url: str,
+    scenario: Scenario,
 ) -> None:
     # The issue's 90 s of 502s, scaled to 30 s: longer than the job layer's visibility timeout
     # and long enough for five backoff steps, which is what dead-lettered replies before.
-    outage = Outage(double, ("sendMessage", "sendChatAction"), 502)
+    outage = Outage(scenario.double, ("sendMessage", "sendChatAction"), 502)
     # One attempt per job: an outage must use up none of them (only a definite 4xx may).
-    aiconv = await launch("all", **webhook(free_port(), JOB_MAX_DELIVERIES="1"))
-    users = Users(double, sends, watch=[aiconv], dlq=(redis, redis_prefix))
+    aiconv = await scenario.launch("all", **webhook(free_port(), JOB_MAX_DELIVERIES="1"))
+    users = scenario.users([aiconv])
     chats = list(range(49201, 49205))
 
     async def chat_away(chat: int) -> None:
@@ -402,20 +399,16 @@ async def test_telegram_5xx_outage_is_waited_out_and_every_reply_delivered_once(
             await users.exchange(chat, f"Message {n}. Say something short about {n}.", 150)
 
     async def fault() -> None:
-        await double.wait_for(lambda: len(sends.parts) >= 2, 60)
+        await scenario.double.wait_for(lambda: len(scenario.sends.parts) >= 2, 60)
         outage.begin(30)
 
     await asyncio.gather(fault(), *(chat_away(chat) for chat in chats))
     assert not outage.active
     # How soon after Telegram came back the first held part went out (backoff's lag).
-    resumed_in = min(p.at for p in sends.parts if p.at >= outage.until) - outage.until
-    result = await settle_and_count(
+    resumed_in = min(p.at for p in scenario.sends.parts if p.at >= outage.until) - outage.until
+    result = await scenario.settle_and_count(
         "Telegram 502 for 30 s",
-        redis,
-        redis_prefix,
-        database_url,
         users,
-        sends,
         faults=f"refused={outage.refused} resumed {resumed_in:.1f}s after the outage",
     )
     assert outage.refused >= len(chats), result.line()
@@ -442,21 +435,17 @@ async def pg_proxy() -> AsyncIterator[PgProxy]:
 
 
 async def test_postgres_refusing_connections_mid_typing_sends_every_part_once(
-    launch: Launcher,
-    double: BotApiDouble,
-    sends: SendLog,
-    redis: Redis,
-    redis_prefix: str,
-    database_url: str,
-    pg_proxy: PgProxy,
+    scenario: Scenario, pg_proxy: PgProxy
 ) -> None:
     # The issue's 40 s outage scaled to 15 s; the bot types each reply for 4-6 s, so the cut
     # lands while every chat's reply is being typed and Telegram accepts parts PostgreSQL cannot
     # store yet.
-    aiconv = await launch(
-        "all", **webhook(free_port(), DATABASE_URL=pg_proxy.url(database_url)), **SLOW_TYPING
+    aiconv = await scenario.launch(
+        "all",
+        **webhook(free_port(), DATABASE_URL=pg_proxy.url(scenario.database_url)),
+        **SLOW_TYPING,
     )
-    users = Users(double, sends, watch=[aiconv], dlq=(redis, redis_prefix))
+    users = scenario.users([aiconv])
     chats = list(range(49301, 49306))
     outage_over = asyncio.Event()
     sent_in_outage = 0
@@ -469,23 +458,20 @@ async def test_postgres_refusing_connections_mid_typing_sends_every_part_once(
         nonlocal sent_in_outage
         # Every chat's first reply is handed to delivery, i.e. being typed: cut.
         await eventually(
-            lambda: _at_least(redis.xlen(f"{redis_prefix}replies"), len(chats)), timeout=90
+            lambda: _at_least(scenario.redis.xlen(f"{scenario.redis_prefix}replies"), len(chats)),
+            timeout=90,
         )
-        before = len(sends.parts)
+        before = len(scenario.sends.parts)
         await pg_proxy.cut()
         await asyncio.sleep(15)  # the outage itself
-        sent_in_outage = len(sends.parts) - before
+        sent_in_outage = len(scenario.sends.parts) - before
         await pg_proxy.restore()
         outage_over.set()
 
     await asyncio.gather(fault(), *(chat_away(chat) for chat in chats))
-    result = await settle_and_count(
+    result = await scenario.settle_and_count(
         "PostgreSQL refusing connections for 15 s",
-        redis,
-        redis_prefix,
-        database_url,
         users,
-        sends,
         faults=f"parts sent while PostgreSQL was down={sent_in_outage}",
     )
     # Telegram accepted parts PostgreSQL could not store at the time: the case at risk.
@@ -501,69 +487,54 @@ async def _at_least(count: Any, expected: int) -> bool:
 
 
 async def test_a_user_who_blocked_the_bot_is_answered_after_writing_again(
-    launch: Launcher,
-    double: BotApiDouble,
-    sends: SendLog,
-    redis: Redis,
-    redis_prefix: str,
-    database_url: str,
+    scenario: Scenario,
 ) -> None:
-    aiconv = await launch("all", **webhook(free_port()))
-    users = Users(double, sends, watch=[aiconv], dlq=(redis, redis_prefix))
+    aiconv = await scenario.launch("all", **webhook(free_port()))
+    users = scenario.users([aiconv])
     chat = 49401
-    double.fail_next("sendMessage", 403)  # "Forbidden: bot was blocked by the user"
+    scenario.double.fail_next("sendMessage", 403)  # "Forbidden: bot was blocked by the user"
     await users.say(chat, "Hello there, how are you?")
-    await double.wait_for(
-        lambda: any(c.status == 403 for c in double.calls_of("sendMessage", chat)), 60
+    await scenario.double.wait_for(
+        lambda: any(c.status == 403 for c in scenario.double.calls_of("sendMessage", chat)), 60
     )
-    await settled(redis, redis_prefix, 60)
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT blocked_bot_at FROM users WHERE id = %s", (chat,)).fetchone()
-    assert row is not None and row[0] is not None, "a 403 did not mark the user as blocking us"
-    assert sends.of(chat) == []
+    await settled(scenario.redis, scenario.redis_prefix, 60)
+    [(blocked_bot_at,)] = query_rows(
+        scenario.database_url, "SELECT blocked_bot_at FROM users WHERE id = %s", chat
+    )
+    assert blocked_bot_at is not None, "a 403 did not mark the user as blocking us"
+    assert scenario.sends.of(chat) == []
     # Later the user unblocks the bot and writes again.
     blocked_message = users.posted[chat][0]
     users.posted[chat].clear()  # the first message's reply went nowhere, by the user's choice
     await users.exchange(chat, "Sorry, I'm back. What is two plus two?", 90)
-    result = await settle_and_count(
+    result = await scenario.settle_and_count(
         "blocked then unblocked",
-        redis,
-        redis_prefix,
-        database_url,
         users,
-        sends,
         faults=f"403 for message {blocked_message[0]}",
     )
     result.assert_every_message_answered_once()
     assert result.replies == 1
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT blocked, blocked_bot_at FROM users WHERE id = %s", (chat,)
-        ).fetchone()
-    assert row == (False, None)
+    assert query_rows(
+        scenario.database_url, "SELECT blocked, blocked_bot_at FROM users WHERE id = %s", chat
+    ) == [(False, None)]
 
 
 # --- 5. kill -9 of a worker with many chats in flight (defect 6) -------------------------------
 
 
 async def test_a_worker_killed_with_many_chats_in_flight_loses_none(
-    launch: Launcher,
-    double: BotApiDouble,
-    sends: SendLog,
-    redis: Redis,
-    redis_prefix: str,
-    database_url: str,
+    scenario: Scenario,
 ) -> None:
     # The issue's 200 chats scaled to 36, with 8-token replies. Each reply is typed until 8-10 s
     # after its message, so the victim (64 slots) holds many deliveries when it dies, while the
     # survivor (4 slots) is saturated with its own: it must take the dead one's jobs over anyway.
     hook = webhook(free_port(), MAX_TOKENS="8")
     typing = {**SLOW_TYPING, "TYPING_MIN_DELAY_SECONDS": "8", "TYPING_MAX_DELAY_SECONDS": "10"}
-    web = await launch("web", **hook)
-    ml = await launch("ml", **hook)
-    victim = await launch("worker", **hook, **typing, WORKER_CONCURRENCY="64")
-    survivor = await launch("worker", **hook, **typing, WORKER_CONCURRENCY="4")
-    users = Users(double, sends, watch=[web, ml, survivor], dlq=(redis, redis_prefix))
+    web = await scenario.launch("web", **hook)
+    ml = await scenario.launch("ml", **hook)
+    victim = await scenario.launch("worker", **hook, **typing, WORKER_CONCURRENCY="64")
+    survivor = await scenario.launch("worker", **hook, **typing, WORKER_CONCURRENCY="4")
+    users = scenario.users([web, ml, survivor])
     chats = list(range(49501, 49537))
     killed_holding = 0
 
@@ -574,7 +545,7 @@ async def test_a_worker_killed_with_many_chats_in_flight_loses_none(
             """The victim holds many chats' jobs: the moment to kill it."""
             held = 0
             for stream, group in (("updates", "worker"), ("replies", "delivery")):
-                held += await pending_of(redis, redis_prefix, stream, group, pid_of(victim))
+                held += await scenario.pending_of(stream, group, victim)
             return held if held >= 10 else 0
 
         killed_holding = await eventually(victim_busy, timeout=90, interval=0.02)
@@ -585,13 +556,9 @@ async def test_a_worker_killed_with_many_chats_in_flight_loses_none(
         *(users.say(chat, f"Hi, I am chat {chat}. Say something short.") for chat in chats),
     )
     await users.all_answered(chats, timeout=150)
-    result = await settle_and_count(
+    result = await scenario.settle_and_count(
         "kill -9 of 1 of 2 workers, 36 chats",
-        redis,
-        redis_prefix,
-        database_url,
         users,
-        sends,
         faults=f"victim held {killed_holding} jobs",
     )
     result.assert_every_message_answered_once()
@@ -601,34 +568,29 @@ async def test_a_worker_killed_with_many_chats_in_flight_loses_none(
 
 
 async def test_sigterm_of_a_worker_during_delivery_sends_no_part_twice(
-    launch: Launcher,
-    double: BotApiDouble,
-    sends: SendLog,
-    redis: Redis,
-    redis_prefix: str,
-    database_url: str,
+    scenario: Scenario,
 ) -> None:
     # Each reply is typed until 10-12 s after its message, more than three times the 3 s
     # visibility timeout: had the drain no heartbeat, the new worker would take the old one's
     # deliveries over mid-typing and send them too.
     typing = {**SLOW_TYPING, "TYPING_MIN_DELAY_SECONDS": "10", "TYPING_MAX_DELAY_SECONDS": "12"}
     hook = webhook(free_port(), SHUTDOWN_GRACE_SECONDS="25")
-    web = await launch("web", **hook)
-    ml = await launch("ml", **hook)
-    old = await launch("worker", **hook, **typing)
-    users = Users(double, sends, watch=[web, ml], dlq=(redis, redis_prefix))
+    web = await scenario.launch("web", **hook)
+    ml = await scenario.launch("ml", **hook)
+    old = await scenario.launch("worker", **hook, **typing)
+    users = scenario.users([web, ml])
     chats = list(range(49601, 49609))
     await asyncio.gather(
         *(users.say(chat, f"Hello from {chat}. Tell me a fact.") for chat in chats)
     )
 
     async def old_is_typing(least: int) -> int:
-        held = await pending_of(redis, redis_prefix, "replies", "delivery", pid_of(old))
+        held = await scenario.pending_of("replies", "delivery", old)
         return held if held >= least else 0
 
     # A rolling update: the new worker starts while the old one types every chat's reply, ...
     await eventually(lambda: old_is_typing(len(chats)), timeout=60, interval=0.02)
-    users.watch.append(await launch("worker", **hook, **typing))
+    users.watch.append(await scenario.launch("worker", **hook, **typing))
     # ... then the old one is told to stop.
     typing_at_sigterm = await old_is_typing(1)
     assert old.process is not None
@@ -638,13 +600,9 @@ async def test_sigterm_of_a_worker_during_delivery_sends_no_part_twice(
     await users.all_answered(chats, timeout=90)
     # The conversation goes on with the new worker alone.
     await asyncio.gather(*(users.exchange(chat, "And another one?", 90) for chat in chats))
-    result = await settle_and_count(
+    result = await scenario.settle_and_count(
         "SIGTERM of a worker mid-delivery",
-        redis,
-        redis_prefix,
-        database_url,
         users,
-        sends,
         faults=f"old worker typing {typing_at_sigterm} replies at SIGTERM",
     )
     result.assert_every_message_answered_once()
@@ -657,46 +615,40 @@ async def test_sigterm_of_a_worker_during_delivery_sends_no_part_twice(
 # A consumer whose stream or group vanished (FLUSHALL) recreates it and reads on; PostgreSQL's
 # recovery sweep answers the messages whose jobs were lost.
 async def test_redis_flushall_mid_conversation_loses_no_stored_message(
-    launch: Launcher,
-    double: BotApiDouble,
-    sends: SendLog,
-    redis_prefix: str,
-    database_url: str,
-    private_redis: tuple[str, RedisServer],
+    scenario: Scenario, private_redis: tuple[str, RedisServer]
 ) -> None:
     url, _ = private_redis
     redis = Redis.from_url(url, decode_responses=True)
+    scenario = dataclasses.replace(scenario, redis=redis)  # the one this test flushes
 
     await eventually(lambda: redis_answers(redis), timeout=20)
     # The recovery sweep runs every 2 s (30 s by default) and leaves messages younger than 10 s.
-    aiconv = await launch(
+    aiconv = await scenario.launch(
         "all",
         REDIS_URL=url,
         SCHEDULE_RECOVERY_SECONDS="2",
         **webhook(free_port()),
         **SLOW_TYPING,
     )
-    users = Users(double, sends, watch=[aiconv], dlq=(redis, redis_prefix))
+    users = scenario.users([aiconv])
     chats = list(range(49701, 49707))
     await asyncio.gather(*(users.exchange(chat, "Hi! Who are you?", 90) for chat in chats))
     # Second messages: stored in PostgreSQL, their replies still being typed (4-6 s) ...
     await asyncio.gather(*(users.say(chat, "Tell me one short fact.") for chat in chats))
-    await eventually(lambda: stored_user_messages(database_url, chats) >= 2 * len(chats), 60)
+    await eventually(
+        lambda: stored_user_messages(scenario.database_url, chats) >= 2 * len(chats), 60
+    )
     unanswered_at_flush = sum(1 for chat in chats if not users.answered_since_last(chat))
     await redis.flushall()  # ... when Redis forgets everything it knew.
     await users.all_answered(chats, timeout=120)
     # And the conversation goes on.
     await asyncio.gather(*(users.exchange(chat, "Thanks. One more?", 90) for chat in chats))
     with contextlib.suppress(TimeoutError):
-        await eventually(streams_exist(redis, redis_prefix), timeout=30)
+        await eventually(streams_exist(redis, scenario.redis_prefix), timeout=30)
     try:
-        result = await settle_and_count(
+        result = await scenario.settle_and_count(
             "Redis FLUSHALL mid-conversation",
-            redis,
-            redis_prefix,
-            database_url,
             users,
-            sends,
             faults=f"unanswered at flush={unanswered_at_flush}",
         )
     finally:
@@ -706,11 +658,12 @@ async def test_redis_flushall_mid_conversation_loses_no_stored_message(
 
 
 def stored_user_messages(database_url: str, chats: list[int]) -> int:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM messages WHERE role = 'user' AND chat_id = ANY(%s)", (chats,)
-        ).fetchone()
-    return int(row[0]) if row else 0
+    [(count,)] = query_rows(
+        database_url,
+        "SELECT count(*) FROM messages WHERE role = 'user' AND chat_id = ANY(%s)",
+        chats,
+    )
+    return int(count)
 
 
 def streams_exist(redis: Redis, prefix: str) -> Any:

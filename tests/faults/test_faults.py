@@ -25,8 +25,9 @@ from tests.faults.driver import (
     settled,
     telegram_delivers,
 )
+from tests.support.database import query_rows
 from tests.support.ports import free_port
-from tests.support.processes import AiconvProcess, Launcher
+from tests.support.processes import AiconvProcess, Launcher, webhook_settings
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import eventually
 
@@ -42,12 +43,7 @@ FAST_RECOVERY = {
 
 
 def webhook(port: int) -> dict[str, str]:
-    return {
-        "PORT": str(port),
-        "TELEGRAM_WEBHOOK_URL": f"http://127.0.0.1:{port}/webhook",
-        "TELEGRAM_WEBHOOK_SECRET": SECRET,
-        **FAST_RECOVERY,
-    }
+    return {**webhook_settings(port, SECRET), **FAST_RECOVERY}
 
 
 def assert_exactly_once(tally: Tally, database_url: str, chats: list[int]) -> None:
@@ -184,17 +180,15 @@ async def test_bursts_in_several_chats_are_answered_once_each_in_order(
     tally = Tally("bursts of 3 messages, 2 workers + 2 ml", injected=len(chats) * bursts * 3)
     count(double, chats, bursts, tally)
     assert_exactly_once(tally, database_url, chats)
-    with psycopg.connect(database_url) as conn:
-        for chat in chats:
-            answered = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT reply_to_message_id FROM messages WHERE chat_id = %s "
-                    "AND role = 'assistant' ORDER BY id",
-                    (chat,),
-                )
-            ]
-            assert answered == last_of_burst[chat]  # one reply per burst, to its last message
+    for chat in chats:
+        answered = query_rows(
+            database_url,
+            "SELECT reply_to_message_id FROM messages WHERE chat_id = %s "
+            "AND role = 'assistant' ORDER BY id",
+            chat,
+        )
+        # one reply per burst, to its last message
+        assert [reply_to for (reply_to,) in answered] == last_of_burst[chat]
 
 
 async def test_a_message_while_the_bot_types_is_answered_together(
@@ -216,8 +210,8 @@ async def test_a_message_while_the_bot_types_is_answered_together(
     await double.wait_for_messages(1601, 1)
     await settled(redis, redis_prefix)
     assert len(double.sent_texts(1601)) == 1
-    with psycopg.connect(database_url) as conn:
-        [(reply_to,)] = conn.execute(
-            "SELECT reply_to_message_id FROM messages WHERE chat_id = 1601 AND role = 'assistant'"
-        ).fetchall()
+    [(reply_to,)] = query_rows(
+        database_url,
+        "SELECT reply_to_message_id FROM messages WHERE chat_id = 1601 AND role = 'assistant'",
+    )
     assert reply_to == second["message"]["message_id"]

@@ -8,7 +8,6 @@ import asyncio
 import uuid
 from typing import Any, cast
 
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 from redis.asyncio import Redis
@@ -18,6 +17,8 @@ from aiconv.jobs.keys import Keys
 from aiconv.store.repository import Store
 from aiconv.telegram.models import IncomingMessage
 from aiconv.worker.access import AccessGate
+from tests.support.fuzzing import protocol_settings
+from tests.support.messages import incoming_message
 from tests.support.services import REDIS_URL, delete_prefixed
 
 CHAT, USER = -77, 5
@@ -25,18 +26,14 @@ WORKERS = (0, 1)
 
 
 def message(message_id: int) -> IncomingMessage:
-    return IncomingMessage(
+    return incoming_message(
         update_id=message_id,
         chat_id=CHAT,
         chat_type="group",
         user_id=USER,
         username=None,
-        first_name="Ann",
         language_code=None,
         message_id=message_id,
-        date=0,
-        kind="text",
-        text="hi",
     )
 
 
@@ -117,13 +114,7 @@ class AccessProtocol(RuleBasedStateMachine):
 def test_the_access_protocols_hold_across_workers() -> None:
     run_state_machine_as_test(
         AccessProtocol,
-        settings=settings(
-            max_examples=60,
-            stateful_step_count=25,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow],
-            database=None,
-        ),
+        settings=protocol_settings(60, 25),
     )
 
 

@@ -30,13 +30,15 @@ from redis.asyncio import Redis
 from aiconv.config import Settings
 from aiconv.jobs.keys import Keys
 from aiconv.store.admin import AdminStore
-from aiconv.store.db import make_pool
 from aiconv.store.repository import GenerationStats, Store
 from aiconv.telegram.models import IncomingMessage
 from aiconv.web import auth
 from aiconv.web.admin_schema import openapi_document
 from aiconv.web.app import create_standalone_app
 from tests.support.admin import KEY, WRITE, admin_client, bearer, settings_for
+from tests.support.database import open_pool
+from tests.support.fuzzing import fuzz_settings
+from tests.support.messages import incoming_message
 from tests.support.ports import free_port
 from tests.support.services import (
     REDIS_URL,
@@ -82,25 +84,13 @@ def db(admin_database_url: str) -> str:
 
 @pytest.fixture
 async def store(db: str) -> AsyncIterator[Store]:
-    pool = make_pool(db, max_size=2)
-    await pool.open()
-    yield Store(pool)
-    await pool.close()
+    async with open_pool(db) as pool:
+        yield Store(pool)
 
 
 def incoming(chat_id: int, user_id: int, chat_type: str = "private") -> IncomingMessage:
-    return IncomingMessage(
-        update_id=1,
-        chat_id=chat_id,
-        chat_type=chat_type,
-        user_id=user_id,
-        username=f"u{user_id}",
-        first_name="Ann",
-        language_code="en",
-        message_id=1,
-        date=0,
-        kind="text",
-        text="hi",
+    return incoming_message(
+        chat_id=chat_id, chat_type=chat_type, user_id=user_id, username=f"u{user_id}"
     )
 
 
@@ -681,13 +671,11 @@ async def fuzz_prefix(admin_database_url: str) -> AsyncIterator[str]:
     async def seed() -> None:
         with psycopg.connect(admin_database_url, autocommit=True) as conn:
             conn.execute("TRUNCATE users, chats, messages")
-        pool = make_pool(admin_database_url, max_size=2)
-        await pool.open()
-        store = Store(pool)
-        for user in (FUZZ_USER, FUZZ_USER + 1):
-            await say(store, user, user, f"fuzz {user}")
-            await reply(store, user, f"fuzz reply {user}", prompt=1, completion=1)
-        await pool.close()
+        async with open_pool(admin_database_url) as pool:
+            store = Store(pool)
+            for user in (FUZZ_USER, FUZZ_USER + 1):
+                await say(store, user, user, f"fuzz {user}")
+                await reply(store, user, f"fuzz reply {user}", prompt=1, completion=1)
         redis = Redis.from_url(REDIS_URL, decode_responses=True)
         keys = Keys(prefix)
         for n in range(3):
@@ -744,13 +732,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters=fixed))
     for strategy in strategies:
 
-        @hypothesis.settings(
-            max_examples=MAX_EXAMPLES,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            suppress_health_check=list(hypothesis.HealthCheck),
-        )
+        @fuzz_settings(MAX_EXAMPLES)
         @hypothesis.given(case=strategy)
         def run(case: Any) -> None:
             case.call_and_validate(headers=bearer())

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import random
 
-from aiconv.store.db import make_pool
 from aiconv.store.repository import Store
 from aiconv.web import auth
 from tests.support.admin import KEY, admin_client, bearer, settings_for
+from tests.support.database import open_pool
 
 
 async def test_grant_list_and_revoke_a_user_and_a_chat(
@@ -28,17 +28,13 @@ async def test_grant_list_and_revoke_a_user_and_a_chat(
         assert listed["mode"] == "open"
         assert {("user", user), ("chat", chat)} <= {(g["kind"], g["id"]) for g in listed["grants"]}
 
-        pool = make_pool(database_url, 2, "test")
-        await pool.open()
-        try:
+        async with open_pool(database_url, name="test") as pool:
             store = Store(pool)
             assert await store.access_granted(user, 1)
             assert await store.access_granted(None, chat)
             revoked = await http.delete(f"/admin/access/users/{user}", headers=bearer())
             assert revoked.status_code == 200 and revoked.json()["revoked"] is True
             assert not await store.access_granted(user, 1)
-        finally:
-            await pool.close()
         missing = await http.delete(f"/admin/access/users/{user}", headers=bearer())
         assert missing.status_code == 404 and "error" in missing.json()
 

@@ -11,7 +11,6 @@ import uuid
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -24,6 +23,7 @@ from redis.asyncio import Redis
 from aiconv.jobs.codec import JobCodec
 from aiconv.jobs.keys import Keys
 from aiconv.web.api_results import ResultReader, ResultWaiter
+from tests.support.fuzzing import protocol_settings
 from tests.support.services import REDIS_URL, delete_prefixed
 from tests.support.waiting import eventually
 
@@ -104,11 +104,5 @@ class ResultReaderProtocol(RuleBasedStateMachine):
 def test_result_reader_protocol() -> None:
     run_state_machine_as_test(
         ResultReaderProtocol,
-        settings=settings(
-            max_examples=40,
-            stateful_step_count=30,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow],
-            database=None,
-        ),
+        settings=protocol_settings(40, 30),
     )

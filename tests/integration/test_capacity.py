@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -163,30 +164,48 @@ async def last_turn(redis: Redis, keys: Keys) -> TurnJob:
     return TurnJob.from_payload(json.loads(fields["job"]))
 
 
-async def claimed_turn(redis: Redis, keys: Keys, turns: Turns, queue: JobQueue) -> Job:
+@dataclass(frozen=True)
+class ClaimedTurn:
+    """CHAT's turn for its message 1, claimed by a worker (its job read from the updates
+    stream) and not yet generated: what the pacer decides about."""
+
+    redis: Redis
+    keys: Keys
+    bot: BotClient
+    turns: Turns
+    queue: JobQueue
+    job: Job
+
+    @property
+    def turn(self) -> TurnJob:
+        return TurnJob.from_payload(self.job.payload)
+
+    def pacer(self, policy: PacingPolicy) -> Pacer:
+        typing = TypingKeeper(self.redis, self.keys, self.bot)
+        return Pacer(CapacityView(self.redis, self.keys), typing, self.turns, self.queue, policy)
+
+
+@pytest.fixture
+async def claimed(redis: Redis, keys: Keys, bot: BotClient) -> ClaimedTurn:
+    turns = Turns(redis, keys, TurnConfig(0.0, 1000.0))
+    queue = JobQueue(redis, keys)
     await queue.ensure_group(keys.updates, UPDATES_GROUP)
     await turns.note_message(CHAT, 1)
     assert await turns.claim_due() == 1
     [(entry, fields)] = await read_group(redis, UPDATES_GROUP, "w", keys.updates)
-    return Job(keys.updates, entry, json.loads(fields["job"]))
-
-
-def pacer_for(
-    redis: Redis, keys: Keys, bot: BotClient, turns: Turns, queue: JobQueue, policy: PacingPolicy
-) -> Pacer:
-    return Pacer(CapacityView(redis, keys), TypingKeeper(redis, keys, bot), turns, queue, policy)
+    return ClaimedTurn(
+        redis, keys, bot, turns, queue, Job(keys.updates, entry, json.loads(fields["job"]))
+    )
 
 
 async def test_a_long_wait_is_told_once_per_turn_and_the_turn_goes_on(
-    redis: Redis, keys: Keys, bot: BotClient
+    redis: Redis, keys: Keys, claimed: ClaimedTurn
 ) -> None:
-    turns = Turns(redis, keys, TurnConfig(0.0, 1000.0))
-    queue = JobQueue(redis, keys)
-    job = await claimed_turn(redis, keys, turns, queue)
+    turns, job = claimed.turns, claimed.job
     await publish(redis, keys, "ml", MlCapacity(slots=1, busy=1, seconds_per_generation=30.0))
     await backlog(redis, keys, 4)  # (4 + 1) * 30 s: two and a half minutes
-    pacer = pacer_for(redis, keys, bot, turns, queue, PacingPolicy(busy_notice_seconds=30.0))
-    turn = TurnJob.from_payload(job.payload)
+    pacer = claimed.pacer(PacingPolicy(busy_notice_seconds=30.0))
+    turn = claimed.turn
     assert await pacer.before_generation(job, turn, "private", CHAT) is True
     assert await pacer.before_generation(job, turn, "private", CHAT) is True  # run again
     [(_, fields)] = await stream_entries(redis, keys.replies)
@@ -199,16 +218,14 @@ async def test_a_long_wait_is_told_once_per_turn_and_the_turn_goes_on(
 
 
 async def test_beyond_the_limit_a_turn_is_declined_and_answered_by_the_decline(
-    redis: Redis, keys: Keys, bot: BotClient
+    redis: Redis, keys: Keys, claimed: ClaimedTurn
 ) -> None:
-    turns = Turns(redis, keys, TurnConfig(0.0, 1000.0))
-    queue = JobQueue(redis, keys)
-    job = await claimed_turn(redis, keys, turns, queue)
+    turns, job = claimed.turns, claimed.job
     await publish(redis, keys, "ml", MlCapacity(slots=1, busy=1, seconds_per_generation=30.0))
     await backlog(redis, keys, 20)
     policy = PacingPolicy(busy_notice_seconds=30.0, max_queue_wait_seconds=300.0)
-    pacer = pacer_for(redis, keys, bot, turns, queue, policy)
-    turn = TurnJob.from_payload(job.payload)
+    pacer = claimed.pacer(policy)
+    turn = claimed.turn
     assert await pacer.before_generation(job, turn, "private", CHAT) is False
     [(_, fields)] = await stream_entries(redis, keys.replies)  # no notice: the decline says it all
     decline = ReplyJob.from_payload(json.loads(fields["job"]))
@@ -226,15 +243,13 @@ async def test_beyond_the_limit_a_turn_is_declined_and_answered_by_the_decline(
 
 
 async def test_nobody_is_declined_or_told_minutes_on_a_guess(
-    redis: Redis, keys: Keys, bot: BotClient
+    redis: Redis, keys: Keys, claimed: ClaimedTurn
 ) -> None:
-    turns = Turns(redis, keys, TurnConfig(0.0, 1000.0))
-    queue = JobQueue(redis, keys)
-    job = await claimed_turn(redis, keys, turns, queue)
+    job = claimed.job
     await backlog(redis, keys, 100)  # no ml has published anything
     policy = PacingPolicy(busy_notice_seconds=1.0, max_queue_wait_seconds=1.0)
-    pacer = pacer_for(redis, keys, bot, turns, queue, policy)
-    turn = TurnJob.from_payload(job.payload)
+    pacer = claimed.pacer(policy)
+    turn = claimed.turn
     assert await pacer.before_generation(job, turn, "private", CHAT) is True
     assert await redis.xlen(keys.replies) == 0
 
@@ -287,26 +302,20 @@ def test_an_idle_instance_still_knows_how_fast_a_slot_is() -> None:
 
 
 async def test_a_user_who_writes_again_while_waiting_is_not_told_twice(
-    redis: Redis, keys: Keys, bot: BotClient
+    redis: Redis, keys: Keys, claimed: ClaimedTurn
 ) -> None:
-    turns = Turns(redis, keys, TurnConfig(0.0, 1000.0))
-    queue = JobQueue(redis, keys)
-    job = await claimed_turn(redis, keys, turns, queue)
-    first = TurnJob.from_payload(job.payload)
+    turns, queue = claimed.turns, claimed.queue
+    first = claimed.turn
     assert await turns.notify_busy(queue, first, "private", "wait") is True
     await turns.note_message(CHAT, 2)  # supersedes the waiting turn
     assert await turns.finish(CHAT, first.turn, "superseded") is True
     assert await turns.claim_due() == 1
-    second = TurnJob.from_payload(
-        json.loads((await stream_entries(redis, keys.updates))[-1][1]["job"])
-    )
+    second = await last_turn(redis, keys)
     assert second.turn != first.turn
     assert await turns.notify_busy(queue, second, "private", "wait") is False
     # Once answered, a new stretch of messages may be told again.
     assert await turns.finish(CHAT, second.turn, "delivered") is False
     await turns.note_message(CHAT, 3)
     assert await turns.claim_due() == 1
-    third = TurnJob.from_payload(
-        json.loads((await stream_entries(redis, keys.updates))[-1][1]["job"])
-    )
+    third = await last_turn(redis, keys)
     assert await turns.notify_busy(queue, third, "private", "wait") is True

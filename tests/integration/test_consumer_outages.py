@@ -13,6 +13,7 @@ from aiconv.jobs.consumer import Consumer, ConsumerOptions
 from aiconv.jobs.errors import DependencyUnavailable
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import Job, JobQueue
+from tests.support.running import running
 from tests.support.waiting import eventually
 
 
@@ -63,16 +64,11 @@ async def test_an_outage_does_not_use_up_attempts_but_failures_do(
         ),
     )
     before = waiting(consumer.stream_label)
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
+    async with running(consumer.run):
         await asyncio.wait_for(done.wait(), 30)
         await eventually(
             lambda: _settled(redis, stream), timeout=30
         )  # acknowledged, not dead-lettered
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
     assert calls == len(script)
     assert await redis.xlen(queue.keys.dlq) == 0
     assert waiting(consumer.stream_label) - before == 12

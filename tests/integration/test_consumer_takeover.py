@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from aiconv.jobs.consumer import Consumer, ConsumerOptions
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import Job, JobQueue
+from tests.support.running import running
 from tests.support.streams import read_group, stream_entries
 from tests.support.waiting import eventually
 
@@ -57,37 +58,35 @@ async def test_a_dead_consumers_jobs_are_all_claimed_whatever_the_load(
             concurrency=busy_jobs, block_ms=100, visibility_timeout=visibility, claim_batch=10
         ),
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(live.run(stop))
-    try:
-        # The live consumer is saturated by slow jobs whose (fresh) entries come first in the
-        # pending list: a claim that scans from 0-0 with COUNT = free slots never gets past them.
-        await live.ready.wait()
-        for n in range(busy_jobs):
-            await queue.enqueue(stream, {"kind": "busy", "key": f"busy-{n}"})
-        await eventually(lambda: started == busy_jobs, timeout=30)
-        for n in range(orphans):
-            await queue.enqueue(stream, {"kind": "orphan", "key": f"orphan-{n}"})
-        read = await read_group(redis, GROUP, "crashed", stream, count=100)
-        assert len(read) == orphans  # the dead consumer took them all, then died
-        for _ in range(free_slots):
-            release.release()
-        begun = time.monotonic()
+    async with running(live.run):
+        try:
+            # The live consumer is saturated by slow jobs whose (fresh) entries come first in
+            # the pending list: a claim that scans from 0-0 with COUNT = free slots never gets
+            # past them.
+            await live.ready.wait()
+            for n in range(busy_jobs):
+                await queue.enqueue(stream, {"kind": "busy", "key": f"busy-{n}"})
+            await eventually(lambda: started == busy_jobs, timeout=30)
+            for n in range(orphans):
+                await queue.enqueue(stream, {"kind": "orphan", "key": f"orphan-{n}"})
+            read = await read_group(redis, GROUP, "crashed", stream, count=100)
+            assert len(read) == orphans  # the dead consumer took them all, then died
+            for _ in range(free_slots):
+                release.release()
+            begun = time.monotonic()
 
-        # Every orphan leaves the dead consumer within the visibility timeout and a few seconds
-        # (generous here for a loaded machine), whether or not a slot is free for it.
-        await eventually(lambda: _none_left(redis, stream, "crashed"), timeout=visibility + 15)
-        assert time.monotonic() - begun < visibility + 15
-        assert (await owners(redis, stream)).keys() <= {live.name}
+            # Every orphan leaves the dead consumer within the visibility timeout and a few
+            # seconds (generous here for a loaded machine), whether or not a slot is free for it.
+            await eventually(lambda: _none_left(redis, stream, "crashed"), timeout=visibility + 15)
+            assert time.monotonic() - begun < visibility + 15
+            assert (await owners(redis, stream)).keys() <= {live.name}
 
-        for _ in range(busy_jobs):
-            release.release()
-        await eventually(lambda: len(handled) == busy_jobs + orphans, timeout=30)
-    finally:
-        for _ in range(busy_jobs):
-            release.release()
-        stop.set()
-        await asyncio.wait_for(task, 30)
+            for _ in range(busy_jobs):
+                release.release()
+            await eventually(lambda: len(handled) == busy_jobs + orphans, timeout=30)
+        finally:
+            for _ in range(busy_jobs):
+                release.release()  # before the consumer is told to stop: none is left held
     assert set(handled.values()) == {1}  # each job ran exactly once
     assert (await redis.xpending(stream, GROUP))["pending"] == 0
 
@@ -163,13 +162,8 @@ async def test_dead_consumers_with_nothing_pending_leave_the_group(
     async def names() -> set[str]:
         return {str(c["name"]) for c in await redis.xinfo_consumers(stream, GROUP)}
 
-    stop = asyncio.Event()
-    task = asyncio.create_task(live.run(stop))
-    try:
+    async with running(live.run):
         await eventually(lambda: _lacks(names, "dead-idle"), timeout=30)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
     # A consumer with pending entries is kept: they would be lost with it.
     assert "dead-holding" in await names()
     assert (await redis.xpending(stream, GROUP))["pending"] == 1
@@ -204,13 +198,8 @@ async def test_a_job_redelivered_by_crashes_too_often_is_dead_lettered_unrun(
         handler,
         options=ConsumerOptions(block_ms=100, visibility_timeout=0.2, max_deliveries=3),
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(live.run(stop))
-    try:
+    async with running(live.run):
         await eventually(lambda: redis.xlen(queue.keys.dlq), timeout=30)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
     [(_, fields)] = await stream_entries(redis, queue.keys.dlq)
     record = json.loads(fields["job"])
     assert record["deliveries"] == 4

@@ -19,6 +19,7 @@ from aiconv.jobs.keys import Keys
 from aiconv.modes import process
 from aiconv.resources import Resources
 from aiconv.testing.botapi import BotApiDouble
+from tests.support.database import query_rows
 from tests.support.processes import base_env
 from tests.support.waiting import eventually
 
@@ -85,11 +86,6 @@ async def generated_prompts(resources: Resources, chat_id: int) -> list[list[lis
     return prompts
 
 
-def rows(database_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(database_url) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
 async def test_a_group_is_answered_only_when_addressed_with_names_and_context(
     start: Start, double: BotApiDouble, database_url: str
 ) -> None:
@@ -110,7 +106,7 @@ async def test_a_group_is_answered_only_when_addressed_with_names_and_context(
     user_text = "\n".join(content for role, content in prompt if role == "user")
     # GROUP_CONTEXT_MESSAGES=1: only the newest chatter; the mention is gone from the text.
     assert user_text == "User11: lunch at noon?\nUser12: what do you think?"
-    stored = rows(
+    stored = query_rows(
         database_url,
         "SELECT telegram_message_id, context_only FROM messages "
         "WHERE chat_id = %s AND role = 'user' ORDER BY id",
@@ -173,7 +169,7 @@ async def test_an_outsider_is_refused_once_a_day_and_nothing_is_generated(
     await eventually(lambda: refused("refused") >= before + 3, timeout=30)
     assert double.sent_texts(OUTSIDER) == [notices.NOT_ALLOWED]
     # Only the refusal is stored; the outsider's words are not.
-    assert rows(database_url, "SELECT role FROM messages WHERE chat_id = %s", OUTSIDER) == [
+    assert query_rows(database_url, "SELECT role FROM messages WHERE chat_id = %s", OUTSIDER) == [
         ("assistant",)
     ]
     assert await generated_prompts(resources, OUTSIDER) == []
@@ -240,7 +236,8 @@ async def test_a_bot_removed_from_a_group_does_not_answer_there_and_migration_ke
     await double.deliver(double.make_membership_update(group, "kicked", old_status="member"))
     await eventually(
         lambda: (
-            rows(database_url, "SELECT bot_status FROM chats WHERE id = %s", group) == [("kicked",)]
+            query_rows(database_url, "SELECT bot_status FROM chats WHERE id = %s", group)
+            == [("kicked",)]
         ),
         timeout=30,
     )
@@ -254,7 +251,7 @@ async def test_a_bot_removed_from_a_group_does_not_answer_there_and_migration_ke
         timeout=30,
     )
     assert double.calls_of("sendMessage", group) == []
-    events = rows(
+    events = query_rows(
         database_url,
         "SELECT by_user_id, old_status, new_status FROM chat_member_events "
         "WHERE chat_id = %s ORDER BY id",
@@ -268,7 +265,7 @@ async def test_a_bot_removed_from_a_group_does_not_answer_there_and_migration_ke
         await double.deliver(update)
     await eventually(
         lambda: (
-            rows(database_url, "SELECT migrated_to_chat_id FROM chats WHERE id = %s", group)
+            query_rows(database_url, "SELECT migrated_to_chat_id FROM chats WHERE id = %s", group)
             == [(supergroup,)]
         ),
         timeout=30,

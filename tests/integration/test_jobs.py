@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from aiconv.jobs.consumer import Consumer, ConsumerOptions
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import Job, JobQueue
+from tests.support.running import running
 from tests.support.streams import read_group, stream_entries
 from tests.support.waiting import eventually
 
@@ -22,13 +23,8 @@ async def queue(redis: Redis, redis_prefix: str) -> JobQueue:
 
 
 async def run_until(consumer: Consumer, done: asyncio.Event, timeout: float = 15.0) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
+    async with running(consumer.run, stop_within=10):
         await asyncio.wait_for(done.wait(), timeout)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_enqueue_with_the_same_key_adds_one_job(queue: JobQueue, redis: Redis) -> None:
@@ -135,14 +131,8 @@ async def test_a_job_that_keeps_failing_moves_to_the_dead_letter_stream(
         handler,
         options=ConsumerOptions(block_ms=50, visibility_timeout=0.1, max_deliveries=2),
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-
-    try:
+    async with running(consumer.run):
         await eventually(lambda: redis.xlen(queue.keys.dlq), timeout=15)
-    finally:
-        stop.set()
-        await task
     [(_, fields)] = await stream_entries(redis, queue.keys.dlq)
     record = json.loads(fields["job"])
     assert record["payload"] == {"key": "poison"}

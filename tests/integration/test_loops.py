@@ -11,10 +11,13 @@ import dataclasses
 
 import httpx
 import pytest
+import structlog.testing
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aiconv.config import Settings
 from aiconv.jobs.keys import Keys
+from aiconv.jobs.retry import repeat_every
 from aiconv.modes import process, worker
 from aiconv.observability.gauges import refresh_streams
 from aiconv.observability.loops import LoopFailed, supervised
@@ -51,6 +54,25 @@ async def test_supervised_ends_when_stopped_during_its_backoff() -> None:
         raise RuntimeError("broken")
 
     await asyncio.wait_for(supervised("test-broken", broken, stop, first_delay=60), 5)
+
+
+async def test_repeat_every_outlives_a_redis_error_and_ends_on_stop() -> None:
+    stop = asyncio.Event()
+    rounds = 0
+
+    async def step() -> None:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 1:
+            raise RedisConnectionError("Redis is restarting")
+        if rounds == 3:
+            stop.set()
+
+    with structlog.testing.capture_logs() as logs:
+        await asyncio.wait_for(repeat_every(stop, 0.01, step, "test step cannot reach redis"), 10)
+    assert rounds == 3  # the error cost one round, not the loop; stop ended it
+    assert [entry["event"] for entry in logs] == ["test step cannot reach redis"]
+    assert logs[0]["error"] == "ConnectionError"
 
 
 class AckAfterXinfo(Redis):

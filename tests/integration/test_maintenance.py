@@ -16,7 +16,6 @@ from redis.asyncio import Redis
 from aiconv.config import Settings
 from aiconv.jobs.keys import Keys
 from aiconv.resources import Resources
-from aiconv.store.db import make_pool
 from aiconv.store.repository import SchedulerStore
 from aiconv.worker.maintenance import (
     SCHEDULED_RUNS_KEEP_DAYS,
@@ -25,14 +24,13 @@ from aiconv.worker.maintenance import (
     scheduled_jobs,
 )
 from aiconv.worker.turns import TurnConfig, Turns
+from tests.support.database import open_pool, query_rows
 
 
 @pytest.fixture
 async def maintenance(database_url: str) -> AsyncIterator[SchedulerStore]:
-    pool = make_pool(database_url, max_size=2)
-    await pool.open()
-    yield SchedulerStore(pool)
-    await pool.close()
+    async with open_pool(database_url) as pool:
+        yield SchedulerStore(pool)
 
 
 async def test_retention_purges_only_old_messages(
@@ -47,10 +45,9 @@ async def test_retention_purges_only_old_messages(
                 (f"retention-{n}", age),
             )
     assert await maintenance.purge_messages_older_than(30, batch=1) == 2
-    with psycopg.connect(database_url) as conn:
-        left = conn.execute(
-            "SELECT idempotency_key FROM messages WHERE chat_id = 7001 ORDER BY id"
-        ).fetchall()
+    left = query_rows(
+        database_url, "SELECT idempotency_key FROM messages WHERE chat_id = 7001 ORDER BY id"
+    )
     assert [row[0] for row in left] == ["retention-2", "retention-3"]
 
 
@@ -66,10 +63,9 @@ async def test_old_scheduled_run_records_are_purged(
             )
     assert await maintenance.purge_scheduled_runs(14, batch=1) == 2
     assert await maintenance.purge_scheduled_runs(14) == 0
-    with psycopg.connect(database_url) as conn:
-        left = conn.execute(
-            "SELECT slot FROM scheduled_runs WHERE job = 'purge-test' ORDER BY slot"
-        ).fetchall()
+    left = query_rows(
+        database_url, "SELECT slot FROM scheduled_runs WHERE job = 'purge-test' ORDER BY slot"
+    )
     assert [row[0] for row in left] == [0, 13]
 
 

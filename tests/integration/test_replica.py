@@ -22,8 +22,6 @@ import httpx
 import psycopg
 import pytest
 import pytest_asyncio
-from hypothesis import HealthCheck
-from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 from psycopg_pool import AsyncConnectionPool
@@ -43,10 +41,12 @@ from aiconv.store.db import (
     measure_replica_lag,
 )
 from aiconv.store.repository import SchedulerStore
-from aiconv.telegram.models import IncomingMessage
 from aiconv.web import auth
 from aiconv.web.app import create_standalone_app
 from tests.faults.pgproxy import PgProxy
+from tests.support.database import open_pool
+from tests.support.fuzzing import protocol_settings
+from tests.support.messages import incoming_message
 from tests.support.pg_replica import StreamingReplica, server_binaries, wait_for
 from tests.support.services import ADMIN_DATABASE_URL, REDIS_URL, RUN_ID, migrated_database
 
@@ -87,10 +87,8 @@ async def primary_url(replica: StreamingReplica) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def primary(primary_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    pool = make_pool(primary_url, 2, "primary")
-    await pool.open()
-    yield pool
-    await pool.close()
+    async with open_pool(primary_url, name="primary") as pool:
+        yield pool
 
 
 class FakeClock:
@@ -296,19 +294,7 @@ async def test_the_conversation_path_never_touches_the_replica(
         replica_requests = reads.replica.get_stats().get("requests_num", 0)
         chat_id = uuid.uuid4().int % 2**40 + 10**12
         with ReplayPaused(replica):
-            message = IncomingMessage(
-                update_id=1,
-                chat_id=chat_id,
-                chat_type="private",
-                user_id=chat_id,
-                username="ann",
-                first_name="Ann",
-                language_code="en",
-                message_id=1,
-                date=0,
-                kind="text",
-                text="hi",
-            )
+            message = incoming_message(chat_id=chat_id, user_id=chat_id)
             assert await resources.store.record_sender(message)
             await resources.store.add_message(
                 chat_id=chat_id,
@@ -520,13 +506,7 @@ def test_the_router_state_machine(replica: StreamingReplica, primary_url: str) -
     RouterMachine.replica_url = replica.url(DATABASE)
     run_state_machine_as_test(
         RouterMachine,
-        settings=hypothesis_settings(
-            max_examples=15,
-            stateful_step_count=10,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow],
-            database=None,
-        ),
+        settings=protocol_settings(15, 10),
     )
 
 

@@ -18,29 +18,19 @@ from aiconv.store.db import RECONNECT_WINDOW_SECONDS, make_pool
 from aiconv.store.migrate import apply_migrations, available_migrations
 from aiconv.store.repository import GenerationStats, Store
 from aiconv.telegram.models import IncomingMessage
+from tests.support.database import open_pool
+from tests.support.messages import incoming_message
 
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    pool = make_pool(database_url, max_size=4)
-    await pool.open()
-    yield Store(pool)
-    await pool.close()
+    async with open_pool(database_url, max_size=4) as pool:
+        yield Store(pool)
 
 
 def incoming(chat_id: int, user_id: int = 1, message_id: int = 1) -> IncomingMessage:
-    return IncomingMessage(
-        update_id=message_id,
-        chat_id=chat_id,
-        chat_type="private",
-        user_id=user_id,
-        username="ann",
-        first_name="Ann",
-        language_code="en",
-        message_id=message_id,
-        date=0,
-        kind="text",
-        text="hi",
+    return incoming_message(
+        update_id=message_id, chat_id=chat_id, user_id=user_id, message_id=message_id
     )
 
 
@@ -123,10 +113,8 @@ KEY = bytes(range(32)).hex()
 async def sealing_store(database_url: str) -> AsyncIterator[Store]:
     from aiconv.store.crypto import TextCipher
 
-    pool = make_pool(database_url, max_size=2)
-    await pool.open()
-    yield Store(pool, TextCipher([KEY, "an-older-passphrase-key"]))
-    await pool.close()
+    async with open_pool(database_url) as pool:
+        yield Store(pool, TextCipher([KEY, "an-older-passphrase-key"]))
 
 
 async def stored_row(store: Store, key: str) -> tuple[str, bool | None]:

@@ -10,22 +10,21 @@ import pytest
 
 from aiconv.conversation.history import Role
 from aiconv.store.crypto import TextCipher
-from aiconv.store.db import make_pool
 from aiconv.store.repository import Store
 from aiconv.telegram.models import IncomingMessage
+from tests.support.database import open_pool
+from tests.support.messages import incoming_message
 
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    pool = make_pool(database_url, max_size=4)
-    await pool.open()
-    # Sealed text: migration must not move rows whose text is bound to their chat id.
-    yield Store(pool, TextCipher.from_setting("a-test-passphrase-of-some-length"))
-    await pool.close()
+    async with open_pool(database_url, max_size=4) as pool:
+        # Sealed text: migration must not move rows whose text is bound to their chat id.
+        yield Store(pool, TextCipher.from_setting("a-test-passphrase-of-some-length"))
 
 
 def member(chat_id: int, user_id: int, name: str) -> IncomingMessage:
-    return IncomingMessage(
+    return incoming_message(
         update_id=0,
         chat_id=chat_id,
         chat_type="group" if chat_id > -(10**12) else "supergroup",
@@ -34,8 +33,6 @@ def member(chat_id: int, user_id: int, name: str) -> IncomingMessage:
         first_name=name,
         language_code=None,
         message_id=0,
-        date=0,
-        kind="text",
         text="",
     )
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -44,6 +44,7 @@ from aiconv.jobs.keys import GENERATE_GROUP, REPLIES_GROUP, UPDATES_GROUP, Keys
 from aiconv.jobs.messages import GenerateJob, ReplyJob, TurnJob
 from aiconv.jobs.queue import Job, JobQueue, decode_entry
 from aiconv.worker.turns import TurnConfig, Turns
+from tests.support.fuzzing import protocol_settings
 from tests.support.services import REDIS_URL, delete_prefixed
 from tests.support.streams import Entry, stream_entries
 
@@ -532,13 +533,7 @@ def skewed_process_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_turn_protocol_state_machine(skewed_process_clocks: None) -> None:
     run_state_machine_as_test(
         QuietAtTheEnd,
-        settings=settings(
-            max_examples=400,
-            stateful_step_count=50,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-            database=None,
-        ),
+        settings=protocol_settings(400, 50, also_suppress=(HealthCheck.filter_too_much,)),
     )
 
 

@@ -17,10 +17,11 @@ from starlette.testclient import TestClient
 
 from aiconv.config import Settings
 from aiconv.jobs.messages import UpdateJob
-from aiconv.store.db import make_pool
 from aiconv.store.repository import Store
-from aiconv.telegram.models import parse_update
+from aiconv.telegram.models import IncomingMessage, parse_update
 from aiconv.web.app import create_standalone_app
+from tests.support.database import open_pool
+from tests.support.fuzzing import fuzz_settings
 from tests.support.ports import free_port
 from tests.support.services import REDIS_URL
 from tests.support.streams import stream_entries
@@ -218,21 +219,28 @@ async def test_text_postgresql_cannot_hold_is_cleaned_at_the_edge_and_stored(
     assert message is not None
     assert message.text is not None
     assert (message.text, message.first_name) == ("ab \ufffdc \ufffdd 😀", "Ann\ufffd")
-    pool = make_pool(database_url, max_size=1)
-    await pool.open()
-    try:
+    async with open_pool(database_url, max_size=1) as pool:
         store = Store(pool)
-        assert await store.record_sender(message)
-        await store.add_message(
-            chat_id=message.chat_id,
-            user_id=message.user_id,
-            role="user",
-            text=message.text,
-            idempotency_key=f"in:{message.chat_id}:{message.message_id}:{redis_prefix}",
-        )
+        key = f"in:{message.chat_id}:{message.message_id}:{redis_prefix}"
+        assert await store_as_the_worker_does(store, message, key)
         assert [t.text for t in await store.history(message.chat_id, 1)] == [message.text]
-    finally:
-        await pool.close()
+
+
+async def store_as_the_worker_does(store: Store, message: IncomingMessage, key: str) -> bool:
+    """What the worker does with a parsed text message (worker/updates.py): record its sender,
+    then store its text under `key`. True when the sender was recorded."""
+    assert message.text is not None
+    recorded = await store.record_sender(message)
+    await store.add_message(
+        chat_id=message.chat_id,
+        user_id=message.user_id,
+        role="user",
+        text=message.text,
+        idempotency_key=key,
+        telegram_update_id=message.update_id,
+        telegram_message_id=message.message_id,
+    )
+    return recorded
 
 
 # --- fuzzing: hostile JSON shapes never give a 5xx, and whatever is accepted can be stored -----
@@ -306,13 +314,7 @@ def test_fuzzed_updates_get_200_or_400_and_every_accepted_one_can_be_stored(
     )
     with TestClient(create_standalone_app(settings)) as http:
 
-        @hypothesis.settings(
-            max_examples=FUZZ_EXAMPLES,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            suppress_health_check=list(hypothesis.HealthCheck),
-        )
+        @fuzz_settings(FUZZ_EXAMPLES)
         @hypothesis.given(body=_bodies)
         # Always reach the storing path: what is generated depends on the modules loaded (hypothesis
         # draws on their constants), so a run may generate no storable update by itself.
@@ -328,10 +330,8 @@ def test_fuzzed_updates_get_200_or_400_and_every_accepted_one_can_be_stored(
         redis = Redis.from_url(REDIS_URL, decode_responses=True)
         entries = await stream_entries(redis, f"{redis_prefix}updates")
         await redis.aclose()
-        pool = make_pool(database_url, max_size=1)
-        await pool.open()
         stored = 0
-        try:
+        async with open_pool(database_url, max_size=1) as pool:
             store = Store(pool)
             for _, fields in entries:
                 # What the worker does with a queued update (worker/updates.py).
@@ -339,19 +339,10 @@ def test_fuzzed_updates_get_200_or_400_and_every_accepted_one_can_be_stored(
                 message = update.message
                 if message is None or not message.text:
                     continue
-                await store.record_sender(message)
-                await store.add_message(
-                    chat_id=message.chat_id,
-                    user_id=message.user_id,
-                    role="user",
-                    text=message.text,
-                    idempotency_key=f"fuzz:{redis_prefix}:{update.update_id}",
-                    telegram_update_id=update.update_id,
-                    telegram_message_id=message.message_id,
+                await store_as_the_worker_does(
+                    store, message, f"fuzz:{redis_prefix}:{update.update_id}"
                 )
                 stored += 1
-        finally:
-            await pool.close()
         return stored
 
     assert asyncio.run(store_every_queued_update()) > 0  # the run reached the storing path

@@ -50,6 +50,16 @@ def base_env(database_url: str, redis_prefix: str, api_url: str, token: str) -> 
     return env
 
 
+def webhook_settings(port: int, secret: str) -> dict[str, str]:
+    """Settings of a process that serves the webhook on `port` of loopback and has Telegram (the
+    double) deliver updates there, signed with `secret`."""
+    return {
+        "PORT": str(port),
+        "TELEGRAM_WEBHOOK_URL": f"http://127.0.0.1:{port}/webhook",
+        "TELEGRAM_WEBHOOK_SECRET": secret,
+    }
+
+
 class AiconvProcess:
     def __init__(self, env: dict[str, str], mode: str, log_path: Path) -> None:
         self.env = env

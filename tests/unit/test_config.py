@@ -162,33 +162,32 @@ def test_production_takes_a_32_byte_key_in_base64_or_hex(key: str) -> None:
     assert Settings.from_env({**PRODUCTION, "ENCRYPTION_KEY": key}).encryption_key == key
 
 
-def test_a_weak_secret_stops_the_cli_with_one_line_naming_it() -> None:
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        pytest.param(
+            {**PRODUCTION, "JWT_SECRET_KEY": "change-me"},
+            "JWT_SECRET_KEY: needs 32+ random characters in production; make one with "
+            "`openssl rand -hex 32`",
+            id="a weak secret",
+        ),
+        pytest.param(
+            {"N_CTX": "lots"}, "N_CTX: expected an integer, got 'lots'", id="not an integer"
+        ),
+    ],
+)
+def test_a_bad_setting_stops_the_cli_with_one_line_naming_it_and_exit_code_2(
+    env: dict[str, str], problem: str
+) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "aiconv.cli", "worker"],
-        env={**PRODUCTION, "JWT_SECRET_KEY": "change-me", "PATH": "/usr/bin:/bin"},
+        env={**env, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "aiconv: configuration error: JWT_SECRET_KEY: needs 32+ random characters in "
-        "production; make one with `openssl rand -hex 32`"
-    ]
-
-
-def test_the_cli_stops_with_one_line_and_exit_code_2() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "aiconv.cli", "worker"],
-        env={"N_CTX": "lots", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "aiconv: configuration error: N_CTX: expected an integer, got 'lots'"
-    ]
+    assert result.stderr.strip().splitlines() == [f"aiconv: configuration error: {problem}"]
 
 
 def test_every_mode_has_help() -> None:

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from aiconv.conversation.addressing import BotIdentity, address, strip_spans, utf16_span
 from aiconv.telegram.models import IncomingMessage, MessageEntity, RepliedMessage
+from tests.support.messages import incoming_message
 
 BOT = BotIdentity(user_id=4242, username="Aiconv_Bot")
 
@@ -26,17 +27,12 @@ def group_message(
     reply_to: RepliedMessage | None = None,
     chat_type: str = "supergroup",
 ) -> IncomingMessage:
-    return IncomingMessage(
-        update_id=1,
+    return incoming_message(
         chat_id=-1001,
         chat_type=chat_type,
         user_id=7,
         username="u7",
-        first_name="Ann",
-        language_code="en",
         message_id=10,
-        date=0,
-        kind="text",
         text=text,
         entities=entities,
         reply_to=reply_to,

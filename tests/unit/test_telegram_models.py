@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from aiconv.telegram.models import IncomingMessage, InvalidUpdate, Update, clean, parse_update
+from aiconv.telegram.models import InvalidUpdate, Update, clean, parse_update
+from tests.support.messages import incoming_message
 from tests.support.updates import replaced
 
 
@@ -34,17 +35,14 @@ def test_text_message() -> None:
     update = parse_update(_text_update())
     assert update == Update(
         update_id=1001,
-        message=IncomingMessage(
+        message=incoming_message(
             update_id=1001,
             chat_id=42,
-            chat_type="private",
             user_id=42,
             username="ada",
             first_name="Ada",
-            language_code="en",
             message_id=7,
             date=1700000000,
-            kind="text",
             text="hello",
         ),
     )
