@@ -93,13 +93,23 @@ async def test_web_workers_log_like_every_process_and_their_metrics_add_up(
                 headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret", "Connection": "close"},
             )
             assert response.status_code == 200
-        metrics = (await http.get(f"{web.ops_url}/metrics")).text
-    line = next(
-        line
-        for line in metrics.splitlines()
-        if line.startswith("aiconv_http_requests_total{") and 'route="/webhook"' in line
-    )
-    assert float(line.rsplit(" ", 1)[1]) == 20.0
+
+        async def webhook_requests() -> float:
+            # The middleware counts a request once its answer is sent: the client may read the
+            # answer first, so the count is waited for, then must be exactly 20.
+            metrics = (await http.get(f"{web.ops_url}/metrics")).text
+            counts = [
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith("aiconv_http_requests_total{") and 'route="/webhook"' in line
+            ]
+            return sum(counts)
+
+        async def counted_all() -> bool:
+            return await webhook_requests() >= 20
+
+        await eventually(counted_all, timeout=10)
+        assert await webhook_requests() == 20.0
 
     # The workers' lines are JSON (LOG_FORMAT=json), at debug (LOG_LEVEL=debug), as configured.
     def received() -> list[dict[str, object]]:
