@@ -88,6 +88,12 @@ class Throughput:
         self._finished: deque[_Finished] = deque()
         self._last_seconds: float | None = None  # kept through idle windows: speed is not load
 
+    def calibrate(self, seconds: float) -> None:
+        """A generation measured before serving (ml's warm-up): the speed to publish until real
+        ones replace it, so that the first burst after a start is estimated on a measurement,
+        not on the worker's guess (on a guess nobody is told to wait minutes)."""
+        self._last_seconds = max(seconds, 1e-3)
+
     def started(self) -> None:
         self.busy += 1
 

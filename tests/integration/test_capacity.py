@@ -301,6 +301,18 @@ def test_an_idle_instance_still_knows_how_fast_a_slot_is() -> None:
     assert idle.turns_per_second == 0.0  # the measured load is not
 
 
+def test_the_warm_up_measurement_is_published_until_real_generations_replace_it() -> None:
+    # Without it, a burst arriving right after a start was estimated on the worker's guess, and
+    # on a guess nobody is told to wait: a 1000-user soak sent no notice at all.
+    throughput = Throughput(slots=2, window=60.0)
+    assert throughput.capacity().seconds_per_generation is None  # nothing measured yet
+    throughput.calibrate(4.0)
+    assert throughput.capacity().seconds_per_generation == pytest.approx(4.0)
+    throughput.started()
+    throughput.ended(1.0, 8, finished=True)
+    assert throughput.capacity().seconds_per_generation == pytest.approx(1.0)
+
+
 async def test_a_user_who_writes_again_while_waiting_is_not_told_twice(
     redis: Redis, keys: Keys, claimed: ClaimedTurn
 ) -> None:
