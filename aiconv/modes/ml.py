@@ -61,19 +61,27 @@ async def load_engine(settings: Settings) -> Engine:
     return engine
 
 
-async def warm_up(engine: Engine, settings: Settings) -> float:
-    """Seconds of one generation of a typical first turn (the persona and a greeting, up to
-    MAX_TOKENS), run before any job is taken: what the worker's wait estimates start from. It
-    also leaves the persona's prefix in a slot, where the first real prompts find it."""
+async def warm_up(engine: Engine, settings: Settings, throughput: Throughput) -> None:
+    """Measure one generation of a typical first turn (the persona and a greeting, up to
+    MAX_TOKENS): what the worker's wait estimates start from until real generations replace it.
+    It also leaves the persona's prefix in a slot, where the first real prompts find it. A
+    failure only costs the measurement."""
     started = time.monotonic()
-    completion = await engine.complete(
-        [{"role": "system", "content": settings.persona}, {"role": "user", "content": "Hello!"}],
-        max_tokens=settings.max_tokens,
-        temperature=settings.temperature,
-    )
+    try:
+        completion = await engine.complete(
+            [
+                {"role": "system", "content": settings.persona},
+                {"role": "user", "content": "Hello!"},
+            ],
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+        )
+    except Exception as error:  # the engine's own failure handling stops the mode if it must
+        log.warning("ml warm-up failed", error=type(error).__name__)
+        return
     seconds = time.monotonic() - started
+    throughput.calibrate(seconds)
     log.info("ml warmed up", seconds=round(seconds, 3), tokens=completion.completion_tokens)
-    return seconds
 
 
 async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyncio.Event) -> None:
@@ -87,7 +95,6 @@ async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyn
         await turns.abandon(queue, job.payload)
 
     throughput = Throughput(slots=engine.context.n_seq)
-    throughput.calibrate(await warm_up(engine, settings))
     handler = GenerateHandler(
         engine, queue, queue.keys, settings.persona, watcher, model_id(settings), throughput
     )
@@ -124,6 +131,9 @@ async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyn
         asyncio.create_task(relay_stop()),
         asyncio.create_task(watcher.run(halt)),
         asyncio.create_task(supervised("ml_capacity", lambda: publisher.run(halt), halt)),
+        # Beside the first jobs, not before them: a warm-up never delays or changes how a job
+        # is answered (a dead decode loop still answers its job with the apology).
+        asyncio.create_task(warm_up(engine, settings, throughput)),
     ]
     try:
         async with asyncio.TaskGroup() as consumers:
