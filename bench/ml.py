@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -369,7 +369,7 @@ async def http_contender(
     url: str,
     args: argparse.Namespace,
     n: int,
-    headers: dict[str, str] | None = None,
+    headers: Sequence[dict[str, str]] = (),
 ) -> AsyncIterator[Round]:
     """Processes serving an OpenAI-compatible /v1 at `url`, up until the context ends."""
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
@@ -386,8 +386,8 @@ async def http_contender(
         return list(
             await asyncio.gather(
                 *(
-                    server_request(http, url, chat(q), args.max_tokens, started, headers)
-                    for q in round_questions(n, round_)
+                    server_request(http, url, chat(q), args.max_tokens, started, _nth(headers, i))
+                    for i, q in enumerate(round_questions(n, round_))
                 )
             )
         )
@@ -399,7 +399,9 @@ async def http_contender(
                 log.seek(0)
                 raise RuntimeError("exited early:\n" + log.read().decode()[-3000:])
             try:
-                await server_request(http, url, chat("Hello!"), 8, time.perf_counter(), headers)
+                await server_request(
+                    http, url, chat("Hello!"), 8, time.perf_counter(), _nth(headers, 0)
+                )
                 break
             except httpx.HTTPError:
                 if time.monotonic() > deadline:
@@ -417,6 +419,10 @@ async def http_contender(
                 process.kill()
                 process.wait()
         log.close()
+
+
+def _nth(headers: Sequence[dict[str, str]], i: int) -> dict[str, str] | None:
+    return headers[i % len(headers)] if headers else None
 
 
 def free_port() -> int:
@@ -446,11 +452,13 @@ def api_contender(
 
     With `one_process`, `aiconv all` instead (web, worker and ml in one process, as on a small
     box), with N_THREADS from --all-threads (0: aiconv's own default)."""
-    key = "bench-key"
+    # One key per concurrent request: a key may have only a few requests open at once (a
+    # bound against one client holding the API), and this is N clients, not one.
+    keys = [f"bench-key-{i}" for i in range(n)]
     env = {
         **os.environ,
         "REDIS_KEY_PREFIX": prefix,
-        "OPENAI_API_KEYS": key,
+        "OPENAI_API_KEYS": ",".join(keys),
         "ML_PARALLEL": str(n),
         "N_THREADS": str(args.threads),
         "N_CTX": str(args.n_ctx),
@@ -480,7 +488,7 @@ def api_contender(
         )
         for mode, port in modes
     ]
-    headers = {"authorization": f"Bearer {key}"}
+    headers = [{"authorization": f"Bearer {key}"} for key in keys]
     return http_contender(commands, f"http://127.0.0.1:{web_port}", args, n, headers)
 
 
