@@ -46,31 +46,6 @@ from aiconv.telegram.models import clean_text
 
 log = structlog.get_logger(__name__)
 
-# Telegram's entity types (Bot API MessageEntity.type); anything else is refused by Telegram.
-ENTITY_TYPES = frozenset(
-    {
-        "mention",
-        "hashtag",
-        "cashtag",
-        "bot_command",
-        "url",
-        "email",
-        "phone_number",
-        "bold",
-        "italic",
-        "underline",
-        "strikethrough",
-        "spoiler",
-        "blockquote",
-        "expandable_blockquote",
-        "code",
-        "pre",
-        "text_link",
-        "text_mention",
-        "custom_emoji",
-        "date_time",
-    }
-)
 # What the converter may produce and aiconv sends: the formatting a model writes.
 SENT_TYPES = frozenset(
     {
@@ -86,6 +61,19 @@ SENT_TYPES = frozenset(
         "text_link",
     }
 )
+# Telegram's entity types (Bot API MessageEntity.type); anything else is refused by Telegram.
+ENTITY_TYPES = SENT_TYPES | {
+    "mention",
+    "hashtag",
+    "cashtag",
+    "bot_command",
+    "url",
+    "email",
+    "phone_number",
+    "text_mention",
+    "custom_emoji",
+    "date_time",
+}
 HTML_ESCAPE_PASSES = 3  # escaping HTML can reveal more HTML only through odd nesting
 
 

@@ -3,27 +3,22 @@ HTTP, the real PostgreSQL and Redis: who gets answered, where, and how often the
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
-from aiconv.config import Settings
 from aiconv.conversation import notices, texts
 from aiconv.jobs.codec import JobCodec
 from aiconv.jobs.keys import Keys
-from aiconv.modes import process
 from aiconv.resources import Resources
 from aiconv.testing.botapi import BotApiDouble
 from tests.support.database import query_rows
-from tests.support.processes import base_env
+from tests.support.fixtures import InProcess
 from tests.support.waiting import eventually
 
-Start = Callable[..., Awaitable[Resources]]
 OUTSIDER, MEMBER = 3001, 3002
 
 
@@ -31,38 +26,6 @@ OUTSIDER, MEMBER = 3001, 3002
 async def double() -> AsyncIterator[BotApiDouble]:
     async with BotApiDouble(first_update_id=random.randrange(10**6, 10**9)) as server:
         yield server
-
-
-@pytest.fixture
-async def start(database_url: str, redis_prefix: str, double: BotApiDouble) -> AsyncIterator[Start]:
-    """Run aiconv's modes in this process (polling the double) until the test ends."""
-    stop = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
-
-    async def run(modes: tuple[str, ...] = ("worker",), **settings: str) -> Resources:
-        env = base_env(database_url, redis_prefix, double.url, double.token)
-        env.update(settings)
-        ready: asyncio.Future[Resources] = asyncio.get_running_loop().create_future()
-
-        async def on_ready(resources: Resources) -> None:
-            ready.set_result(resources)
-            await stop.wait()
-
-        running = asyncio.create_task(
-            process.run_modes(Settings.from_env(env), modes, stop, on_ready)
-        )
-        tasks.append(running)
-        waiting: list[asyncio.Future[Any]] = [running, ready]
-        await asyncio.wait(waiting, timeout=120, return_when=asyncio.FIRST_COMPLETED)
-        if running.done():
-            running.result()  # surfaces the start-up error
-        await double.wait_for(lambda: double.polling > 0, timeout=30)
-        return ready.result()
-
-    yield run
-    stop.set()
-    for task in tasks:
-        await asyncio.wait_for(task, 60)
 
 
 def counted(name: str, **labels: str) -> float:
@@ -87,11 +50,11 @@ async def generated_prompts(resources: Resources, chat_id: int) -> list[list[lis
 
 
 async def test_a_group_is_answered_only_when_addressed_with_names_and_context(
-    start: Start, double: BotApiDouble, database_url: str
+    in_process: InProcess, double: BotApiDouble, database_url: str
 ) -> None:
     """Chatter is kept as context but never answered; a mention is answered, its text stripped of
     the mention, each user turn carrying its sender's name; a reply to the bot is answered too."""
-    resources = await start(("worker", "ml"), GROUP_CONTEXT_MESSAGES="1")
+    resources = await in_process(("worker", "ml"), GROUP_CONTEXT_MESSAGES="1")
     group = -4000 - random.randrange(1000)
     await double.send_user_message(group, "first chatter", user_id=11, chat_type="group")
     chatter = await double.send_user_message(group, "lunch at noon?", user_id=11, chat_type="group")
@@ -125,9 +88,9 @@ async def test_a_group_is_answered_only_when_addressed_with_names_and_context(
 
 
 async def test_a_topic_message_is_answered_in_its_topic_with_that_topic_s_history(
-    start: Start, double: BotApiDouble
+    in_process: InProcess, double: BotApiDouble
 ) -> None:
-    resources = await start(("worker", "ml"))
+    resources = await in_process(("worker", "ml"))
     forum = -1009000000 - random.randrange(1000)
     topic = {"message_thread_id": 77, "is_topic_message": True}
     await double.send_user_message(
@@ -160,9 +123,9 @@ async def test_a_topic_message_is_answered_in_its_topic_with_that_topic_s_histor
 
 
 async def test_an_outsider_is_refused_once_a_day_and_nothing_is_generated(
-    start: Start, double: BotApiDouble, database_url: str
+    in_process: InProcess, double: BotApiDouble, database_url: str
 ) -> None:
-    resources = await start(ACCESS_MODE="allowlist", ALLOWED_USER_IDS=str(MEMBER))
+    resources = await in_process(ACCESS_MODE="allowlist", ALLOWED_USER_IDS=str(MEMBER))
     before = refused("refused")
     for text in ("hi", "hello?", "/start"):
         await double.send_user_message(OUTSIDER, text)
@@ -186,7 +149,7 @@ async def test_an_outsider_is_refused_once_a_day_and_nothing_is_generated(
 
 
 async def test_a_used_up_daily_quota_is_told_once_with_its_reset_time(
-    start: Start, double: BotApiDouble, database_url: str
+    in_process: InProcess, double: BotApiDouble, database_url: str
 ) -> None:
     user = 3100 + random.randrange(100)
     with psycopg.connect(database_url) as conn:
@@ -201,7 +164,7 @@ async def test_a_used_up_daily_quota_is_told_once_with_its_reset_time(
                       (%s, %s, 'assistant', 'today', %s, 40, now())""",
             (user, user, f"q-y-{user}", user, user, f"q-t-{user}"),
         )
-    resources = await start(USER_DAILY_TOKENS="40")
+    resources = await in_process(USER_DAILY_TOKENS="40")
     before = refused("quota")
     await double.send_user_message(user, "one more?")
     await double.send_user_message(user, "please?")
@@ -213,9 +176,9 @@ async def test_a_used_up_daily_quota_is_told_once_with_its_reset_time(
 
 
 async def test_the_burst_guard_skips_messages_over_the_limit_and_warns_once(
-    start: Start, double: BotApiDouble, database_url: str
+    in_process: InProcess, double: BotApiDouble, database_url: str
 ) -> None:
-    await start(USER_MESSAGES_PER_MINUTE="2")
+    await in_process(USER_MESSAGES_PER_MINUTE="2")
     chat = 3200 + random.randrange(100)
     before = refused("burst")
     for _ in range(4):
@@ -227,9 +190,9 @@ async def test_the_burst_guard_skips_messages_over_the_limit_and_warns_once(
 
 
 async def test_a_bot_removed_from_a_group_does_not_answer_there_and_migration_keeps_history(
-    start: Start, double: BotApiDouble, database_url: str
+    in_process: InProcess, double: BotApiDouble, database_url: str
 ) -> None:
-    resources = await start()
+    resources = await in_process()
     group = -6000 - random.randrange(1000)
     await double.deliver(double.make_membership_update(group, "member", by_user_id=41))
     await double.send_user_message(group, "earlier words", user_id=41, chat_type="group")
@@ -275,11 +238,11 @@ async def test_a_bot_removed_from_a_group_does_not_answer_there_and_migration_ke
 
 
 async def test_the_text_a_user_replies_to_is_quoted_in_their_turn(
-    start: Start, double: BotApiDouble
+    in_process: InProcess, double: BotApiDouble
 ) -> None:
     """A reply carries the replied message's text into the prompt, or only the part the user
     quoted (`quote`), bounded; the generation job the worker hands to ml shows it."""
-    resources = await start(("worker",))
+    resources = await in_process(("worker",))
     whole, part = 5001 + random.randrange(1000), 7001 + random.randrange(1000)
     earlier = {
         "message_id": 77,
