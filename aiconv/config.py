@@ -259,15 +259,16 @@ def encryption_keys(value: str) -> str:
     return value
 
 
-def refuse_cluster(value: str) -> bool:
-    if flag(value):
-        # Streams and the Lua scripts here address several keys per call; cluster mode needs
-        # hash-tagged keys and a cluster client, which aiconv does not ship yet.
-        raise ValueError(
-            "Redis Cluster is not supported yet; use one primary (with replicas/Sentinel) "
-            "and set REDIS_URL"
-        )
-    return False
+def host_ports(value: str) -> tuple[str, ...]:
+    """Comma-separated host:port items (a cluster's seed nodes)."""
+    nodes = items(value)
+    port = integer(1, MAX_PORT)
+    for node in nodes:
+        host, colon, number_ = node.rpartition(":")
+        if not colon or not host:
+            raise ValueError(f"{node!r} is not host:port")
+        port(number_)
+    return nodes
 
 
 def _scheme(url: str) -> str:
@@ -359,6 +360,11 @@ def _replica_url_from_host(read: Mapping[str, Any]) -> str | None:
     return primary._replace(netloc=f"{auth}{at}{host}{port}").geturl()
 
 
+def _shards_for_mode(read: Mapping[str, Any]) -> int:
+    # Twelve spread over 3, 4 or 6 primaries evenly; one Redis gains nothing from more than one.
+    return 12 if read["redis_cluster_enabled"] else 1
+
+
 def _redis_url_from_parts(read: Mapping[str, Any]) -> str:
     password = read["redis_password"]
     auth = f":{quote(password, safe='')}@" if password else ""
@@ -432,8 +438,25 @@ class Settings:
     redis_cluster_enabled: bool = setting(
         "REDIS_CLUSTER_ENABLED",
         False,
-        refuse_cluster,
-        "`true` is refused for now: use one primary (see the closing notes)",
+        flag,
+        "talk to a Redis Cluster (seeded by `REDIS_CLUSTER_NODES`) instead of one Redis "
+        '(`REDIS_URL`); see "Scaling"',
+    )
+    redis_cluster_nodes: tuple[str, ...] = setting(
+        "REDIS_CLUSTER_NODES",
+        (),
+        host_ports,
+        "`host:port,...`: some of the cluster's nodes (the client learns the rest); the "
+        "password is `REDIS_PASSWORD`",
+    )
+    redis_shards: int = setting(
+        "REDIS_SHARDS",
+        1,
+        integer(1, 1024),
+        "conversation shards (each a hash slot with its own streams and due sets); a multiple "
+        'of the cluster\'s primaries. Change it only with the workers stopped (see "Scaling")',
+        shown_default="1, 12 with `REDIS_CLUSTER_ENABLED`",
+        default_from=_shards_for_mode,
     )
     redis_host: str = setting(
         "REDIS_HOST", "127.0.0.1", text, "Redis host, when `REDIS_URL` is unset"
@@ -892,6 +915,8 @@ class Settings:
             raise ConfigError(
                 "TELEGRAM_WEBHOOK_SECRET", "required when TELEGRAM_WEBHOOK_URL is set"
             )
+        if self.redis_cluster_enabled and not self.redis_cluster_nodes:
+            raise ConfigError("REDIS_CLUSTER_NODES", "required when REDIS_CLUSTER_ENABLED=true")
         low, high = self.typing_min_delay_seconds, self.typing_max_delay_seconds
         if low > high:
             # Blame the one that was changed: a maximum set below the default minimum is the

@@ -21,9 +21,9 @@ from typing import TypeVar
 
 import httpx
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import Redis
 
 from aiconv.config import Settings
+from aiconv.jobs.client import RedisClient, connect, keys_for
 from aiconv.jobs.codec import JobCodec
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import JobQueue
@@ -54,7 +54,7 @@ class Resources:
     where they were not made."""
 
     settings: Settings
-    redis: Redis
+    redis: RedisClient
     queue: JobQueue
     store_if_made: Store | None
     http_if_made: httpx.AsyncClient | None
@@ -110,16 +110,6 @@ class Resources:
         await self.redis.aclose()
 
 
-def make_redis(settings: Settings) -> Redis:
-    return Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_connect_timeout=3,
-        socket_timeout=15,  # above the longest XREADGROUP block
-        health_check_interval=15,
-    )
-
-
 def make_resources(
     settings: Settings,
     *,
@@ -131,7 +121,7 @@ def make_resources(
     """The clients, unconnected. Without `database` no pool is made at all (`store` raises);
     without `telegram` no HTTP client (`http` and `bot` raise): an unused one still costs its
     TLS context, about 2 MB in each web worker."""
-    redis = make_redis(settings)
+    redis = connect(settings)
     cipher = TextCipher.from_setting(settings.encryption_key)
     store = reads = None
     if database:
@@ -150,7 +140,7 @@ def make_resources(
     return Resources(
         settings=settings,
         redis=redis,
-        queue=JobQueue(redis, Keys(settings.redis_key_prefix), JobCodec(cipher)),
+        queue=JobQueue(redis, keys_for(settings), JobCodec(cipher)),
         store_if_made=store,
         http_if_made=http,
         reads=reads,

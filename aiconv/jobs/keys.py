@@ -1,16 +1,32 @@
 """Every Redis key aiconv uses, named in one place, under one prefix (installs and test runs never
-collide).
+collide), laid out so that the same code runs on one Redis or on a Redis Cluster.
 
-All keys of one chat carry the same hash tag, `{c:<chat id>}`, so a Lua script that touches
-several keys of one chat stays within one Redis Cluster slot. Global keys (the streams, the due
-sets, the bot-wide rate limit) have no tag. No module builds a key by string concatenation, and
-no Lua script builds one at run time: scripts receive their keys through KEYS.
+Invariant: no Lua script and no MULTI touches keys of two hash slots. The conversation path is
+split into `shards` (REDIS_SHARDS; 1 on a single Redis): a chat belongs to one shard (a stable
+hash of its id), and every key of that chat *and* every structure its scripts touch together
+with it (the stage streams, their idempotency markers and dead letters, the turn and typing due
+sets) carries the shard's hash tag (`{s<n>}`, see `_shard_tags`). So a turn's claim, hand-overs
+and finish each stay one atomic script on one node, and throughput grows with the shards spread
+over the cluster's primaries. Keys that stand alone (the bot-wide rate limit, leases, the
+scheduler's slots) need no tag; groups of keys used together outside the conversation path have
+tags of their own (`{ml}` for the capacity index, `{oai:<reader>}` for one web process's /v1
+results).
+
+No module builds a key by string concatenation, and no Lua script builds one at run time:
+scripts receive their keys through KEYS.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
+import zlib
 from dataclasses import dataclass
+from typing import Literal
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
+from redis.crc import key_slot
 
 # Stream -> the consumer group that works it. A job is alive while its entry is unacknowledged
 # in that group (read and pending, or not read yet).
@@ -18,66 +34,114 @@ UPDATES_GROUP = "worker"
 GENERATE_GROUP = "ml"
 REPLIES_GROUP = "delivery"
 
+Stage = Literal["updates", "generate", "replies"]
+STAGES: tuple[Stage, ...] = ("updates", "generate", "replies")
+_GROUPS: dict[str, str] = {
+    "updates": UPDATES_GROUP,
+    "generate": GENERATE_GROUP,
+    # The same stage works both generation streams; a group name is per stream, so sharing it
+    # costs nothing and keeps ml's consumer names and claims alike.
+    "generate:openai": GENERATE_GROUP,
+    "replies": REPLIES_GROUP,
+}
+# A hash tag at the start of a label: "{s3}:updates" -> "updates" (metrics name stages, not shards).
+_TAG = re.compile(r"^\{[^}]*\}:")
+
 
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "aiconv:"
+    shards: int = 1
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ValueError("shards must be at least 1")
+        if "{" in self.prefix or "}" in self.prefix:
+            # A brace in the prefix would become every key's hash tag: one slot for everything.
+            raise ValueError("the key prefix may not contain { or }")
+
+    # --- shards --------------------------------------------------------------------------------
+
+    def shard_of(self, chat_id: int | str | None) -> int:
+        """The shard of a chat (stable across processes and restarts); shard 0 for no chat."""
+        if chat_id is None or self.shards == 1:
+            return 0
+        return zlib.crc32(str(chat_id).encode()) % self.shards
+
+    @property
+    def all_shards(self) -> range:
+        return range(self.shards)
+
+    def shard_tag(self, shard: int) -> str:
+        return f"{self.prefix}{{{_shard_tags(self.shards)[shard]}}}"
 
     # --- streams -------------------------------------------------------------------------------
 
-    @property
-    def updates(self) -> str:
-        """Telegram updates (web, poller) and claimed chat turns (turn scheduler) for the worker."""
-        return f"{self.prefix}updates"
+    def stream(self, stage: Stage, shard: int) -> str:
+        return f"{self.shard_tag(shard)}:{stage}"
 
-    @property
-    def generate(self) -> str:
-        return f"{self.prefix}generate"
+    def updates(self, shard: int) -> str:
+        """Telegram updates (web, poller) and claimed chat turns (turn scheduler) for the worker."""
+        return self.stream("updates", shard)
+
+    def generate(self, shard: int) -> str:
+        return self.stream("generate", shard)
+
+    def replies(self, shard: int) -> str:
+        return self.stream("replies", shard)
+
+    def stage_streams(self, stage: Stage) -> tuple[str, ...]:
+        """One stage's stream in every shard: what its consumers read."""
+        return tuple(self.stream(stage, shard) for shard in self.all_shards)
 
     @property
     def openai_generate(self) -> str:
         """Generation jobs of the OpenAI-compatible API (/v1), for ml: a stream of their own, so
         that API traffic is seen, bounded, trimmed and dead-lettered apart from chat turns."""
-        return f"{self.prefix}generate:openai"
-
-    @property
-    def replies(self) -> str:
-        return f"{self.prefix}replies"
+        return f"{self.prefix}{{oai}}:generate"
 
     @property
     def job_streams(self) -> tuple[str, ...]:
         """Every stream a consumer group works: trimmed, measured, replayable from the DLQ."""
-        return (self.updates, self.generate, self.openai_generate, self.replies)
+        return (
+            *self.stage_streams("updates"),
+            *self.stage_streams("generate"),
+            self.openai_generate,
+            *self.stage_streams("replies"),
+        )
+
+    def dlq(self, stream: str) -> str:
+        """The dead letters of one job stream, in its hash slot (dead-lettering is one script
+        with the acknowledgement of the source entry)."""
+        return f"{stream}:dlq"
 
     @property
-    def dlq(self) -> str:
-        return f"{self.prefix}dlq"
+    def dlqs(self) -> tuple[str, ...]:
+        return tuple(self.dlq(stream) for stream in self.job_streams)
 
     def group_of(self, stream: str) -> str:
         """The consumer group of one of the job streams."""
-        return {
-            self.updates: UPDATES_GROUP,
-            self.generate: GENERATE_GROUP,
-            # The same stage works both generation streams; a group name is per stream, so
-            # sharing it costs nothing and keeps ml's consumer names and claims alike.
-            self.openai_generate: GENERATE_GROUP,
-            self.replies: REPLIES_GROUP,
-        }[stream]
+        return _GROUPS[self.label(stream)]
 
     def label(self, key: str) -> str:
-        """A key without the install's prefix: metrics labels ("updates", "generate", ...)."""
-        return key.removeprefix(self.prefix)
+        """A key without the install's prefix and shard: metrics labels ("updates",
+        "generate", "generate:openai", "replies", "updates:dlq", ...)."""
+        rest = key.removeprefix(self.prefix)
+        if rest.startswith("{oai}:generate"):
+            return "generate:openai" + rest.removeprefix("{oai}:generate")
+        return _TAG.sub("", rest)
 
     # --- idempotency ---------------------------------------------------------------------------
 
-    def done(self, idempotency_key: str) -> str:
-        """Marker that the job with this key has already handed its effect on."""
-        return f"{self.prefix}done:{idempotency_key}"
+    def done(self, stream: str, idempotency_key: str) -> str:
+        """Marker that the job with this key has already been added to `stream` (kept in the
+        stream's hash slot: the marker and the XADD are one script)."""
+        return f"{stream}:done:{idempotency_key}"
 
-    # --- per chat (hash tag {c:ID}) ------------------------------------------------------------
+    # --- per chat (the chat's shard tag) -------------------------------------------------------
 
     def chat_tag(self, chat_id: int | str) -> str:
-        return f"{self.prefix}{{c:{chat_id}}}"
+        return f"{self.shard_tag(self.shard_of(chat_id))}:c:{chat_id}"
 
     def chat_state(self, chat_id: int | str) -> str:
         """Hash: the chat's turn state (noted/covered/answered counters, its turn in flight)."""
@@ -117,27 +181,22 @@ class Keys:
         getChatMember said lately (changing a group's /persona is for its admins)."""
         return f"{self.chat_tag(chat_id)}:admin:{user_id}"
 
-    # --- turns (global) ------------------------------------------------------------------------
+    # --- turns and typing (per shard) ----------------------------------------------------------
 
-    @property
-    def turns_due(self) -> str:
-        """Chats with unanswered messages and no turn in flight, scored by when a turn may start."""
-        return f"{self.prefix}turns:due"
+    def turns_due(self, shard: int) -> str:
+        """The shard's chats with unanswered messages and no turn in flight, scored by when a
+        turn may start."""
+        return f"{self.shard_tag(shard)}:turns:due"
 
-    @property
-    def turns_held(self) -> str:
-        """Chats with a turn in flight, scored by when its lease ends unless renewed."""
-        return f"{self.prefix}turns:held"
+    def turns_held(self, shard: int) -> str:
+        """The shard's chats with a turn in flight, scored by when its lease ends unless renewed."""
+        return f"{self.shard_tag(shard)}:turns:held"
 
-    # --- typing --------------------------------------------------------------------------------
+    def typing_due(self, shard: int) -> str:
+        return f"{self.shard_tag(shard)}:typing:due"
 
-    @property
-    def typing_due(self) -> str:
-        return f"{self.prefix}typing:due"
-
-    @property
-    def typing_deadline(self) -> str:
-        return f"{self.prefix}typing:deadline"
+    def typing_deadline(self, shard: int) -> str:
+        return f"{self.shard_tag(shard)}:typing:deadline"
 
     # --- ml capacity ---------------------------------------------------------------------------
 
@@ -181,19 +240,39 @@ class Keys:
 
     # --- OpenAI-compatible API -----------------------------------------------------------------
 
-    def api_response(self, request_id: str) -> str:
-        return f"{self.prefix}oai:{request_id}"
+    # One web process's result reader XREADs its waiters' response streams and its wake stream
+    # in one call: they share the reader's tag {oai:<reader>}, so one slot.
+
+    def api_response(self, reader_id: str, request_id: str) -> str:
+        return f"{self.prefix}{{oai:{reader_id}}}:{request_id}"
+
+    def openai_reader_wake(self, reader_id: str) -> str:
+        """Stream: one web process's wake-up call to its /v1 result reader (a new waiter)."""
+        return f"{self.prefix}{{oai:{reader_id}}}:wake"
 
     def api_cancel(self, request_id: str) -> str:
         return f"{self.prefix}oai:{request_id}:cancel"
 
-    def openai_reader_wake(self, reader_id: str) -> str:
-        """Stream: one web process's wake-up call to its /v1 result reader (a new waiter)."""
-        return f"{self.prefix}oai-wake:{reader_id}"
-
     def api_in_flight(self, api_key: str) -> str:
         """How many /v1 requests one API key has open (named by a digest, never the key)."""
         return f"{self.prefix}oai-in-flight:{_digest(api_key)}"
+
+
+@functools.cache
+def _shard_tags(shards: int) -> tuple[str, ...]:
+    """Hash tags whose slots are spread evenly over the 16384 slots: shard n's slot lies in the
+    n-th of `shards` equal ranges, so a cluster whose primaries own equal slot ranges (as
+    `redis-cli --cluster create` makes them) carries equal numbers of shards when `shards` is a
+    multiple of its primaries. ("s3", "s3.1", ...: the first whose slot falls in its range.)"""
+    tags = []
+    for shard in range(shards):
+        low, high = shard * SLOTS // shards, (shard + 1) * SLOTS // shards
+        tag, attempt = f"s{shard}", 0
+        while not low <= key_slot(tag.encode()) < high:
+            attempt += 1
+            tag = f"s{shard}.{attempt}"
+        tags.append(tag)
+    return tuple(tags)
 
 
 def _digest(secret: str) -> str:

@@ -52,7 +52,7 @@ from aiconv.web.server import accepting, serve
 WORKER_KILL_SECONDS = 5
 OPS_STOP_SECONDS = 5.0
 # Opening the clients and the Redis persistence check: connect (3 s) and two replies (15 s each)
-# at most, see resources.make_redis; beyond that something is stuck, and the start fails.
+# at most, see jobs/client.py; beyond that something is stuck, and the start fails.
 OPS_START_SECONDS = 40.0
 
 log = structlog.get_logger(__name__)

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis
 
+from aiconv.jobs.client import RedisClient
+from aiconv.jobs.keys import Keys
 from aiconv.testing.botapi import BotApiDouble
 from tests.support.processes import AiconvProcess, Launcher, base_env
+from tests.support.redis_targets import KINDS, RedisTarget, delete_prefixed_on, target
 from tests.support.services import (
-    REDIS_URL,
     RUN_ID,
     delete_prefixed,
     migrated_database,
@@ -41,18 +42,47 @@ async def database_url() -> AsyncIterator[str]:
         yield url
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "both_redis: run against one Redis and a Redis Cluster (tests/support/redis_targets.py)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "redis_target" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_redis"
+    ):
+        metafunc.parametrize("redis_target", KINDS, indirect=True)
+
+
 @pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
+def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
+    """The Redis this test runs against: the single server, or (in `both_redis` modules, as
+    a second run) the loopback cluster."""
+    return target(getattr(request, "param", "single"))
+
+
+@pytest.fixture
+async def redis_prefix(redis_target: RedisTarget) -> AsyncIterator[str]:
     """A key prefix of this test's own; its keys are deleted afterwards."""
     prefix = new_redis_prefix()
     yield prefix
+    if redis_target.cluster:
+        await delete_prefixed_on(redis_target, prefix)
     await delete_prefixed(prefix)
 
 
 @pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    """A client of the test Redis (decoded responses); keys go under `redis_prefix`."""
-    client = Redis.from_url(REDIS_URL, decode_responses=True)
+def keys(redis_target: RedisTarget, redis_prefix: str) -> Keys:
+    """The key layout of this test's prefix on its Redis (the cluster's has several shards)."""
+    return redis_target.keys(redis_prefix)
+
+
+@pytest.fixture
+async def redis(redis_target: RedisTarget) -> AsyncIterator[RedisClient]:
+    """A client of the test's Redis (decoded responses); keys go under `redis_prefix`."""
+    client = redis_target.client()
     yield client
     await client.aclose()
 
@@ -81,13 +111,18 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def launch(
-    database_url: str, redis_prefix: str, double: BotApiDouble, tmp_path: Path
+    database_url: str,
+    redis_prefix: str,
+    redis_target: RedisTarget,
+    double: BotApiDouble,
+    tmp_path: Path,
 ) -> AsyncIterator[Launcher]:
     """Start aiconv processes (any mode, extra settings); all are stopped at teardown."""
     started: list[AiconvProcess] = []
 
     async def start(mode: str = "all", **settings: str) -> AiconvProcess:
         env = base_env(database_url, redis_prefix, double.url, double.token)
+        env.update(redis_target.env())
         env.update(settings)
         process = AiconvProcess(env, mode, tmp_path / f"aiconv-{mode}-{len(started)}.log")
         started.append(process)
@@ -134,7 +169,7 @@ InProcess = Callable[..., Awaitable["Resources"]]
 
 @pytest.fixture
 async def in_process(
-    database_url: str, redis_prefix: str, double: BotApiDouble
+    database_url: str, redis_prefix: str, redis_target: RedisTarget, double: BotApiDouble
 ) -> AsyncIterator[InProcess]:
     """Run aiconv's modes in this test's process, polling the double, until the test ends:
     `await in_process(("worker", "ml"), SETTING="value")` returns the modes' Resources once they
@@ -148,6 +183,7 @@ async def in_process(
 
     async def run(modes: tuple[str, ...] = ("worker",), **settings: str) -> Resources:
         env = base_env(database_url, redis_prefix, double.url, double.token)
+        env.update(redis_target.env())
         env.update(settings)
         ready: asyncio.Future[Resources] = asyncio.get_running_loop().create_future()
 

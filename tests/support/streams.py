@@ -9,27 +9,28 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from redis.asyncio import Redis
+from aiconv.jobs.client import RedisClient
+from aiconv.jobs.keys import Keys
 
 Entry = tuple[str, dict[str, str]]
 
 
 async def stream_entries(
-    redis: Redis, stream: str, min: str = "-", max: str = "+", count: int | None = None
+    redis: RedisClient, stream: str, min: str = "-", max: str = "+", count: int | None = None
 ) -> list[Entry]:
     """The stream's entries from `min` to `max` (XRANGE), oldest first; [] if it has none."""
     return cast(list[Entry], await redis.xrange(stream, min=min, max=max, count=count) or [])
 
 
 async def read_group(
-    redis: Redis, group: str, consumer: str, stream: str, count: int | None = None
+    redis: RedisClient, group: str, consumer: str, stream: str, count: int | None = None
 ) -> list[Entry]:
     """New entries of one stream for `consumer` of `group` (XREADGROUP >); [] if none."""
     return _entries_of(await redis.xreadgroup(group, consumer, {stream: ">"}, count=count))
 
 
 async def read_stream(
-    redis: Redis,
+    redis: RedisClient,
     stream: str,
     after: str = "0-0",
     count: int | None = None,
@@ -47,14 +48,13 @@ def _entries_of(reply: object) -> list[Entry]:
     return entries
 
 
-async def generation_jobs(redis: Redis, prefix: str, chat_id: int) -> list[dict[str, Any]]:
+async def generation_jobs(redis: RedisClient, keys: Keys, chat_id: int) -> list[dict[str, Any]]:
     """Every chat-turn generation job handed to ml for `chat_id` (its `turns`, `persona`, ...),
     oldest first, decoded from the generate stream."""
     # Imported here: the job codec is product code this typing helper otherwise never needs.
     from aiconv.jobs.codec import JobCodec
-    from aiconv.jobs.keys import Keys
 
-    stream = Keys(prefix).generate
+    stream = keys.generate(keys.shard_of(chat_id))
     codec = JobCodec(None)
     jobs = []
     for _, fields in await stream_entries(redis, stream):
