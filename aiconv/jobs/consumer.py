@@ -53,6 +53,7 @@ __all__ = [
     "Consumer",
     "ConsumerOptions",
     "DependencyUnavailable",
+    "Slots",
     "consumer_name",
 ]
 
@@ -82,6 +83,29 @@ for _, consumer in ipairs(consumers) do
 end
 return removed
 """
+
+
+class Slots:
+    """How many jobs the consumers of one stage hold at once (read or claimed, waiting or
+    running), and how many run: shared by a stage's consumers, one per shard stream, so that a
+    process takes on `size` jobs of that stage however many shards there are."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.held = 0
+        self.running = asyncio.Semaphore(size)
+        self.released = asyncio.Event()  # set whenever a held job is settled
+
+    @property
+    def free(self) -> int:
+        return self.size - self.held
+
+    def take(self) -> None:
+        self.held += 1
+
+    def give_back(self) -> None:
+        self.held -= 1
+        self.released.set()
 
 
 def consumer_name() -> str:
@@ -132,6 +156,7 @@ class Consumer:
         lane_of: LaneOf | None = None,
         options: ConsumerOptions | None = None,
         on_dead_letter: Handler | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self.queue = queue
         self.stream = stream
@@ -147,7 +172,8 @@ class Consumer:
         # Metrics name streams without the key prefix: "updates", "generate", "replies".
         self.stream_label = stream.removeprefix(queue.keys.prefix)
         self.ready = asyncio.Event()  # set once the group exists and reading has begun
-        self._slots = asyncio.Semaphore(self.options.concurrency)  # handlers running at once
+        # Shared with the stage's other consumers when given; else `concurrency` of our own.
+        self.slots = slots or Slots(self.options.concurrency)
         self._claim_cursor = "0-0"  # where the next XAUTOCLAIM continues its pass
         self._forget_idle = queue.redis.register_script(_FORGET_IDLE_CONSUMERS)
 
@@ -185,7 +211,7 @@ class Consumer:
                 if now - last_forget > max(1.0, self.options.forget_after / 4):
                     await self._forget_dead_consumers()
                     last_forget = now
-                free = self.options.concurrency - len(self._tasks)
+                free = self.slots.free
                 if free <= 0:
                     await self._wait_for_slot(stop)
                     continue
@@ -241,12 +267,14 @@ class Consumer:
         previous = self._lanes.get(lane) if lane is not None else None
         task = asyncio.create_task(self._process(job, previous), name=f"job-{job.id}")
         self._tasks[job.id] = task
+        self.slots.take()
         if lane is not None:
             self._lanes[lane] = task
         task.add_done_callback(lambda t: self._forget(job.id, lane, t))
 
     def _forget(self, entry_id: str, lane: str | None, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(entry_id, None)
+        if self._tasks.pop(entry_id, None) is not None:
+            self.slots.give_back()
         if lane is not None and self._lanes.get(lane) is task:
             del self._lanes[lane]
 
@@ -265,7 +293,7 @@ class Consumer:
         if job.payload.get("invalid"):
             await self._settle(self._dead_letter, job, "unreadable job payload")
             return
-        async with self._slots:  # claimed jobs beyond our free slots wait here, kept fresh
+        async with self.slots.running:  # jobs beyond the free slots wait here, kept fresh
             if not await self._run_handler(job):
                 return
             await self._settle(self.queue.ack, job, self.group)
@@ -340,7 +368,7 @@ class Consumer:
         `_CLAIM_CALLS_PER_ROUND` calls, fewer when the pass ends (Redis returns 0-0).
         """
         min_idle_ms = int(self.options.visibility_timeout * 1000)
-        count = max(1, self.options.claim_batch, self.options.concurrency - len(self._tasks))
+        count = max(1, self.options.claim_batch, self.slots.free)
         for _ in range(_CLAIM_CALLS_PER_ROUND):
             try:
                 result = await self.queue.redis.xautoclaim(
@@ -419,15 +447,18 @@ class Consumer:
         self._log.error("job moved to dead-letter stream", job_id=job.id, error=error[:200])
 
     async def _wait_for_slot(self, stop: asyncio.Event) -> None:
+        self.slots.released.clear()
         stopping = asyncio.ensure_future(stop.wait())
+        released = asyncio.ensure_future(self.slots.released.wait())
         try:
             await asyncio.wait(
-                [stopping, *self._tasks.values()],
+                [stopping, released],
                 timeout=self.options.block_ms / 1000,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             stopping.cancel()
+            released.cancel()
 
     async def _drain(self) -> None:
         """Let in-flight jobs finish; cancel the rest, which stay pending for others to claim."""
