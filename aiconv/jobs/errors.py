@@ -11,6 +11,7 @@ the job to the dead-letter stream. Handlers translate an outside service's outag
 from __future__ import annotations
 
 import psycopg
+from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -27,11 +28,20 @@ class DependencyUnavailable(Exception):
         self.detail = detail
 
 
+# Redis unreachable, or a Redis Cluster between states (a failover: CLUSTERDOWN, slots not
+# covered yet, TRYAGAIN during a resharding): each passes once the cluster settles.
+REDIS_OUTAGES: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+
 # Failures of a dependency rather than of the job itself: waited out, never counted as attempts.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     DependencyUnavailable,
-    RedisConnectionError,
-    RedisTimeoutError,
+    *REDIS_OUTAGES,
     psycopg.OperationalError,
     OSError,
 )
