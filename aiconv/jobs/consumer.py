@@ -526,6 +526,7 @@ class Consumer:
 
 
 def _stream_lost(error: ResponseError) -> bool:
-    """The stream or its consumer group no longer exists (Redis lost its data)."""
+    """The stream or its consumer group no longer exists (Redis lost its data; a blocked read
+    answers UNBLOCKED when its stream is deleted meanwhile)."""
     text = str(error)
-    return "NOGROUP" in text or "no such key" in text.lower()
+    return "NOGROUP" in text or "no such key" in text.lower() or "no longer exists" in text
