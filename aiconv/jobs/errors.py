@@ -11,7 +11,12 @@ the job to the dead-letter stream. Handlers translate an outside service's outag
 from __future__ import annotations
 
 import psycopg
-from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import (
+    ClusterError,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -28,11 +33,13 @@ class DependencyUnavailable(Exception):
         self.detail = detail
 
 
-# Redis unreachable, or a Redis Cluster between states (a failover: CLUSTERDOWN, slots not
-# covered yet, TRYAGAIN during a resharding): each passes once the cluster settles.
+# Redis unreachable (a cluster client says so with an error of its own, not a ConnectionError),
+# or a Redis Cluster between states (a failover: CLUSTERDOWN, slots not covered yet, TRYAGAIN
+# during a resharding): each passes once Redis is back or the cluster settles.
 REDIS_OUTAGES: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
+    RedisClusterUnreachableError,
     ClusterError,
     SlotNotCoveredError,
     TryAgainError,
