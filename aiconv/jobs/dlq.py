@@ -122,6 +122,11 @@ class DeadLetters:
         source, entry_id = found
         return bool(await self.redis.xdel(self.keys.dlq(self._streams[source]), entry_id))
 
+    def stream_of(self, dead_id: str) -> str | None:
+        """The job stream a dead job's id belongs to (where a replay sends it), if any."""
+        found = self._locate(dead_id)
+        return None if found is None else self._streams[found[0]]
+
     def _locate(self, dead_id: str) -> tuple[str, str] | None:
         """(source name, entry id) of a dead job's id; None when it names no stream of ours."""
         match = _DEAD_JOB_ID.fullmatch(dead_id)

@@ -151,7 +151,6 @@ class AdminApi:
         self.key = key
         self.store = store
         self.dead = dead
-        self.replayable = set(dead.keys.job_streams)
 
     def authorized(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         """Authenticate and authorise, run the handler with the token's subject, turn outside
@@ -216,7 +215,8 @@ class AdminApi:
         job = await self.dead.get(entry_id)
         if job is None:
             raise _not_found(f"no dead job {entry_id}")
-        if job.stream not in self.replayable:
+        # A record naming another stream than the one it was dead-lettered from is damaged.
+        if job.stream != self.dead.stream_of(entry_id):
             raise HttpError(409, "the dead job names no stream it can be replayed onto")
         new_id = await self.dead.replay(entry_id)
         if new_id is None:  # dropped or replayed by someone else meanwhile
