@@ -34,7 +34,7 @@ def aiconv(target: RedisTarget, prefix: str, *args: str) -> subprocess.Completed
 
 
 async def test_dlq_list_replay_and_drop(
-    redis: RedisClientClient, keys: Keys, redis_target: RedisTarget, redis_prefix: str
+    redis: RedisClient, keys: Keys, redis_target: RedisTarget, redis_prefix: str
 ) -> None:
     # Dead letters of two streams (two shards' on the cluster) and of the /v1 stream: one list,
     # oldest first, ids unique across them, each replayed onto its own stream.

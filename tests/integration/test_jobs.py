@@ -18,7 +18,6 @@ from tests.support.running import running
 from tests.support.streams import read_group, stream_entries
 from tests.support.waiting import eventually
 
-
 pytestmark = pytest.mark.both_redis
 
 
@@ -340,3 +339,31 @@ async def test_consumers_sharing_slots_never_hold_more_than_their_size_together(
     # A slot given back goes to the consumer that waited for it: neither stream waits for the
     # other to drain.
     assert set(finished[:20]) == set(streams)
+
+
+# --- stream gauges: one label per stage, whatever the shards -----------------------------------
+
+
+async def test_stream_gauges_add_up_every_shard_under_the_stage_label(
+    queue: JobQueue, redis: RedisClient
+) -> None:
+    from aiconv.observability.gauges import refresh_streams
+    from aiconv.observability.metrics import DLQ_SIZE, STREAM_LAG, STREAM_LENGTH, STREAM_PENDING
+
+    keys = queue.keys
+    # Shard n's replies stream gets n + 2 jobs, of which one is read (pending), the rest unread.
+    for shard, stream in enumerate(keys.stage_streams("replies")):
+        await queue.ensure_group(stream, keys.group_of(stream))
+        await queue.enqueue_many(stream, [{"n": n} for n in range(shard + 2)])
+        await read_group(redis, keys.group_of(stream), "c", stream, count=1)
+    # One dead letter in shard 0's updates DLQ and one in the last shard's generate DLQ.
+    for stream in (keys.updates(0), keys.generate(last_shard(keys))):
+        await redis.xadd(keys.dlq(stream), {"job": "{}"})
+
+    await refresh_streams(redis, keys)
+    shards = keys.shards
+    total = sum(shard + 2 for shard in range(shards))
+    assert STREAM_LENGTH.labels("replies")._value.get() == total
+    assert STREAM_PENDING.labels("replies")._value.get() == shards
+    assert STREAM_LAG.labels("replies")._value.get() == total - shards
+    assert DLQ_SIZE._value.get() == 2
