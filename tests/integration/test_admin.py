@@ -327,7 +327,7 @@ async def dead(redis: Redis, keys: Keys, n: int, stream: str | None = None) -> s
         "failed_at": 1_700_000_000.5,
         "payload": {"key": f"gen:1:{n}", "chat_id": 1},
     }
-    entry = await redis.xadd(keys.dlq(keys.generate(0)), {"job": json.dumps(record)})
+    entry = str(await redis.xadd(keys.dlq(keys.generate(0)), {"job": json.dumps(record)}))
     return f"generate.0@{entry}"
 
 
