@@ -116,6 +116,11 @@ class Slots:
     def free(self) -> int:
         return self.size - self.held
 
+    @property
+    def waiting(self) -> int:
+        """Consumers waiting for a slot."""
+        return len(self._waiters)
+
     async def reserve(self, wanted: int, wait_seconds: float) -> int:
         """Hold up to `wanted` free slots (at least one), waiting up to `wait_seconds` for
         one; returns how many were taken (0: none came in time)."""
