@@ -23,6 +23,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, ResponseError
 
 from aiconv.jobs.client import RedisClient
@@ -245,6 +246,9 @@ class JobQueue:
             keys.append(source[0].stream)
         if guard:
             keys += [k.chat_state(guard.chat_id), k.turns_held(k.shard_of(guard.chat_id))]
+        if len({key_slot(key.encode()) for key in keys}) > 1:
+            # Refused on one Redis too, where it would work: the layout must hold everywhere.
+            raise ValueError(f"one script may not touch keys of two hash slots: {keys}")
         args: list[str | int | float] = [
             DONE_TTL_SECONDS,
             self.codec.encode(stream, payload),

@@ -367,3 +367,12 @@ async def test_stream_gauges_add_up_every_shard_under_the_stage_label(
     assert STREAM_PENDING.labels("replies")._value.get() == shards
     assert STREAM_LAG.labels("replies")._value.get() == total - shards
     assert DLQ_SIZE._value.get() == 2
+
+
+async def test_a_hand_over_between_two_shards_is_refused_on_either_kind(queue: JobQueue) -> None:
+    # The /v1 stream and a chat stream have different tags on one Redis too: what would fail
+    # on a cluster (CROSSSLOT) fails everywhere, before anything is sent.
+    source = Job(queue.keys.openai_generate, "1-0", {})
+    with pytest.raises(ValueError, match="two hash slots"):
+        await queue.hand_over(source, "g", queue.keys.replies(0), {"key": "r"})
+    assert await queue.redis.xlen(queue.keys.replies(0)) == 0
