@@ -33,7 +33,7 @@ DESCRIPTIONS = {
 }
 
 
-DLQ_HELP = "Inspect the dead-letter stream: list, replay ID, drop ID."
+DLQ_HELP = "Inspect the dead letters of every job stream: list, replay ID, drop ID."
 ADMIN_HELP = "Admin API helpers: token mints a bearer token (needs JWT_SECRET_KEY)."
 
 
