@@ -134,7 +134,12 @@ async def announce_when_ready(
     consumers: list[Consumer], stop: asyncio.Event, **fields: object
 ) -> None:
     """Log "worker running" once every consumer (each stage, each shard) reads its stream."""
-    ready = asyncio.gather(*(consumer.ready.wait() for consumer in consumers))
+
+    async def all_ready() -> None:
+        for consumer in consumers:
+            await consumer.ready.wait()
+
+    ready = asyncio.ensure_future(all_ready())
     stopping = asyncio.ensure_future(stop.wait())
     waiting: list[asyncio.Future[Any]] = [ready, stopping]
     await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
