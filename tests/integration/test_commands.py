@@ -75,7 +75,7 @@ async def test_persona_is_shown_set_limited_reset_and_reaches_the_model(
     assert await say("/persona") == texts.persona_shown(pirate, custom=True)
 
     await double.send_user_message(chat, "hello there")
-    jobs = await eventually(lambda: generation_jobs(redis, redis_prefix, chat))
+    jobs = await eventually(lambda: generation_jobs(redis, Keys(redis_prefix), chat))
     assert jobs[-1]["persona"] == pirate  # what the ml stage builds its system prompt from
     assert jobs[-1]["turns"][-1] == ["user", "hello there"]
 
@@ -186,7 +186,7 @@ async def test_retry_is_a_new_turn_over_the_same_message_and_never_answers_twice
     [_, first] = await double.wait_for_messages(chat, 2)
     retry = await double.send_user_message(chat, "/retry")
     await double.wait_for_messages(chat, 3)
-    jobs = await generation_jobs(redis, redis_prefix, chat)
+    jobs = await generation_jobs(redis, Keys(redis_prefix), chat)
     # A turn of its own, answering the /retry (delivery decides whether to quote it).
     assert jobs[-1]["reply_to_message_id"] == retry["message"]["message_id"]
     # The retried turn saw the same user message, without the answer it replaces.
@@ -203,7 +203,7 @@ async def test_retry_is_a_new_turn_over_the_same_message_and_never_answers_twice
     assert len(sent) == 4, sent
     assert first in sent  # nothing already sent was replaced or deleted
     assert not [c for c in double.calls if c.method in ("editMessageText", "deleteMessage")]
-    last = (await generation_jobs(redis, redis_prefix, chat))[-1]
+    last = (await generation_jobs(redis, Keys(redis_prefix), chat))[-1]
     assert last["turns"] == [["user", "Name a colour.\nAnd a number?"]] or last["turns"] == [
         ["user", "Name a colour."],
         ["user", "And a number?"],
