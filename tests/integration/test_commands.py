@@ -4,16 +4,19 @@ PostgreSQL and Redis: /start, /help, /reset, /persona (admins only in groups, ca
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from redis.asyncio import Redis
 
 from aiconv.conversation import texts
 from aiconv.conversation.commands import menu
 from aiconv.conversation.prompt import DEFAULT_PERSONA
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
 from aiconv.telegram.client import BotClient
 from aiconv.testing.botapi import BotApiDouble
@@ -251,3 +254,25 @@ async def test_an_anonymous_group_admin_may_change_the_persona(
     channel = {"sender_chat": {"id": -100999, "type": "channel", "title": "a channel"}}
     await double.send_user_message(group, text, user_id=136817688, chat_type="group", extra=channel)
     assert (await double.wait_for_messages(group, 2))[-1] == texts.PERSONA_ADMINS_ONLY
+
+
+@pytest.mark.both_redis
+async def test_one_worker_serves_the_chats_of_every_shard(
+    in_process: InProcess, double: BotApiDouble, redis: RedisClient, keys: Keys
+) -> None:
+    """One updates and one replies consumer per shard stream: a fixed reply goes from each
+    chat's updates to its replies stream and out; a message becomes a turn claimed in its shard
+    and a generation job in that shard's stream (no ml here: it stays there)."""
+    await in_process()
+    chats: dict[int, int] = {}
+    while len(chats) < keys.shards:
+        chat = a_chat()
+        chats.setdefault(keys.shard_of(chat), chat)
+    for chat in chats.values():
+        await double.send_user_message(chat, "/start")
+    for chat in chats.values():
+        assert await double.wait_for_messages(chat, 1) == [texts.greeting(f"User{chat}")]
+        await double.send_user_message(chat, "hello")
+    for chat in chats.values():
+        jobs = await eventually(functools.partial(generation_jobs, redis, keys, chat))
+        assert [job["turns"][-1] for job in jobs] == [["user", "hello"]]
