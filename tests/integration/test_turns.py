@@ -6,9 +6,11 @@ reported ones, and what a failover that loses a chat's turn state does."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
+import aiconv.worker.turns as turns_module
 from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import GENERATE_GROUP, UPDATES_GROUP, Keys
 from aiconv.jobs.messages import GenerateJob, ReplyJob, TurnJob
@@ -302,3 +304,20 @@ async def test_a_chat_whose_turn_state_vanished_is_answered_once_by_the_next_swe
     assert await turns.sweep_leases() == (0, 0)
     for shard in keys.all_shards:
         assert await redis.zcard(keys.turns_held(shard)) == 0
+
+
+async def test_claims_load_the_script_on_a_node_that_lacks_it(
+    redis: RedisClient, keys: Keys
+) -> None:
+    """Claims go out as EVALSHA in one pipeline, which loads no script: a node that never ran
+    it (a new primary after a failover, a restart) answers NOSCRIPT, and the claim is sent again
+    alone, loading it."""
+    turns = turns_with(redis, keys)
+    unseen = f"{turns_module._CLAIM}\n-- {uuid.uuid4().hex}"  # a script no node has loaded
+    turns._claim = redis.register_script(unseen)
+    chats = chat_per_shard(keys)
+    for chat in chats:
+        await turns.note_message(chat, 1)
+    assert await turns.claim_due() == len(chats)
+    for chat in chats:
+        assert len(await claimed(redis, keys, chat)) == 1
