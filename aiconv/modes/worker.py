@@ -84,7 +84,7 @@ async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -
     update_handler = UpdateHandler(resources, typing, turns, await bot_username(resources), pacer)
     delivery = DeliveryHandler(resources, typing, turns, limiter)
 
-    def stage(stage: Stage, group: str, handler: Handler) -> list[Consumer]:
+    def stage_consumers(stage: Stage, group: str, handler: Handler) -> list[Consumer]:
         """The stage's consumers, one per shard stream, sharing the stage's slots."""
         slots = Slots(options.concurrency)
         return [
@@ -103,8 +103,8 @@ async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -
         ]
 
     consumers = [
-        *stage("updates", UPDATES_GROUP, update_handler),
-        *stage("replies", REPLIES_GROUP, delivery),
+        *stage_consumers("updates", UPDATES_GROUP, update_handler),
+        *stage_consumers("replies", REPLIES_GROUP, delivery),
     ]
     scheduler = EmbeddedScheduler(
         resources.redis,
