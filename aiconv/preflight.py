@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import structlog
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from aiconv.config import ConfigError, Settings
 from aiconv.jobs.client import RedisClient
@@ -51,8 +51,9 @@ async def require_durable_redis(redis: RedisClient, settings: Settings) -> None:
         return
     try:
         infos = await _per_primary(redis, "info")
-    except (RedisError, OSError) as error:
-        # Not reachable yet: the modes wait outages out, and the check must not turn one into a
+    except (RedisError, RedisClusterException, OSError) as error:
+        # Not reachable yet (a cluster none of whose nodes answers raises RedisClusterException,
+        # not a RedisError): the modes wait outages out, and the check must not turn one into a
         # crash loop. It runs again at the next start.
         log.warning("cannot tell whether Redis persists its data", error=type(error).__name__)
         return

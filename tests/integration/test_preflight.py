@@ -146,6 +146,17 @@ async def test_on_a_cluster_every_primary_must_persist(tmp_path: Path) -> None:
     assert names[0] not in str(refused.value)
 
 
+async def test_an_unreachable_cluster_is_waited_out_not_refused() -> None:
+    # The modes wait outages out; a start during one must not become a crash loop.
+    unreachable = RedisCluster(
+        host="127.0.0.1", port=free_port(), decode_responses=True, socket_connect_timeout=1
+    )
+    try:
+        await require_durable_redis(unreachable, PRODUCTION)
+    finally:
+        await unreachable.aclose()
+
+
 async def test_without_config_an_unknown_rdb_setting_warns_and_starts(tmp_path: Path) -> None:
     async with private_redis(
         "--save", "", "--rename-command", "CONFIG", "", "--dir", str(tmp_path)
