@@ -1,7 +1,9 @@
 """The ml stage: a generation job in, a reply job out (handed over atomically).
 
-Two kinds of generation job arrive on `{prefix}generate`: a chat turn from the worker (its reply
-goes to `{prefix}replies`) and an OpenAI-API request from the web (see `aiconv.ml.openai_jobs`).
+Two kinds of generation job arrive: a chat turn from the worker, on its chat's shard's generate
+stream, whose reply goes to the same shard's replies stream (the hand-over is one script, so both
+streams and the chat's keys share the shard's hash slot, see jobs/keys.py); and an OpenAI-API
+request from the web (see `aiconv.ml.openai_jobs`), usually on its own stream.
 """
 
 from __future__ import annotations
@@ -196,7 +198,7 @@ class GenerateHandler:
         await self.queue.hand_over(
             job,
             GENERATE_GROUP,
-            self.keys.replies,
+            self.keys.replies(self.keys.shard_of(chat_id)),
             reply.to_payload(),
             reply.key,
             guard=TurnGuard(chat_id=chat_id, turn=gen.turn),

@@ -18,10 +18,10 @@ from collections import deque
 from dataclasses import dataclass
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from aiconv.conversation.capacity import MlCapacity
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.retry import repeat_every
 from aiconv.ml.engine import Completion
@@ -123,7 +123,7 @@ class Throughput:
 
 @dataclass(eq=False)  # a service: compared by identity
 class CapacityPublisher:
-    redis: Redis
+    redis: RedisClient
     keys: Keys
     instance: str
     throughput: Throughput

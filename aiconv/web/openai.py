@@ -27,13 +27,13 @@ from typing import Any, TypeVar
 
 import anyio
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from aiconv.config import Settings
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.queue import JobQueue
 from aiconv.ml.protocol import (
     API_KIND,
@@ -95,7 +95,7 @@ class OpenAiApi:
     def __init__(self, settings: Settings, queue: JobQueue) -> None:
         self.api_keys = auth.ApiKeys(settings.openai_api_keys)
         self.queue = queue
-        self.redis: Redis = queue.redis
+        self.redis: RedisClient = queue.redis
         self.keys = queue.keys
         self.model_id = served_model_id(settings.resolved_model_path())
         self.created = int(time.time())
@@ -137,6 +137,8 @@ class OpenAiApi:
         key = self._check(request)
         body = await jsonbody.read_json(request, MAX_BODY_BYTES)
         job, stream, include_usage = self._job(body)
+        # ml writes the answer in this process's reader's hash slot (web/api_results.py).
+        job["reader"] = self.results.reader_id
         request_id = job["id"]
         slot = self.keys.api_in_flight(key)
         try:
@@ -347,7 +349,7 @@ class OpenAiApi:
         if waiter is not None:
             self.results.close(waiter)
         with contextlib.suppress(RedisError):
-            await self.redis.delete(self.keys.api_response(request_id))
+            await self.redis.delete(self.results.response_stream(request_id))
 
 
 async def _disconnected(request: Request) -> None:
