@@ -53,6 +53,9 @@ from aiconv.worker.rate_limit import SendLimiter
 DRAFT_TEXT_LIMIT = 4096  # Bot API: 1-4096 characters after entities parsing
 TICK_SECONDS = 0.25
 DUE_BATCH = 100  # chats claimed per shard and tick
+# Drafts in progress at once per worker: each needs a Redis connection now and then, from a
+# pool shared with the worker's other work.
+CONCURRENT_SENDS = 32
 GLOBAL_MAX_WAIT_SECONDS = 0.5  # a bot-wide slot later than this is not worth a draft
 CHAT_MAX_WAIT_SECONDS = 0.25  # nor a chat slot later than this (the next tick tries again)
 CALL_TIMEOUT_SECONDS = 5.0  # one sendMessageDraft's HTTP timeout
@@ -96,12 +99,11 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now),
 """
 )
 
-# Worker: claim one chat's draft. Nothing new, closed or gone: the chat leaves the due set. A
-# call still in flight, or the chat's send slot not within max_wait: tried again later.
-# Otherwise the chat's slot is reserved (the GCRA state SendLimiter.reserve_chat keeps in the
-# same key, same format), the call marked in flight, and the next draft due an interval later.
-# KEYS: draft, due, chat rate; ARGV: chat, interval, chat interval, max wait, lease
-# Returns {turn, text, seconds to wait for the slot} or false.
+# Worker: claim one chat's draft (its call now in flight, under a lease). Nothing new, closed
+# or gone: the chat leaves the due set. Another worker's call in flight: not now. The chat's
+# send slot not free within max_wait (a message just went): due again when it is.
+# KEYS: draft, due, chat rate; ARGV: chat, max wait, lease
+# Returns {turn, text, seq} or false.
 _CLAIM = (
     _NOW
     + """
@@ -110,27 +112,46 @@ if not d[1] or d[4] or tonumber(d[2]) <= tonumber(d[3]) then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return false
 end
-local interval = tonumber(ARGV[2])
-if tonumber(d[5] or '0') > now then
-  redis.call('ZADD', KEYS[2], string.format('%.6f', now + interval), ARGV[1])
-  return false
-end
+if tonumber(d[5] or '0') > now then return false end
 local tat = tonumber(redis.call('GET', KEYS[3]) or '0')
-local start = math.max(now, tat)
-if start - now > tonumber(ARGV[4]) then
-  redis.call('ZADD', KEYS[2], string.format('%.6f', start), ARGV[1])
+if tat - now > tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[2], string.format('%.6f', tat), ARGV[1])
   return false
 end
-local next_tat = start + tonumber(ARGV[3])
-redis.call('SET', KEYS[3], string.format('%.6f', next_tat),
-           'PX', math.ceil((next_tat - now) * 1000) + 1000)
-redis.call('HSET', KEYS[1], 'shown', d[2], 'busy', string.format('%.6f', now + tonumber(ARGV[5])))
-redis.call('ZADD', KEYS[2], string.format('%.6f', math.max(now + interval, next_tat)), ARGV[1])
-return {d[1], d[6], string.format('%.6f', start - now)}
+redis.call('HSET', KEYS[1], 'busy', string.format('%.6f', now + tonumber(ARGV[3])))
+return {d[1], d[6], d[2]}
 """
 )
 
-# Worker: the claimed call returned. KEYS: draft; ARGV: turn
+# Worker: a claimed draft got its slot of the bot-wide budget; unless closed meanwhile, it
+# takes the chat's send slot (the GCRA state SendLimiter.reserve_chat keeps in the same key,
+# in the same format), counts as shown, and the chat's next draft is due an interval later.
+# A claim that got no bot-wide slot does not come here: the chat keeps its score, so the
+# longest waiting chats are claimed first and each gets its turn when the budget is short.
+# KEYS: draft, due, chat rate; ARGV: chat, turn, seq, interval, chat interval
+# Returns the seconds to wait for the chat's slot, or -1: send nothing.
+_TAKE = (
+    _NOW
+    + """
+if redis.call('HGET', KEYS[1], 'turn') ~= ARGV[2] or redis.call('HEXISTS', KEYS[1], 'closed') == 1
+then
+  return '-1'
+end
+local tat = tonumber(redis.call('GET', KEYS[3]) or '0')
+local start = math.max(now, tat)
+local next_tat = start + tonumber(ARGV[5])
+redis.call('SET', KEYS[3], string.format('%.6f', next_tat),
+           'PX', math.ceil((next_tat - now) * 1000) + 1000)
+if tonumber(ARGV[3]) > tonumber(redis.call('HGET', KEYS[1], 'shown') or '0') then
+  redis.call('HSET', KEYS[1], 'shown', ARGV[3])
+end
+local next_due = math.max(now + tonumber(ARGV[4]), next_tat)
+redis.call('ZADD', KEYS[2], string.format('%.6f', next_due), ARGV[1])
+return string.format('%.6f', start - now)
+"""
+)
+
+# Worker: the claimed call returned (or was never made). KEYS: draft; ARGV: turn
 _RETURNED = """
 if redis.call('HGET', KEYS[1], 'turn') == ARGV[1] then redis.call('HDEL', KEYS[1], 'busy') end
 """
@@ -244,7 +265,9 @@ class DraftSender:
         register = self.redis.register_script
         self._due = register(_DUE)
         self._claim = register(_CLAIM)
+        self._take = register(_TAKE)
         self._returned = register(_RETURNED)
+        self._sending = asyncio.Semaphore(CONCURRENT_SENDS)
 
     async def run(self, stop: asyncio.Event) -> None:
         await repeat_every(stop, TICK_SECONDS, self.send_due, "drafts cannot reach redis")
@@ -254,47 +277,49 @@ class DraftSender:
         await asyncio.gather(*(self._send_shard(shard) for shard in self.keys.all_shards))
 
     async def _send_shard(self, shard: int) -> None:
+        # The longest waiting first (the due set's order; the semaphore keeps it).
         chats = await self._due(keys=[self.keys.drafts_due(shard)], args=[DUE_BATCH])
         if chats:
             await asyncio.gather(*(self._send_chat(int(chat)) for chat in chats))
 
     async def _send_chat(self, chat_id: int) -> None:
-        draft_key = self.keys.chat_draft(chat_id)
-        claimed = await self._claim(
-            keys=[
-                draft_key,
+        async with self._sending:
+            keys = [
+                self.keys.chat_draft(chat_id),
                 self.keys.drafts_due(self.keys.shard_of(chat_id)),
                 self.keys.chat_rate(chat_id),
-            ],
-            args=[
-                str(chat_id),
-                self.interval,
-                1.0 / self.limiter.limits.chat_per_second,
-                CHAT_MAX_WAIT_SECONDS,
-                CALL_LEASE_SECONDS,
-            ],
-        )
-        if not claimed:
-            return
-        turn, text, wait = (_text(value) for value in claimed)
-        try:
-            await self._send(chat_id, turn, text, float(wait))
-        finally:
-            # Shielded: a call that was made must be seen to have returned, even on shutdown.
-            await asyncio.shield(self._returned(keys=[draft_key], args=[turn]))
+            ]
+            claimed = await self._claim(
+                keys=keys, args=[str(chat_id), CHAT_MAX_WAIT_SECONDS, CALL_LEASE_SECONDS]
+            )
+            if not claimed:
+                return
+            turn, text, seq = (_text(value) for value in claimed)
+            try:
+                await self._send(chat_id, keys, turn, text, seq)
+            finally:
+                # Shielded: a call that was made must be seen to have returned, even on shutdown.
+                await asyncio.shield(self._returned(keys=keys[:1], args=[turn]))
 
-    async def _send(self, chat_id: int, turn: str, text: str, wait: float) -> None:
+    async def _send(self, chat_id: int, keys: list[str], turn: str, text: str, seq: str) -> None:
         part = draft_part(self.renderer.render(text))
-        if part is None:
-            return
+        if part is not None:
+            seconds = await self.limiter.try_reserve_global(GLOBAL_MAX_WAIT_SECONDS)
+            if seconds is None:
+                return  # the bot-wide budget is taken (messages come first): tried again soon
+            if seconds > 0:
+                await asyncio.sleep(seconds)  # our reserved slot
+        chat_interval = 1.0 / self.limiter.limits.chat_per_second
+        wait = float(
+            await self._take(
+                keys=keys, args=[str(chat_id), turn, seq, self.interval, chat_interval]
+            )
+        )
+        if wait < 0 or part is None:
+            return  # closed meanwhile (or nothing to show yet)
         try:
             if wait > 0:
                 await asyncio.sleep(wait)  # the chat's reserved slot
-            seconds = await self.limiter.try_reserve_global(GLOBAL_MAX_WAIT_SECONDS)
-            if seconds is None:
-                return  # the bot-wide budget is taken by messages: they come first
-            if seconds > 0:
-                await asyncio.sleep(seconds)  # our reserved slot
             await self.bot.send_message_draft(
                 chat_id,
                 draft_id(turn),
