@@ -101,7 +101,14 @@ async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyn
 
     throughput = Throughput(slots=engine.context.n_seq)
     handler = GenerateHandler(
-        engine, queue, queue.keys, settings.persona, watcher, model_id(settings), throughput
+        engine,
+        queue,
+        queue.keys,
+        settings.persona,
+        watcher,
+        model_id(settings),
+        throughput,
+        draft_interval=settings.draft_interval,
     )
     options = settings.consumer_options(concurrency=engine.context.n_seq)
     slots = Slots(engine.context.n_seq)

@@ -28,6 +28,7 @@ from aiconv.telegram.client import TelegramError
 from aiconv.worker.capacity import CapacityView, Pacer, PacingPolicy
 from aiconv.worker.commands import CommandMenu
 from aiconv.worker.delivery import DeliveryHandler
+from aiconv.worker.drafts import DraftSender
 from aiconv.worker.maintenance import scheduled_jobs
 from aiconv.worker.poller import Poller
 from aiconv.worker.rate_limit import SendLimiter
@@ -125,6 +126,11 @@ async def run_worker(resources: Resources, stop: asyncio.Event, *, poll: bool) -
         supervised("scheduler", lambda: scheduler.run(stop), stop),
         supervised("command_menu", CommandMenu(resources.bot).register, stop),
     ]
+    if settings.draft_interval is not None:  # REPLY_STYLE=draft
+        drafts = DraftSender(
+            resources.redis, resources.keys, resources.bot, limiter, settings.draft_interval
+        )
+        loops.append(supervised("drafts", lambda: drafts.run(stop), stop))
     if poll:
         loops.append(Poller(resources).run(stop))
     await asyncio.gather(*loops)
