@@ -232,6 +232,7 @@ async def post_until_accepted(double: BotApiDouble, message: Message, give_up_at
 
 @dataclass
 class Report:
+    offered: int = 0  # user messages posted
     sent: int = 0  # updates the webhook accepted
     stored: int = 0  # of those, stored in PostgreSQL as user messages
     answered: int = 0  # covered by a reply part sent after them
@@ -255,7 +256,7 @@ class Report:
     def lines(self) -> list[str]:
         promotion = f"{self.promotion_seconds:.1f}" if self.promotion_seconds is not None else "-"
         return [
-            f"  messages sent (webhook 200)      {self.sent}",
+            f"  messages sent (webhook 200)      {self.sent} of {self.offered}",
             f"  stored in PostgreSQL             {self.stored}",
             f"  answered                         {self.answered}",
             f"  lost (never answered)            {len(self.lost)}",
@@ -310,6 +311,7 @@ async def count(
     by_chat: dict[int, list[Part]] = defaultdict(list)
     for part in parts:
         by_chat[part.chat].append(part)
+    report.offered = len(messages)
     for message in messages:
         if message.accepted_at is None:
             continue
