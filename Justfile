@@ -53,6 +53,11 @@ deploy-tools:
 sync-rules:
     {{python}} tests/deploy/sync_rules.py
 
+# regenerate the KEDA triggers of the redis-cluster component (one per shard stream) from
+# aiconv's key layout, after changing its REDIS_SHARDS or the keda thresholds
+sync-keda:
+    {{python}} tests/deploy/sync_keda.py
+
 # run the benchmarks (each prints its figures beside its baseline)
 bench:
     for b in jobs ml; do echo "== bench/$b.py"; {{python}} -m "bench.$b"; done
@@ -60,6 +65,11 @@ bench:
 # N users through real web, worker and ml processes: just soak --users 1000 --rate 100
 soak *ARGS:
     {{python}} -m bench.soak {{ARGS}}
+
+# kill -9 a Redis Cluster primary under steady traffic (a cluster of its own on ports 7201-7206):
+# just failover --users 50
+failover *ARGS:
+    {{python}} -m bench.failover {{ARGS}}
 
 # drive webhook traffic at a deployment: just load https://bot.example.org 50 5 2m
 load HOST USERS="20" SPAWN_RATE="5" DURATION="1m":

@@ -30,6 +30,8 @@ RECIPES = {
     "rollout-undo",
     "k8s-backup",
     "sync-rules",
+    "sync-keda",
+    "failover",
     "deploy-tools",
 }
 

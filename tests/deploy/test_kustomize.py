@@ -19,7 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from . import sync_rules
+from aiconv.config import Settings
+from aiconv.jobs.keys import Keys
+
+from . import sync_keda, sync_rules
 from ._support import KUSTOMIZE_DIR, require_module, require_tool
 
 # Schema-validated against this Kubernetes version (the production guide asks kubectl >= 1.28).
@@ -40,6 +43,8 @@ BUILDS = [(o, o, ()) for o in OVERLAYS] + [
     ("production+keda", "production", ("keda",)),
     ("dev+keda", "dev", ("keda",)),
     ("production+telegram", "production", ("telegram-webhook-sources",)),
+    ("production+redis-cluster", "production", ("redis-cluster",)),
+    ("production+keda+redis-cluster", "production", ("keda", "redis-cluster")),
 ]
 
 CLUSTER_SCOPED = {"Namespace"}
@@ -348,15 +353,24 @@ def test_gpu_runs_the_cuda_image_on_a_gpu_node(tmpdir_str: str) -> None:
         assert "aiconv-cuda" not in main_container(aiconv_deployments(docs)[component])["image"]
 
 
+def single_redis_keys(docs: tuple[Doc, ...]) -> Keys:
+    """The key layout the build's ConfigMap gives aiconv (as aiconv's own settings read it)."""
+    config = of_kind(docs, "ConfigMap")[0]["data"]
+    settings = Settings.from_env({k: v for k, v in config.items() if k.startswith("REDIS_")})
+    return Keys(settings.redis_key_prefix, settings.redis_shards)
+
+
 @pytest.mark.parametrize("name", ["production+keda", "dev+keda"])
 def test_keda_scales_ml_on_generate_stream_lag(name: str, tmpdir_str: str) -> None:
     docs = built(name, tmpdir_str)
+    keys = single_redis_keys(docs)
+    assert keys.shards == 1
     so = one(docs, "ScaledObject", "aiconv-ml")["spec"]
     assert so["scaleTargetRef"]["name"] == "aiconv-ml"
     trigger, api_trigger = so["triggers"]
     assert trigger["type"] == api_trigger["type"] == "redis-streams"
-    assert trigger["metadata"]["stream"] == "aiconv:generate"
-    assert api_trigger["metadata"]["stream"] == "aiconv:generate:openai"
+    assert (trigger["metadata"]["stream"],) == keys.stage_streams("generate")
+    assert api_trigger["metadata"]["stream"] == keys.openai_generate
     assert trigger["metadata"]["consumerGroup"] == api_trigger["metadata"]["consumerGroup"] == "ml"
     ml = aiconv_deployments(docs)["ml"]
     assert "replicas" not in ml["spec"], "KEDA owns the ml replica count"
@@ -370,6 +384,7 @@ def test_keda_scales_ml_on_generate_stream_lag(name: str, tmpdir_str: str) -> No
 def test_keda_scales_workers_on_what_limits_them(name: str, tmpdir_str: str) -> None:
     """Issue 10: updates and replies lag (and CPU), not CPU alone; one autoscaler per target."""
     docs = built(name, tmpdir_str)
+    keys = single_redis_keys(docs)
     so = one(docs, "ScaledObject", "aiconv-worker")["spec"]
     assert so["scaleTargetRef"]["name"] == "aiconv-worker"
     streams = {
@@ -377,13 +392,71 @@ def test_keda_scales_workers_on_what_limits_them(name: str, tmpdir_str: str) -> 
         for t in so["triggers"]
         if t["type"] == "redis-streams"
     }
-    assert streams == {("aiconv:updates", "worker"), ("aiconv:replies", "delivery")}
+    assert streams == {(keys.updates(0), "worker"), (keys.replies(0), "delivery")}
     assert any(t["type"] == "cpu" for t in so["triggers"])
     hpa_targets = [
         h["spec"]["scaleTargetRef"]["name"] for h in of_kind(docs, "HorizontalPodAutoscaler")
     ]
     assert "aiconv-worker" not in hpa_targets, "KEDA's HPA and the base's would fight"
     assert "replicas" not in aiconv_deployments(docs)["worker"]["spec"]
+
+
+# --- issue 12: Redis Cluster -------------------------------------------------------------------
+
+
+def test_the_cluster_component_turns_the_cluster_on_with_settings_aiconv_accepts(
+    tmpdir_str: str,
+) -> None:
+    for name in ("production+redis-cluster", "production+keda+redis-cluster"):
+        docs = built(name, tmpdir_str)
+        config = of_kind(docs, "ConfigMap")[0]["data"]
+        settings = Settings.from_env({k: v for k, v in config.items() if k.startswith("REDIS_")})
+        assert settings.redis_cluster_enabled and settings.redis_cluster_nodes
+        # a multiple of 3 primaries (the smallest cluster with failover), and of 2, 4, 6
+        assert settings.redis_shards % 12 == 0
+    # No ScaledObject appears without the keda component: the trigger patches found none.
+    assert of_kind(built("production+redis-cluster", tmpdir_str), "ScaledObject") == []
+
+
+@pytest.mark.parametrize("target", ["aiconv-ml", "aiconv-worker"])
+def test_keda_on_the_cluster_watches_every_shard_stream_keys_makes(
+    target: str, tmpdir_str: str
+) -> None:
+    """The cluster triggers name exactly the streams aiconv reads for the build's REDIS_SHARDS
+    and prefix (computed here with aiconv's Keys, so they cannot drift), through the cluster
+    scaler, and the formula sums each stream's shards against the single-Redis threshold."""
+    docs = built("production+keda+redis-cluster", tmpdir_str)
+    config = of_kind(docs, "ConfigMap")[0]["data"]
+    settings = Settings.from_env({k: v for k, v in config.items() if k.startswith("REDIS_")})
+    keys = Keys(settings.redis_key_prefix, settings.redis_shards)
+    so = one(docs, "ScaledObject", target)["spec"]
+    lag = [t for t in so["triggers"] if t["type"] != "cpu"]
+    assert {t["type"] for t in lag} == {"redis-cluster-streams"}
+    streams = {t["metadata"]["stream"]: t["metadata"]["consumerGroup"] for t in lag}
+    if target == "aiconv-ml":
+        wanted = [*keys.stage_streams("generate"), keys.openai_generate]
+    else:
+        wanted = [*keys.stage_streams("updates"), *keys.stage_streams("replies")]
+        assert any(t["type"] == "cpu" for t in so["triggers"])
+    assert sorted(streams) == sorted(wanted)
+    assert len(lag) == len(wanted)  # one trigger per stream, none twice
+    assert streams == {stream: keys.group_of(stream) for stream in wanted}
+    # Every trigger reaches the cluster through the container's own settings.
+    for t in lag:
+        assert t["metadata"]["addressesFromEnv"] == "REDIS_CLUSTER_NODES"
+        assert t["metadata"]["passwordFromEnv"] == "REDIS_PASSWORD"
+    # The formula uses every named trigger once, and the HPA's target is one per replica.
+    modifiers = so["advanced"]["scalingModifiers"]
+    names = re.findall(r"[a-z]+_?[0-9]*", modifiers["formula"])
+    assert sorted(n for n in names if n != "max") == sorted(t["name"] for t in lag)
+    assert (modifiers["target"], modifiers["metricType"]) == ("1", "AverageValue")
+    # the same thresholds as on one Redis
+    single = one(built("production+keda", tmpdir_str), "ScaledObject", target)["spec"]
+    thresholds = {
+        t["metadata"]["lagCount"] for t in single["triggers"] if "lagCount" in t.get("metadata", {})
+    }
+    assert {t["metadata"]["lagCount"] for t in lag} == thresholds
+    assert sync_keda.main(["--check"]) == 0, "run `just sync-keda`"
 
 
 def test_prometheus_rule_equals_the_compose_alerts(tmpdir_str: str) -> None:

@@ -1,4 +1,6 @@
-"""A Telegram user's message travels web/poller → worker → ml → worker → Telegram for real."""
+"""A Telegram user's message travels web/poller → worker → ml → worker → Telegram for real, on
+one Redis and on a Redis Cluster (`both_redis`: 3 shards, one per primary, so the hand-overs
+between stages cross the real slot rules)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,10 @@ import json
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 
 from aiconv.conversation import texts
+from aiconv.jobs.client import RedisClient
+from aiconv.jobs.keys import Keys
 from aiconv.testing.botapi import BotApiDouble
 from tests.support.database import query_rows
 from tests.support.ports import free_port
@@ -17,7 +20,7 @@ from tests.support.streams import stream_entries
 from tests.support.waiting import eventually
 
 SECRET = "e2e-webhook-secret"
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.both_redis]
 
 
 def stored_replies(database_url: str, *chats: int) -> list[tuple[int, int]]:
@@ -67,7 +70,7 @@ async def test_polling_message_gets_a_reply(launch: Launcher, double: BotApiDoub
 
 
 async def test_reset_forgets_the_history(
-    launch: Launcher, double: BotApiDouble, redis: Redis, redis_prefix: str
+    launch: Launcher, double: BotApiDouble, redis: RedisClient, keys: Keys
 ) -> None:
     await launch("all")
     await double.send_user_message(503, "My name is Zorblax.")
@@ -78,7 +81,7 @@ async def test_reset_forgets_the_history(
     await double.send_user_message(503, "What is my name?")
     await double.wait_for_messages(503, 3)
 
-    jobs = await stream_entries(redis, f"{redis_prefix}generate")
+    jobs = await stream_entries(redis, keys.generate(keys.shard_of(503)))
     turns = [json.loads(fields["job"])["turns"] for _, fields in jobs]
     assert ["user", "My name is Zorblax."] in turns[0]
     assert turns[-1] == [["user", "What is my name?"]]
