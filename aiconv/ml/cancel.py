@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from aiconv.jobs.client import RedisClient
 from aiconv.jobs.retry import sleep_or_stop
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["CancelWatcher", "is_stale"]
 
 CHECK_INTERVAL_SECONDS = 0.25
+# A cluster client raises RedisClusterException (no RedisError) when it reaches no node.
+_REDIS_FAILURES = (RedisError, RedisClusterException)
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +63,7 @@ class CancelWatcher:
         """One immediate check (before a generation starts)."""
         try:
             value = await self.redis.get(key)
-        except RedisError:
+        except _REDIS_FAILURES:
             return False
         return self._cancels(value, expected)
 
@@ -100,7 +102,7 @@ class CancelWatcher:
                 for watch in watches:
                     pipe.get(watch.key)
                 values = await pipe.execute()
-        except RedisError as error:
+        except _REDIS_FAILURES as error:
             log.warning("cannot check for stale generations", error=type(error).__name__)
             return
         for watch, value in zip(watches, values, strict=True):

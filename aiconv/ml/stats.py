@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from aiconv.conversation.capacity import MlCapacity
 from aiconv.jobs.client import RedisClient
@@ -149,5 +149,6 @@ class CapacityPublisher:
 
     async def run(self, stop: asyncio.Event) -> None:
         await repeat_every(stop, PUBLISH_SECONDS, self.publish, "capacity not published")
-        with contextlib.suppress(RedisError):  # failing that, the TTL withdraws it
+        # Failing that (a cluster out of reach too), the TTL withdraws it.
+        with contextlib.suppress(RedisError, RedisClusterException):
             await self.withdraw()

@@ -34,11 +34,15 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
 from aiconv.ml.protocol import RESPONSE_TTL_SECONDS
+
+# What a Redis that cannot answer raises: a cluster client raises RedisClusterException (no
+# RedisError) when no node or no owner of a slot can be reached.
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
 # The reader's XREAD returns at least this often even when nothing comes (a stop is noticed).
 READ_BLOCK_MS = 5000
@@ -113,9 +117,9 @@ class ResultReader:
                 pipe.xadd(self.wake_stream, {"w": "1"}, maxlen=1, approximate=False)
                 pipe.expire(self.wake_stream, RESPONSE_TTL_SECONDS)
                 await pipe.execute()
-        except RedisError:
+        except REDIS_FAILURES as error:
             self.close(waiter)
-            raise
+            raise _as_redis_error(error) from error
         return waiter
 
     def response_stream(self, request_id: str) -> str:
@@ -156,10 +160,10 @@ class ResultReader:
                     count=ENTRIES_PER_READ,
                     block=self.block_ms,
                 )
-            except RedisError as error:
+            except REDIS_FAILURES as error:
                 log.warning("api result reader cannot reach redis", error=type(error).__name__)
                 for waiter in self._waiters.values():
-                    waiter.deliver(error)
+                    waiter.deliver(_as_redis_error(error))
                 self._waiters.clear()  # each of them answers now; newcomers start a new reader
                 return
             for stream, entries in response or []:
@@ -172,3 +176,10 @@ class ResultReader:
                 for entry_id, fields in entries:
                     receiver.last_entry_id = entry_id
                     receiver.deliver(self.decode(stream, fields.get("event")) or UNREADABLE)
+
+
+def _as_redis_error(error: Exception) -> RedisError:
+    """A cluster's failure as the RedisError the requests answer 503 for."""
+    return (
+        error if isinstance(error, RedisError) else RedisError(f"{type(error).__name__}: {error}")
+    )

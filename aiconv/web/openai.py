@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 
 import anyio
 import structlog
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -44,7 +43,7 @@ from aiconv.ml.protocol import (
 )
 from aiconv.telegram.models import clean_text
 from aiconv.web import auth, jsonbody
-from aiconv.web.api_results import ResultReader, ResultWaiter
+from aiconv.web.api_results import REDIS_FAILURES, ResultReader, ResultWaiter
 from aiconv.web.errors import OpenAiError
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -145,7 +144,7 @@ class OpenAiApi:
             admitted = await self._admit(
                 keys=[slot], args=[MAX_CONCURRENT_PER_KEY, REQUEST_TIMEOUT_SECONDS, request_id]
             )
-        except RedisError as error:
+        except REDIS_FAILURES as error:
             log.warning("api cannot reach redis", error=type(error).__name__)
             raise _unavailable() from None
         if not admitted:
@@ -169,7 +168,7 @@ class OpenAiApi:
                         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
                     )
                 return await _unless_gone(request, self._whole(head, events))
-            except RedisError as error:
+            except REDIS_FAILURES as error:
                 log.warning("api cannot reach redis", error=type(error).__name__)
                 await self._cancel(request_id)
                 raise _unavailable() from None
@@ -187,7 +186,7 @@ class OpenAiApi:
                     await self._release(slot, request_id)
 
     async def _release(self, slot: str, request_id: str) -> None:
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(*REDIS_FAILURES):
             await self.redis.zrem(slot, request_id)
 
     def _job(self, body: Any) -> tuple[dict[str, Any], bool, bool]:
@@ -327,10 +326,12 @@ class OpenAiApi:
                     finished = True
                     return
             raise OpenAiError(502, "the model's answer ended early", "incomplete", "server_error")
-        except (OpenAiError, RedisError) as error:
+        except OpenAiError as error:
             # The status line has gone out: the error travels in the stream, in the same body.
-            failure = error if isinstance(error, OpenAiError) else _unavailable()
-            yield f"data: {json.dumps(failure.body())}\n\n"
+            yield f"data: {json.dumps(error.body())}\n\n"
+            finished = True
+        except REDIS_FAILURES:
+            yield f"data: {json.dumps(_unavailable().body())}\n\n"
             finished = True
         finally:
             with anyio.CancelScope(shield=True):
@@ -340,7 +341,7 @@ class OpenAiApi:
                 await self._release(slot, request_id)
 
     async def _cancel(self, request_id: str) -> None:
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(*REDIS_FAILURES):
             key = self.keys.api_cancel(request_id)
             await self.redis.set(key, "1", ex=RESPONSE_TTL_SECONDS)
 
@@ -348,7 +349,7 @@ class OpenAiApi:
         """The request is over: stop reading its answer, and delete what ml wrote of it."""
         if waiter is not None:
             self.results.close(waiter)
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(*REDIS_FAILURES):
             await self.redis.delete(self.results.response_stream(request_id))
 
 

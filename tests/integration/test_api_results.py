@@ -22,10 +22,14 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from aiconv.jobs.codec import JobCodec
+from aiconv.jobs.keys import Keys
 from aiconv.web.api_results import ResultReader, ResultWaiter
 from tests.support.fuzzing import protocol_settings
+from tests.support.ports import free_port
 from tests.support.redis_targets import RedisTarget, delete_prefixed_on
 from tests.support.waiting import eventually
 
@@ -117,3 +121,22 @@ def test_result_reader_protocol(redis_target: RedisTarget) -> None:
         OnThisRedis,
         settings=protocol_settings(40, 30),
     )
+
+
+async def test_a_cluster_out_of_reach_ends_each_wait_with_a_redis_error() -> None:
+    """What the requests answer 503 for: a cluster client that reaches no node raises no
+    RedisError of its own (RedisClusterException), which the reader must not die of silently,
+    leaving its waiters to time out."""
+    unreachable = RedisCluster(
+        host="127.0.0.1", port=free_port(), decode_responses=True, socket_connect_timeout=1
+    )
+    reader = ResultReader(unreachable, Keys("aiconv-rr-gone:", 3), JobCodec().decode)
+    try:
+        waiter = await reader.open("r", 60.0)
+        with pytest.raises(RedisError):
+            async with asyncio.timeout(SETTLE_SECONDS):
+                await waiter.next()
+        assert reader.waiting == 0
+    finally:
+        await reader.aclose()
+        await unreachable.aclose()
