@@ -178,7 +178,8 @@ class Message:
     chat: int
     message_id: int
     text: str
-    posted_at: float = 0.0  # the (last) post of the update, time.monotonic()
+    first_posted_at: float = 0.0  # time.monotonic()
+    posted_at: float = 0.0  # the last post of the update: the one acknowledged
     accepted_at: float | None = None  # when the webhook answered it 200
 
 
@@ -216,6 +217,7 @@ async def post_until_accepted(double: BotApiDouble, message: Message, give_up_at
     update = double.make_update(message.chat, message.text)
     message.message_id = int(update["message"]["message_id"])
     update_id = update["update_id"]
+    message.first_posted_at = time.monotonic()
     while time.monotonic() < give_up_at:
         message.posted_at = time.monotonic()
         with contextlib.suppress(httpx.HTTPError):  # web unreachable: Telegram would retry
@@ -320,7 +322,7 @@ async def count(
         stored = key in stored_ids
         report.stored += stored
         answered = any(
-            p.at > message.posted_at and covers[message.chat].get(p.message_id, 0) >= key[1]
+            p.at > message.first_posted_at and covers[message.chat].get(p.message_id, 0) >= key[1]
             for p in by_chat[message.chat]
         )
         if answered:
@@ -427,15 +429,12 @@ async def wait_until_done(
     last_note = time.monotonic()
     while True:
         report = await count(database_url, messages, parts.parts, killed_at)
-        if not report.lost:
-            report.settled = await settled(cluster, keys)
-            return report
-        # Lost so far: done only once the stored ones are answered and nothing is in flight
-        # that could still store or answer the rest.
+        # Done once every stored message is answered and nothing is queued or in flight that
+        # could still store or answer one (what is lost by then is lost for good).
         if not report.unanswered_stored and await settled(cluster, keys):
             report = await count(database_url, messages, parts.parts, killed_at)
-            report.settled = True
             if not report.unanswered_stored:
+                report.settled = True
                 return report
         if time.monotonic() > deadline:
             return report
