@@ -7,6 +7,8 @@ with the same id are animated), `text` (1-4096 characters after entities parsing
 `parse_mode` or `entities`; it returns True. The draft is an ephemeral preview (about 30 s):
 the answer itself must still be sent with `sendMessage`, which the existing delivery does.
 Groups and supergroups cannot get drafts: their replies keep the "typing…" of typing_keeper.py.
+A draft shows the model's Markdown rendered as the reply will be (entities, never parse_mode),
+and of a text longer than one message, the part being written.
 No rate limit of its own is documented, so every draft is counted like a message: it takes the
 chat's own slot (Telegram: about one message a second per chat) and a slot of the bot-wide
 budget (about 30 a second), the latter only if one is free soon (`try_reserve_global`, as chat
