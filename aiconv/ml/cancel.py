@@ -2,7 +2,7 @@
 
 A chat's `live` key (jobs/keys.py `chat_live`) holds the id of its turn in flight until a newer
 message or /reset supersedes it (worker/turns.py): a generation for any other value is stale.
-The web writes `{prefix}oai:{id}:cancel` when an API client goes away.
+The web writes `Keys.api_cancel(id)` when an API client goes away.
 
 One watcher task checks every watched generation once per interval, off the decode loop: a
 decode step never waits for Redis. The check is a non-transactional pipeline of GETs, not an

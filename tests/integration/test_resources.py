@@ -12,20 +12,24 @@ ignored the cluster settings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from aiconv.config import Settings
 from aiconv.modes.process import IN_PROCESS_MODES, run_modes
-from aiconv.resources import NotMade, Resources, open_resources
+from aiconv.resources import NotMade, Resources, open_resources, ping
 from aiconv.testing.botapi import BotApiDouble
 from tests.support.ports import free_port
+from tests.support.private_redis import private_cluster
 from tests.support.redis_targets import RedisTarget
 from tests.support.waiting import eventually
 
@@ -119,3 +123,17 @@ async def test_resources_without_the_database_make_no_pool_and_without_telegram_
         with pytest.raises(NotMade, match="without the Bot API client"):
             _ = resources.bot
     assert dict(made) == one_client(redis_target)
+
+
+async def test_redis_is_ready_only_while_every_primary_of_a_cluster_answers(
+    tmp_path: Path,
+) -> None:
+    """A primary that is gone leaves its shards' chats unserved: /ready says so, even though the
+    other primary (and a PING to any one node) still answers."""
+    async with private_cluster(tmp_path, (), ()) as (cluster, _, nodes):
+        assert await ping(cluster)
+        with contextlib.suppress(RedisError):  # the node goes away mid-answer
+            await nodes[1].shutdown(nosave=True)
+        assert await nodes[0].ping()
+        with pytest.raises(Exception):  # noqa: B017  # whatever the cluster client makes of it
+            await asyncio.wait_for(ping(cluster), 10)
