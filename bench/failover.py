@@ -1,6 +1,6 @@
 """bench/failover: `kill -9` a Redis Cluster primary under steady traffic, and count the cost.
 
-    python -m bench.failover                          # 50 users, 5 messages/s in all
+    python -m bench.failover                          # 50 users, 2 messages/s in all
     python -m bench.failover --users 10 --rate 1 --warmup 15 --after 20 --modes all
 
 It starts a Redis Cluster of its own (3 primaries + 3 replicas: `.ci/redis-cluster start 7201
@@ -588,7 +588,7 @@ async def drop(name: str) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--users", type=int, default=50)
-    parser.add_argument("--rate", type=float, default=5.0, help="messages per second, all users")
+    parser.add_argument("--rate", type=float, default=2.0, help="messages per second, all users")
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds before the kill")
     parser.add_argument("--after", type=float, default=30.0, help="seconds of traffic after it")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up waiting (s)")
