@@ -33,7 +33,7 @@ DESCRIPTIONS = {
 }
 
 
-DLQ_HELP = "Inspect the dead-letter stream: list, replay ID, drop ID."
+DLQ_HELP = "Inspect the dead letters of every job stream: list, replay ID, drop ID."
 ADMIN_HELP = "Admin API helpers: token mints a bearer token (needs JWT_SECRET_KEY)."
 
 
@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing = actions.add_parser("list", help="print dead jobs as JSON lines, oldest first")
     listing.add_argument("--limit", type=int, default=100)
     for action, text in (("replay", "put a dead job back on its stream"), ("drop", "delete it")):
-        actions.add_parser(action, help=text).add_argument("id", help="the dead job's id")
+        actions.add_parser(action, help=text).add_argument(
+            "id", help="the dead job's id as `list` prints it, e.g. replies.1@1700000000000-0"
+        )
     admin = modes.add_parser("admin", help=ADMIN_HELP, description=ADMIN_HELP)
     admin_actions = admin.add_subparsers(dest="action", required=True, metavar="ACTION")
     token = admin_actions.add_parser("token", help="print a signed token for the admin API")

@@ -65,6 +65,8 @@ LogFormat = Literal["json", "console"]
 ENVIRONMENTS: tuple[Environment, ...] = ("dev", "production")
 LOG_FORMATS: tuple[LogFormat, ...] = ("console", "json")
 GROUP_MODES: tuple[GroupMode, ...] = ("mention", "all")
+ReplyStyle = Literal["typing", "draft"]
+REPLY_STYLES: tuple[ReplyStyle, ...] = ("typing", "draft")
 ACCESS_MODES: tuple[AccessMode, ...] = ("open", "allowlist")
 
 # How production treats a secret setting (see `check_secrets`):
@@ -669,6 +671,23 @@ class Settings:
         "longest wait of one part (not below `TYPING_MIN_DELAY_SECONDS`)",
     )
 
+    # --- streamed drafts (aiconv/worker/drafts.py) ---
+    reply_style: ReplyStyle = setting(
+        "REPLY_STYLE",
+        "typing",
+        one_of(REPLY_STYLES),
+        '`typing`: replies arrive whole, after "typing…" at a human pace; `draft`: private '
+        "chats see the answer being written (Telegram's `sendMessageDraft`), groups keep typing",
+    )
+    draft_interval_seconds: float = setting(
+        "DRAFT_INTERVAL_SECONDS",
+        1.0,
+        number(1.0),
+        "with `REPLY_STYLE=draft`, a chat's draft is updated at most this often (each update "
+        "counts against Telegram's ~1 message/s per chat)",
+    )
+    # --- end of streamed drafts ---
+
     worker_concurrency: int = setting(
         "WORKER_CONCURRENCY", 64, integer(1), "jobs a worker runs at once (per stream)"
     )
@@ -811,6 +830,11 @@ class Settings:
     )
 
     # --- what the stages are built with ------------------------------------------------------
+
+    @property
+    def draft_interval(self) -> float | None:
+        """How often ml writes a draft chat's progress; None: REPLY_STYLE is not `draft`."""
+        return self.draft_interval_seconds if self.reply_style == "draft" else None
 
     @property
     def pacing(self) -> PacingConfig:

@@ -8,17 +8,22 @@
   RDB save points) loses those updates on restart, so production refuses it unless the operator
   accepts that with REDIS_EPHEMERAL_OK=true. Managed Redis often disables CONFIG: then INFO alone
   decides, and when it cannot (AOF off, save points unknown) the process warns and starts.
+  On a Redis Cluster every primary is asked: the updates of a chat live on its shard's primary,
+  so one primary without persistence loses that part of them. (Replicas are not asked: a
+  failover promotes one, and the check runs again at the next start.)
 """
 
 from __future__ import annotations
 
 import socket
+from typing import Any, cast
 
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from aiconv.config import ConfigError, Settings
+from aiconv.jobs.client import RedisClient
 
 log = structlog.get_logger(__name__)
 
@@ -40,32 +45,53 @@ def ensure_port_free(host: str, port: int, variable: str) -> None:
             ) from None
 
 
-async def require_durable_redis(redis: Redis, settings: Settings) -> None:
+async def require_durable_redis(redis: RedisClient, settings: Settings) -> None:
     """In production, refuse a Redis that would lose accepted updates on restart."""
     if settings.environment != "production" or settings.redis_ephemeral_ok:
         return
     try:
-        info = await redis.info("persistence")
-    except (RedisError, OSError) as error:
-        # Not reachable yet: the modes wait outages out, and the check must not turn one into a
+        infos = await _per_primary(redis, "info")
+    except (RedisError, RedisClusterException, OSError) as error:
+        # Not reachable yet (a cluster none of whose nodes answers raises RedisClusterException,
+        # not a RedisError): the modes wait outages out, and the check must not turn one into a
         # crash loop. It runs again at the next start.
         log.warning("cannot tell whether Redis persists its data", error=type(error).__name__)
         return
-    if str(info.get("aof_enabled", "0")) == "1":
+    undecided = [node for node, info in infos.items() if str(info.get("aof_enabled", "0")) != "1"]
+    if not undecided:
         return
     try:
-        save = str((await redis.config_get("save")).get("save", "")).strip()
+        saves = await _per_primary(redis, "save")
     except ResponseError:  # CONFIG disabled or renamed (managed Redis), or not allowed by ACL
         log.warning(
             "Redis has AOF off and CONFIG is not available: cannot tell whether RDB snapshots "
             "are on; a Redis without persistence loses accepted updates when it restarts"
         )
         return
-    if save:
+    ephemeral = [node for node in undecided if not str(saves.get(node, {}).get("save", "")).strip()]
+    if not ephemeral:
         return
+    where = "" if not isinstance(redis, RedisCluster) else f" (primaries {', '.join(ephemeral)})"
     raise ConfigError(
         "REDIS_EPHEMERAL_OK",
-        "Redis has no persistence (appendonly no, no RDB save points): a restart would lose "
-        "updates already accepted from Telegram. Turn on appendonly yes in Redis, or set "
+        f"Redis has no persistence{where} (appendonly no, no RDB save points): a restart would "
+        "lose updates already accepted from Telegram. Turn on appendonly yes in Redis, or set "
         "REDIS_EPHEMERAL_OK=true to accept that loss",
     )
+
+
+async def _per_primary(redis: RedisClient, what: str) -> dict[str, dict[str, Any]]:
+    """INFO persistence (`what` "info") or CONFIG GET save ("save") of each primary, by node
+    name; a single Redis is the one primary, named "redis"."""
+
+    async def ask(**target: Any) -> dict[str, Any]:
+        if what == "info":
+            info: dict[str, Any] = await redis.info("persistence", **target)
+            return info
+        return cast(dict[str, Any], await redis.config_get("save", **target))
+
+    if not isinstance(redis, RedisCluster):
+        return {"redis": await ask()}
+    await redis.initialize()  # the slot map: which nodes are primaries now
+    # One node at a time, by name: a node's answer is then never merged with another's.
+    return {node.name: await ask(target_nodes=node) for node in redis.get_primaries()}

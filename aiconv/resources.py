@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import httpx
 from psycopg_pool import AsyncConnectionPool
+from redis.asyncio.cluster import RedisCluster
 
 from aiconv.config import Settings
 from aiconv.jobs.client import RedisClient, connect, keys_for
@@ -92,6 +93,11 @@ class Resources:
         """The PostgreSQL pool, or None when the process runs without the database."""
         return self.store_if_made.pool if self.store_if_made is not None else None
 
+    async def ping_redis(self) -> object:
+        """The readiness check of Redis: one PING, or on a cluster one to every primary (a
+        primary that does not answer leaves its shards' chats unserved: not ready)."""
+        return await ping(self.redis)
+
     async def open(self) -> None:
         # The pool opens without waiting: a database outage is waited out by its users, never a
         # reason not to start (the web mode's webhook does not need PostgreSQL at all).
@@ -108,6 +114,13 @@ class Resources:
         if self.pool is not None:
             await self.pool.close()
         await self.redis.aclose()
+
+
+async def ping(redis: RedisClient) -> object:
+    """PING one Redis, or every primary of a cluster (raises when one does not answer)."""
+    if isinstance(redis, RedisCluster):
+        return await redis.ping(target_nodes=RedisCluster.PRIMARIES)
+    return await redis.ping()
 
 
 def make_resources(

@@ -1,10 +1,16 @@
-"""bench/jobs: no-op jobs per second through aiconv's job layer versus arq, same Redis, same run.
+"""bench/jobs: no-op jobs per second through aiconv's job layer versus arq, same Redis, same run;
+and, with --cluster, aiconv's job layer on a Redis Cluster beside it on the single Redis.
 
 Each side enqueues N jobs, then consumes and acknowledges them with a no-op handler; the figure
 is N divided by the time from the first enqueue to the last acknowledgement. Rounds alternate
-between the two so drift on the machine affects both alike; the table shows medians.
+between the sides so drift on the machine affects them alike; the table shows medians.
+
+On a cluster the jobs are spread evenly over the shards' streams of one stage and worked as
+aiconv works them: one consumer per shard stream, all sharing one `Slots` (the stage's
+concurrency), so the figure includes the cluster client's routing and the slot sharing.
 
     python -m bench.jobs [--jobs 5000] [--rounds 3] [--redis redis://127.0.0.1:6379/0]
+                         [--cluster 127.0.0.1:7101,... [--shards 3]]
 """
 
 from __future__ import annotations
@@ -14,19 +20,44 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from aiconv.jobs.consumer import Consumer, ConsumerOptions
+from aiconv.jobs.client import RedisClient
+from aiconv.jobs.consumer import Consumer, ConsumerOptions, Slots
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import Job, JobQueue
 from bench.common import Row, median, print_table
 
+CONCURRENCY = 256
+ARQ_ENQUEUES_AT_ONCE = 64
+# A connection for every job that may acknowledge at once (per node on a cluster): redis-py 8
+# bounds a pool to 100 connections by default and refuses one past it instead of waiting.
+CONNECTIONS = 2 * CONCURRENCY
+Connect = Callable[[], RedisClient]
 
-async def aiconv_round(redis_url: str, jobs: int) -> float:
-    redis = Redis.from_url(redis_url, decode_responses=True)
-    keys = Keys(f"bench-{uuid.uuid4().hex[:8]}:")
+
+def single(redis_url: str) -> Connect:
+    return lambda: Redis.from_url(redis_url, decode_responses=True, max_connections=CONNECTIONS)
+
+
+def cluster(nodes: str) -> Connect:
+    startup = [
+        ClusterNode(host, int(port))
+        for host, _, port in (n.rpartition(":") for n in nodes.split(","))
+    ]
+    return lambda: RedisCluster(
+        startup_nodes=startup, decode_responses=True, max_connections=CONNECTIONS
+    )
+
+
+async def aiconv_round(connect: Connect, shards: int, jobs: int) -> float:
+    redis = connect()
+    keys = Keys(f"bench-{uuid.uuid4().hex[:8]}:", shards)
     queue = JobQueue(redis, keys)
+    streams = keys.stage_streams("generate")
     done = asyncio.Event()
     handled = 0
 
@@ -36,32 +67,46 @@ async def aiconv_round(redis_url: str, jobs: int) -> float:
         if handled == jobs:
             done.set()
 
-    consumer = Consumer(
-        queue,
-        keys.generate,
-        "bench",
-        noop,
-        options=ConsumerOptions(concurrency=256, block_ms=100),
-    )
-    await queue.ensure_group(keys.generate, "bench")
+    slots = Slots(CONCURRENCY)  # the stage's, shared by its consumers as aiconv's stages do
+    consumers = [
+        Consumer(
+            queue,
+            stream,
+            "bench",
+            noop,
+            slots=slots,
+            options=ConsumerOptions(concurrency=CONCURRENCY, block_ms=100),
+        )
+        for stream in streams
+    ]
+    for stream in streams:
+        await queue.ensure_group(stream, "bench")
     stop = asyncio.Event()
     started = time.perf_counter()
-    await queue.enqueue_many(keys.generate, [{"n": n} for n in range(jobs)])
-    running = asyncio.create_task(consumer.run(stop))
+    # Jobs spread evenly over the shards, as chats are.
+    await asyncio.gather(
+        *(
+            queue.enqueue_many(stream, [{"n": n} for n in range(shard, jobs, shards)])
+            for shard, stream in enumerate(streams)
+        )
+    )
+    running = [asyncio.create_task(consumer.run(stop)) for consumer in consumers]
     await done.wait()
-    await consumer_settled(redis, keys.generate)
+    await consumers_settled(redis, streams)
     elapsed = time.perf_counter() - started
     stop.set()
-    await running
-    await redis.delete(keys.generate)
+    await asyncio.gather(*running)
+    for stream in streams:  # one key per DEL: on a cluster they lie in different slots
+        await redis.delete(stream)
     await redis.aclose()
     return jobs / elapsed
 
 
-async def consumer_settled(redis: Redis, stream: str) -> None:
-    """The handler of the last job has returned; wait for its acknowledgement to land."""
+async def consumers_settled(redis: RedisClient, streams: tuple[str, ...]) -> None:
+    """The handler of the last job has returned; wait for the acknowledgements to land."""
     for _ in range(10_000):
-        if not (await redis.xpending(stream, "bench"))["pending"]:
+        pending = [(await redis.xpending(stream, "bench"))["pending"] for stream in streams]
+        if not any(pending):
             return
         await asyncio.sleep(0.001)
 
@@ -79,8 +124,16 @@ async def arq_round(redis_url: str, jobs: int) -> float:
         return None
 
     started = time.perf_counter()
-    # arq has no batch enqueue; concurrent enqueue_job calls are the fastest way it offers.
-    await asyncio.gather(*(pool.enqueue_job("noop", _queue_name=queue_name) for _ in range(jobs)))
+    # arq has no batch enqueue; concurrent enqueue_job calls are the fastest way it offers. At
+    # most ARQ_ENQUEUES_AT_ONCE: each holds a pooled connection (WATCH), and redis-py 8 refuses
+    # one past the pool's 100 instead of waiting for it.
+    at_once = asyncio.Semaphore(ARQ_ENQUEUES_AT_ONCE)
+
+    async def enqueue() -> None:
+        async with at_once:
+            await pool.enqueue_job("noop", _queue_name=queue_name)
+
+    await asyncio.gather(*(enqueue() for _ in range(jobs)))
     worker = Worker(
         functions=[func(noop, name="noop")],
         redis_pool=pool,
@@ -98,17 +151,36 @@ async def arq_round(redis_url: str, jobs: int) -> float:
     return jobs / elapsed
 
 
-async def main(redis_url: str, jobs: int, rounds: int) -> None:
+async def main(
+    redis_url: str, jobs: int, rounds: int, cluster_nodes: str | None, shards: int
+) -> None:
     ours: list[float] = []
     theirs: list[float] = []
+    on_cluster: list[float] = []
     for _ in range(rounds):
-        ours.append(await aiconv_round(redis_url, jobs))
+        ours.append(await aiconv_round(single(redis_url), 1, jobs))
         theirs.append(await arq_round(redis_url, jobs))
+        if cluster_nodes:
+            on_cluster.append(await aiconv_round(cluster(cluster_nodes), shards, jobs))
     print(f"bench/jobs: {jobs} no-op jobs per round, {rounds} rounds, Redis {redis_url}")
     print_table(
         "no-op jobs: enqueue -> consume -> ack (aim: >= 5x arq)",
         [Row("jobs/s", median(ours), median(theirs), "jobs/s", baseline_name="arq")],
     )
+    if cluster_nodes:
+        print(f"Redis Cluster {cluster_nodes}, {shards} shards")
+        print_table(
+            "no-op jobs on a Redis Cluster: one consumer per shard stream, shared slots",
+            [
+                Row(
+                    "jobs/s",
+                    median(on_cluster),
+                    median(ours),
+                    "jobs/s",
+                    baseline_name="aiconv on one Redis",
+                )
+            ],
+        )
 
 
 if __name__ == "__main__":
@@ -116,6 +188,10 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--cluster", metavar="HOST:PORT,...", help="also run aiconv's side on this Redis Cluster"
+    )
+    parser.add_argument("--shards", type=int, default=3, help="shards on the cluster (default 3)")
     options = parser.parse_args()
     logging.getLogger("arq").setLevel(logging.WARNING)  # a line per job would be the benchmark
-    asyncio.run(main(options.redis, options.jobs, options.rounds))
+    asyncio.run(main(options.redis, options.jobs, options.rounds, options.cluster, options.shards))

@@ -20,6 +20,11 @@ RedisClient: TypeAlias = Redis | RedisCluster
 # Above the longest blocking read (XREADGROUP BLOCK), so a slow answer is not a dead connection.
 SOCKET_TIMEOUT_SECONDS = 15
 CONNECT_TIMEOUT_SECONDS = 3
+# Connections per server (per node of a cluster). redis-py refuses one more past it (it does
+# not wait), and a process holds one per blocking read (a consumer per shard stream and stage)
+# besides its handlers' short commands: the default, 100, is within reach of `aiconv all` with
+# many shards or a high WORKER_CONCURRENCY.
+MAX_CONNECTIONS = 512
 
 
 def connect(settings: Settings) -> RedisClient:
@@ -36,6 +41,7 @@ def connect(settings: Settings) -> RedisClient:
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
             socket_timeout=SOCKET_TIMEOUT_SECONDS,
             health_check_interval=15,
+            max_connections=MAX_CONNECTIONS,
         )
     return Redis.from_url(
         settings.redis_url,
@@ -43,6 +49,7 @@ def connect(settings: Settings) -> RedisClient:
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         socket_timeout=SOCKET_TIMEOUT_SECONDS,
         health_check_interval=15,
+        max_connections=MAX_CONNECTIONS,
     )
 
 

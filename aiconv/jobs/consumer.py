@@ -22,12 +22,14 @@ nothing pending loses nothing, Redis adds it back on its next delivery.
 
 Attempts: an outage (see `aiconv.jobs.errors`) is waited out with backoff and never counted; the
 job's own failures and deliveries that ended without an ack (crashes) count toward
-`max_deliveries`, after which the job moves to the dead-letter stream.
+`max_deliveries`, after which the job moves to its stream's dead-letter stream (`Keys.dlq`,
+in the stream's hash slot).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import socket
@@ -38,11 +40,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from aiconv.jobs.errors import TRANSIENT_ERRORS, DependencyUnavailable
+from aiconv.jobs.errors import REDIS_OUTAGES, TRANSIENT_ERRORS, DependencyUnavailable
 from aiconv.jobs.queue import Job, JobQueue
 from aiconv.jobs.retry import Backoff, sleep_or_stop
 from aiconv.observability.metrics import JOB_DURATION, JOBS
@@ -63,6 +63,10 @@ LaneOf = Callable[[Job], str | None]
 log = structlog.get_logger(__name__)
 
 
+# Reading cannot go on: waited out with backoff, the group recreated afterwards if need be.
+_REDIS_DOWN: tuple[type[BaseException], ...] = (*REDIS_OUTAGES, OSError)
+# At most this many entries per read (one reply stays small).
+_READ_BATCH = 32
 # XAUTOCLAIM calls per claim round: each scans up to 10 x COUNT pending entries.
 _CLAIM_CALLS_PER_ROUND = 10
 # Removes the group's consumers idle longer than ARGV[2] ms with nothing pending, except
@@ -88,24 +92,72 @@ return removed
 class Slots:
     """How many jobs the consumers of one stage hold at once (read or claimed, waiting or
     running), and how many run: shared by a stage's consumers, one per shard stream, so that a
-    process takes on `size` jobs of that stage however many shards there are."""
+    process takes on `size` jobs of that stage however many shards there are.
+
+    A consumer reserves slots *before* it reads and reads at most that many entries, giving back
+    what it did not get: two consumers reading at once can then never hold more than `size`
+    reads together (checking `free` and reading after would let each fill the same free slots).
+    A consumer waiting on an empty stream holds one slot only, so the stage's other streams keep
+    the rest. Waiters are served first come, first served, and a slot given back is handed
+    straight to the oldest waiter: a consumer that just gave one back cannot take it again
+    ahead of another that has been waiting. Claimed jobs (a dead consumer's) are taken whatever
+    is free, so `held` may exceed `size` then; `running` still bounds how many run.
+    """
 
     def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("a stage needs at least one slot")
         self.size = size
         self.held = 0
         self.running = asyncio.Semaphore(size)
-        self.released = asyncio.Event()  # set whenever a held job is settled
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     @property
     def free(self) -> int:
         return self.size - self.held
 
+    @property
+    def waiting(self) -> int:
+        """Consumers waiting for a slot."""
+        return len(self._waiters)
+
+    async def reserve(self, wanted: int, wait_seconds: float) -> int:
+        """Hold up to `wanted` free slots (at least one), waiting up to `wait_seconds` for
+        one; returns how many were taken (0: none came in time)."""
+        if not self._waiters and self.free > 0:
+            return self._take_free(wanted)
+        handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(handed)
+        try:
+            await asyncio.wait([handed], timeout=wait_seconds)
+        except BaseException:
+            if handed.done() and not handed.cancelled():
+                self.give_back(1)  # handed to us as we were cancelled: not ours to keep
+            raise
+        finally:
+            if not handed.done():
+                handed.cancel()
+                self._waiters.remove(handed)
+        if handed.cancelled():
+            return 0
+        return 1 + (0 if self._waiters else self._take_free(wanted - 1))
+
     def take(self) -> None:
+        """Hold one more job, free slot or not (a claimed job)."""
         self.held += 1
 
-    def give_back(self) -> None:
-        self.held -= 1
-        self.released.set()
+    def give_back(self, count: int = 1) -> None:
+        self.held -= count
+        while self._waiters and self.free > 0:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.held += 1  # reserved on the waiter's behalf before it runs again
+                waiter.set_result(None)
+
+    def _take_free(self, wanted: int) -> int:
+        taken = max(0, min(wanted, self.free))
+        self.held += taken
+        return taken
 
 
 def consumer_name() -> str:
@@ -169,8 +221,9 @@ class Consumer:
         self._tasks: dict[str, asyncio.Task[None]] = {}  # entry id -> its task
         self._lanes: dict[str, asyncio.Task[None]] = {}  # lane -> its last task
         self._log = log.bind(stream=stream, group=group, consumer=self.name)
-        # Metrics name streams without the key prefix: "updates", "generate", "replies".
-        self.stream_label = stream.removeprefix(queue.keys.prefix)
+        # Metrics name stages, not keys: "updates", "generate", "generate:openai", "replies"
+        # (the prefix and the shard left out, so a stage's shards add up under one label).
+        self.stream_label = queue.keys.label(stream)
         self.ready = asyncio.Event()  # set once the group exists and reading has begun
         # Shared with the stage's other consumers when given; else `concurrency` of our own.
         self.slots = slots or Slots(self.options.concurrency)
@@ -211,13 +264,9 @@ class Consumer:
                 if now - last_forget > max(1.0, self.options.forget_after / 4):
                     await self._forget_dead_consumers()
                     last_forget = now
-                free = self.slots.free
-                if free <= 0:
-                    await self._wait_for_slot(stop)
-                    continue
-                await self._read(free)
+                await self._read_some()
                 backoff.reset()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            except _REDIS_DOWN as error:
                 self.ready.clear()
                 delay = backoff.next()
                 self._log.warning(
@@ -245,32 +294,54 @@ class Consumer:
                 # Retried next beat; a job whose entry goes idle meanwhile may be claimed.
                 self._log.warning("heartbeat failed", error=type(error).__name__)
 
-    async def _read(self, free: int) -> None:
+    async def _read_some(self) -> None:
+        """Reserve slots, read at most that many new entries, give back the rest.
+
+        What is there is taken at once; only when the stream is empty does the read block, and
+        then with a single slot reserved, so the stage's other consumers keep the others.
+        """
+        reserved = await self.slots.reserve(_READ_BATCH, self.options.block_ms / 1000)
+        if not reserved:
+            return
+        started = 0
+        try:
+            started = await self._read(reserved, block=None)
+            if not started:
+                self.slots.give_back(reserved - 1)
+                reserved = 1
+                started = await self._read(1, block=self.options.block_ms)
+        finally:
+            self.slots.give_back(reserved - started)
+
+    async def _read(self, count: int, block: int | None) -> int:
+        """Start up to `count` new entries on slots already reserved; returns how many."""
         response = await self.queue.redis.xreadgroup(
-            self.group,
-            self.name,
-            {self.stream: ">"},
-            count=min(free, 32),
-            block=self.options.block_ms,
+            self.group, self.name, {self.stream: ">"}, count=count, block=block
         )
+        started = 0
         streams = cast(list[Any], response or [])
         for _stream, entries in streams:
             for entry_id, fields in entries:
                 if fields is None:  # deleted while pending
                     continue
-                self._start(self.queue.decode_entry(self.stream, entry_id, fields, deliveries=1))
+                job = self.queue.decode_entry(self.stream, entry_id, fields, deliveries=1)
+                started += self._start(job, reserved=True)
+        return started
 
-    def _start(self, job: Job) -> None:
+    def _start(self, job: Job, *, reserved: bool = False) -> bool:
+        """Run `job` (False: it runs already). Its slot was reserved for it, or it takes one."""
         if job.id in self._tasks:
-            return
+            return False
         lane = self.lane_of(job) if self.lane_of else None
         previous = self._lanes.get(lane) if lane is not None else None
         task = asyncio.create_task(self._process(job, previous), name=f"job-{job.id}")
         self._tasks[job.id] = task
-        self.slots.take()
+        if not reserved:
+            self.slots.take()
         if lane is not None:
             self._lanes[lane] = task
         task.add_done_callback(lambda t: self._forget(job.id, lane, t))
+        return True
 
     def _forget(self, entry_id: str, lane: str | None, task: asyncio.Task[None]) -> None:
         if self._tasks.pop(entry_id, None) is not None:
@@ -442,23 +513,9 @@ class Consumer:
             "payload": job.payload,
             "failed_at": time.time(),
         }
-        await self.queue.hand_over(job, self.group, self.queue.keys.dlq, record)
+        await self.queue.hand_over(job, self.group, self.queue.keys.dlq(job.stream), record)
         JOBS.labels(self.stream_label, "dead_lettered").inc()
         self._log.error("job moved to dead-letter stream", job_id=job.id, error=error[:200])
-
-    async def _wait_for_slot(self, stop: asyncio.Event) -> None:
-        self.slots.released.clear()
-        stopping = asyncio.ensure_future(stop.wait())
-        released = asyncio.ensure_future(self.slots.released.wait())
-        try:
-            await asyncio.wait(
-                [stopping, released],
-                timeout=self.options.block_ms / 1000,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            stopping.cancel()
-            released.cancel()
 
     async def _drain(self) -> None:
         """Let in-flight jobs finish; cancel the rest, which stay pending for others to claim."""
@@ -474,6 +531,7 @@ class Consumer:
 
 
 def _stream_lost(error: ResponseError) -> bool:
-    """The stream or its consumer group no longer exists (Redis lost its data)."""
+    """The stream or its consumer group no longer exists (Redis lost its data; a blocked read
+    answers UNBLOCKED when its stream is deleted meanwhile)."""
     text = str(error)
-    return "NOGROUP" in text or "no such key" in text.lower()
+    return "NOGROUP" in text or "no such key" in text.lower() or "no longer exists" in text

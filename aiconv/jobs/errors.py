@@ -11,6 +11,12 @@ the job to the dead-letter stream. Handlers translate an outside service's outag
 from __future__ import annotations
 
 import psycopg
+from redis.exceptions import (
+    ClusterError,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -27,11 +33,22 @@ class DependencyUnavailable(Exception):
         self.detail = detail
 
 
+# Redis unreachable (a cluster client says so with an error of its own, not a ConnectionError),
+# or a Redis Cluster between states (a failover: CLUSTERDOWN, slots not covered yet, TRYAGAIN
+# during a resharding): each passes once Redis is back or the cluster settles.
+REDIS_OUTAGES: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    RedisClusterUnreachableError,
+    ClusterError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+
 # Failures of a dependency rather than of the job itself: waited out, never counted as attempts.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     DependencyUnavailable,
-    RedisConnectionError,
-    RedisTimeoutError,
+    *REDIS_OUTAGES,
     psycopg.OperationalError,
     OSError,
 )

@@ -181,6 +181,11 @@ class Keys:
         getChatMember said lately (changing a group's /persona is for its admins)."""
         return f"{self.chat_tag(chat_id)}:admin:{user_id}"
 
+    def chat_draft(self, chat_id: int | str) -> str:
+        """Hash: the text so far of the chat's reply being generated (REPLY_STYLE=draft), and
+        how much of it the chat was shown (aiconv/worker/drafts.py)."""
+        return f"{self.chat_tag(chat_id)}:draft"
+
     # --- turns and typing (per shard) ----------------------------------------------------------
 
     def turns_due(self, shard: int) -> str:
@@ -197,6 +202,10 @@ class Keys:
 
     def typing_deadline(self, shard: int) -> str:
         return f"{self.shard_tag(shard)}:typing:deadline"
+
+    def drafts_due(self, shard: int) -> str:
+        """The shard's chats with draft text not shown yet, scored by when the next may be."""
+        return f"{self.shard_tag(shard)}:drafts:due"
 
     # --- ml capacity ---------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ renewal as having lost the lease.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from aiconv.jobs.client import RedisClient
 
 # KEYS: lease; ARGV: owner, ttl ms. 1 when the lease is now ours (taken, or ours already).
 _ACQUIRE = """
@@ -47,7 +47,7 @@ class Lease:
     the caller must then assume the lease lost).
     """
 
-    def __init__(self, redis: Redis, key: str, owner: str, ttl_seconds: float) -> None:
+    def __init__(self, redis: RedisClient, key: str, owner: str, ttl_seconds: float) -> None:
         if ttl_seconds <= 0:
             raise ValueError("a lease needs a positive ttl")
         self.redis = redis

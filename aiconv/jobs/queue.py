@@ -3,14 +3,18 @@
 A job is one stream entry whose single field `job` holds JSON, sealed when ENCRYPTION_KEY is set
 (`aiconv.jobs.codec`: every payload is encoded and decoded here, nowhere else). Producers that
 must not enqueue twice pass an idempotency key: the SET NX of a `done:` marker and the XADD run
-in one Lua script, so either both happen or neither. A stage hands its result on with
-`hand_over`, which also XACKs the source entry in the same script: a crash can never leave a job
-both acknowledged and lost.
+in one Lua script, so either both happen or neither (the marker lives in the target stream's
+hash slot, `Keys.done`, so the script is single-slot on a Redis Cluster too). A stage hands its
+result on with `hand_over`, which also XACKs the source entry in the same script: a crash can
+never leave a job both acknowledged and lost.
 
 Plain enqueues (the webhook's, one per Telegram update) are coalesced: those made while a round
 trip is under way go together in the next pipeline, one script call each, so every one stays
 atomic and answers for itself, and a burst costs a few round trips instead of one per update
-(bench/ingest.py measures it). A caller waits for its own answer, error included.
+(bench/ingest.py measures it). A caller waits for its own answer, error included. On a Redis
+Cluster the pipeline is split by node (each script call is single-slot); a script the answering
+node does not know (a replica promoted by a failover starts without scripts) is loaded and run
+again for that call alone.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, ResponseError
 
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.codec import PLAIN, JobCodec
 from aiconv.jobs.keys import Keys
 
@@ -34,32 +39,40 @@ TURN_LEASE_SECONDS = 60.0
 # At most this many coalesced enqueues in one pipeline (bounds one round trip's size).
 ENQUEUE_BATCH = 256
 
-# KEYS: done marker or '', target stream, source stream or '', turn state or '', turns held or ''
-# ARGV: ttl, job json, group, source id, turn, chat, lease
+# KEYS: target stream, then in this order those present: done marker, source stream, turn state
+#   and turns held (both or neither). A key that is absent is left out, not passed as '': on a
+#   Redis Cluster every key of a script must lie in one hash slot, and '' has a slot of its own.
+# ARGV: ttl, job json, group, source id, turn, chat, lease, then three flags ('1' or ''): a done
+#   marker, a source, a turn guard.
 # With a turn guard, the next job is added only while that turn owns its chat; the turn's state
 # then records where its work is (so its lease is renewed while that entry lives). The source is
 # acknowledged either way: a stale turn's work simply ends.
 _HAND_OVER = """
+local next_key = 2
+local done, source, state, held = false, false, false, false
+if ARGV[8] == '1' then done = KEYS[next_key]; next_key = next_key + 1 end
+if ARGV[9] == '1' then source = KEYS[next_key]; next_key = next_key + 1 end
+if ARGV[10] == '1' then state = KEYS[next_key]; held = KEYS[next_key + 1] end
 local id = false
 local owner = true
-if KEYS[4] ~= '' then owner = redis.call('HGET', KEYS[4], 'turn') == ARGV[5] end
+if state then owner = redis.call('HGET', state, 'turn') == ARGV[5] end
 if owner then
   local fresh = true
-  if KEYS[1] ~= '' then
-    fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
+  if done then
+    fresh = redis.call('SET', done, '1', 'NX', 'EX', ARGV[1])
   end
   if fresh then
-    id = redis.call('XADD', KEYS[2], '*', 'job', ARGV[2])
-    if KEYS[4] ~= '' then
+    id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
+    if state then
       local t = redis.call('TIME')
       local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-      redis.call('HSET', KEYS[4], 'stage_stream', KEYS[2], 'stage_id', id)
-      redis.call('ZADD', KEYS[5], now + tonumber(ARGV[7]), ARGV[6])
+      redis.call('HSET', state, 'stage_stream', KEYS[1], 'stage_id', id)
+      redis.call('ZADD', held, now + tonumber(ARGV[7]), ARGV[6])
     end
   end
 end
-if KEYS[3] ~= '' then
-  redis.call('XACK', KEYS[3], ARGV[3], ARGV[4])
+if source then
+  redis.call('XACK', source, ARGV[3], ARGV[4])
 end
 return id
 """
@@ -86,7 +99,7 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, redis: Redis, keys: Keys, codec: JobCodec = PLAIN) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, codec: JobCodec = PLAIN) -> None:
         self.redis = redis
         self.keys = keys
         self.codec = codec
@@ -226,13 +239,16 @@ class JobQueue:
         guard: TurnGuard | None,
     ) -> tuple[list[str], list[str | int | float]]:
         k = self.keys
-        keys = [
-            k.done(idempotency_key) if idempotency_key else "",
-            stream,
-            source[0].stream if source else "",
-            k.chat_state(guard.chat_id) if guard else "",
-            k.turns_held if guard else "",
-        ]
+        keys = [stream]
+        if idempotency_key:
+            keys.append(k.done(stream, idempotency_key))
+        if source:
+            keys.append(source[0].stream)
+        if guard:
+            keys += [k.chat_state(guard.chat_id), k.turns_held(k.shard_of(guard.chat_id))]
+        if len({key_slot(key.encode()) for key in keys}) > 1:
+            # Refused on one Redis too, where it would work: the layout must hold everywhere.
+            raise ValueError(f"one script may not touch keys of two hash slots: {keys}")
         args: list[str | int | float] = [
             DONE_TTL_SECONDS,
             self.codec.encode(stream, payload),
@@ -241,6 +257,9 @@ class JobQueue:
             guard.turn if guard else "",
             guard.chat_id if guard else "",
             TURN_LEASE_SECONDS,
+            "1" if idempotency_key else "",
+            "1" if source else "",
+            "1" if guard else "",
         ]
         return keys, args
 

@@ -4,8 +4,11 @@ A chat's `live` key (jobs/keys.py `chat_live`) holds the id of its turn in fligh
 message or /reset supersedes it (worker/turns.py): a generation for any other value is stale.
 The web writes `{prefix}oai:{id}:cancel` when an API client goes away.
 
-One watcher task checks every watched generation with one MGET per interval, off the decode
-loop: a decode step never waits for Redis.
+One watcher task checks every watched generation once per interval, off the decode loop: a
+decode step never waits for Redis. The check is a non-transactional pipeline of GETs, not an
+MGET: the watched keys belong to different chats, so on a Redis Cluster to different hash
+slots, where a multi-key command is refused. On one Redis the pipeline is still one round trip;
+on a cluster, one per node holding a watched key (redis-py sends them side by side).
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.retry import sleep_or_stop
 
 if TYPE_CHECKING:
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["CancelWatcher", "is_stale"]
 
 CHECK_INTERVAL_SECONDS = 0.25
+# A cluster client raises RedisClusterException (no RedisError) when it reaches no node.
+_REDIS_FAILURES = (RedisError, RedisClusterException)
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +53,7 @@ class _Watch:
 
 
 class CancelWatcher:
-    def __init__(self, redis: Redis, interval: float = CHECK_INTERVAL_SECONDS) -> None:
+    def __init__(self, redis: RedisClient, interval: float = CHECK_INTERVAL_SECONDS) -> None:
         self.redis = redis
         self.interval = interval
         self._watches: set[_Watch] = set()
@@ -58,7 +63,7 @@ class CancelWatcher:
         """One immediate check (before a generation starts)."""
         try:
             value = await self.redis.get(key)
-        except RedisError:
+        except _REDIS_FAILURES:
             return False
         return self._cancels(value, expected)
 
@@ -93,8 +98,11 @@ class CancelWatcher:
         if not watches:
             return
         try:
-            values = await self.redis.mget([w.key for w in watches])
-        except RedisError as error:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for watch in watches:
+                    pipe.get(watch.key)
+                values = await pipe.execute()
+        except _REDIS_FAILURES as error:
             log.warning("cannot check for stale generations", error=type(error).__name__)
             return
         for watch, value in zip(watches, values, strict=True):

@@ -1,7 +1,9 @@
 """The ml stage: a generation job in, a reply job out (handed over atomically).
 
-Two kinds of generation job arrive on `{prefix}generate`: a chat turn from the worker (its reply
-goes to `{prefix}replies`) and an OpenAI-API request from the web (see `aiconv.ml.openai_jobs`).
+Two kinds of generation job arrive: a chat turn from the worker, on its chat's shard's generate
+stream, whose reply goes to the same shard's replies stream (the hand-over is one script, so both
+streams and the chat's keys share the shard's hash slot, see jobs/keys.py); and an OpenAI-API
+request from the web (see `aiconv.ml.openai_jobs`), usually on its own stream.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from aiconv.jobs.keys import GENERATE_GROUP, Keys
 from aiconv.jobs.messages import GenerateJob, ReplyJob
 from aiconv.jobs.queue import Job, JobQueue, TurnGuard
 from aiconv.ml.cancel import CancelWatcher
-from aiconv.ml.engine import Completion, Engine
+from aiconv.ml.engine import Completion, Engine, Generation
 from aiconv.ml.openai_jobs import API_KIND, OpenAiJobHandler
 from aiconv.ml.stats import Throughput, observe
+from aiconv.worker.drafts import DraftProgress
 from aiconv.worker.typing_keeper import TypingSignal
 
 PROMPT_MARGIN_TOKENS = 32  # chat-template tokens around each turn, beyond the per-turn overhead
@@ -104,6 +107,7 @@ class GenerateHandler:
         watcher: CancelWatcher,
         model_id: str = "",
         throughput: Throughput | None = None,
+        draft_interval: float | None = None,
     ) -> None:
         self.engine = engine
         self.queue = queue
@@ -115,6 +119,10 @@ class GenerateHandler:
         # What this instance publishes for the worker's wait estimates (ml/stats.py).
         self.throughput = throughput or Throughput(slots=max(1, engine.config.parallel))
         self.typing = TypingSignal(queue.redis, keys)
+        # REPLY_STYLE=draft: private chats' text so far, for the worker's drafts (None: off).
+        self.drafts = (
+            DraftProgress(queue.redis, keys, draft_interval) if draft_interval is not None else None
+        )
 
     async def __call__(self, job: Job) -> None:
         began = time.monotonic()
@@ -136,6 +144,7 @@ class GenerateHandler:
         bound = log.bind(job_key=gen.key, chat_id=chat_id)
         stats: dict[str, Any] = {}
         cancelled = False
+        drafting = self.drafts is not None and gen.chat_type == "private"  # groups: typing
         # The chat's `live` key holds the turn's id until a newer message or /reset supersedes it.
         live = self.keys.chat_live(chat_id)
         try:
@@ -155,7 +164,11 @@ class GenerateHandler:
                 generation = self.engine.submit(prompt, cache_key=f"chat:{chat_id}")
                 try:
                     with self.watcher.watch(live, gen.turn, generation):
-                        completion: Completion = await generation.result()
+                        completion: Completion = await (
+                            self._write_drafts(generation, chat_id, gen.turn)
+                            if drafting
+                            else generation.result()
+                        )
                 except asyncio.CancelledError:
                     generation.cancel()  # shutting down: the job stays pending for another
                     raise
@@ -193,14 +206,30 @@ class GenerateHandler:
             stats=stats,
             markdown=text != texts.GENERATION_FAILED,  # the model wrote it: Markdown
         )
+        if drafting and self.drafts is not None:
+            await self.drafts.close(chat_id, gen.turn)  # no draft may follow the reply
         await self.queue.hand_over(
             job,
             GENERATE_GROUP,
-            self.keys.replies,
+            self.keys.replies(self.keys.shard_of(chat_id)),
             reply.to_payload(),
             reply.key,
             guard=TurnGuard(chat_id=chat_id, turn=gen.turn),
         )
+
+    async def _write_drafts(self, generation: Generation, chat_id: int, turn: str) -> Completion:
+        """The generation's result, its text so far written for drafts on the way."""
+        assert self.drafts is not None
+        throttle = self.drafts.throttle()
+        pieces: list[str] = []
+        async for piece in generation:
+            pieces.append(piece)
+            now = time.monotonic()
+            if throttle.due(now):
+                throttle.written(now)
+                await self.drafts.publish(chat_id, turn, "".join(pieces))
+        assert generation.completion is not None
+        return generation.completion
 
     def _remember(self, chat_id: Any, first: Turn | None) -> None:
         if first is None:

@@ -9,6 +9,10 @@ is measured, trimmed and dead-lettered under its own label, and a burst of it ne
 front of chat turns in one stream. Jobs queued on `generate` by a web of the previous release
 are still served there (GenerateHandler passes them on by kind). A job dead-lettered after too
 many failed deliveries tells its waiting client so, instead of leaving it to time out.
+
+The job names the web process's result reader (`reader`): its events go to
+`Keys.api_response(reader, id)`, in that reader's hash slot, because the reader XREADs all its
+waiters' streams in one call, which a Redis Cluster allows only within one slot.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from aiconv.jobs.consumer import Consumer, ConsumerOptions
+from aiconv.jobs.consumer import Consumer, ConsumerOptions, Slots
 from aiconv.jobs.keys import GENERATE_GROUP, Keys
 from aiconv.jobs.queue import Job, JobQueue
 from aiconv.ml.cancel import CancelWatcher
@@ -50,11 +54,19 @@ class OpenAiJobHandler:
         encoded = self.queue.codec.encode(out, event)
         await self.queue.redis.xadd(out, {"event": encoded}, maxlen=100_000, approximate=True)
 
+    def response_stream(self, payload: dict[str, Any]) -> str | None:
+        """Where the request's events go: its stream beside the waiting web process's other
+        results (the reader's hash tag, see web/api_results.py); None for a job that names no
+        request or no reader (nobody could read its answer)."""
+        request_id, reader = str(payload.get("id") or ""), str(payload.get("reader") or "")
+        if not request_id or not reader:
+            return None
+        return self.keys.api_response(reader, request_id)
+
     async def give_up(self, job: Job) -> None:
         """The job is dead-lettered: its client, if still waiting, gets an error at once."""
-        request_id = str(job.payload.get("id", ""))
-        if request_id:
-            out = self.keys.api_response(request_id)
+        out = self.response_stream(job.payload)
+        if out is not None:
             await self._emit(out, {"type": "error", "status": 502, "code": "generation_failed",
                                    "message": "generation failed"})  # fmt: skip
             await self.queue.redis.expire(out, RESPONSE_TTL_SECONDS)
@@ -62,15 +74,20 @@ class OpenAiJobHandler:
     async def __call__(self, job: Job) -> None:
         payload = job.payload
         request_id = str(payload.get("id", ""))
-        out = self.keys.api_response(request_id)
         redis = self.queue.redis
         bound = log.bind(job_key=job.key, request_id=request_id)
+        out = self.response_stream(payload)
+        if out is None:
+            # A web of the previous release named no reader: its answer would have no reader.
+            bound.warning("api job without a request id or reader; dropped")
+            observe(None, "cancelled")
+            return
 
         async def emit(event: dict[str, Any]) -> None:
             await self._emit(out, event)
 
         cancel_key = self.keys.api_cancel(request_id)
-        if not request_id or await self.watcher.stale(cancel_key, None):
+        if await self.watcher.stale(cancel_key, None):
             return
         deadline = _float(payload.get("deadline"))
         if deadline is not None and time.time() > deadline:
@@ -159,16 +176,24 @@ class OpenAiJobHandler:
 
 
 def openai_consumer(
-    queue: JobQueue, handler: OpenAiJobHandler, options: ConsumerOptions
+    queue: JobQueue,
+    handler: OpenAiJobHandler,
+    options: ConsumerOptions,
+    *,
+    name: str | None = None,
+    slots: Slots | None = None,
 ) -> Consumer:
-    """ml's consumer of the /v1 job stream (run next to the one of `Keys.generate`)."""
+    """ml's consumer of the /v1 job stream (run next to those of `Keys.generate`, sharing their
+    `slots`: one engine)."""
     return Consumer(
         queue,
         queue.keys.openai_generate,
         GENERATE_GROUP,
         handler,
+        name=name,
         options=options,
         on_dead_letter=handler.give_up,
+        slots=slots,
     )
 
 

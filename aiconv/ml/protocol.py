@@ -2,13 +2,15 @@
 
 Kept free of llama.cpp imports: the web mode uses it without loading a model.
 
-API requests (kind "openai"): the web enqueues on `{prefix}generate` a job
-`{"kind": "openai", "key": "oai:<id>", "id", "messages", "max_tokens", "temperature", "top_p",
-"stop", "seed", "created"}`; ml answers on the stream `{prefix}oai:<id>` with entries whose one
-field `event` is JSON: `{"type": "start", "attempt"}`, then `{"type": "delta", "text"}`..., then
-`{"type": "done", "finish_reason", "prompt_tokens", "completion_tokens", "cached_tokens"}` or
-`{"type": "error", "status", "code", "message"}`. The stream expires after
-RESPONSE_TTL_SECONDS. The web sets `{prefix}oai:<id>:cancel` when its client goes away.
+API requests (kind "openai"): the web enqueues on `Keys.openai_generate` a job
+`{"kind": "openai", "key": "oai:<id>", "id", "reader", "messages", "max_tokens", "temperature",
+"top_p", "stop", "seed", "created", "deadline"}`; ml answers on the stream
+`Keys.api_response(reader, id)` (in the hash slot of the web process's result reader `reader`)
+with entries whose one field `event` is JSON: `{"type": "start", "attempt"}`, then
+`{"type": "delta", "text"}`..., then `{"type": "done", "finish_reason", "prompt_tokens",
+"completion_tokens", "cached_tokens"}` or `{"type": "error", "status", "code", "message"}`. The
+stream expires after RESPONSE_TTL_SECONDS. The web sets `Keys.api_cancel(id)` when its client
+goes away.
 
 A request's messages are checked by one validator, `validate_messages`, on both sides: the web
 answers 400 before anything is queued, and ml checks again what it takes off the stream (a job

@@ -18,10 +18,10 @@ from collections import deque
 from dataclasses import dataclass
 
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from aiconv.conversation.capacity import MlCapacity
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.retry import repeat_every
 from aiconv.ml.engine import Completion
@@ -123,7 +123,7 @@ class Throughput:
 
 @dataclass(eq=False)  # a service: compared by identity
 class CapacityPublisher:
-    redis: Redis
+    redis: RedisClient
     keys: Keys
     instance: str
     throughput: Throughput
@@ -149,5 +149,6 @@ class CapacityPublisher:
 
     async def run(self, stop: asyncio.Event) -> None:
         await repeat_every(stop, PUBLISH_SECONDS, self.publish, "capacity not published")
-        with contextlib.suppress(RedisError):  # failing that, the TTL withdraws it
+        # Failing that (a cluster out of reach too), the TTL withdraws it.
+        with contextlib.suppress(RedisError, RedisClusterException):
             await self.withdraw()

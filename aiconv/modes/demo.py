@@ -80,7 +80,8 @@ def choose_servers(
     from aiconv import embedded as servers
 
     database_set = any(name in env for name in DATABASE_VARIABLES)
-    redis_set = any(name in env for name in REDIS_VARIABLES)
+    # A configured cluster is used as it is (only --embedded replaces it).
+    redis_set = settings.redis_cluster_enabled or any(name in env for name in REDIS_VARIABLES)
     embed_database = embedded or (not database_set and not _answers(settings.database_url, 5432))
     embed_redis = embedded or (not redis_set and not _answers(settings.redis_url, 6379))
     if not (embed_database or embed_redis):
@@ -110,8 +111,11 @@ def choose_servers(
             settings, database_url=stack.enter_context(servers.embedded_postgres(data_dir))
         )
     if embed_redis:
+        # The embedded server is one Redis, whatever cluster the settings named (--embedded).
         settings = dataclasses.replace(
-            settings, redis_url=stack.enter_context(servers.embedded_redis(data_dir))
+            settings,
+            redis_url=stack.enter_context(servers.embedded_redis(data_dir)),
+            redis_cluster_enabled=False,
         )
     _say_servers(settings, f" (started in {time.monotonic() - started:.1f} s)")
     return settings
@@ -119,6 +123,8 @@ def choose_servers(
 
 def _say_servers(settings: Settings, suffix: str = "") -> None:
     database, redis = _where(settings.database_url), _where(settings.redis_url)
+    if settings.redis_cluster_enabled:
+        redis = f"Cluster at {', '.join(settings.redis_cluster_nodes)}"
     say(f"using PostgreSQL {database} and Redis {redis}{suffix}")
 
 

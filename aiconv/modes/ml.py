@@ -1,5 +1,10 @@
 """`aiconv ml`: load the model, then consume generation jobs, ML_PARALLEL at once.
 
+Invariant: the process holds at most ML_PARALLEL generation jobs, however many streams it reads:
+one `Consumer` per shard's generate stream (a chat's turn comes on its shard's stream, see
+jobs/keys.py) and one for the /v1 stream, all sharing one `Slots` sized to the engine's slots.
+Jobs beyond that stay in their streams for other ml processes.
+
 The only mode module that imports llama.cpp at import time (through ml/engine.py): `all` and
 `demo` reach it through modes/process.py when they run ml, `web` and `worker` never do.
 """
@@ -14,7 +19,7 @@ import time
 import structlog
 
 from aiconv.config import Settings
-from aiconv.jobs.consumer import Consumer
+from aiconv.jobs.consumer import Consumer, Slots, consumer_name
 from aiconv.jobs.keys import GENERATE_GROUP
 from aiconv.jobs.queue import Job, JobQueue
 from aiconv.ml.cancel import CancelWatcher
@@ -96,24 +101,39 @@ async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyn
 
     throughput = Throughput(slots=engine.context.n_seq)
     handler = GenerateHandler(
-        engine, queue, queue.keys, settings.persona, watcher, model_id(settings), throughput
-    )
-    consumer = Consumer(
+        engine,
         queue,
-        queue.keys.generate,
-        GENERATE_GROUP,
-        handler,
-        lane_of=lane_of,
-        options=settings.consumer_options(concurrency=engine.context.n_seq),
-        on_dead_letter=abandon,
+        queue.keys,
+        settings.persona,
+        watcher,
+        model_id(settings),
+        throughput,
+        draft_interval=settings.draft_interval,
     )
+    options = settings.consumer_options(concurrency=engine.context.n_seq)
+    slots = Slots(engine.context.n_seq)
+    # One name for all of them: a consumer name is per stream and group, and one name reads
+    # as one process in XINFO and in the capacity index.
+    name = consumer_name()
+    consumers = [
+        Consumer(
+            queue,
+            stream,
+            GENERATE_GROUP,
+            handler,
+            name=name,
+            lane_of=lane_of,
+            options=options,
+            on_dead_letter=abandon,
+            slots=slots,
+        )
+        for stream in queue.keys.stage_streams("generate")
+    ]
     # /v1 jobs on their own stream; the engine queues what exceeds its slots.
-    api_consumer = openai_consumer(
-        queue, handler.api, settings.consumer_options(concurrency=engine.context.n_seq)
-    )
+    consumers.append(openai_consumer(queue, handler.api, options, name=name, slots=slots))
     # The worker estimates waits from what each instance publishes (ml/stats.py).
-    publisher = CapacityPublisher(queue.redis, queue.keys, consumer.name, throughput)
-    log.info("ml running", consumer=consumer.name, parallel=engine.context.n_seq)
+    publisher = CapacityPublisher(queue.redis, queue.keys, name, throughput)
+    log.info("ml running", consumer=name, parallel=engine.context.n_seq, streams=len(consumers))
     # A dead decode loop would answer every job with an apology: stop consuming instead and fail,
     # so that the process exits non-zero and is restarted; other ml processes go on meanwhile.
     loop = asyncio.get_running_loop()
@@ -136,9 +156,9 @@ async def run_ml(engine: Engine, queue: JobQueue, settings: Settings, stop: asyn
         asyncio.create_task(warm_up(engine, settings, throughput)),
     ]
     try:
-        async with asyncio.TaskGroup() as consumers:
-            consumers.create_task(consumer.run(halt))
-            consumers.create_task(api_consumer.run(halt))
+        async with asyncio.TaskGroup() as running:
+            for consumer in consumers:
+                running.create_task(consumer.run(halt))
     finally:
         for task in helpers:
             task.cancel()

@@ -83,7 +83,7 @@ async def run_modes(
             if not engines:
                 raise RuntimeError("model still loading")
 
-        checks: dict[str, Check] = {"redis": resources.redis.ping, "postgres": resources.store.ping}
+        checks: dict[str, Check] = {"redis": resources.ping_redis, "postgres": resources.store.ping}
         if "ml" in wanted:
             checks["model"] = model_loaded
         if "web" in wanted:

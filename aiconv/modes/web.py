@@ -158,7 +158,7 @@ class OpsThread(threading.Thread):
                 self._start_error = error
                 return
             checks: dict[str, Check] = {
-                "redis": resources.redis.ping,
+                "redis": resources.ping_redis,
                 "web": accepting(settings.port, settings.bind_address),  # a granian worker listens
             }
             async with asyncio.TaskGroup() as group:

@@ -1,10 +1,11 @@
 """Gauges read from Redis and the pool, refreshed by every process so none goes stale.
 
-Stream figures come straight from Redis; the business figures (active users, conversations) are
-computed once per interval by the scheduler and shared through a Redis hash, so every process
-exports the same values and a dashboard's max() is always current. The read replica's lag (and
-whether it answers) is measured by every process with a replica configured, each interval, so the
-lag alert fires even while no lag-tolerant read happens.
+Stream figures come straight from Redis, added up per stage over the shards (a stage's metrics
+keep one label however many shards there are); the business figures (active users,
+conversations) are computed once per interval by the scheduler and shared through a Redis hash,
+so every process exports the same values and a dashboard's max() is always current. The read
+replica's lag (and whether it answers) is measured by every process with a replica configured,
+each interval, so the lag alert fires even while no lag-tolerant read happens.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 
 import structlog
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
 from aiconv.observability.metrics import (
     ACTIVE_USERS,
@@ -41,34 +43,61 @@ def business_key(keys: Keys) -> str:
     return keys.business_gauges
 
 
-async def refresh_streams(redis: Redis, keys: Keys) -> None:
+async def refresh_streams(redis: RedisClient, keys: Keys) -> None:
+    """Length, lag and pending of every job stream, added up per stage over its shards (the
+    labels stay "updates", "generate", "generate:openai", "replies" whatever the shards); the
+    oldest pending age is the oldest of them. The dead-letter size adds up every stream's."""
+    figures: dict[str, StreamFigures] = {}
     for stream in keys.job_streams:
-        label = stream.removeprefix(keys.prefix)
-        STREAM_LENGTH.labels(label).set(await redis.xlen(stream))
-        try:
-            groups = await redis.xinfo_groups(stream)
-        except ResponseError:
-            groups = []  # the stream does not exist yet
-        lag = pending = 0
-        oldest_age = 0.0
-        for group in groups:
-            lag += int(group.get("lag") or 0)
-            pending += int(group["pending"])
-            if int(group["pending"]):
-                summary = await redis.xpending(stream, group["name"])
-                # XINFO and XPENDING are two reads: the jobs may be acknowledged in between,
-                # and then the summary has no oldest entry (min is None).
-                oldest = summary.get("min")
-                if oldest:
-                    oldest_ms = int(str(oldest).split("-")[0])
-                    oldest_age = max(oldest_age, time.time() - oldest_ms / 1000)
-        STREAM_LAG.labels(label).set(lag)
-        STREAM_PENDING.labels(label).set(pending)
-        STREAM_OLDEST_PENDING_AGE.labels(label).set(oldest_age)
-    DLQ_SIZE.set(await redis.xlen(keys.dlq))
+        stage = figures.setdefault(keys.label(stream), StreamFigures())
+        stage.add(await _stream_figures(redis, stream))
+    for label, stage in figures.items():
+        STREAM_LENGTH.labels(label).set(stage.length)
+        STREAM_LAG.labels(label).set(stage.lag)
+        STREAM_PENDING.labels(label).set(stage.pending)
+        STREAM_OLDEST_PENDING_AGE.labels(label).set(stage.oldest_pending_age)
+    dead = 0
+    for dlq in keys.dlqs:  # one XLEN each: they lie in many slots
+        dead += int(await redis.xlen(dlq))
+    DLQ_SIZE.set(dead)
 
 
-async def refresh_business(redis: Redis, keys: Keys) -> None:
+@dataclass
+class StreamFigures:
+    length: int = 0
+    lag: int = 0
+    pending: int = 0
+    oldest_pending_age: float = 0.0
+
+    def add(self, other: StreamFigures) -> None:
+        self.length += other.length
+        self.lag += other.lag
+        self.pending += other.pending
+        self.oldest_pending_age = max(self.oldest_pending_age, other.oldest_pending_age)
+
+
+async def _stream_figures(redis: RedisClient, stream: str) -> StreamFigures:
+    figures = StreamFigures(length=int(await redis.xlen(stream)))
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:
+        groups = []  # the stream does not exist yet
+    for group in groups:
+        figures.lag += int(group.get("lag") or 0)
+        figures.pending += int(group["pending"])
+        if int(group["pending"]):
+            summary = await redis.xpending(stream, group["name"])
+            # XINFO and XPENDING are two reads: the jobs may be acknowledged in between,
+            # and then the summary has no oldest entry (min is None).
+            oldest = summary.get("min")
+            if oldest:
+                oldest_ms = int(str(oldest).split("-")[0])
+                age = time.time() - oldest_ms / 1000
+                figures.oldest_pending_age = max(figures.oldest_pending_age, age)
+    return figures
+
+
+async def refresh_business(redis: RedisClient, keys: Keys) -> None:
     figures = await redis.hgetall(business_key(keys))
     for field, value in figures.items():
         kind, _, label = str(field).partition(":")
@@ -89,7 +118,7 @@ def refresh_pool(pool: AsyncConnectionPool) -> None:
 
 
 async def run_gauges(
-    redis: Redis,
+    redis: RedisClient,
     keys: Keys,
     pool: AsyncConnectionPool | None,
     stop: asyncio.Event,

@@ -72,7 +72,9 @@ STREAM_OLDEST_PENDING_AGE = Gauge(
     ["stream"],
     multiprocess_mode="max",
 )
-DLQ_SIZE = Gauge("aiconv_dlq_size", "Jobs in the dead-letter stream", multiprocess_mode="max")
+DLQ_SIZE = Gauge(
+    "aiconv_dlq_size", "Jobs in the dead-letter streams (all of them)", multiprocess_mode="max"
+)
 
 # -- generation -----------------------------------------------------------------------------
 GENERATION_SECONDS = Histogram(

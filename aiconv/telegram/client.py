@@ -218,8 +218,37 @@ class BotClient:
             raise TelegramError("sendMessage", 200, "unexpected result")
         return message_id
 
-    async def send_chat_action(self, chat_id: int, action: str = "typing") -> None:
-        await self._call("sendChatAction", {"chat_id": chat_id, "action": action})
+    async def send_chat_action(
+        self, chat_id: int, action: str = "typing", *, message_thread_id: int | None = None
+    ) -> None:
+        await self._call(
+            "sendChatAction",
+            {"chat_id": chat_id, "action": action, "message_thread_id": message_thread_id},
+        )
+
+    async def send_message_draft(
+        self,
+        chat_id: int,
+        draft_id: int,
+        text: str,
+        *,
+        entities: Sequence[Mapping[str, Any]] | None = None,
+        message_thread_id: int | None = None,
+        http_timeout: float | None = None,
+    ) -> None:
+        """Show a private chat the reply being written (Bot API 9.3): `text` replaces the
+        draft `draft_id` (non-zero); the answer itself is then sent with sendMessage."""
+        await self._call(
+            "sendMessageDraft",
+            {
+                "chat_id": chat_id,
+                "message_thread_id": message_thread_id,
+                "draft_id": draft_id,
+                "text": text,
+                "entities": [dict(e) for e in entities] if entities else None,
+            },
+            http_timeout=http_timeout,
+        )
 
     # --- the command menu and chat members (aiconv.worker.commands) --------------------------
 

@@ -3,6 +3,14 @@
 Test and demo tooling, not product: used by the tests and by `aiconv demo`, so that the code
 under test talks to it exactly as it would to api.telegram.org (set TELEGRAM_API_URL to
 `double.url`). Served by granian, the server the product itself uses.
+
+With `limits` (opt-in: most tests check behaviour, not pacing), it enforces Telegram's documented
+sending limits as Telegram does, with 429 and `retry_after`: about one message a second in a
+chat, about 30 a second overall, 20 a minute in a group (https://core.telegram.org/bots/faq,
+"My bot is hitting limits"). Telegram "may allow short bursts that go over this limit", so each
+limit is a GCRA with a tolerance: a steady rate above the limit is refused, a short burst is
+not. Messages and drafts count against a chat's limits; those and chat actions against the
+bot-wide one.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -28,6 +37,23 @@ from starlette.types import ASGIApp
 from aiconv.web.server import serve
 
 MAX_MESSAGE_LENGTH = 4096  # UTF-16 code units, as Telegram counts
+
+# Which calls count against which sending limit (see TelegramLimits).
+_CHAT_LIMITED = frozenset({"sendMessage", "sendMessageDraft"})
+_GLOBAL_LIMITED = _CHAT_LIMITED | {"sendChatAction"}
+
+
+@dataclass(frozen=True)
+class TelegramLimits:
+    """Telegram's documented sending limits, each an interval and a burst tolerance (seconds)."""
+
+    chat_interval: float = 1.0
+    chat_tolerance: float = 0.5
+    global_interval: float = 1.0 / 30
+    global_tolerance: float = 0.5
+    group_interval: float = 3.0  # 20 a minute
+    group_tolerance: float = 7.0  # a burst of a few messages
+
 
 # Bot API MessageEntity types; sendMessage refuses any other.
 ENTITY_TYPES = frozenset(
@@ -261,6 +287,7 @@ class BotApiDouble(_Started):
         bot_username: str = "aiconv_test_bot",
         first_update_id: int = 100_000,
         first_message_id: int = 1,
+        limits: TelegramLimits | None = None,
     ) -> None:
         self.token = token
         self.bot_username = bot_username
@@ -279,6 +306,8 @@ class BotApiDouble(_Started):
         self.my_commands: list[dict[str, str]] = []
         # getChatMember: chat -> ids of its administrators (`creator` when first listed).
         self.chat_admins: dict[int, list[int]] = {}
+        self.limits = limits
+        self._tats: dict[str, float] = {}  # limit -> its GCRA theoretical arrival time
         self._next_update_id = first_update_id
         self._next_message_id = first_message_id
         self._cond = asyncio.Condition()
@@ -323,6 +352,17 @@ class BotApiDouble(_Started):
         """The messages the bot sent to a chat, in order, as Telegram stored them (with their
         entities)."""
         return [m for (chat, _), m in sorted(self.bot_messages.items()) if chat == chat_id]
+
+    def drafts_of(self, chat_id: int) -> list[ApiCall]:
+        """The drafts Telegram accepted for a chat, in the order they arrived."""
+        return sorted(
+            (c for c in self.calls_of("sendMessageDraft", chat_id) if c.status == 200),
+            key=lambda c: c.at,
+        )
+
+    def rate_limited(self) -> list[ApiCall]:
+        """Every call answered 429 (a fault injected with fail_next included)."""
+        return [c for c in self.calls if c.status == 429]
 
     def sent_texts(self, chat_id: int) -> list[str]:
         return [
@@ -655,6 +695,11 @@ class BotApiDouble(_Started):
             if fault.times <= 0:
                 faults.pop(0)
             return fault.status, self._error(fault.status, fault.description, fault.retry_after)
+        limited = self._over_limit(method, params)
+        if limited is not None:
+            return 429, self._error(
+                429, f"Too Many Requests: retry after {limited}", retry_after=limited
+            )
         handler = {
             "getMe": self._get_me,
             "setWebhook": self._set_webhook,
@@ -662,6 +707,7 @@ class BotApiDouble(_Started):
             "getUpdates": self._get_updates,
             "sendMessage": self._send_message,
             "sendChatAction": self._send_chat_action,
+            "sendMessageDraft": self._send_message_draft,
             "setMyCommands": self._set_my_commands,
             "getMyCommands": self._get_my_commands,
             "getChatMember": self._get_chat_member,
@@ -669,6 +715,25 @@ class BotApiDouble(_Started):
         if handler is None:
             return 404, self._error(404, "Not Found")
         return await handler(params)
+
+    def _over_limit(self, method: str, params: dict[str, Any]) -> int | None:
+        """The retry_after (seconds) if this call exceeds a sending limit, else None; an
+        accepted call takes its place under every limit it counts against."""
+        if self.limits is None or method not in _GLOBAL_LIMITED:
+            return None
+        limits, now = self.limits, time.monotonic()
+        checks = [("global", limits.global_interval, limits.global_tolerance)]
+        chat_id = _as_int(params.get("chat_id"))
+        if method in _CHAT_LIMITED and chat_id is not None:
+            checks.append((f"chat:{chat_id}", limits.chat_interval, limits.chat_tolerance))
+            if self._chat(chat_id)["type"] in ("group", "supergroup"):
+                checks.append((f"group:{chat_id}", limits.group_interval, limits.group_tolerance))
+        wait = max(self._tats.get(name, now) - tolerance - now for name, _, tolerance in checks)
+        if wait > 0:
+            return max(1, math.ceil(wait))
+        for name, interval, _ in checks:
+            self._tats[name] = max(self._tats.get(name, now), now) + interval
+        return None
 
     @staticmethod
     def _ok(result: Any) -> tuple[int, dict[str, Any]]:
@@ -804,6 +869,32 @@ class BotApiDouble(_Started):
             return 400, self._error(400, "Bad Request: chat_id is empty")
         if not isinstance(params.get("action"), str):
             return 400, self._error(400, "Bad Request: action is empty")
+        return self._ok(True)
+
+    async def _send_message_draft(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Bot API 9.3: private chats only; draft_id non-zero; text 1-4096 characters after
+        entities parsing; parse_mode or entities. Recorded in `calls` (see `drafts_of`)."""
+        chat_id = _as_int(params.get("chat_id"))
+        if chat_id is None:
+            return 400, self._error(400, "Bad Request: chat_id is empty")
+        if self._chat(chat_id)["type"] != "private":
+            return 400, self._error(400, "Bad Request: method is available only in private chats")
+        draft = _as_int(params.get("draft_id"))
+        if draft is None or draft == 0:
+            return 400, self._error(400, "Bad Request: draft_id must be non-zero")
+        text = params.get("text")
+        if not isinstance(text, str) or not text.strip():
+            return 400, self._error(400, "Bad Request: message text is empty")
+        if _utf16_units(text) > MAX_MESSAGE_LENGTH:
+            return 400, self._error(400, "Bad Request: message is too long")
+        if "parse_mode" in params and "entities" in params:
+            return 400, self._error(400, "Bad Request: can't use parse_mode with entities")
+        if "entities" in params:
+            problem = entities_error(text, params["entities"])
+            if problem is not None:
+                return 400, self._error(400, problem)
+        if "message_thread_id" in params and _as_int(params["message_thread_id"]) is None:
+            return 400, self._error(400, "Bad Request: message thread not found")
         return self._ok(True)
 
     async def _set_my_commands(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:

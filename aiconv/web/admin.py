@@ -24,7 +24,6 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,9 +32,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from aiconv.config import Settings
+from aiconv.jobs.client import RedisClient, keys_for
 from aiconv.jobs.codec import JobCodec
-from aiconv.jobs.dlq import DeadJob, DeadLetters
-from aiconv.jobs.keys import Keys
+from aiconv.jobs.dlq import DEAD_JOB_ID, DeadJob, DeadLetters
 from aiconv.store.admin import AdminStore
 from aiconv.store.crypto import DecryptionError, TextCipher
 from aiconv.store.db import ReadRouter
@@ -61,11 +60,10 @@ from aiconv.web.errors import EXCEPTION_HANDLERS, HttpError
 log = structlog.get_logger(__name__)
 
 ADMIN_POOL_SIZE = 4  # connections per web process: the admin API is light
-UINT64_MAX = 2**64 - 1
 
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 _QUERY_INTEGER = re.compile(r"[0-9]{1,9}")
-_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_DEAD_JOB_ID = re.compile(DEAD_JOB_ID)
 
 Handler = Callable[[Request, str], Awaitable[Response]]
 
@@ -121,14 +119,12 @@ def _query_int(request: Request, name: str, default: int, maximum: int) -> int:
     return int(text)
 
 
-def _stream_id(request: Request) -> str:
+def _dead_job_id(request: Request) -> str:
+    """A dead job's id (aiconv/jobs/dlq.py): its source stream and entry, `replies.1@<id>`."""
     text = str(request.path_params["entry_id"])
-    match = _STREAM_ID.fullmatch(text)
-    if match is None:
-        raise _bad_request("id must look like 1700000000000-0")
-    if any(int(part) > UINT64_MAX for part in match.groups()):
-        raise _not_found(f"no dead job {text}")  # well formed, but no stream entry can have it
-    return text
+    if _DEAD_JOB_ID.fullmatch(text) is None:
+        raise _bad_request("id must look like updates.0@1700000000000-0")
+    return text  # one no stream entry can have (past 64 bits) is simply not found
 
 
 def _json(model: BaseModel) -> Response:
@@ -155,7 +151,6 @@ class AdminApi:
         self.key = key
         self.store = store
         self.dead = dead
-        self.replayable = set(dead.keys.job_streams)
 
     def authorized(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         """Authenticate and authorise, run the handler with the token's subject, turn outside
@@ -216,11 +211,12 @@ class AdminApi:
         )
 
     async def dlq_replay(self, request: Request, subject: str) -> Response:
-        entry_id = _stream_id(request)
+        entry_id = _dead_job_id(request)
         job = await self.dead.get(entry_id)
         if job is None:
             raise _not_found(f"no dead job {entry_id}")
-        if job.stream not in self.replayable:
+        # A record naming another stream than the one it was dead-lettered from is damaged.
+        if job.stream != self.dead.stream_of(entry_id):
             raise HttpError(409, "the dead job names no stream it can be replayed onto")
         new_id = await self.dead.replay(entry_id)
         if new_id is None:  # dropped or replayed by someone else meanwhile
@@ -229,7 +225,7 @@ class AdminApi:
         return _json(Replayed(id=entry_id, stream=job.stream, replayed_as=new_id))
 
     async def dlq_drop(self, request: Request, subject: str) -> Response:
-        entry_id = _stream_id(request)
+        entry_id = _dead_job_id(request)
         if not await self.dead.drop(entry_id):
             raise _not_found(f"no dead job {entry_id}")
         log.info("admin: dead job dropped", sub=subject, id=entry_id)
@@ -290,7 +286,7 @@ async def _disabled(scope: Scope, receive: Receive, send: Send) -> None:
 
 def admin_routes(
     settings: Settings,
-    redis: Redis,
+    redis: RedisClient,
     pool: AsyncConnectionPool | None,
     codec: JobCodec | None = None,
     reads: ReadRouter | None = None,
@@ -306,7 +302,7 @@ def admin_routes(
     api = AdminApi(
         settings.jwt_secret_key,
         AdminStore(pool, read_text=Store(pool, cipher).unseal, reads=reads),
-        DeadLetters(redis, Keys(settings.redis_key_prefix), codec or JobCodec(cipher)),
+        DeadLetters(redis, keys_for(settings), codec or JobCodec(cipher)),
     )
     routes = [*api.routes(), *access_routes(api.authorized, pool, settings.chat_policy)]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)

@@ -22,10 +22,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
+from aiconv.jobs.dlq import DEAD_JOB_ID
+
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 STATS_DAYS_DEFAULT, STATS_DAYS_MAX = 14, 365
 DLQ_LIMIT_DEFAULT, DLQ_LIMIT_MAX = 100, 1000
-STREAM_ID_PATTERN = "^[0-9]{1,20}-[0-9]{1,20}$"
+# A dead job's id: its source stream (stage.shard) and its entry there (aiconv/jobs/dlq.py).
+DEAD_JOB_ID_PATTERN = f"^(?:{DEAD_JOB_ID})$"
 
 Int64 = Annotated[int, Field(ge=BIGINT_MIN, le=BIGINT_MAX, json_schema_extra={"format": "int64"})]
 # The same range as a parameter's schema (a Telegram user or chat id in a path).
@@ -89,8 +92,11 @@ class Stats(_Model):
     per_day: list[DayFigures] = Field(description="one row per UTC day, oldest first, today last")
 
 
+DeadJobId = Annotated[str, Field(pattern=DEAD_JOB_ID_PATTERN)]
+
+
 class DeadJob(_Model):
-    id: str
+    id: DeadJobId
     stream: str
     error: str
     deliveries: int
@@ -99,18 +105,18 @@ class DeadJob(_Model):
 
 
 class DeadJobs(_Model):
-    count: int = _count("dead jobs in the stream")
+    count: int = _count("dead jobs in every dead-letter stream")
     items: list[DeadJob]
 
 
 class Replayed(_Model):
-    id: str
+    id: DeadJobId
     stream: str
     replayed_as: str
 
 
 class Dropped(_Model):
-    id: str
+    id: DeadJobId
     dropped: bool
 
 
@@ -228,8 +234,8 @@ USER_ID = Parameter("user_id", "path", INT64_SCHEMA, "the Telegram user id")
 ENTRY_ID = Parameter(
     "entry_id",
     "path",
-    {"type": "string", "pattern": STREAM_ID_PATTERN},
-    "the dead job's id in the dead-letter stream",
+    {"type": "string", "pattern": DEAD_JOB_ID_PATTERN},
+    "the dead job's id: `<source>@<entry id>`, e.g. `replies.1@1700000000000-0`",
 )
 DAYS = Parameter(
     "days",

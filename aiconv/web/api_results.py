@@ -17,8 +17,12 @@ waiter left the reader task ends and its connection goes back to the pool. A Red
 every current wait with that error (those requests answer 503), as each request's own XREAD did
 before.
 
-One XREAD over many keys needs them in one hash slot under Redis Cluster, which aiconv refuses
-(REDIS_CLUSTER_ENABLED); supporting it would mean one hash tag per reader in the response keys.
+On a Redis Cluster one XREAD over many keys needs them all in one hash slot: every response
+stream of this reader and its wake stream carry the reader's hash tag (`Keys.api_response(reader,
+id)`, `Keys.openai_reader_wake(reader)`, tag `{oai:<reader>}`), and the job tells ml the reader
+(`reader_id`, in the job's payload) so that it writes its events there. The read stays one call
+on one connection, to the node that holds the reader's slot; readers of different web processes
+spread over the cluster by their random ids.
 """
 
 from __future__ import annotations
@@ -30,11 +34,15 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
 from aiconv.ml.protocol import RESPONSE_TTL_SECONDS
+
+# What a Redis that cannot answer raises: a cluster client raises RedisClusterException (no
+# RedisError) when no node or no owner of a slot can be reached.
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
 # The reader's XREAD returns at least this often even when nothing comes (a stop is noticed).
 READ_BLOCK_MS = 5000
@@ -77,13 +85,15 @@ class ResultReader:
     """The process's one reader of /v1 response streams (see the module docstring)."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, decode: Decode, block_ms: int = READ_BLOCK_MS
+        self, redis: RedisClient, keys: Keys, decode: Decode, block_ms: int = READ_BLOCK_MS
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.decode = decode
         self.block_ms = block_ms
-        self.wake_stream = keys.openai_reader_wake(uuid.uuid4().hex)
+        # Names this reader's hash slot: the jobs carry it to ml (see the module docstring).
+        self.reader_id = uuid.uuid4().hex
+        self.wake_stream = keys.openai_reader_wake(self.reader_id)
         self._wake_last_id = "0-0"
         self._waiters: dict[str, ResultWaiter] = {}  # response stream -> its waiter
         self._task: asyncio.Task[None] | None = None
@@ -96,7 +106,7 @@ class ResultReader:
     async def open(self, request_id: str, lifetime_seconds: float) -> ResultWaiter:
         """Register a request before its job is queued; RedisError if the reader cannot be woken."""
         expires_at = asyncio.get_running_loop().time() + lifetime_seconds
-        waiter = ResultWaiter(self.keys.api_response(request_id), expires_at)
+        waiter = ResultWaiter(self.response_stream(request_id), expires_at)
         self._waiters[waiter.stream] = waiter
         if self._task is None or self._task.done():
             # A fresh reader's first XREAD already includes this waiter: no wake-up needed.
@@ -107,10 +117,14 @@ class ResultReader:
                 pipe.xadd(self.wake_stream, {"w": "1"}, maxlen=1, approximate=False)
                 pipe.expire(self.wake_stream, RESPONSE_TTL_SECONDS)
                 await pipe.execute()
-        except RedisError:
+        except REDIS_FAILURES as error:
             self.close(waiter)
-            raise
+            raise _as_redis_error(error) from error
         return waiter
+
+    def response_stream(self, request_id: str) -> str:
+        """Where ml writes the events of a request this reader waits for."""
+        return self.keys.api_response(self.reader_id, request_id)
 
     def close(self, waiter: ResultWaiter) -> None:
         """The request is over: its events are no longer read. Idempotent."""
@@ -146,10 +160,10 @@ class ResultReader:
                     count=ENTRIES_PER_READ,
                     block=self.block_ms,
                 )
-            except RedisError as error:
+            except REDIS_FAILURES as error:
                 log.warning("api result reader cannot reach redis", error=type(error).__name__)
                 for waiter in self._waiters.values():
-                    waiter.deliver(error)
+                    waiter.deliver(_as_redis_error(error))
                 self._waiters.clear()  # each of them answers now; newcomers start a new reader
                 return
             for stream, entries in response or []:
@@ -162,3 +176,10 @@ class ResultReader:
                 for entry_id, fields in entries:
                     receiver.last_entry_id = entry_id
                     receiver.deliver(self.decode(stream, fields.get("event")) or UNREADABLE)
+
+
+def _as_redis_error(error: Exception) -> RedisError:
+    """A cluster's failure as the RedisError the requests answer 503 for."""
+    return (
+        error if isinstance(error, RedisError) else RedisError(f"{type(error).__name__}: {error}")
+    )

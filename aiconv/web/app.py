@@ -77,9 +77,6 @@ def create_app(resources: Resources, *, lifespan: Lifespan | None = None) -> Sta
     pool = resources.pool if settings.jwt_secret_key else None
     reads = resources.reads if pool is not None else None
 
-    async def redis_ping() -> object:
-        return await redis.ping()
-
     routes = [
         Route(
             "/webhook",
@@ -90,7 +87,7 @@ def create_app(resources: Resources, *, lifespan: Lifespan | None = None) -> Sta
             ),
             methods=["POST"],
         ),
-        *health_routes({"redis": redis_ping}),
+        *health_routes({"redis": resources.ping_redis}),
         *openai_routes(settings, queue),
         *admin_routes(settings, redis, pool, queue.codec, reads),
     ]

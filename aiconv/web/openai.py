@@ -27,13 +27,12 @@ from typing import Any, TypeVar
 
 import anyio
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from aiconv.config import Settings
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.queue import JobQueue
 from aiconv.ml.protocol import (
     API_KIND,
@@ -44,7 +43,7 @@ from aiconv.ml.protocol import (
 )
 from aiconv.telegram.models import clean_text
 from aiconv.web import auth, jsonbody
-from aiconv.web.api_results import ResultReader, ResultWaiter
+from aiconv.web.api_results import REDIS_FAILURES, ResultReader, ResultWaiter
 from aiconv.web.errors import OpenAiError
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -95,7 +94,7 @@ class OpenAiApi:
     def __init__(self, settings: Settings, queue: JobQueue) -> None:
         self.api_keys = auth.ApiKeys(settings.openai_api_keys)
         self.queue = queue
-        self.redis: Redis = queue.redis
+        self.redis: RedisClient = queue.redis
         self.keys = queue.keys
         self.model_id = served_model_id(settings.resolved_model_path())
         self.created = int(time.time())
@@ -137,13 +136,15 @@ class OpenAiApi:
         key = self._check(request)
         body = await jsonbody.read_json(request, MAX_BODY_BYTES)
         job, stream, include_usage = self._job(body)
+        # ml writes the answer in this process's reader's hash slot (web/api_results.py).
+        job["reader"] = self.results.reader_id
         request_id = job["id"]
         slot = self.keys.api_in_flight(key)
         try:
             admitted = await self._admit(
                 keys=[slot], args=[MAX_CONCURRENT_PER_KEY, REQUEST_TIMEOUT_SECONDS, request_id]
             )
-        except RedisError as error:
+        except REDIS_FAILURES as error:
             log.warning("api cannot reach redis", error=type(error).__name__)
             raise _unavailable() from None
         if not admitted:
@@ -167,7 +168,7 @@ class OpenAiApi:
                         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
                     )
                 return await _unless_gone(request, self._whole(head, events))
-            except RedisError as error:
+            except REDIS_FAILURES as error:
                 log.warning("api cannot reach redis", error=type(error).__name__)
                 await self._cancel(request_id)
                 raise _unavailable() from None
@@ -185,7 +186,7 @@ class OpenAiApi:
                     await self._release(slot, request_id)
 
     async def _release(self, slot: str, request_id: str) -> None:
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(*REDIS_FAILURES):
             await self.redis.zrem(slot, request_id)
 
     def _job(self, body: Any) -> tuple[dict[str, Any], bool, bool]:
@@ -325,10 +326,12 @@ class OpenAiApi:
                     finished = True
                     return
             raise OpenAiError(502, "the model's answer ended early", "incomplete", "server_error")
-        except (OpenAiError, RedisError) as error:
+        except OpenAiError as error:
             # The status line has gone out: the error travels in the stream, in the same body.
-            failure = error if isinstance(error, OpenAiError) else _unavailable()
-            yield f"data: {json.dumps(failure.body())}\n\n"
+            yield f"data: {json.dumps(error.body())}\n\n"
+            finished = True
+        except REDIS_FAILURES:
+            yield f"data: {json.dumps(_unavailable().body())}\n\n"
             finished = True
         finally:
             with anyio.CancelScope(shield=True):
@@ -338,7 +341,7 @@ class OpenAiApi:
                 await self._release(slot, request_id)
 
     async def _cancel(self, request_id: str) -> None:
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(*REDIS_FAILURES):
             key = self.keys.api_cancel(request_id)
             await self.redis.set(key, "1", ex=RESPONSE_TTL_SECONDS)
 
@@ -346,8 +349,8 @@ class OpenAiApi:
         """The request is over: stop reading its answer, and delete what ml wrote of it."""
         if waiter is not None:
             self.results.close(waiter)
-        with contextlib.suppress(RedisError):
-            await self.redis.delete(self.keys.api_response(request_id))
+        with contextlib.suppress(*REDIS_FAILURES):
+            await self.redis.delete(self.results.response_stream(request_id))
 
 
 async def _disconnected(request: Request) -> None:

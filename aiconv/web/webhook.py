@@ -19,7 +19,7 @@ from aiconv.jobs.queue import JobQueue
 from aiconv.telegram.models import clean, parse_update
 from aiconv.web import jsonbody
 from aiconv.web.errors import HttpError
-from aiconv.worker.updates import count_update, update_payload
+from aiconv.worker.updates import count_update, update_payload, updates_stream
 
 MAX_BODY_BYTES = 1024 * 1024
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
@@ -45,7 +45,8 @@ def make_webhook(secret: str | None, queue: JobQueue) -> object:
         # is one it can finish, not one it retries into the DLQ.
         payload = update_payload(clean(data))
         try:
-            added = await queue.enqueue(queue.keys.updates, payload, f"update:{update.update_id}")
+            stream = updates_stream(queue.keys, payload)  # the chat's shard
+            added = await queue.enqueue(stream, payload, f"update:{update.update_id}")
         except (RedisError, OSError) as error:
             # Telegram retries non-2xx answers later: nothing is lost.
             log.warning(

@@ -23,9 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from redis.asyncio import Redis
-
 from aiconv.conversation.policy import ChatPolicy
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
 from aiconv.observability.metrics import ACCESS_REFUSED
 from aiconv.store.repository import Store
@@ -74,7 +73,7 @@ class Quota:
 
 @dataclass(eq=False)  # a service: compared by identity
 class AccessGate:
-    redis: Redis
+    redis: RedisClient
     keys: Keys
     store: Store
     policy: ChatPolicy

@@ -1,7 +1,9 @@
 """The worker's view of the model's capacity, and what a turn does about a long queue.
 
-`CapacityView` reads what every live ml instance published (aiconv/ml/stats.py) and the generate
-stream's backlog (XINFO GROUPS: unread entries = jobs not yet started), at most once per
+`CapacityView` reads what every live ml instance published (aiconv/ml/stats.py) and the backlog of
+every generate stream ml works (each shard's and /v1's: they share its slots; XINFO GROUPS:
+unread entries = jobs not yet started), one stream per call (on a cluster they lie in different
+slots), at most once per
 REFRESH_SECONDS per process, so a thousand messages a second cost a few Redis calls a second.
 Between two reads it counts the generation jobs this process queued itself, so a burst of turns
 within one second does not see the same empty queue a hundred times.
@@ -22,12 +24,12 @@ nobody is declined or promised minutes; typing then follows the guess.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from aiconv.conversation import texts
@@ -39,6 +41,7 @@ from aiconv.conversation.capacity import (
     minutes_to_say,
     service_rate,
 )
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import GENERATE_GROUP, Keys
 from aiconv.jobs.messages import TurnJob
 from aiconv.jobs.queue import Job, JobQueue
@@ -77,7 +80,7 @@ class PacingPolicy:
 
 
 class CapacityView:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
         self._cached: Snapshot | None = None
@@ -113,7 +116,7 @@ class CapacityView:
     async def _read(self) -> Snapshot:
         instances = await self._instances()
         waiting, in_progress = await self._backlog()
-        due = int(await self.redis.zcard(self.keys.turns_due))
+        due = await self._due()
         rate, _ = service_rate(instances)
         ML_CAPACITY.labels("instances").set(len(instances))
         ML_CAPACITY.labels("slots").set(sum(i.slots for i in instances))
@@ -139,8 +142,21 @@ class CapacityView:
                 live.append(parsed)  # an expired hash (a dead instance) reads empty: left out
         return live
 
+    async def _due(self) -> int:
+        """Chats waiting for a turn, in every shard (one ZCARD per shard: no cross-slot call)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.keys.all_shards:
+                pipe.zcard(self.keys.turns_due(shard))
+            counts = await pipe.execute()
+        return sum(int(count) for count in counts)
+
     async def _backlog(self) -> tuple[int, int]:
-        stream = self.keys.generate
+        """(waiting, in progress) over every stream of generation jobs."""
+        streams = (*self.keys.stage_streams("generate"), self.keys.openai_generate)
+        backlogs = await asyncio.gather(*(self._backlog_of(stream) for stream in streams))
+        return sum(w for w, _ in backlogs), sum(p for _, p in backlogs)
+
+    async def _backlog_of(self, stream: str) -> tuple[int, int]:
         try:
             groups = await self.redis.xinfo_groups(stream)
         except ResponseError:

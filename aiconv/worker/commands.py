@@ -74,7 +74,7 @@ class CommandHandler:
     def __init__(
         self, resources: Resources, turns: Turns, typing: TypingKeeper, access: AccessGate
     ) -> None:
-        self.r = resources
+        self.resources = resources
         self.turns = turns
         self.typing = typing
         self.access = access
@@ -92,7 +92,7 @@ class CommandHandler:
         if name == "help":
             return Reply(texts.help_text()), "ok"
         if name == "reset":
-            await self.r.store.reset_history(message.chat_id)
+            await self.resources.store.reset_history(message.chat_id)
             await self.turns.forget(message.chat_id)
             await self.typing.end(message.chat_id)
             return Reply(texts.RESET_DONE), "ok"
@@ -107,8 +107,8 @@ class CommandHandler:
     async def _persona(self, message: IncomingMessage, args: str) -> tuple[Outcome, str]:
         action = persona_action(args)
         if action == "show":
-            custom = await self.r.store.chat_persona(message.chat_id)
-            shown = custom if custom is not None else self.r.settings.persona
+            custom = await self.resources.store.chat_persona(message.chat_id)
+            shown = custom if custom is not None else self.resources.settings.persona
             return Reply(texts.persona_shown(shown, custom is not None)), "ok"
         # Only a group's administrators can write anonymously, as the group itself.
         if message.is_group and message.sender_chat_id != message.chat_id:
@@ -117,13 +117,13 @@ class CommandHandler:
                 return Reply(texts.PERSONA_UNCHECKED), "unchecked"
             if not admin:
                 return Reply(texts.PERSONA_ADMINS_ONLY), "refused"
-        limit = self.r.settings.persona_max_chars
+        limit = self.resources.settings.persona_max_chars
         if action == "set" and len(args) > limit:
             return Reply(texts.persona_too_long(len(args), limit)), "too_long"
         if action == "reset":
-            await self.r.store.set_chat_persona(message.chat_id, None)
+            await self.resources.store.set_chat_persona(message.chat_id, None)
             return Reply(texts.PERSONA_RESET), "ok"
-        await self.r.store.set_chat_persona(message.chat_id, args)
+        await self.resources.store.set_chat_persona(message.chat_id, args)
         log.info("persona set", chat_id=message.chat_id, length=len(args))  # never the text
         return Reply(texts.PERSONA_SET), "ok"
 
@@ -131,25 +131,25 @@ class CommandHandler:
         """Whether the user administers the chat; None when Telegram could not say."""
         if user_id is None:
             return False  # an anonymous sender (a channel posting) cannot be checked
-        key = self.r.keys.chat_admin(chat_id, user_id)
-        cached = await self.r.redis.get(key)
+        key = self.resources.keys.chat_admin(chat_id, user_id)
+        cached = await self.resources.redis.get(key)
         if cached is not None:
             ADMIN_CHECKS.labels("cache").inc()
             return cached in (b"1", "1")
         try:
-            member = await self.r.bot.get_chat_member(chat_id, user_id)
+            member = await self.resources.bot.get_chat_member(chat_id, user_id)
         except TelegramError as error:
             ADMIN_CHECKS.labels("failed").inc()
             log.warning("getChatMember failed", chat_id=chat_id, error=type(error).__name__)
             return None
         ADMIN_CHECKS.labels("asked").inc()
-        ttl = self.r.settings.admin_cache_seconds
+        ttl = self.resources.settings.admin_cache_seconds
         if ttl > 0:
-            await self.r.redis.set(key, "1" if member.is_admin else "0", ex=ttl)
+            await self.resources.redis.set(key, "1" if member.is_admin else "0", ex=ttl)
         return member.is_admin
 
     async def _stats(self, message: IncomingMessage) -> Outcome:
-        stats = await self.r.store.chat_stats(message.chat_id)
+        stats = await self.resources.store.chat_stats(message.chat_id)
         quota = await self.access.quota(message)
         return Reply(
             texts.stats_text(
@@ -165,7 +165,7 @@ class CommandHandler:
         quota = await self.access.quota(message)
         if quota.exhausted:
             return Reply(notices.quota_used(quota.limit)), "quota"
-        history = await self.r.store.history(
+        history = await self.resources.store.history(
             message.chat_id, HISTORY_ROWS, thread=message.topic if message.is_group else None
         )
         if not any(t.role == "user" and not t.context_only for t in drop_retried(history)):

@@ -49,9 +49,10 @@ def scheduled_jobs(
         return f"{recovered} of {len(found)} unanswered chats queued again"
 
     async def sweep_streams() -> str:
-        keys = resources.keys
+        # Every stage's stream in every shard, and the /v1 stream. Dead-letter streams are not
+        # trimmed: their entries wait for an operator (aiconv dlq, /admin/dlq).
         trimmed = 0
-        for stream in keys.job_streams:
+        for stream in resources.keys.job_streams:
             trimmed += await resources.queue.trim(stream, STREAM_RETENTION_SECONDS)
         return f"trimmed {trimmed} acknowledged entries"
 

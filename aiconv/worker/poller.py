@@ -20,7 +20,7 @@ from aiconv.jobs.retry import Backoff, sleep_or_stop
 from aiconv.resources import Resources
 from aiconv.telegram.client import RetryAfter, TelegramError
 from aiconv.telegram.models import InvalidUpdate, parse_update
-from aiconv.worker.updates import count_update, update_payload
+from aiconv.worker.updates import count_update, update_payload, updates_stream
 
 ALLOWED_UPDATES = ["message", "my_chat_member"]  # my_chat_member: added to / removed from a chat
 LOCK_TTL_MS = 60_000
@@ -95,8 +95,9 @@ class Poller:
             update_id = update.get("update_id")
             if not isinstance(update_id, int) or isinstance(update_id, bool):
                 continue
+            payload = update_payload(update)
             added = await self.resources.queue.enqueue(
-                self.resources.keys.updates, update_payload(update), f"update:{update_id}"
+                updates_stream(self.resources.keys, payload), payload, f"update:{update_id}"
             )
             with contextlib.suppress(InvalidUpdate):
                 count_update(parse_update(update), added is not None)

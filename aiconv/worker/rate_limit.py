@@ -18,8 +18,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
 
 # KEYS: one per limit; ARGV: (interval, tolerance) per key. Times are Redis's, in seconds; they
@@ -59,7 +58,7 @@ class RateLimits:
 
 @dataclass(eq=False)  # a service: compared by identity
 class SendLimiter:
-    redis: Redis
+    redis: RedisClient
     keys: Keys
     limits: RateLimits
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.lease import Lease
 from aiconv.jobs.retry import sleep_or_stop
@@ -43,7 +43,7 @@ class ScheduledJob:
 
 @dataclass(eq=False)  # a service: compared by identity
 class EmbeddedScheduler:
-    redis: Redis
+    redis: RedisClient
     keys: Keys
     maintenance: SchedulerStore
     runner: str

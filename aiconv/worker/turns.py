@@ -25,8 +25,17 @@ be declined (`decline`): its reply is then a fixed "overloaded" text, handed ove
 as the turn's reply, so the turn settles, and its messages are answered, exactly as by a
 generated reply, and none is generated.
 
+Shards (aiconv/jobs/keys.py): every key a chat's scripts touch (its state, the due and held sets,
+the stage streams its turn moves through) lies in the chat's shard, one hash slot, so each step
+above stays one atomic script on a Redis Cluster; the scheduler's tick and the lease sweep run
+over every shard.
+
 All time is Redis time (`TIME` inside the scripts). PostgreSQL stays the truth: `recover` re-notes
 the newest unanswered stored message of every chat, so losing Redis state loses no stored message.
+A chat whose state was lost (a failover to a replica that lacked the last writes) starts a new
+incarnation of turn ids (`seq` restarts from Redis time, not from 0): a turn of the lost state
+never owns a turn of the new one, so its jobs still in flight hand nothing on and the chat is
+answered once.
 """
 
 from __future__ import annotations
@@ -37,10 +46,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, ResponseError
 
 from aiconv.conversation import texts
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import UPDATES_GROUP, Keys
 from aiconv.jobs.messages import ReplyJob, TurnJob, chat_of
 from aiconv.jobs.queue import TURN_LEASE_SECONDS, Job, JobQueue, TurnGuard
@@ -125,9 +135,13 @@ if noted <= answered then
   redis.call('HDEL', KEYS[3], 'first')
   return 0
 end
+if redis.call('HEXISTS', KEYS[3], 'seq') == 0 then
+  -- A new (or lost) state: turn ids start from Redis time in ms, never reusing a lost state's.
+  redis.call('HSET', KEYS[3], 'seq', string.format('%d', math.floor(now * 1000)))
+end
 local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
 local reply_to = redis.call('HGET', KEYS[3], 'reply_to') or '0'
-local turn = ARGV[1] .. ':' .. reply_to .. ':' .. seq
+local turn = ARGV[1] .. ':' .. reply_to .. ':' .. string.format('%d', seq)
 local first = tonumber(redis.call('HGET', KEYS[3], 'first') or now)
 local mode = 'active'
 if now - first >= tonumber(ARGV[3]) then mode = 'final' end
@@ -222,7 +236,7 @@ class TurnConfig:
 
 @dataclass(eq=False)  # a service: compared by identity
 class Turns:
-    redis: Redis
+    redis: RedisClient
     keys: Keys
     config: TurnConfig
 
@@ -242,8 +256,9 @@ class Turns:
     async def note_message(self, chat_id: int, message_id: int) -> bool:
         """A user's message is stored: it will be answered by a turn. False if already noted."""
         k = self.keys
+        due = k.turns_due(k.shard_of(chat_id))
         noted = await self._note(
-            keys=[k.chat_state(chat_id), k.chat_noted(chat_id), k.turns_due, k.chat_live(chat_id)],
+            keys=[k.chat_state(chat_id), k.chat_noted(chat_id), due, k.chat_live(chat_id)],
             args=[
                 chat_id,
                 message_id,
@@ -259,36 +274,53 @@ class Turns:
         """/reset (or a user who blocked the bot): nothing unanswered remains."""
         k = self.keys
         await self._forget(
-            keys=[k.chat_state(chat_id), k.turns_due, k.chat_live(chat_id)],
+            keys=[k.chat_state(chat_id), k.turns_due(k.shard_of(chat_id)), k.chat_live(chat_id)],
             args=[chat_id, STATE_TTL_SECONDS],
         )
 
     async def claim_due(self, limit: int = CLAIM_BATCH) -> int:
-        """Claim a turn for every due chat (any worker may; each claim happens once)."""
+        """Claim a turn for every due chat of every shard, up to `limit` per shard (any worker
+        may; each claim happens once)."""
+        claimed = await asyncio.gather(
+            *(self._claim_shard(shard, limit) for shard in self.keys.all_shards)
+        )
+        return sum(claimed)
+
+    async def _claim_shard(self, shard: int, limit: int) -> int:
         k = self.keys
-        chats = await self._due_now(keys=[k.turns_due], args=[limit])
+        due, held, updates = k.turns_due(shard), k.turns_held(shard), k.updates(shard)
+        chats = await self._due_now(keys=[due], args=[limit])
         if not chats:
             return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for chat in chats:
-                await self._claim(
-                    keys=[
-                        k.turns_due,
-                        k.turns_held,
-                        k.chat_state(chat),
-                        k.updates,
-                        k.chat_live(chat),
-                    ],
-                    args=[
-                        chat,
-                        TURN_LEASE_SECONDS,
-                        self.config.final_after_seconds,
-                        STATE_TTL_SECONDS,
-                    ],
-                    client=pipe,
-                )
-            results = await pipe.execute()
+        calls = [
+            (
+                [due, held, k.chat_state(chat), updates, k.chat_live(chat)],
+                [chat, TURN_LEASE_SECONDS, self.config.final_after_seconds, STATE_TTL_SECONDS],
+            )
+            for chat in chats
+        ]
+        results = await self._pipelined(self._claim, calls)
         return sum(int(r) for r in results)
+
+    async def _pipelined(
+        self, script: AsyncScript, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """One script, many calls, in one non-transactional pipeline (each call stays atomic
+        on its own keys; a cluster pipeline sends each to its slot's node). A pipeline of
+        EVALSHA loads no script: a node that answers NOSCRIPT gets that call again alone, which
+        loads it."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        answers = []
+        for (keys, args), result in zip(calls, results, strict=True):
+            if isinstance(result, NoScriptError):
+                result = await script(keys=keys, args=args)
+            elif isinstance(result, Exception):
+                raise result
+            answers.append(result)
+        return answers
 
     async def status(self, chat_id: int, turn: str) -> Status:
         """owner: the turn may go on; stale: superseded or reset, finish it; lost: not ours."""
@@ -315,8 +347,14 @@ class Turns:
         answers them together with anything newer.
         """
         k = self.keys
+        shard = k.shard_of(chat_id)
         more = await self._finish(
-            keys=[k.chat_state(chat_id), k.turns_due, k.turns_held, k.chat_live(chat_id)],
+            keys=[
+                k.chat_state(chat_id),
+                k.turns_due(shard),
+                k.turns_held(shard),
+                k.chat_live(chat_id),
+            ],
             args=[
                 chat_id,
                 turn,
@@ -354,7 +392,7 @@ class Turns:
             text=texts.GENERATION_FAILED,
         )
         if payload.get("kind") != "reply" or not str(payload.get("key", "")).startswith("sorry:"):
-            await queue.enqueue(self.keys.replies, sorry.to_payload(), sorry.key)
+            await queue.enqueue(self._replies(chat_id), sorry.to_payload(), sorry.key)
         await self.finish(chat_id, turn, "dropped")
 
     # --- a long queue for the model -------------------------------------------------------------
@@ -379,7 +417,8 @@ class Turns:
             text=text,
             notice=True,
         )
-        return await queue.enqueue(self.keys.replies, notice.to_payload(), notice.key) is not None
+        replies = self._replies(turn.chat_id)
+        return await queue.enqueue(replies, notice.to_payload(), notice.key) is not None
 
     async def decline(
         self,
@@ -411,7 +450,7 @@ class Turns:
         entry = await queue.hand_over(
             job,
             UPDATES_GROUP,
-            self.keys.replies,
+            self._replies(turn.chat_id),
             reply.to_payload(),
             reply.key,
             guard=self.guard(turn.chat_id, turn.turn),
@@ -421,12 +460,20 @@ class Turns:
     # --- leases --------------------------------------------------------------------------------
 
     async def sweep_leases(self, limit: int = 100) -> tuple[int, int]:
-        """Renew the leases of turns whose job is alive; release those whose job is gone.
+        """Renew the leases of turns whose job is alive; release those whose job is gone, in
+        every shard (up to `limit` chats each).
 
         Returns (renewed, released). Any worker may run it: every step is owner-checked.
         """
+        swept = await asyncio.gather(
+            *(self._sweep_shard(shard, limit) for shard in self.keys.all_shards)
+        )
+        return sum(r for r, _ in swept), sum(r for _, r in swept)
+
+    async def _sweep_shard(self, shard: int, limit: int) -> tuple[int, int]:
         k = self.keys
-        chats = await self._expiring(keys=[k.turns_held], args=[TURN_LEASE_SECONDS / 2, limit])
+        held = k.turns_held(shard)
+        chats = await self._expiring(keys=[held], args=[TURN_LEASE_SECONDS / 2, limit])
         renewed = released = 0
         for chat in chats:
             state = k.chat_state(chat)
@@ -435,12 +482,12 @@ class Turns:
                 for v in await self.redis.hmget(state, ["turn", "stage_stream", "stage_id"])
             )
             if turn is None or stream is None or entry is None:
-                await self._forget_held(keys=[state, k.turns_held], args=[chat])
+                await self._forget_held(keys=[state, held], args=[chat])
                 continue
             if await self._job_alive(stream, entry):
                 renewed += int(
                     await self._renew(
-                        keys=[state, k.turns_held], args=[chat, turn, entry, TURN_LEASE_SECONDS]
+                        keys=[state, held], args=[chat, turn, entry, TURN_LEASE_SECONDS]
                     )
                 )
             elif await self.finish(int(chat), turn, "lost", stage_id=entry):
@@ -448,6 +495,10 @@ class Turns:
                 TURNS_RECOVERED.labels("lost_job").inc()
                 log.warning("turn lost its job; chat queued again", chat_id=chat, turn=turn)
         return renewed, released
+
+    def _replies(self, chat_id: int) -> str:
+        """The replies stream of the chat's shard (where its turn's work goes last)."""
+        return self.keys.replies(self.keys.shard_of(chat_id))
 
     async def _job_alive(self, stream: str, entry: str) -> bool:
         """Is the entry unacknowledged in its stream's group (being worked on, or not read yet)?"""

@@ -16,6 +16,10 @@ Every action takes a slot of the bot-wide Bot API budget shared with messages (w
 only if one is free within ACTION_MAX_WAIT_SECONDS; otherwise it is skipped (a late action is
 useless, and messages come first).
 
+The sets are per shard (aiconv/jobs/keys.py): a chat's due time and deadline live in its shard's
+pair, so each script and `end`'s MULTI touch one hash slot on a Redis Cluster; the keeper's tick
+claims due chats in every shard.
+
 Every time in that shared state is Redis's (`TIME`, read inside the scripts), never a worker's
 own clock: with clocks that disagree, one worker would see another's chats due at once (two
 actions in a row) or never, and drop a chat long before or after its deadline. (Redis >= 5
@@ -28,9 +32,9 @@ import asyncio
 from dataclasses import dataclass
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.retry import repeat_every
 from aiconv.observability.metrics import CHAT_ACTIONS
@@ -108,7 +112,7 @@ return claimed
 
 @dataclass(eq=False)  # a service: compared by identity
 class TypingKeeper:
-    redis: Redis
+    redis: RedisClient
     keys: Keys
     bot: BotClient
     limiter: SendLimiter | None = None
@@ -130,14 +134,15 @@ class TypingKeeper:
 
     async def _schedule(self, chat_id: int, delay: float, soonest: bool = False) -> None:
         await self._begin(
-            keys=[self.keys.typing_due, self.keys.typing_deadline],
+            keys=_typing_keys(self.keys, self.keys.shard_of(chat_id)),
             args=[str(chat_id), delay, GIVE_UP_SECONDS, "soonest" if soonest else ""],
         )
 
     async def end(self, chat_id: int) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.keys.typing_due, str(chat_id))
-            pipe.hdel(self.keys.typing_deadline, str(chat_id))
+        due, deadline = _typing_keys(self.keys, self.keys.shard_of(chat_id))
+        async with self.redis.pipeline(transaction=True) as pipe:  # one shard: one slot
+            pipe.zrem(due, str(chat_id))
+            pipe.hdel(deadline, str(chat_id))
             await pipe.execute()
 
     async def send_now(self, chat_id: int) -> None:
@@ -163,9 +168,14 @@ class TypingKeeper:
         await repeat_every(stop, TICK_SECONDS, self._send_due, "typing keeper cannot reach redis")
 
     async def _send_due(self) -> None:
-        """Send "typing…" to every chat whose next action is due (at most 100 a tick)."""
-        keys = [self.keys.typing_due, self.keys.typing_deadline]
-        chats = await self._claim(keys=keys, args=[INTERVAL_SECONDS, 100])
+        """Send "typing…" to every chat whose next action is due (at most 100 a shard a tick)."""
+        claimed = await asyncio.gather(
+            *(
+                self._claim(keys=_typing_keys(self.keys, shard), args=[INTERVAL_SECONDS, 100])
+                for shard in self.keys.all_shards
+            )
+        )
+        chats = [chat for shard_chats in claimed for chat in shard_chats]
         if chats:
             await asyncio.gather(*(self.send_now(int(chat)) for chat in chats))
 
@@ -173,15 +183,20 @@ class TypingKeeper:
 class TypingSignal:
     """ml's side: a chat's generation started, so its held-back "typing…" is due now."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
         self.keys = keys
         self._started = redis.register_script(_GENERATION_STARTED)
 
     async def generation_started(self, chat_id: int) -> None:
         try:
             await self._started(
-                keys=[self.keys.typing_due, self.keys.typing_deadline],
+                keys=_typing_keys(self.keys, self.keys.shard_of(chat_id)),
                 args=[str(chat_id), GIVE_UP_SECONDS],
             )
         except RedisError as error:  # typing is a courtesy: the reply goes on without it
             log.info("typing not signalled", chat_id=chat_id, error=type(error).__name__)
+
+
+def _typing_keys(keys: Keys, shard: int) -> list[str]:
+    """One shard's due set and deadlines: the keys of every typing script, in one slot."""
+    return [keys.typing_due(shard), keys.typing_deadline(shard)]

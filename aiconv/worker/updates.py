@@ -37,7 +37,7 @@ from aiconv.conversation.history import (
     keep_recent_context,
 )
 from aiconv.conversation.prompt import with_quote
-from aiconv.jobs.keys import UPDATES_GROUP
+from aiconv.jobs.keys import UPDATES_GROUP, Keys
 from aiconv.jobs.messages import GenerateJob, ReplyJob, TurnJob, UpdateJob, chat_of
 from aiconv.jobs.queue import Job
 from aiconv.observability.metrics import GROUP_MESSAGES, UPDATES_RECEIVED
@@ -54,7 +54,13 @@ HISTORY_ROWS = 60  # rows read per turn; the ml mode trims them to the context e
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["UPDATES_GROUP", "UpdateHandler", "chat_lane", "update_payload"]
+__all__ = ["UPDATES_GROUP", "UpdateHandler", "chat_lane", "update_payload", "updates_stream"]
+
+
+def updates_stream(keys: Keys, payload: dict[str, Any]) -> str:
+    """The updates stream of the update's chat's shard (shard 0 for an update without a chat):
+    its turn, replies and idempotency marker then share that shard's slot."""
+    return keys.updates(keys.shard_of(chat_of(payload)))
 
 
 def update_payload(update: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +113,7 @@ class UpdateHandler:
         bot_username: str | None,
         pacer: Pacer | None = None,
     ) -> None:
-        self.r = resources
+        self.resources = resources
         self.typing = typing
         self.turns = turns
         self.bot_username = bot_username
@@ -123,7 +129,7 @@ class UpdateHandler:
         if self._identity is not None:
             return self._identity
         try:
-            me = await self.r.bot.get_me()
+            me = await self.resources.bot.get_me()
         except TelegramError as error:
             log.warning("getMe failed; asked again at the next message", error=type(error).__name__)
             if self.bot_username:
@@ -151,13 +157,13 @@ class UpdateHandler:
             await self._migrated(message)
             bound.info("group migrated to a supergroup")
             return
-        if not await self.r.store.record_sender(message):
+        if not await self.resources.store.record_sender(message):
             bound.info("update from a blocked user ignored")
             return
         command = parse_command(message.text, self.bot_username) if message.text else None
         text = message.text or ""
         if message.is_group:
-            if await self.r.store.bot_removed(message.chat_id):
+            if await self.resources.store.bot_removed(message.chat_id):
                 GROUP_MESSAGES.labels("ignored").inc()
                 bound.info("message in a chat the bot was removed from ignored")
                 return
@@ -204,7 +210,7 @@ class UpdateHandler:
         await self._converse(message, text)
 
     async def _membership(self, change: ChatMemberChange) -> None:
-        await self.r.store.record_membership(change)
+        await self.resources.store.record_membership(change)
         log.info(
             "bot membership changed",
             chat_id=change.chat_id,
@@ -219,9 +225,11 @@ class UpdateHandler:
 
     async def _migrated(self, message: IncomingMessage) -> None:
         if message.migrate_to_chat_id is not None:
-            await self.r.store.record_migration(message.chat_id, message.migrate_to_chat_id)
+            await self.resources.store.record_migration(message.chat_id, message.migrate_to_chat_id)
         if message.migrate_from_chat_id is not None:
-            await self.r.store.record_migration(message.migrate_from_chat_id, message.chat_id)
+            await self.resources.store.record_migration(
+                message.migrate_from_chat_id, message.chat_id
+            )
 
     async def _keep_as_context(self, message: IncomingMessage) -> None:
         """An unaddressed group message: stored for the prompt when context is kept and the chat
@@ -236,7 +244,7 @@ class UpdateHandler:
         if not keep:
             return
         assert message.text is not None
-        await self.r.store.add_message(
+        await self.resources.store.add_message(
             chat_id=message.chat_id,
             user_id=message.user_id,
             role="user",
@@ -269,15 +277,20 @@ class UpdateHandler:
             text=text,
             message_thread_id=message.topic,
         )
-        await self.r.queue.hand_over(
-            job, UPDATES_GROUP, self.r.keys.replies, reply.to_payload(), reply.key
+        keys = self.resources.keys
+        await self.resources.queue.hand_over(
+            job,
+            UPDATES_GROUP,
+            keys.replies(keys.shard_of(message.chat_id)),
+            reply.to_payload(),
+            reply.key,
         )
 
     async def _converse(self, message: IncomingMessage, text: str, retry: bool = False) -> None:
         """Store the user's text (in groups: without the bot's mention; after the text they
         replied to, quoted) and note it for a turn. ``retry``: the text is a /retry marker,
         never shown to the model."""
-        await self.r.store.add_message(
+        await self.resources.store.add_message(
             chat_id=message.chat_id,
             user_id=message.user_id,
             role="user",
@@ -304,26 +317,28 @@ class UpdateHandler:
                 more = await self.turns.finish(turn.chat_id, turn.turn, "superseded")
                 if not more:
                     await self.typing.end(turn.chat_id)
-            await self.r.queue.ack(job, UPDATES_GROUP)
+            await self.resources.queue.ack(job, UPDATES_GROUP)
             return
-        chat_type, user_id = await self.r.store.chat_party(turn.chat_id)
+        chat_type, user_id = await self.resources.store.chat_party(turn.chat_id)
         if self.pacer is not None and not await self.pacer.before_generation(
             job, turn, chat_type, user_id
         ):
             return  # declined: the decline is the turn's reply (worker/capacity.py)
         group = chat_type in ("group", "supergroup")
         context_limit = self.policy.group_context_messages if group else 0
-        history = await self.r.store.history(
+        history = await self.resources.store.history(
             turn.chat_id,
             HISTORY_ROWS,
-            thread=await self.r.store.thread_of(turn.chat_id, turn.reply_to) if group else None,
+            thread=await self.resources.store.thread_of(turn.chat_id, turn.reply_to)
+            if group
+            else None,
             context_limit=context_limit,
             with_senders=group,
         )
         # /retry: its marker and the answer it retries leave the prompt (worker/commands.py).
         history = keep_recent_context(drop_retried(history), context_limit)
         # Coarse bound only (the byte estimate overcounts); ml trims with the real tokenizer.
-        history = fit_history(history, approx_tokens, budget=2 * self.r.settings.n_ctx)
+        history = fit_history(history, approx_tokens, budget=2 * self.resources.settings.n_ctx)
         generate = GenerateJob(
             turn=turn.turn,
             chat_id=turn.chat_id,
@@ -333,12 +348,13 @@ class UpdateHandler:
             started_at=turn.first_at or time.time(),
             # In groups each user turn names its sender, so the model knows who said what.
             turns=[(t.role, t.speaker_text() if group else t.text) for t in history],
-            persona=await self.r.store.chat_persona(turn.chat_id),
+            persona=await self.resources.store.chat_persona(turn.chat_id),
         )
-        await self.r.queue.hand_over(
+        keys = self.resources.keys
+        await self.resources.queue.hand_over(
             job,
             UPDATES_GROUP,
-            self.r.keys.generate,
+            keys.generate(keys.shard_of(turn.chat_id)),
             generate.to_payload(),
             generate.key,
             guard=self.turns.guard(turn.chat_id, turn.turn),

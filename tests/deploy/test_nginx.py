@@ -23,8 +23,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 
+from aiconv.jobs.client import RedisClient
+from aiconv.jobs.keys import Keys
 from aiconv.testing.botapi import BotApiDouble
 from tests.support.http_stub import QuietHandler, serving
 from tests.support.processes import AiconvProcess, base_env
@@ -319,7 +320,12 @@ def test_tls_follows_mozilla_intermediate(proxy: Rendered) -> None:
 
 
 async def test_a_webhook_through_nginx_reaches_aiconv_web(
-    tools: tuple[str, str], tmp_path: Path, database_url: str, redis_prefix: str, redis: Redis
+    tools: tuple[str, str],
+    tmp_path: Path,
+    database_url: str,
+    redis_prefix: str,
+    redis: RedisClient,
+    keys: Keys,
 ) -> None:
     """The real `aiconv web` behind the shipped nginx: the update lands on the Redis stream."""
     async with BotApiDouble() as double:
@@ -348,7 +354,8 @@ async def test_a_webhook_through_nginx_reaches_aiconv_web(
             web.stop()
     assert response.status_code == 200
     assert refused.status_code == 401  # aiconv's own secret check, behind nginx
-    [(_, fields)] = await stream_entries(redis, f"{redis_prefix}updates")
+    entries = [e for s in keys.stage_streams("updates") for e in await stream_entries(redis, s)]
+    [(_, fields)] = entries
     assert json.loads(fields["job"])["update"] == update
 
 

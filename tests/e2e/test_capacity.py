@@ -34,15 +34,16 @@ async def stage_a_long_queue(redis: Redis, keys: Keys) -> list[str]:
     await redis.hset(keys.ml_capacity("staged"), mapping=capacity.to_fields())  # type: ignore[arg-type]
     await redis.expire(keys.ml_capacity("staged"), 600)
     await redis.zadd(keys.ml_instances, {"staged": 1.0})
-    await JobQueue(redis, keys).ensure_group(keys.generate, GENERATE_GROUP)
+    # In shard 0's stream: the worker counts the jobs of every shard.
+    await JobQueue(redis, keys).ensure_group(keys.generate(0), GENERATE_GROUP)
     return [
-        str(await redis.xadd(keys.generate, {"job": json.dumps({"kind": "chat", "n": n})}))
+        str(await redis.xadd(keys.generate(0), {"job": json.dumps({"kind": "chat", "n": n})}))
         for n in range(AHEAD)
     ]
 
 
 async def clear_the_queue(redis: Redis, keys: Keys, staged: list[str]) -> None:
-    await redis.xdel(keys.generate, *staged)
+    await redis.xdel(keys.generate(0), *staged)
     await redis.delete(keys.ml_capacity("staged"))
     await redis.zrem(keys.ml_instances, "staged")
 
@@ -54,9 +55,8 @@ async def stream_jobs(redis: Redis, stream: str) -> list[tuple[str, dict[str, An
 
 
 async def test_a_turn_behind_a_long_queue_is_told_once_and_typed_only_when_written(
-    launch: Launcher, double: BotApiDouble, redis: Redis, redis_prefix: str
+    launch: Launcher, double: BotApiDouble, redis: Redis, keys: Keys
 ) -> None:
-    keys = Keys(redis_prefix)
     chat = 61_001  # ids of this module's own: the database is the whole run's
     staged = await stage_a_long_queue(redis, keys)
     await launch("worker", BUSY_NOTICE_SECONDS="30")
@@ -65,7 +65,7 @@ async def test_a_turn_behind_a_long_queue_is_told_once_and_typed_only_when_writt
     assert notice == texts.busy_notice(11)
 
     async def queued_for_the_model() -> list[dict[str, Any]]:
-        jobs = await stream_jobs(redis, keys.generate)
+        jobs = await stream_jobs(redis, keys.generate(keys.shard_of(chat)))
         return [job for _, job in jobs if job.get("chat_id") == chat]
 
     await eventually(queued_for_the_model, timeout=30)
@@ -73,15 +73,17 @@ async def test_a_turn_behind_a_long_queue_is_told_once_and_typed_only_when_writt
     assert double.calls_of("sendChatAction", chat) == []
 
     # The turn job runs again (a takeover after a crash): still one notice, one generation.
-    [turn_job] = [j for _, j in await stream_jobs(redis, keys.updates) if j.get("kind") == "turn"]
-    await redis.xadd(keys.updates, {"job": json.dumps(turn_job)})
+    updates = keys.updates(keys.shard_of(chat))
+    [turn_job] = [j for _, j in await stream_jobs(redis, updates) if j.get("kind") == "turn"]
+    await redis.xadd(updates, {"job": json.dumps(turn_job)})
 
     async def updates_settled() -> bool:
-        [group] = [g for g in await redis.xinfo_groups(keys.updates) if g["name"] == UPDATES_GROUP]
+        [group] = [g for g in await redis.xinfo_groups(updates) if g["name"] == UPDATES_GROUP]
         return bool(group["lag"] == 0 and group["pending"] == 0)
 
     await eventually(updates_settled, timeout=30)
-    notices = [j for _, j in await stream_jobs(redis, keys.replies) if j["key"].startswith("busy:")]
+    replies = await stream_jobs(redis, keys.replies(keys.shard_of(chat)))
+    notices = [j for _, j in replies if j["key"].startswith("busy:")]
     assert len(notices) == 1
     assert len(await queued_for_the_model()) == 1
 
@@ -97,9 +99,8 @@ async def test_a_turn_behind_a_long_queue_is_told_once_and_typed_only_when_writt
 
 
 async def test_beyond_the_longest_wait_a_turn_is_declined_and_its_message_kept(
-    launch: Launcher, double: BotApiDouble, redis: Redis, redis_prefix: str, database_url: str
+    launch: Launcher, double: BotApiDouble, redis: Redis, keys: Keys, database_url: str
 ) -> None:
-    keys = Keys(redis_prefix)
     chat = 61_002
     await stage_a_long_queue(redis, keys)
     await launch("worker", BUSY_NOTICE_SECONDS="30", MAX_QUEUE_WAIT_SECONDS="300")
@@ -111,7 +112,7 @@ async def test_beyond_the_longest_wait_a_turn_is_declined_and_its_message_kept(
         return "turn" not in state and state.get("answered") == state.get("noted") == "1"
 
     await eventually(settled, timeout=30)  # the turn is closed: nothing owed, nothing lost
-    jobs = await stream_jobs(redis, keys.generate)
+    jobs = await stream_jobs(redis, keys.generate(keys.shard_of(chat)))
     assert [job for _, job in jobs if job.get("chat_id") == chat] == []  # nothing generated
     assert double.calls_of("sendChatAction", chat) == []
     rows = query_rows(

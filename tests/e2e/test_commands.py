@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from aiconv.conversation import texts
 from aiconv.conversation.commands import menu
+from aiconv.jobs.keys import Keys
 from aiconv.testing.botapi import BotApiDouble
 from tests.support.processes import Launcher
 from tests.support.services import REDIS_URL
@@ -53,7 +54,7 @@ async def test_a_chat_s_persona_is_the_system_prompt_ml_receives(
     await double.wait_for_messages(chat, 2)
     redis = Redis.from_url(REDIS_URL, decode_responses=True)
     try:
-        [job] = await generation_jobs(redis, redis_prefix, chat)
+        [job] = await generation_jobs(redis, Keys(redis_prefix), chat)
     finally:
         await redis.aclose()
     assert job["persona"] == "You are a lighthouse keeper. Be brief."

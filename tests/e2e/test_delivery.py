@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from redis.asyncio import Redis
 
+from aiconv.jobs.keys import Keys
 from aiconv.telegram.formatting import Entity, entity_problems
 from aiconv.testing.botapi import BotApiDouble
 from tests.support.ports import free_port
@@ -46,7 +47,8 @@ async def inject_reply(
         "stats": {},
         "markdown": markdown,  # as the ml stage marks a generated answer
     }
-    await redis.xadd(f"{prefix}replies", {"job": json.dumps(job)})
+    keys = Keys(prefix)
+    await redis.xadd(keys.replies(keys.shard_of(chat_id)), {"job": json.dumps(job)})
 
 
 async def test_the_reply_arrives_even_when_typing_actions_fail(

@@ -168,3 +168,20 @@ def _processes_using(folder: Path) -> list[str]:
         if str(folder) in cmdline:
             found.append(cmdline)
     return found
+
+
+def test_a_configured_cluster_is_used_as_it_is(capsys: pytest.CaptureFixture[str]) -> None:
+    """REDIS_CLUSTER_ENABLED names the Redis: no embedded server replaces it, and the line that
+    names the servers says which cluster."""
+    from aiconv.config import Settings
+    from aiconv.modes.demo import choose_servers
+
+    env = {
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
+        "REDIS_CLUSTER_ENABLED": "true",
+        "REDIS_CLUSTER_NODES": "127.0.0.1:7101",
+    }
+    settings = Settings.from_env(env)
+    with contextlib.ExitStack() as servers:
+        assert choose_servers(settings, False, env, servers) == settings
+    assert "Redis Cluster at 127.0.0.1:7101" in capsys.readouterr().err

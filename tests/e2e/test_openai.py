@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import openai
 import pytest
@@ -123,3 +125,37 @@ async def test_the_api_is_off_without_keys(launch: Launcher) -> None:
             response = await http.request(method, f"{process.web_url}{path}", json={})
             assert response.status_code == 404
             assert "OPENAI_API_KEYS" in response.json()["error"]["message"]
+
+
+@pytest.mark.both_redis
+async def test_v1_answers_through_a_web_and_an_ml_process_on_either_redis(
+    launch: Launcher,
+) -> None:
+    """The /v1 path across processes, on one Redis and on the cluster: each of the web's
+    workers has its own result reader, whose requests' answers lie in its own hash slot; ml
+    must write each answer where the job says its reader is (else the request times out).
+    Both processes' readiness checks ping Redis (every primary of a cluster) before they count
+    as started."""
+    web = await launch("web", OPENAI_API_KEYS=KEY, WEB_WORKERS="2")
+    await launch("ml", ML_PARALLEL="2")
+    api = client(web)
+    [model] = (await api.models.list()).data
+
+    async def ask(n: int) -> str:
+        answer = await api.chat.completions.create(
+            model=model.id,
+            messages=[{"role": "user", "content": f"Say the number {n}."}],
+            temperature=0,
+            max_tokens=8,
+        )
+        assert answer.choices[0].finish_reason in ("stop", "length")
+        return answer.choices[0].message.content or ""
+
+    # Several at once: requests wait side by side, on whichever workers took them.
+    answers = await asyncio.gather(*(ask(n) for n in range(4)))
+    assert all(answers)
+    stream = await api.chat.completions.create(
+        model=model.id, messages=QUESTION, temperature=0, max_tokens=8, stream=True
+    )
+    pieces = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+    assert "".join(pieces)

@@ -13,7 +13,7 @@ import httpx
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from aiconv.jobs.keys import Keys
+from aiconv.jobs.keys import STAGES, Keys
 from aiconv.testing.botapi import BotApiDouble
 from tests.support.database import query_rows
 
@@ -90,11 +90,13 @@ async def settled(redis: Redis, prefix: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while True:
         busy = 0
-        for stream in (keys.updates, keys.generate, keys.replies):
-            for group in await redis.xinfo_groups(stream):
-                busy += int(group["pending"]) + int(group.get("lag") or 0)
-        busy += await redis.zcard(keys.turns_due)
-        busy += await redis.zcard(keys.turns_held)
+        for stage in STAGES:
+            for stream in keys.stage_streams(stage):
+                for group in await redis.xinfo_groups(stream):
+                    busy += int(group["pending"]) + int(group.get("lag") or 0)
+        for shard in keys.all_shards:
+            busy += await redis.zcard(keys.turns_due(shard))
+            busy += await redis.zcard(keys.turns_held(shard))
         if busy == 0:
             return
         if time.monotonic() > deadline:

@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from aiconv.conversation import texts
+from aiconv.jobs.keys import STAGES, Keys, Stage
 from aiconv.testing.botapi import BotApiDouble
 from tests.faults.driver import redis_answers, settled, telegram_delivers
 from tests.faults.pgproxy import PgProxy
@@ -271,7 +272,16 @@ def figures(
 
 
 async def dead_letters(redis: Redis, prefix: str) -> list[Any]:
-    return list(await stream_entries(redis, f"{prefix}dlq", count=20))
+    """Up to 20 dead letters of each job stream."""
+    dead: list[Any] = []
+    for dlq in Keys(prefix).dlqs:
+        dead += await stream_entries(redis, dlq, count=20)
+    return dead
+
+
+async def stage_length(redis: Redis, prefix: str, stage: Stage) -> int:
+    """Entries in one stage's streams (every shard)."""
+    return sum([await redis.xlen(stream) for stream in Keys(prefix).stage_streams(stage)])
 
 
 @dataclass(frozen=True)
@@ -304,15 +314,18 @@ class Scenario:
         assert await dead_letters(self.redis, self.redis_prefix) == [], result.line()
         return result
 
-    async def pending_of(self, stream: str, group: str, process: AiconvProcess) -> int:
-        """How many entries of `stream` the consumer of `process` holds."""
+    async def pending_of(self, stage: Stage, group: str, process: AiconvProcess) -> int:
+        """How many entries of the stage's streams the consumers of `process` hold."""
         assert process.process is not None
         pid = process.process.pid
-        try:
-            consumers = await self.redis.xinfo_consumers(f"{self.redis_prefix}{stream}", group)
-        except RedisError:
-            return 0  # stream or group not created yet
-        return sum(int(c["pending"]) for c in consumers if f"-{pid}-" in str(c["name"]))
+        held = 0
+        for stream in Keys(self.redis_prefix).stage_streams(stage):
+            try:
+                consumers = await self.redis.xinfo_consumers(stream, group)
+            except RedisError:
+                continue  # stream or group not created yet
+            held += sum(int(c["pending"]) for c in consumers if f"-{pid}-" in str(c["name"]))
+        return held
 
 
 @pytest.fixture
@@ -458,7 +471,9 @@ async def test_postgres_refusing_connections_mid_typing_sends_every_part_once(
         nonlocal sent_in_outage
         # Every chat's first reply is handed to delivery, i.e. being typed: cut.
         await eventually(
-            lambda: _at_least(scenario.redis.xlen(f"{scenario.redis_prefix}replies"), len(chats)),
+            lambda: _at_least(
+                stage_length(scenario.redis, scenario.redis_prefix, "replies"), len(chats)
+            ),
             timeout=90,
         )
         before = len(scenario.sends.parts)
@@ -544,8 +559,9 @@ async def test_a_worker_killed_with_many_chats_in_flight_loses_none(
         async def victim_busy() -> int:
             """The victim holds many chats' jobs: the moment to kill it."""
             held = 0
-            for stream, group in (("updates", "worker"), ("replies", "delivery")):
-                held += await scenario.pending_of(stream, group, victim)
+            stages: tuple[tuple[Stage, str], ...] = (("updates", "worker"), ("replies", "delivery"))
+            for stage, group in stages:
+                held += await scenario.pending_of(stage, group, victim)
             return held if held >= 10 else 0
 
         killed_holding = await eventually(victim_busy, timeout=90, interval=0.02)
@@ -668,9 +684,10 @@ def stored_user_messages(database_url: str, chats: list[int]) -> int:
 
 def streams_exist(redis: Redis, prefix: str) -> Any:
     async def check() -> bool:
-        for stream in ("updates", "generate", "replies"):
-            if not await redis.exists(f"{prefix}{stream}"):
-                return False
+        for stage in STAGES:
+            for stream in Keys(prefix).stage_streams(stage):
+                if not await redis.exists(stream):
+                    return False
         return True
 
     return check

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from redis.asyncio import Redis
 
+from aiconv.jobs.keys import Keys
 from aiconv.testing.botapi import BotApiDouble
 from tests.faults.driver import (
     Tally,
@@ -204,7 +205,8 @@ async def test_a_message_while_the_bot_types_is_answered_together(
     first = double.make_update(1601, "What is the capital of France?")
     await telegram_delivers(double, first)
     # Once its generation is queued the reply is at least 4 s of "typing" away.
-    await eventually(lambda: redis.xlen(f"{redis_prefix}generate"), timeout=30)
+    keys = Keys(redis_prefix)
+    await eventually(lambda: redis.xlen(keys.generate(keys.shard_of(1601))), timeout=30)
     second = double.make_update(1601, "And of Italy?")
     await telegram_delivers(double, second)
     await double.wait_for_messages(1601, 1)

@@ -56,8 +56,8 @@ OPENAPI = openapi_document()  # generated from the models (aiconv/web/admin_sche
 ENDPOINTS = [
     ("GET", "/admin/stats"),
     ("GET", "/admin/dlq"),
-    ("POST", "/admin/dlq/1-0/replay"),
-    ("DELETE", "/admin/dlq/1-0"),
+    ("POST", "/admin/dlq/updates.0@1-0/replay"),
+    ("DELETE", "/admin/dlq/updates.0@1-0"),
     ("POST", "/admin/users/1/block"),
     ("POST", "/admin/users/1/unblock"),
     ("GET", "/admin/users/1/export"),
@@ -319,14 +319,16 @@ async def test_stats_refuse_bad_days(db: str, redis_prefix: str, days: str) -> N
 
 
 async def dead(redis: Redis, keys: Keys, n: int, stream: str | None = None) -> str:
+    """A dead job of shard 0's generate stream (its record may name another); returns its id."""
     record = {
-        "stream": keys.generate if stream is None else stream,
+        "stream": keys.generate(0) if stream is None else stream,
         "error": "ValueError: boom",
         "deliveries": 5,
         "failed_at": 1_700_000_000.5,
         "payload": {"key": f"gen:1:{n}", "chat_id": 1},
     }
-    return str(await redis.xadd(keys.dlq, {"job": json.dumps(record)}))
+    entry = str(await redis.xadd(keys.dlq(keys.generate(0)), {"job": json.dumps(record)}))
+    return f"generate.0@{entry}"
 
 
 async def test_dlq_list_replay_and_drop(db: str, redis: Redis, redis_prefix: str) -> None:
@@ -338,7 +340,7 @@ async def test_dlq_list_replay_and_drop(db: str, redis: Redis, redis_prefix: str
         assert [job["id"] for job in listed["items"]] == [first, second, third]
         assert listed["items"][0] == {
             "id": first,
-            "stream": keys.generate,
+            "stream": keys.generate(0),
             "error": "ValueError: boom",
             "deliveries": 5,
             "failed_at": 1_700_000_000.5,
@@ -350,8 +352,8 @@ async def test_dlq_list_replay_and_drop(db: str, redis: Redis, redis_prefix: str
         replayed = await http.post(f"/admin/dlq/{first}/replay", headers=bearer())
         assert replayed.status_code == 200
         body = replayed.json()
-        assert body["id"] == first and body["stream"] == keys.generate
-        [(new_id, fields)] = await stream_entries(redis, keys.generate)
+        assert body["id"] == first and body["stream"] == keys.generate(0)
+        [(new_id, fields)] = await stream_entries(redis, keys.generate(0))
         assert body["replayed_as"] == new_id
         assert json.loads(fields["job"]) == {"key": "gen:1:1", "chat_id": 1}
         again = await http.post(f"/admin/dlq/{first}/replay", headers=bearer())
@@ -375,9 +377,10 @@ async def test_sealed_dead_jobs_are_listed_in_clear_and_each_read_is_audited(
     key = bytes(range(32)).hex()
     keys = Keys(redis_prefix)
     queue = JobQueue(redis, keys, JobCodec(TextCipher([key])))
-    record = {"stream": keys.replies, "error": "E", "payload": {"key": "r", "text": "dear diary"}}
-    await queue.hand_over(Job(keys.replies, "0-1", {}), "g", keys.dlq, record)
-    [(entry, fields)] = await stream_entries(redis, keys.dlq)
+    replies = keys.replies(0)
+    record = {"stream": replies, "error": "E", "payload": {"key": "r", "text": "dear diary"}}
+    await queue.hand_over(Job(replies, "0-1", {}), "g", keys.dlq(replies), record)
+    [(entry, fields)] = await stream_entries(redis, keys.dlq(replies))
     assert "diary" not in fields["job"]
     settings = dataclasses.replace(settings_for(db, redis_prefix), encryption_key=key)
     with structlog.testing.capture_logs() as logs:
@@ -385,7 +388,7 @@ async def test_sealed_dead_jobs_are_listed_in_clear_and_each_read_is_audited(
             listed = (await http.get("/admin/dlq", headers=bearer())).json()
     assert listed["items"][0]["payload"] == {"key": "r", "text": "dear diary"}
     [read] = [entry for entry in logs if entry["event"] == "admin: dead jobs read"]
-    assert read["sub"] == "tests" and read["ids"] == [entry] and read["count"] == 1
+    assert read["sub"] == "tests" and read["ids"] == [f"replies.0@{entry}"] and read["count"] == 1
     assert "diary" not in repr(logs)
 
 
@@ -397,7 +400,7 @@ async def test_a_dead_job_naming_an_unknown_stream_is_not_replayed(
     async with admin_client(settings_for(db, redis_prefix)) as http:
         response = await http.post(f"/admin/dlq/{entry}/replay", headers=bearer())
     assert response.status_code == 409
-    assert await redis.xlen(keys.dlq) == 1
+    assert await redis.xlen(keys.dlq(keys.generate(0))) == 1
     assert await redis.exists(f"{redis_prefix}somewhere-else") == 0
 
 
@@ -405,18 +408,24 @@ async def test_a_dead_job_naming_an_unknown_stream_is_not_replayed(
     ("entry_id", "status"),
     [
         ("abc", 400),
-        ("1", 400),
-        ("1-", 400),
-        ("-1-0", 400),
-        ("1-0-0", 400),
-        ("1-a", 400),
-        ("1-*", 400),
-        ("+", 400),
-        ("١-٠", 400),  # Arabic-Indic digits are not stream ids
-        ("1" * 21 + "-0", 400),
-        ("99999999999999999999-0", 404),  # well formed, beyond Redis' 64-bit range
-        ("18446744073709551615-18446744073709551615", 404),
-        ("5-0", 404),
+        ("1-0", 400),  # a bare entry id names no dead-letter stream
+        ("updates@1-0", 400),
+        ("updates.0@1", 400),
+        ("updates.0@1-", 400),
+        ("updates.0@-1-0", 400),
+        ("updates.0@1-0-0", 400),
+        ("updates.0@1-a", 400),
+        ("updates.0@1-*", 400),
+        ("updates.0@+", 400),
+        ("updates.٠@1-0", 400),  # Arabic-Indic digits are not shards
+        ("updates.0@١-٠", 400),  # nor stream ids
+        ("updates.0@" + "1" * 21 + "-0", 400),
+        ("elsewhere.0@1-0", 400),
+        ("updates.0@99999999999999999999-0", 404),  # well formed, beyond Redis' 64-bit range
+        ("replies.0@18446744073709551615-18446744073709551615", 404),
+        ("updates.0@5-0", 404),
+        ("generate.7@5-0", 404),  # a shard this install does not have
+        ("generate:openai@5-0", 404),
     ],
 )
 async def test_dlq_ids_are_validated(
@@ -659,7 +668,7 @@ def test_the_cli_refuses_bad_arguments(args: list[str]) -> None:
 # sets Function._nodeid, which pytest no longer has; hence strategies under @given.)
 
 FUZZ_USER = 401
-FUZZ_DEAD_ID = "1700000000000-0"
+FUZZ_DEAD_ID = "replies.0@1700000000000-0"
 MAX_EXAMPLES = 25
 
 
@@ -680,13 +689,14 @@ async def fuzz_prefix(admin_database_url: str) -> AsyncIterator[str]:
         keys = Keys(prefix)
         for n in range(3):
             record = {
-                "stream": keys.replies,
+                "stream": keys.replies(0),
                 "error": "E",
                 "deliveries": 5,
                 "failed_at": 1.0,
                 "payload": {"n": n},
             }
-            await redis.xadd(keys.dlq, {"job": json.dumps(record)}, id=f"1700000000000-{n}")
+            dlq = keys.dlq(keys.replies(0))
+            await redis.xadd(dlq, {"job": json.dumps(record)}, id=f"1700000000000-{n}")
         await redis.aclose()
 
     await seed()

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 
 from aiconv.conversation import texts
 from aiconv.conversation.capacity import MlCapacity
-from aiconv.jobs.keys import GENERATE_GROUP, UPDATES_GROUP, Keys
+from aiconv.jobs.client import RedisClient
+from aiconv.jobs.keys import GENERATE_GROUP, UPDATES_GROUP, Keys, Stage
 from aiconv.jobs.messages import ReplyJob, TurnJob
 from aiconv.jobs.queue import Job, JobQueue
 from aiconv.ml import stats
@@ -32,9 +32,9 @@ TOKEN = "123456:TEST-TOKEN"
 CHAT = 5151
 
 
-@pytest.fixture
-def keys(redis_prefix: str) -> Keys:
-    return Keys(redis_prefix)
+def chat_stream(keys: Keys, stage: Stage, chat: int = CHAT) -> str:
+    """One stage's stream in the chat's shard."""
+    return keys.stream(stage, keys.shard_of(chat))
 
 
 @pytest.fixture
@@ -49,26 +49,28 @@ async def bot(double: BotApiDouble) -> AsyncIterator[BotClient]:
         yield BotClient(http, double.url, TOKEN)
 
 
-async def publish(redis: Redis, keys: Keys, name: str, capacity: MlCapacity) -> None:
+async def publish(redis: RedisClient, keys: Keys, name: str, capacity: MlCapacity) -> None:
     """What an ml instance's publisher writes, with a TTL long enough for one test."""
     await redis.hset(keys.ml_capacity(name), mapping=capacity.to_fields())  # type: ignore[arg-type]
     await redis.expire(keys.ml_capacity(name), 600)
     await redis.zadd(keys.ml_instances, {name: 1.0})
 
 
-async def backlog(redis: Redis, keys: Keys, waiting: int) -> None:
-    """`waiting` generation jobs nobody has read: the model's queue."""
+async def backlog(redis: RedisClient, keys: Keys, waiting: int, stream: str = "") -> None:
+    """`waiting` generation jobs nobody has read: the model's queue (CHAT's shard's stream
+    unless `stream` says otherwise)."""
+    stream = stream or chat_stream(keys, "generate")
     queue = JobQueue(redis, keys)
-    await queue.ensure_group(keys.generate, GENERATE_GROUP)
+    await queue.ensure_group(stream, GENERATE_GROUP)
     for n in range(waiting):
-        await redis.xadd(keys.generate, {"job": json.dumps({"kind": "chat", "n": n})})
+        await redis.xadd(stream, {"job": json.dumps({"kind": "chat", "n": n})})
 
 
 # --- what ml publishes ------------------------------------------------------------------------
 
 
 async def test_ml_publishes_its_measured_capacity_and_it_vanishes_when_it_stops(
-    redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+    redis: RedisClient, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     throughput = Throughput(slots=4)
     for _ in range(3):
@@ -91,14 +93,14 @@ async def test_ml_publishes_its_measured_capacity_and_it_vanishes_when_it_stops(
     assert (await fresh.snapshot()).instances == ()
 
 
-async def test_an_expired_publication_is_not_counted(redis: Redis, keys: Keys) -> None:
+async def test_an_expired_publication_is_not_counted(redis: RedisClient, keys: Keys) -> None:
     await publish(redis, keys, "alive", MlCapacity(slots=2, seconds_per_generation=1.0))
     await redis.zadd(keys.ml_instances, {"dead": 1.0})  # its hash has expired
     [alive] = (await CapacityView(redis, keys).snapshot()).instances
     assert alive.slots == 2
 
 
-async def test_the_wait_counts_the_unread_generation_jobs(redis: Redis, keys: Keys) -> None:
+async def test_the_wait_counts_the_unread_generation_jobs(redis: RedisClient, keys: Keys) -> None:
     await publish(redis, keys, "ml", MlCapacity(slots=2, busy=2, seconds_per_generation=10.0))
     await backlog(redis, keys, 9)
     snapshot = await CapacityView(redis, keys).snapshot()
@@ -107,11 +109,26 @@ async def test_the_wait_counts_the_unread_generation_jobs(redis: Redis, keys: Ke
     assert estimate.measured and estimate.seconds == pytest.approx(50.0)  # (9 + 1) * 10 / 2
 
 
+@pytest.mark.both_redis
+async def test_the_wait_counts_the_generation_jobs_of_every_shard_and_of_the_api(
+    redis: RedisClient, keys: Keys
+) -> None:
+    await publish(redis, keys, "ml", MlCapacity(slots=2, busy=2, seconds_per_generation=10.0))
+    for shard in keys.all_shards:
+        await backlog(redis, keys, 2, keys.generate(shard))
+    await backlog(redis, keys, 3, keys.openai_generate)  # /v1 requests share ml's slots
+    for chat in (1, 2, 7):  # shards 2, 1 and 0 of the cluster's 3
+        await redis.zadd(keys.turns_due(keys.shard_of(chat)), {str(chat): 0.0})
+    snapshot = await CapacityView(redis, keys).snapshot()
+    assert snapshot.waiting == 2 * keys.shards + 3
+    assert snapshot.due == 3
+
+
 # --- typing -----------------------------------------------------------------------------------
 
 
 async def test_typing_held_back_is_not_sent_until_the_generation_starts(
-    redis: Redis, keys: Keys, bot: BotClient, double: BotApiDouble
+    redis: RedisClient, keys: Keys, bot: BotClient, double: BotApiDouble
 ) -> None:
     keeper = TypingKeeper(redis, keys, bot)
     stop = asyncio.Event()
@@ -130,17 +147,17 @@ async def test_typing_held_back_is_not_sent_until_the_generation_starts(
 
 
 async def test_a_generation_never_restarts_typing_the_worker_ended(
-    redis: Redis, keys: Keys, bot: BotClient
+    redis: RedisClient, keys: Keys, bot: BotClient
 ) -> None:
     keeper = TypingKeeper(redis, keys, bot)
     await keeper.begin_in(CHAT, 600.0)
     await keeper.end(CHAT)  # /reset
     await TypingSignal(redis, keys).generation_started(CHAT)
-    assert await redis.zscore(keys.typing_due, str(CHAT)) is None
+    assert await redis.zscore(keys.typing_due(keys.shard_of(CHAT)), str(CHAT)) is None
 
 
 async def test_chat_actions_yield_the_bot_api_budget_to_messages(
-    redis: Redis, keys: Keys, bot: BotClient, double: BotApiDouble
+    redis: RedisClient, keys: Keys, bot: BotClient, double: BotApiDouble
 ) -> None:
     limiter = SendLimiter(redis, keys, RateLimits(global_per_second=1.0))
     keeper = TypingKeeper(redis, keys, bot, limiter)
@@ -158,9 +175,9 @@ async def test_chat_actions_yield_the_bot_api_budget_to_messages(
 # --- the turn's new transitions ---------------------------------------------------------------
 
 
-async def last_turn(redis: Redis, keys: Keys) -> TurnJob:
+async def last_turn(redis: RedisClient, keys: Keys) -> TurnJob:
     """The turn job most recently put on the updates stream."""
-    _, fields = (await stream_entries(redis, keys.updates))[-1]
+    _, fields = (await stream_entries(redis, chat_stream(keys, "updates")))[-1]
     return TurnJob.from_payload(json.loads(fields["job"]))
 
 
@@ -169,7 +186,7 @@ class ClaimedTurn:
     """CHAT's turn for its message 1, claimed by a worker (its job read from the updates
     stream) and not yet generated: what the pacer decides about."""
 
-    redis: Redis
+    redis: RedisClient
     keys: Keys
     bot: BotClient
     turns: Turns
@@ -186,20 +203,25 @@ class ClaimedTurn:
 
 
 @pytest.fixture
-async def claimed(redis: Redis, keys: Keys, bot: BotClient) -> ClaimedTurn:
+async def claimed(redis: RedisClient, keys: Keys, bot: BotClient) -> ClaimedTurn:
     turns = Turns(redis, keys, TurnConfig(0.0, 1000.0))
     queue = JobQueue(redis, keys)
-    await queue.ensure_group(keys.updates, UPDATES_GROUP)
+    await queue.ensure_group(chat_stream(keys, "updates"), UPDATES_GROUP)
     await turns.note_message(CHAT, 1)
     assert await turns.claim_due() == 1
-    [(entry, fields)] = await read_group(redis, UPDATES_GROUP, "w", keys.updates)
+    [(entry, fields)] = await read_group(redis, UPDATES_GROUP, "w", chat_stream(keys, "updates"))
     return ClaimedTurn(
-        redis, keys, bot, turns, queue, Job(keys.updates, entry, json.loads(fields["job"]))
+        redis,
+        keys,
+        bot,
+        turns,
+        queue,
+        Job(chat_stream(keys, "updates"), entry, json.loads(fields["job"])),
     )
 
 
 async def test_a_long_wait_is_told_once_per_turn_and_the_turn_goes_on(
-    redis: Redis, keys: Keys, claimed: ClaimedTurn
+    redis: RedisClient, keys: Keys, claimed: ClaimedTurn
 ) -> None:
     turns, job = claimed.turns, claimed.job
     await publish(redis, keys, "ml", MlCapacity(slots=1, busy=1, seconds_per_generation=30.0))
@@ -208,17 +230,17 @@ async def test_a_long_wait_is_told_once_per_turn_and_the_turn_goes_on(
     turn = claimed.turn
     assert await pacer.before_generation(job, turn, "private", CHAT) is True
     assert await pacer.before_generation(job, turn, "private", CHAT) is True  # run again
-    [(_, fields)] = await stream_entries(redis, keys.replies)
+    [(_, fields)] = await stream_entries(redis, chat_stream(keys, "replies"))
     notice = ReplyJob.from_payload(json.loads(fields["job"]))
     assert notice.key == notice_key(turn) and notice.notice and notice.turn is None
     assert notice.text == texts.busy_notice(3)
     assert await turns.status(CHAT, turn.turn) == "owner"  # the reply still comes
-    due = await redis.zscore(keys.typing_due, str(CHAT))
+    due = await redis.zscore(keys.typing_due(keys.shard_of(CHAT)), str(CHAT))
     assert due is not None  # typing is scheduled for when generation should start, not now
 
 
 async def test_beyond_the_limit_a_turn_is_declined_and_answered_by_the_decline(
-    redis: Redis, keys: Keys, claimed: ClaimedTurn
+    redis: RedisClient, keys: Keys, claimed: ClaimedTurn
 ) -> None:
     turns, job = claimed.turns, claimed.job
     await publish(redis, keys, "ml", MlCapacity(slots=1, busy=1, seconds_per_generation=30.0))
@@ -227,23 +249,25 @@ async def test_beyond_the_limit_a_turn_is_declined_and_answered_by_the_decline(
     pacer = claimed.pacer(policy)
     turn = claimed.turn
     assert await pacer.before_generation(job, turn, "private", CHAT) is False
-    [(_, fields)] = await stream_entries(redis, keys.replies)  # no notice: the decline says it all
+    [(_, fields)] = await stream_entries(
+        redis, chat_stream(keys, "replies")
+    )  # no notice: the decline says it all
     decline = ReplyJob.from_payload(json.loads(fields["job"]))
     assert decline.turn == turn.turn and decline.text == texts.OVERLOADED
-    assert await redis.xpending(keys.updates, UPDATES_GROUP) == {
+    assert await redis.xpending(chat_stream(keys, "updates"), UPDATES_GROUP) == {
         "pending": 0,
         "min": None,
         "max": None,
         "consumers": [],
     }  # the turn job was handed on with the decline
-    assert await redis.xlen(keys.generate) == 20  # nothing queued for the model
+    assert await redis.xlen(chat_stream(keys, "generate")) == 20  # nothing queued for the model
     # Delivered, the decline settles the turn: its message is answered, nothing more is due.
     assert await turns.finish(CHAT, turn.turn, "delivered") is False
     assert await turns.claim_due() == 0
 
 
 async def test_nobody_is_declined_or_told_minutes_on_a_guess(
-    redis: Redis, keys: Keys, claimed: ClaimedTurn
+    redis: RedisClient, keys: Keys, claimed: ClaimedTurn
 ) -> None:
     job = claimed.job
     await backlog(redis, keys, 100)  # no ml has published anything
@@ -251,11 +275,11 @@ async def test_nobody_is_declined_or_told_minutes_on_a_guess(
     pacer = claimed.pacer(policy)
     turn = claimed.turn
     assert await pacer.before_generation(job, turn, "private", CHAT) is True
-    assert await redis.xlen(keys.replies) == 0
+    assert await redis.xlen(chat_stream(keys, "replies")) == 0
 
 
 async def test_capacity_publication_expires_on_its_own(
-    redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+    redis: RedisClient, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(stats, "CAPACITY_TTL_SECONDS", 0.3)
     await CapacityPublisher(redis, keys, "ml-b", Throughput(slots=1)).publish()
@@ -269,7 +293,7 @@ async def test_capacity_publication_expires_on_its_own(
 
 
 async def test_a_burst_of_turns_within_one_read_queues_each_behind_the_last(
-    redis: Redis, keys: Keys
+    redis: RedisClient, keys: Keys
 ) -> None:
     await publish(redis, keys, "ml", MlCapacity(slots=2, busy=0, seconds_per_generation=10.0))
     view = CapacityView(redis, keys)
@@ -281,10 +305,11 @@ async def test_a_burst_of_turns_within_one_read_queues_each_behind_the_last(
 
 
 async def test_a_burst_of_messages_types_only_for_those_the_model_will_reach_soon(
-    redis: Redis, keys: Keys
+    redis: RedisClient, keys: Keys
 ) -> None:
     await publish(redis, keys, "ml", MlCapacity(slots=2, busy=0, seconds_per_generation=10.0))
-    await redis.zadd(keys.turns_due, {"1": 0.0, "2": 0.0})  # two chats already wait for a turn
+    for chat in (1, 2):  # two chats already wait for a turn
+        await redis.zadd(keys.turns_due(keys.shard_of(chat)), {str(chat): 0.0})
     view = CapacityView(redis, keys)
     waits = [(await view.estimate_for_new_message()).seconds for _ in range(3)]
     assert waits == [5.0, 10.0, 15.0]  # behind the two due chats, then behind each other
@@ -314,7 +339,7 @@ def test_the_warm_up_measurement_is_published_until_real_generations_replace_it(
 
 
 async def test_a_user_who_writes_again_while_waiting_is_not_told_twice(
-    redis: Redis, keys: Keys, claimed: ClaimedTurn
+    redis: RedisClient, keys: Keys, claimed: ClaimedTurn
 ) -> None:
     turns, queue = claimed.turns, claimed.queue
     first = claimed.turn

@@ -4,16 +4,19 @@ PostgreSQL and Redis: /start, /help, /reset, /persona (admins only in groups, ca
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from redis.asyncio import Redis
 
 from aiconv.conversation import texts
 from aiconv.conversation.commands import menu
 from aiconv.conversation.prompt import DEFAULT_PERSONA
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
 from aiconv.telegram.client import BotClient
 from aiconv.testing.botapi import BotApiDouble
@@ -75,7 +78,7 @@ async def test_persona_is_shown_set_limited_reset_and_reaches_the_model(
     assert await say("/persona") == texts.persona_shown(pirate, custom=True)
 
     await double.send_user_message(chat, "hello there")
-    jobs = await eventually(lambda: generation_jobs(redis, redis_prefix, chat))
+    jobs = await eventually(lambda: generation_jobs(redis, Keys(redis_prefix), chat))
     assert jobs[-1]["persona"] == pirate  # what the ml stage builds its system prompt from
     assert jobs[-1]["turns"][-1] == ["user", "hello there"]
 
@@ -186,7 +189,7 @@ async def test_retry_is_a_new_turn_over_the_same_message_and_never_answers_twice
     [_, first] = await double.wait_for_messages(chat, 2)
     retry = await double.send_user_message(chat, "/retry")
     await double.wait_for_messages(chat, 3)
-    jobs = await generation_jobs(redis, redis_prefix, chat)
+    jobs = await generation_jobs(redis, Keys(redis_prefix), chat)
     # A turn of its own, answering the /retry (delivery decides whether to quote it).
     assert jobs[-1]["reply_to_message_id"] == retry["message"]["message_id"]
     # The retried turn saw the same user message, without the answer it replaces.
@@ -203,7 +206,7 @@ async def test_retry_is_a_new_turn_over_the_same_message_and_never_answers_twice
     assert len(sent) == 4, sent
     assert first in sent  # nothing already sent was replaced or deleted
     assert not [c for c in double.calls if c.method in ("editMessageText", "deleteMessage")]
-    last = (await generation_jobs(redis, redis_prefix, chat))[-1]
+    last = (await generation_jobs(redis, Keys(redis_prefix), chat))[-1]
     assert last["turns"] == [["user", "Name a colour.\nAnd a number?"]] or last["turns"] == [
         ["user", "Name a colour."],
         ["user", "And a number?"],
@@ -251,3 +254,25 @@ async def test_an_anonymous_group_admin_may_change_the_persona(
     channel = {"sender_chat": {"id": -100999, "type": "channel", "title": "a channel"}}
     await double.send_user_message(group, text, user_id=136817688, chat_type="group", extra=channel)
     assert (await double.wait_for_messages(group, 2))[-1] == texts.PERSONA_ADMINS_ONLY
+
+
+@pytest.mark.both_redis
+async def test_one_worker_serves_the_chats_of_every_shard(
+    in_process: InProcess, double: BotApiDouble, redis: RedisClient, keys: Keys
+) -> None:
+    """One updates and one replies consumer per shard stream: a fixed reply goes from each
+    chat's updates to its replies stream and out; a message becomes a turn claimed in its shard
+    and a generation job in that shard's stream (no ml here: it stays there)."""
+    await in_process()
+    chats: dict[int, int] = {}
+    while len(chats) < keys.shards:
+        chat = a_chat()
+        chats.setdefault(keys.shard_of(chat), chat)
+    for chat in chats.values():
+        await double.send_user_message(chat, "/start")
+    for chat in chats.values():
+        assert await double.wait_for_messages(chat, 1) == [texts.greeting(f"User{chat}")]
+        await double.send_user_message(chat, "hello")
+    for chat in chats.values():
+        jobs = await eventually(functools.partial(generation_jobs, redis, keys, chat))
+        assert [job["turns"][-1] for job in jobs] == [["user", "hello"]]

@@ -1,4 +1,5 @@
-"""The owned Redis lease on a real Redis, and the shared backoff and interruptible sleep."""
+"""The owned Redis lease on a real Redis, and the shared backoff and interruptible sleep. The
+lease and the scheduler's leadership run on one Redis and on a Redis Cluster (`both_redis`)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import asyncio
 import time
 
 import pytest
-from redis.asyncio import Redis
 
+from aiconv.jobs.client import RedisClient
+from aiconv.jobs.keys import Keys
 from aiconv.jobs.lease import Lease
 from aiconv.jobs.retry import Backoff, sleep_or_stop
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.both_redis
+
 
 async def test_only_one_owner_holds_a_lease_and_only_it_renews_or_releases(
-    redis: Redis, redis_prefix: str
+    redis: RedisClient, redis_prefix: str
 ) -> None:
     key = f"{redis_prefix}lease"
     first = Lease(redis, key, "first", ttl_seconds=30)
@@ -38,7 +42,7 @@ async def test_only_one_owner_holds_a_lease_and_only_it_renews_or_releases(
 
 
 async def test_a_stalled_holder_cannot_touch_its_successors_lease(
-    redis: Redis, redis_prefix: str
+    redis: RedisClient, redis_prefix: str
 ) -> None:
     key = f"{redis_prefix}lease"
     stalled = Lease(redis, key, "stalled", ttl_seconds=0.2)
@@ -50,7 +54,7 @@ async def test_a_stalled_holder_cannot_touch_its_successors_lease(
     assert await redis.get(key) == "successor"
 
 
-def test_lease_rejects_a_non_positive_ttl(redis: Redis) -> None:
+def test_lease_rejects_a_non_positive_ttl(redis: RedisClient) -> None:
     with pytest.raises(ValueError):
         Lease(redis, "k", "me", ttl_seconds=0)
 
@@ -89,12 +93,10 @@ async def test_sleep_or_stop_ends_early_when_stopped() -> None:
 
 
 async def test_one_scheduler_leads_and_hands_over_when_it_stops(
-    redis: Redis, redis_prefix: str
+    redis: RedisClient, keys: Keys
 ) -> None:
-    from aiconv.jobs.keys import Keys
     from aiconv.worker.scheduler import EmbeddedScheduler
 
-    keys = Keys(redis_prefix)
     # No scheduled jobs: only leadership is exercised, so no database is needed.
     first = EmbeddedScheduler(redis, keys, None, "first", [])  # type: ignore[arg-type]
     second = EmbeddedScheduler(redis, keys, None, "second", [])  # type: ignore[arg-type]

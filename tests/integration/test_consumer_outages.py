@@ -1,5 +1,6 @@
 """An outside service's outage is waited out on a real Redis: it never uses up a job's attempts,
-while the job's own failures still do."""
+while the job's own failures still do. Single Redis only: nothing here differs on a cluster
+(tests/integration/test_jobs.py runs the consumer on both)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import asyncio
 
 import pytest
 from prometheus_client import REGISTRY
-from redis.asyncio import Redis
 
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.consumer import Consumer, ConsumerOptions
 from aiconv.jobs.errors import DependencyUnavailable
 from aiconv.jobs.keys import Keys
@@ -18,8 +19,8 @@ from tests.support.waiting import eventually
 
 
 @pytest.fixture
-async def queue(redis: Redis, redis_prefix: str) -> JobQueue:
-    return JobQueue(redis, Keys(redis_prefix))
+async def queue(redis: RedisClient, keys: Keys) -> JobQueue:
+    return JobQueue(redis, keys)
 
 
 def waiting(stream_label: str) -> float:
@@ -28,9 +29,9 @@ def waiting(stream_label: str) -> float:
 
 
 async def test_an_outage_does_not_use_up_attempts_but_failures_do(
-    queue: JobQueue, redis: Redis
+    queue: JobQueue, redis: RedisClient
 ) -> None:
-    stream = queue.keys.replies
+    stream = queue.keys.replies(0)
     await queue.enqueue(stream, {"key": "reply"})
     # Telegram down for a while (more tries than max_deliveries), one definite failure, down
     # again, a second definite failure, then it works: two failures out of three allowed.
@@ -70,11 +71,11 @@ async def test_an_outage_does_not_use_up_attempts_but_failures_do(
             lambda: _settled(redis, stream), timeout=30
         )  # acknowledged, not dead-lettered
     assert calls == len(script)
-    assert await redis.xlen(queue.keys.dlq) == 0
+    assert await redis.xlen(queue.keys.dlq(stream)) == 0
     assert waiting(consumer.stream_label) - before == 12
 
 
-async def _settled(redis: Redis, stream: str) -> bool:
+async def _settled(redis: RedisClient, stream: str) -> bool:
     return int((await redis.xpending(stream, "g"))["pending"]) == 0
 
 

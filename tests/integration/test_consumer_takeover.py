@@ -1,5 +1,6 @@
 """Taking over a dead consumer's jobs on a real Redis: whatever the live consumers' load, never a
-live job (graceful drain included), and dead consumers leave the group."""
+live job (graceful drain included), and dead consumers leave the group. On one Redis and on a
+Redis Cluster (`both_redis`), on the last shard's streams (not shard 0's on the cluster)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import time
 from collections import Counter
 
 import pytest
-from redis.asyncio import Redis
 
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.consumer import Consumer, ConsumerOptions
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import Job, JobQueue
@@ -18,15 +19,21 @@ from tests.support.running import running
 from tests.support.streams import read_group, stream_entries
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.both_redis
+
 GROUP = "g"
 
 
 @pytest.fixture
-async def queue(redis: Redis, redis_prefix: str) -> JobQueue:
-    return JobQueue(redis, Keys(redis_prefix))
+async def queue(redis: RedisClient, keys: Keys) -> JobQueue:
+    return JobQueue(redis, keys)
 
 
-async def owners(redis: Redis, stream: str) -> Counter[str]:
+def last_shard(keys: Keys) -> int:
+    return keys.shards - 1
+
+
+async def owners(redis: RedisClient, stream: str) -> Counter[str]:
     """Pending entries per consumer."""
     pending = await redis.xpending_range(stream, GROUP, min="-", max="+", count=10_000)
     return Counter(str(entry["consumer"]) for entry in pending)
@@ -34,9 +41,9 @@ async def owners(redis: Redis, stream: str) -> Counter[str]:
 
 @pytest.mark.parametrize("free_slots", [0, 2])
 async def test_a_dead_consumers_jobs_are_all_claimed_whatever_the_load(
-    queue: JobQueue, redis: Redis, free_slots: int
+    queue: JobQueue, redis: RedisClient, free_slots: int
 ) -> None:
-    stream = queue.keys.generate
+    stream = queue.keys.generate(last_shard(queue.keys))
     busy_jobs, orphans, visibility = 40, 25, 1.5
     release = asyncio.Semaphore(0)
     started = 0
@@ -91,14 +98,14 @@ async def test_a_dead_consumers_jobs_are_all_claimed_whatever_the_load(
     assert (await redis.xpending(stream, GROUP))["pending"] == 0
 
 
-async def _none_left(redis: Redis, stream: str, consumer: str) -> bool:
+async def _none_left(redis: RedisClient, stream: str, consumer: str) -> bool:
     return (await owners(redis, stream))[consumer] == 0
 
 
 async def test_heartbeats_last_through_the_drain_so_no_job_runs_twice(
-    queue: JobQueue, redis: Redis
+    queue: JobQueue, redis: RedisClient
 ) -> None:
-    stream = queue.keys.replies
+    stream = queue.keys.replies(last_shard(queue.keys))
     visibility = 1.5
     await queue.enqueue(stream, {"key": "slow"})
     runs: list[str] = []
@@ -139,9 +146,9 @@ async def test_heartbeats_last_through_the_drain_so_no_job_runs_twice(
 
 
 async def test_dead_consumers_with_nothing_pending_leave_the_group(
-    queue: JobQueue, redis: Redis
+    queue: JobQueue, redis: RedisClient
 ) -> None:
-    stream = queue.keys.updates
+    stream = queue.keys.updates(last_shard(queue.keys))
     await queue.ensure_group(stream, GROUP)
     await redis.xgroup_createconsumer(stream, GROUP, "dead-idle")
     await queue.enqueue(stream, {"key": "held"})
@@ -174,9 +181,9 @@ async def _lacks(names, name: str) -> bool:  # type: ignore[no-untyped-def]
 
 
 async def test_a_job_redelivered_by_crashes_too_often_is_dead_lettered_unrun(
-    queue: JobQueue, redis: Redis
+    queue: JobQueue, redis: RedisClient
 ) -> None:
-    stream = queue.keys.generate
+    stream = queue.keys.generate(last_shard(queue.keys))
     await queue.ensure_group(stream, GROUP)
     entry_id = await queue.enqueue(stream, {"key": "crashes-workers"})
     assert entry_id is not None
@@ -199,8 +206,8 @@ async def test_a_job_redelivered_by_crashes_too_often_is_dead_lettered_unrun(
         options=ConsumerOptions(block_ms=100, visibility_timeout=0.2, max_deliveries=3),
     )
     async with running(live.run):
-        await eventually(lambda: redis.xlen(queue.keys.dlq), timeout=30)
-    [(_, fields)] = await stream_entries(redis, queue.keys.dlq)
+        await eventually(lambda: redis.xlen(queue.keys.dlq(stream)), timeout=30)
+    [(_, fields)] = await stream_entries(redis, queue.keys.dlq(stream))
     record = json.loads(fields["job"])
     assert record["deliveries"] == 4
     assert "delivered too many times" in record["error"]

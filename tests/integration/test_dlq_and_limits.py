@@ -1,65 +1,90 @@
-"""Operators' tools on a real Redis: the dead-letter CLI, stream trimming, and send limits."""
+"""Operators' tools on a real Redis: the dead-letter CLI, stream trimming, and send limits. On
+one Redis and on a Redis Cluster (`both_redis`): the CLI talks to either through its settings."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
-from redis.asyncio import Redis
 
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import JobQueue
 from aiconv.worker.rate_limit import RateLimits, SendLimiter
-from tests.support.services import REDIS_URL
+from tests.support.redis_targets import RedisTarget
 from tests.support.streams import read_group, stream_entries
 
+pytestmark = pytest.mark.both_redis
 
-def aiconv(prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+
+def aiconv(target: RedisTarget, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"REDIS_KEY_PREFIX": prefix, "PATH": "/usr/bin:/bin", **target.env()}
+    if "PYTHONPATH" in os.environ:  # a worktree's checkout over the installed one
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run(
         [sys.executable, "-m", "aiconv.cli", *args],
-        env={"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": prefix, "PATH": "/usr/bin:/bin"},
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
 
 
-async def test_dlq_list_replay_and_drop(redis: Redis, redis_prefix: str) -> None:
-    keys = Keys(redis_prefix)
-    for n in (1, 2):
+async def test_dlq_list_replay_and_drop(
+    redis: RedisClient, keys: Keys, redis_target: RedisTarget, redis_prefix: str
+) -> None:
+    # Dead letters of two streams (two shards' on the cluster) and of the /v1 stream: one list,
+    # oldest first, ids unique across them, each replayed onto its own stream.
+    streams = (keys.replies(0), keys.generate(keys.shards - 1), keys.openai_generate)
+    for n, stream in enumerate(streams):
         record = {
-            "stream": keys.replies,
+            "stream": stream,
             "error": "ValueError: boom",
             "deliveries": 5,
             "failed_at": 1.0,
-            "payload": {"key": f"reply:1:{n}", "chat_id": 1},
+            "payload": {"key": f"job:{n}", "chat_id": 1, "turn": "t1"},
         }
-        await redis.xadd(keys.dlq, {"job": json.dumps(record)})
+        # Ids a millisecond apart: the order across streams is the ids' (on a cluster, entries
+        # added in one millisecond on different nodes have no other order).
+        entry_id = f"{1_700_000_000_000 + n}-0"
+        await redis.xadd(keys.dlq(stream), {"job": json.dumps(record)}, id=entry_id)
 
-    listed = aiconv(redis_prefix, "dlq", "list")
+    listed = aiconv(redis_target, redis_prefix, "dlq", "list")
     assert listed.returncode == 0, listed.stderr
     jobs = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert [job["payload"]["key"] for job in jobs] == ["reply:1:1", "reply:1:2"]
+    assert [job["payload"]["key"] for job in jobs] == ["job:0", "job:1", "job:2"]
+    assert [job["stream"] for job in jobs] == list(streams)
     assert jobs[0]["error"] == "ValueError: boom"
+    assert jobs[0]["id"].startswith("replies.0@")
+    assert jobs[2]["id"].startswith("generate:openai@")
+    assert len({job["id"] for job in jobs}) == 3
 
-    replayed = aiconv(redis_prefix, "dlq", "replay", jobs[0]["id"])
-    assert replayed.returncode == 0, replayed.stderr
-    [(_, fields)] = await stream_entries(redis, keys.replies)
-    assert json.loads(fields["job"]) == jobs[0]["payload"]
+    for job, stream in zip(jobs[:2], streams, strict=False):
+        replayed = aiconv(redis_target, redis_prefix, "dlq", "replay", job["id"])
+        assert replayed.returncode == 0, replayed.stderr
+        [(_, fields)] = await stream_entries(redis, stream)
+        expected = dict(job["payload"])
+        if stream == keys.replies(0):
+            del expected["turn"]  # a replayed reply is delivered outside any turn
+        assert json.loads(fields["job"]) == expected
+        assert await redis.xlen(keys.dlq(stream)) == 0
 
-    assert aiconv(redis_prefix, "dlq", "drop", jobs[1]["id"]).returncode == 0
-    assert await redis.xlen(keys.dlq) == 0
-    missing = aiconv(redis_prefix, "dlq", "drop", jobs[1]["id"])
+    assert aiconv(redis_target, redis_prefix, "dlq", "drop", jobs[2]["id"]).returncode == 0
+    assert await redis.xlen(keys.dlq(keys.openai_generate)) == 0
+    missing = aiconv(redis_target, redis_prefix, "dlq", "drop", jobs[2]["id"])
     assert missing.returncode == 1 and "no dead job" in missing.stdout
+    unknown = aiconv(redis_target, redis_prefix, "dlq", "replay", "1700000000000-0")
+    assert unknown.returncode == 1 and "no dead job" in unknown.stdout
 
 
 async def test_trimming_keeps_unacknowledged_and_unread_entries(
-    redis: Redis, redis_prefix: str
+    redis: RedisClient, keys: Keys
 ) -> None:
-    queue = JobQueue(redis, Keys(redis_prefix))
-    stream = queue.keys.generate
+    queue = JobQueue(redis, keys)
+    stream = keys.generate(keys.shards - 1)
     await queue.ensure_group(stream, "g")
     for n in range(6):
         await queue.enqueue(stream, {"n": n})
@@ -76,11 +101,11 @@ async def test_trimming_keeps_unacknowledged_and_unread_entries(
 
 @pytest.mark.parametrize("chat_type", ["private", "group"])
 async def test_send_limits_space_messages_of_one_chat(
-    redis: Redis, redis_prefix: str, chat_type: str
+    redis: RedisClient, keys: Keys, chat_type: str
 ) -> None:
     limiter = SendLimiter(
         redis,
-        Keys(redis_prefix),
+        keys,
         RateLimits(global_per_second=1000, chat_per_second=1, group_per_minute=20, group_burst=3),
     )
     waits = [await limiter.reserve_chat(7, chat_type) for _ in range(5)]
@@ -91,8 +116,8 @@ async def test_send_limits_space_messages_of_one_chat(
     assert other_chat == pytest.approx(0, abs=0.2)
 
 
-async def test_the_global_limit_spaces_all_chats(redis: Redis, redis_prefix: str) -> None:
-    limiter = SendLimiter(redis, Keys(redis_prefix), RateLimits(global_per_second=10))
+async def test_the_global_limit_spaces_all_chats(redis: RedisClient, keys: Keys) -> None:
+    limiter = SendLimiter(redis, keys, RateLimits(global_per_second=10))
     waits = [await limiter.reserve_global() for _ in range(20)]
     assert waits[-1] == pytest.approx(1.9, abs=0.2)
     assert waits == sorted(waits)

@@ -12,7 +12,6 @@ from prometheus_client import REGISTRY
 
 from aiconv.conversation import notices, texts
 from aiconv.jobs.codec import JobCodec
-from aiconv.jobs.keys import Keys
 from aiconv.resources import Resources
 from aiconv.testing.botapi import BotApiDouble
 from tests.support.database import query_rows
@@ -38,7 +37,8 @@ def refused(reason: str) -> float:
 
 async def generated_prompts(resources: Resources, chat_id: int) -> list[list[list[str]]]:
     """The turns of every generation job the worker handed to ml for this chat."""
-    stream = Keys(resources.settings.redis_key_prefix).generate
+    keys = resources.keys
+    stream = keys.generate(keys.shard_of(chat_id))
     codec = JobCodec(None)
     prompts = []
     for _, fields in await resources.redis.xrange(stream) or []:

@@ -1,5 +1,7 @@
 """The Redis Streams job layer on a real Redis: idempotent enqueue, atomic hand-over, lanes,
-reclaiming a dead consumer's jobs, and the dead-letter stream."""
+reclaiming a dead consumer's jobs, and the dead-letter streams. On one Redis and on a Redis
+Cluster (`both_redis`): the streams used are the last shard's, so on the cluster they are not
+shard 0's, and a hand-over stays within one shard as the layout requires."""
 
 from __future__ import annotations
 
@@ -7,19 +9,25 @@ import asyncio
 import json
 
 import pytest
-from redis.asyncio import Redis
 
-from aiconv.jobs.consumer import Consumer, ConsumerOptions
+from aiconv.jobs.client import RedisClient
+from aiconv.jobs.consumer import Consumer, ConsumerOptions, Slots
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.queue import Job, JobQueue
 from tests.support.running import running
 from tests.support.streams import read_group, stream_entries
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.both_redis
+
 
 @pytest.fixture
-async def queue(redis: Redis, redis_prefix: str) -> JobQueue:
-    return JobQueue(redis, Keys(redis_prefix))
+async def queue(redis: RedisClient, keys: Keys) -> JobQueue:
+    return JobQueue(redis, keys)
+
+
+def last_shard(keys: Keys) -> int:
+    return keys.shards - 1
 
 
 async def run_until(consumer: Consumer, done: asyncio.Event, timeout: float = 15.0) -> None:
@@ -27,8 +35,8 @@ async def run_until(consumer: Consumer, done: asyncio.Event, timeout: float = 15
         await asyncio.wait_for(done.wait(), timeout)
 
 
-async def test_enqueue_with_the_same_key_adds_one_job(queue: JobQueue, redis: Redis) -> None:
-    stream = queue.keys.updates
+async def test_enqueue_with_the_same_key_adds_one_job(queue: JobQueue, redis: RedisClient) -> None:
+    stream = queue.keys.updates(last_shard(queue.keys))
     first = await queue.enqueue(stream, {"n": 1}, "update:7")
     second = await queue.enqueue(stream, {"n": 2}, "update:7")
     assert first is not None and second is None
@@ -36,8 +44,13 @@ async def test_enqueue_with_the_same_key_adds_one_job(queue: JobQueue, redis: Re
     assert await queue.enqueue(stream, {"n": 3}) is not None  # no key: no deduplication
 
 
-async def test_hand_over_enqueues_and_acknowledges_together(queue: JobQueue, redis: Redis) -> None:
-    source, target = queue.keys.updates, queue.keys.generate
+async def test_hand_over_enqueues_and_acknowledges_together(
+    queue: JobQueue, redis: RedisClient
+) -> None:
+    source, target = (
+        queue.keys.updates(last_shard(queue.keys)),
+        queue.keys.generate(last_shard(queue.keys)),
+    )
     await queue.ensure_group(source, "g")
     await queue.enqueue(source, {"key": "a"})
     [(entry_id, fields)] = await read_group(redis, "g", "c1", source, count=1)
@@ -55,7 +68,7 @@ async def test_hand_over_enqueues_and_acknowledges_together(queue: JobQueue, red
 async def test_jobs_of_one_lane_run_in_order_and_lanes_run_side_by_side(
     queue: JobQueue,
 ) -> None:
-    stream = queue.keys.replies
+    stream = queue.keys.replies(last_shard(queue.keys))
     for n in range(6):
         for lane in ("a", "b", "c"):
             await queue.enqueue(stream, {"lane": lane, "n": n})
@@ -87,8 +100,10 @@ async def test_jobs_of_one_lane_run_in_order_and_lanes_run_side_by_side(
     assert most_at_once > 1
 
 
-async def test_a_dead_consumers_job_is_claimed_and_done(queue: JobQueue, redis: Redis) -> None:
-    stream = queue.keys.generate
+async def test_a_dead_consumers_job_is_claimed_and_done(
+    queue: JobQueue, redis: RedisClient
+) -> None:
+    stream = queue.keys.generate(last_shard(queue.keys))
     await queue.ensure_group(stream, "g")
     await queue.enqueue(stream, {"key": "orphan"})
     await redis.xreadgroup("g", "crashed-consumer", {stream: ">"}, count=1)  # never acked
@@ -113,9 +128,9 @@ async def test_a_dead_consumers_job_is_claimed_and_done(queue: JobQueue, redis: 
 
 
 async def test_a_job_that_keeps_failing_moves_to_the_dead_letter_stream(
-    queue: JobQueue, redis: Redis
+    queue: JobQueue, redis: RedisClient
 ) -> None:
-    stream = queue.keys.generate
+    stream = queue.keys.generate(last_shard(queue.keys))
     await queue.enqueue(stream, {"key": "poison"})
     attempts = 0
 
@@ -132,8 +147,8 @@ async def test_a_job_that_keeps_failing_moves_to_the_dead_letter_stream(
         options=ConsumerOptions(block_ms=50, visibility_timeout=0.1, max_deliveries=2),
     )
     async with running(consumer.run):
-        await eventually(lambda: redis.xlen(queue.keys.dlq), timeout=15)
-    [(_, fields)] = await stream_entries(redis, queue.keys.dlq)
+        await eventually(lambda: redis.xlen(queue.keys.dlq(stream)), timeout=15)
+    [(_, fields)] = await stream_entries(redis, queue.keys.dlq(stream))
     record = json.loads(fields["job"])
     assert record["payload"] == {"key": "poison"}
     assert "ValueError: cannot handle this" in record["error"]
@@ -141,8 +156,10 @@ async def test_a_job_that_keeps_failing_moves_to_the_dead_letter_stream(
     assert (await redis.xpending(stream, "g"))["pending"] == 0
 
 
-async def test_graceful_stop_leaves_unfinished_jobs_pending(queue: JobQueue, redis: Redis) -> None:
-    stream = queue.keys.replies
+async def test_graceful_stop_leaves_unfinished_jobs_pending(
+    queue: JobQueue, redis: RedisClient
+) -> None:
+    stream = queue.keys.replies(last_shard(queue.keys))
     await queue.enqueue(stream, {"key": "slow"})
     started = asyncio.Event()
 
@@ -165,7 +182,7 @@ class _AcknowledgesAfterGroupInfo:
     """A Redis client on which every pending entry is acknowledged right after XINFO GROUPS
     answers: the interleaving in which XPENDING's summary has no `min`."""
 
-    def __init__(self, redis: Redis, stream: str) -> None:
+    def __init__(self, redis: RedisClient, stream: str) -> None:
         self._redis = redis
         self._stream = stream
 
@@ -180,9 +197,9 @@ class _AcknowledgesAfterGroupInfo:
 
 
 async def test_trim_survives_entries_acknowledged_while_it_reads(
-    queue: JobQueue, redis: Redis
+    queue: JobQueue, redis: RedisClient
 ) -> None:
-    stream = queue.keys.generate
+    stream = queue.keys.generate(last_shard(queue.keys))
     await queue.ensure_group(stream, "g")
     for n in range(4):
         await queue.enqueue(stream, {"n": n})
@@ -200,15 +217,18 @@ async def test_trim_survives_entries_acknowledged_while_it_reads(
 
 
 async def test_with_a_key_user_text_never_reaches_redis_in_the_clear(
-    redis: Redis, redis_prefix: str
+    redis: RedisClient, keys: Keys
 ) -> None:
     from aiconv.jobs.codec import JobCodec
     from aiconv.jobs.dlq import DeadLetters
     from aiconv.store.crypto import TextCipher
 
     codec = JobCodec(TextCipher([bytes(range(32)).hex()]))
-    queue = JobQueue(redis, Keys(redis_prefix), codec)
-    source, target = queue.keys.updates, queue.keys.generate
+    queue = JobQueue(redis, keys, codec)
+    source, target = (
+        queue.keys.updates(last_shard(queue.keys)),
+        queue.keys.generate(last_shard(queue.keys)),
+    )
     await queue.enqueue(source, {"key": "u1", "text": "my diary entry"}, "update:1")
     seen: list[dict[str, object]] = []
 
@@ -232,12 +252,12 @@ async def test_with_a_key_user_text_never_reaches_redis_in_the_clear(
     )
     done = asyncio.Event()
     task = asyncio.create_task(run_until(dead_consumer, done))
-    await eventually(lambda: redis.xlen(queue.keys.dlq), timeout=15)
+    await eventually(lambda: redis.xlen(queue.keys.dlq(target)), timeout=15)
     done.set()
     await task
 
     # Every entry the job layer wrote (update, generation, dead letter) is sealed.
-    for stream in (source, target, queue.keys.dlq):
+    for stream in (source, target, queue.keys.dlq(target)):
         for _, fields in await stream_entries(redis, stream):
             assert fields["job"].startswith("sealed1:") and "diary" not in fields["job"]
     dead = DeadLetters(redis, queue.keys, codec)
@@ -249,32 +269,110 @@ async def test_with_a_key_user_text_never_reaches_redis_in_the_clear(
     assert codec.decode(target, fields["job"]) == listed.payload
     # Without the key a sealed dead letter is listed as unreadable, never an error.
     await queue.hand_over(
-        Job(target, "0-1", {}), "g", queue.keys.dlq, {"stream": target, "payload": {"a": 1}}
+        Job(target, "0-1", {}), "g", queue.keys.dlq(target), {"stream": target, "payload": {"a": 1}}
     )
     [unreadable] = await DeadLetters(redis, queue.keys).list()
     assert unreadable.error == "unreadable dead-letter record" and unreadable.payload == {}
 
 
 async def test_a_sealed_job_that_cannot_be_read_is_dead_lettered(
-    redis: Redis, redis_prefix: str
+    redis: RedisClient, keys: Keys
 ) -> None:
     from aiconv.jobs.codec import JobCodec
     from aiconv.store.crypto import TextCipher
 
-    sealed = JobQueue(redis, Keys(redis_prefix), JobCodec(TextCipher([bytes(32).hex()])))
-    await sealed.enqueue(sealed.keys.replies, {"key": "r1"})
-    other = JobQueue(redis, Keys(redis_prefix), JobCodec(TextCipher([bytes(range(32)).hex()])))
+    sealed = JobQueue(redis, keys, JobCodec(TextCipher([bytes(32).hex()])))
+    stream = keys.replies(last_shard(keys))
+    await sealed.enqueue(stream, {"key": "r1"})
+    other = JobQueue(redis, keys, JobCodec(TextCipher([bytes(range(32)).hex()])))
     handled: list[Job] = []
 
     async def handler(job: Job) -> None:
         handled.append(job)
 
-    consumer = Consumer(
-        other, other.keys.replies, "g", handler, options=ConsumerOptions(block_ms=50)
-    )
+    consumer = Consumer(other, stream, "g", handler, options=ConsumerOptions(block_ms=50))
     done = asyncio.Event()
     task = asyncio.create_task(run_until(consumer, done))
-    await eventually(lambda: redis.xlen(other.keys.dlq), timeout=15)
+    await eventually(lambda: redis.xlen(other.keys.dlq(stream)), timeout=15)
     done.set()
     await task
     assert handled == []
+
+
+# --- a stage's consumers share their slots (one consumer per shard stream) -------------------
+
+
+async def test_consumers_sharing_slots_never_hold_more_than_their_size_together(
+    queue: JobQueue,
+) -> None:
+    # Two streams (shard 0's and the last shard's on the cluster): each has its own consumer,
+    # both on one `Slots(3)`, and work enough to want far more than 3 slots at once.
+    streams = (queue.keys.replies(0), queue.keys.generate(last_shard(queue.keys)))
+    for stream in streams:
+        await queue.enqueue_many(stream, [{"n": n} for n in range(20)])
+    slots = Slots(3)
+    running_now = most_running = most_held = 0
+    finished: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(job: Job) -> None:
+        nonlocal running_now, most_running, most_held
+        running_now += 1
+        most_running = max(most_running, running_now)
+        most_held = max(most_held, slots.held)
+        await asyncio.sleep(0.01)  # the job's work: long enough for the readers to contend
+        most_held = max(most_held, slots.held)
+        running_now -= 1
+        finished.append(job.stream)
+        if len(finished) == 40:
+            done.set()
+
+    consumers = [
+        Consumer(queue, stream, "g", handler, slots=slots, options=ConsumerOptions(block_ms=50))
+        for stream in streams
+    ]
+    async with running(consumers[0].run, stop_within=10), running(consumers[1].run, stop_within=10):
+        await asyncio.wait_for(done.wait(), 30)
+        assert slots.held <= slots.size
+    assert most_held <= 3 and most_running <= 3
+    assert most_running == 3  # the slots were used, not merely never exceeded
+    # A slot given back goes to the consumer that waited for it: neither stream waits for the
+    # other to drain.
+    assert set(finished[:20]) == set(streams)
+
+
+# --- stream gauges: one label per stage, whatever the shards -----------------------------------
+
+
+async def test_stream_gauges_add_up_every_shard_under_the_stage_label(
+    queue: JobQueue, redis: RedisClient
+) -> None:
+    from aiconv.observability.gauges import refresh_streams
+    from aiconv.observability.metrics import DLQ_SIZE, STREAM_LAG, STREAM_LENGTH, STREAM_PENDING
+
+    keys = queue.keys
+    # Shard n's replies stream gets n + 2 jobs, of which one is read (pending), the rest unread.
+    for shard, stream in enumerate(keys.stage_streams("replies")):
+        await queue.ensure_group(stream, keys.group_of(stream))
+        await queue.enqueue_many(stream, [{"n": n} for n in range(shard + 2)])
+        await read_group(redis, keys.group_of(stream), "c", stream, count=1)
+    # One dead letter in shard 0's updates DLQ and one in the last shard's generate DLQ.
+    for stream in (keys.updates(0), keys.generate(last_shard(keys))):
+        await redis.xadd(keys.dlq(stream), {"job": "{}"})
+
+    await refresh_streams(redis, keys)
+    shards = keys.shards
+    total = sum(shard + 2 for shard in range(shards))
+    assert STREAM_LENGTH.labels("replies")._value.get() == total
+    assert STREAM_PENDING.labels("replies")._value.get() == shards
+    assert STREAM_LAG.labels("replies")._value.get() == total - shards
+    assert DLQ_SIZE._value.get() == 2
+
+
+async def test_a_hand_over_between_two_shards_is_refused_on_either_kind(queue: JobQueue) -> None:
+    # The /v1 stream and a chat stream have different tags on one Redis too: what would fail
+    # on a cluster (CROSSSLOT) fails everywhere, before anything is sent.
+    source = Job(queue.keys.openai_generate, "1-0", {})
+    with pytest.raises(ValueError, match="two hash slots"):
+        await queue.hand_over(source, "g", queue.keys.replies(0), {"key": "r"})
+    assert await queue.redis.xlen(queue.keys.replies(0)) == 0

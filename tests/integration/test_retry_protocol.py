@@ -101,10 +101,11 @@ class RetryRaces(RuleBasedStateMachine):
     @rule()
     def claim(self) -> None:
         self.run(self.turns.claim_due())
-        entries = self.run(self.redis.xrange(self.keys.updates, min=f"({self.read_after}"))
+        stream = self.keys.updates(self.keys.shard_of(CHAT))
+        entries = self.run(self.redis.xrange(stream, min=f"({self.read_after}"))
         for entry_id, fields in entries or []:
             self.read_after = entry_id
-            job = decode_entry(self.keys.updates, entry_id, fields, 1)
+            job = decode_entry(stream, entry_id, fields, 1)
             self.claimed.append(TurnJob.from_payload(job.payload))
 
     @precondition(lambda self: bool(self.claimed) and self.writing is None)

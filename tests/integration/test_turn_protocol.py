@@ -1,6 +1,7 @@
 """The turn and delivery protocol as a state machine, against the real Redis and the real scripts.
 
-Two chats, users who write at any moment (in fragments, during any turn), two workers that read
+Two chats (in two shards on the cluster run: each chat's work moves through its own shard's
+streams), users who write at any moment (in fragments, during any turn), two workers that read
 jobs from the real streams and may crash at any step (their jobs stay pending and are claimed by
 the other), updates redelivered out of order, leases that run out, jobs lost with Redis data, /reset
 and dead letters. The stages below do what the worker's and ml's handlers do, through the same
@@ -37,18 +38,20 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from redis.asyncio import Redis
 
 import aiconv.worker.turns as turns_module
-from aiconv.jobs.keys import GENERATE_GROUP, REPLIES_GROUP, UPDATES_GROUP, Keys
+from aiconv.jobs.keys import GENERATE_GROUP, REPLIES_GROUP, STAGES, UPDATES_GROUP
 from aiconv.jobs.messages import GenerateJob, ReplyJob, TurnJob
 from aiconv.jobs.queue import Job, JobQueue, decode_entry
 from aiconv.worker.turns import TurnConfig, Turns
 from tests.support.fuzzing import protocol_settings
-from tests.support.services import REDIS_URL, delete_prefixed
+from tests.support.redis_targets import RedisTarget, delete_prefixed_on
+from tests.support.services import delete_prefixed
 from tests.support.streams import Entry, stream_entries
 
-CHATS = (101, -100200)
+pytestmark = pytest.mark.both_redis
+
+CHATS = (101, -100201)  # shards 2 and 1 of the cluster's 3
 WORKERS = (0, 1)
 PARTS = 2  # every generated reply is sent in two parts
 
@@ -76,12 +79,17 @@ class ChatModel:
 
 
 class TurnProtocol(RuleBasedStateMachine):
+    target: RedisTarget  # set by the test: the single Redis or the cluster
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.redis = Redis.from_url(REDIS_URL, decode_responses=True)
-        self.keys = Keys(f"aiconv-sm-{uuid.uuid4().hex[:8]}:")
+        self.redis = self.target.client()
+        self.keys = self.target.keys(f"aiconv-sm-{uuid.uuid4().hex[:8]}:")
         self.queue = JobQueue(self.redis, self.keys)
+        shards = sorted({self.keys.shard_of(chat) for chat in CHATS})
+        # The stage streams of the chats' shards; any worker reads any of them.
+        self.streams = [self.keys.stream(stage, shard) for stage in STAGES for shard in shards]
         self.chats = {chat: ChatModel() for chat in CHATS}
         self.hands: dict[int, list[InHand]] = {w: [] for w in WORKERS}
         self.incarnation = dict.fromkeys(WORKERS, 0)
@@ -93,16 +101,31 @@ class TurnProtocol(RuleBasedStateMachine):
         self.declined: set[str] = set()  # turns answered by a decline
         self.generated: set[str] = set()  # turns whose generation ran
         self.turns = Turns(self.redis, self.keys, TurnConfig(0.0, 1000.0))
-        for stream in (self.keys.updates, self.keys.generate, self.keys.replies):
+        for stream in self.streams:
             self.run(self.queue.ensure_group(stream, self.keys.group_of(stream)))
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
 
     def teardown(self) -> None:
-        self.run(delete_prefixed(self.keys.prefix))
+        if self.target.cluster:
+            self.run(delete_prefixed_on(self.target, self.keys.prefix))
+        else:
+            self.run(delete_prefixed(self.keys.prefix))
         self.run(self.redis.aclose())
         self.loop.close()
+
+    def stage_of(self, stream: str) -> str:
+        return self.keys.label(stream)
+
+    def shard_stream(self, stage: str, chat: int) -> str:
+        return self.keys.stream(cast(Any, stage), self.keys.shard_of(chat))
+
+    def held_sets(self) -> list[str]:
+        return [self.keys.turns_held(s) for s in {self.keys.shard_of(c) for c in CHATS}]
+
+    def due_sets(self) -> list[str]:
+        return [self.keys.turns_due(s) for s in {self.keys.shard_of(c) for c in CHATS}]
 
     def consumer(self, worker: int) -> str:
         return f"w{worker}-{self.incarnation[worker]}"
@@ -161,9 +184,10 @@ class TurnProtocol(RuleBasedStateMachine):
     @rule()
     def leases_run_out_and_are_swept(self) -> None:
         async def expire() -> None:
-            held = cast(list[str], await self.redis.zrange(self.keys.turns_held, 0, -1))
-            if held:
-                await self.redis.zadd(self.keys.turns_held, dict.fromkeys(held, 0))
+            for held_set in self.held_sets():
+                held = cast(list[str], await self.redis.zrange(held_set, 0, -1))
+                if held:
+                    await self.redis.zadd(held_set, dict.fromkeys(held, 0))
             await self.turns.sweep_leases()
 
         self.run(expire())
@@ -173,8 +197,7 @@ class TurnProtocol(RuleBasedStateMachine):
         """A failover loses an entry nobody has read: its turn's lease is not renewed."""
 
         async def lose() -> None:
-            streams = [self.keys.updates, self.keys.generate, self.keys.replies]
-            stream = streams[pick % 3]
+            stream = self.streams[pick % len(self.streams)]
             group = self.keys.group_of(stream)
             info = {g["name"]: g for g in await self.redis.xinfo_groups(stream)}
             last = info[group]["last-delivered-id"]
@@ -216,9 +239,9 @@ class TurnProtocol(RuleBasedStateMachine):
 
     # --- workers -------------------------------------------------------------------------------
 
-    @rule(worker=st.sampled_from(WORKERS), which=st.integers(0, 2))
+    @rule(worker=st.sampled_from(WORKERS), which=st.integers(0, 5))
     def worker_reads(self, worker: int, which: int) -> None:
-        stream = [self.keys.updates, self.keys.generate, self.keys.replies][which]
+        stream = self.streams[which % len(self.streams)]
         response = self.run(
             self.redis.xreadgroup(
                 self.keys.group_of(stream), self.consumer(worker), {stream: ">"}, count=1
@@ -241,7 +264,7 @@ class TurnProtocol(RuleBasedStateMachine):
         self.run(self._claim_dead(worker))
 
     async def _claim_dead(self, worker: int) -> None:
-        for stream in (self.keys.updates, self.keys.generate, self.keys.replies):
+        for stream in self.streams:
             group = self.keys.group_of(stream)
             pending = await self.redis.xpending_range(stream, group, "-", "+", 100)
             ids: list[Any] = [
@@ -302,9 +325,9 @@ class TurnProtocol(RuleBasedStateMachine):
 
     async def _step(self, item: InHand) -> bool:
         job = item.job
-        if job.stream == self.keys.updates:
+        if self.stage_of(job.stream) == "updates":
             return await self._turn_stage(item)
-        if job.stream == self.keys.generate:
+        if self.stage_of(job.stream) == "generate":
             await self._generate_stage(job)
             return True
         return await self._delivery_step(item)
@@ -342,7 +365,7 @@ class TurnProtocol(RuleBasedStateMachine):
         await self.queue.hand_over(
             job,
             UPDATES_GROUP,
-            self.keys.generate,
+            self.shard_stream("generate", turn.chat_id),
             gen.to_payload(),
             gen.key,
             guard=self.turns.guard(turn.chat_id, turn.turn),
@@ -369,7 +392,7 @@ class TurnProtocol(RuleBasedStateMachine):
         await self.queue.hand_over(
             job,
             GENERATE_GROUP,
-            self.keys.replies,
+            self.shard_stream("replies", gen.chat_id),
             reply.to_payload(),
             reply.key,
             guard=self.turns.guard(gen.chat_id, gen.turn),
@@ -426,8 +449,11 @@ class TurnProtocol(RuleBasedStateMachine):
     @invariant()
     def at_most_one_busy_notice_per_turn(self) -> None:
         """Queued once, not only sent once: delivery's own record would hide a second job."""
-        entries = self.run(self.redis.xrange(self.keys.replies))
-        keys = [json.loads(fields["job"]).get("key", "") for _, fields in entries]
+        keys = []
+        for stream in self.streams:
+            if self.stage_of(stream) == "replies":
+                entries = self.run(self.redis.xrange(stream))
+                keys += [json.loads(fields["job"]).get("key", "") for _, fields in entries]
         notices = [key for key in keys if key.startswith("busy:")]
         assert len(notices) == len(set(notices)), notices
 
@@ -463,11 +489,11 @@ class TurnProtocol(RuleBasedStateMachine):
             self.claim()
             self.run(self._claim_dead(0))
             self.leases_run_out_and_are_swept()
-            for which in range(3):
+            for which in range(len(self.streams)):
                 self.worker_reads(0, which)
             if not self.hands[0]:
-                due = self.run(self.redis.zcard(self.keys.turns_due))
-                held = self.run(self.redis.zcard(self.keys.turns_held))
+                due = sum(self.run(self.redis.zcard(key)) for key in self.due_sets())
+                held = sum(self.run(self.redis.zcard(key)) for key in self.held_sets())
                 if not due and not held:
                     return
                 continue
@@ -493,9 +519,9 @@ class TurnProtocol(RuleBasedStateMachine):
             assert self.run(self.redis.get(self.keys.chat_live(chat))) is None
         self.at_most_one_busy_notice_per_turn()  # recovery re-ran turn jobs in quiesce
         self.a_declined_turn_is_answered_by_the_decline_alone()
-        assert self.run(self.redis.zcard(self.keys.turns_due)) == 0
-        assert self.run(self.redis.zcard(self.keys.turns_held)) == 0
-        for stream in (self.keys.updates, self.keys.generate, self.keys.replies):
+        for key in (*self.due_sets(), *self.held_sets()):
+            assert self.run(self.redis.zcard(key)) == 0, key
+        for stream in self.streams:
             pending = self.run(self.redis.xpending(stream, self.keys.group_of(stream)))
             assert pending["pending"] == 0, stream
 
@@ -527,13 +553,26 @@ def skewed_process_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(turns_module, "time", fake)
 
 
+# The cluster run explores the same machine with fewer examples: each step is a few cluster
+# round trips, and the interleavings it adds over the single run are only the shards'.
+EXAMPLES = {"single": 400, "cluster": 100}
+
+
 # A signal timeout would surface inside hypothesis as a failing example and start a shrink that
 # is never interrupted again: the thread method ends the run loudly instead.
 @pytest.mark.timeout(600, method="thread")
-def test_turn_protocol_state_machine(skewed_process_clocks: None) -> None:
+def test_turn_protocol_state_machine(
+    skewed_process_clocks: None, redis_target: RedisTarget
+) -> None:
+    if redis_target.cluster:
+        # Each chat in a shard of its own, on its own primary.
+        assert len({redis_target.keys("x:").shard_of(chat) for chat in CHATS}) == len(CHATS)
+    machine = type(f"QuietAtTheEnd_{redis_target.kind}", (QuietAtTheEnd,), {"target": redis_target})
     run_state_machine_as_test(
-        QuietAtTheEnd,
-        settings=protocol_settings(400, 50, also_suppress=(HealthCheck.filter_too_much,)),
+        machine,
+        settings=protocol_settings(
+            EXAMPLES[redis_target.kind], 50, also_suppress=(HealthCheck.filter_too_much,)
+        ),
     )
 
 

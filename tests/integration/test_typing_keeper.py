@@ -1,7 +1,7 @@
 """The typing keeper shared by workers whose clocks disagree: real Redis, the Bot API double over
 loopback HTTP. Process clocks are skewed per task as in test_rate_limit; the keepers must keep
 one action per chat per interval, sent by one of them, and stop at the deadline, all on Redis's
-clock.
+clock. On the cluster, the chats lie in three shards: one keeper tick serves every shard.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 
+from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
 from aiconv.telegram.client import BotClient
 from aiconv.testing.botapi import BotApiDouble
@@ -26,6 +26,9 @@ from tests.support.waiting import eventually
 
 INTERVAL = 1.0  # shortened from 4 s so that a test sees several intervals
 TOKEN = "123456:TEST-TOKEN"
+CHATS = (1, 2, 7)  # shards 2, 1 and 0 of the cluster's 3
+
+pytestmark = pytest.mark.both_redis
 
 
 @pytest.fixture
@@ -44,7 +47,7 @@ def action_times(double: BotApiDouble, chat_id: int) -> list[float]:
 
 
 async def run_keepers(
-    redis: Redis, keys: Keys, bot: BotClient, skews: list[float], stop: asyncio.Event
+    redis: RedisClient, keys: Keys, bot: BotClient, skews: list[float], stop: asyncio.Event
 ) -> tuple[list[TypingKeeper], list[asyncio.Task[None]]]:
     keepers = [TypingKeeper(redis, keys, bot) for _ in skews]
     tasks = [on_clock(skew, keeper.run(stop)) for keeper, skew in zip(keepers, skews, strict=True)]
@@ -52,25 +55,27 @@ async def run_keepers(
 
 
 async def test_one_action_per_chat_per_interval_whatever_the_workers_clocks(
-    redis: Redis, redis_prefix: str, double: BotApiDouble, http: httpx.AsyncClient
+    redis: RedisClient, keys: Keys, double: BotApiDouble, http: httpx.AsyncClient
 ) -> None:
+    assert len({keys.shard_of(chat) for chat in CHATS}) == keys.shards
     bot = BotClient(http, double.url, TOKEN)
     skews = [0.0, 30.0, -30.0]
     stop = asyncio.Event()
     with process_clocks():
-        keepers, tasks = await run_keepers(redis, Keys(redis_prefix), bot, skews, stop)
+        keepers, tasks = await run_keepers(redis, keys, bot, skews, stop)
         try:
-            # Chat 1 begun by the honest worker, 2 by the one ahead, 3 by the one behind.
-            for chat_id, (keeper, skew) in enumerate(zip(keepers, skews, strict=True), start=1):
+            # The first chat begun by the honest worker, the second by the one ahead, the third
+            # by the one behind.
+            for chat_id, keeper, skew in zip(CHATS, keepers, skews, strict=True):
                 await on_clock(skew, keeper.begin(chat_id))
             await double.wait_for(
-                lambda: all(len(action_times(double, chat)) >= 4 for chat in (1, 2, 3)),
+                lambda: all(len(action_times(double, chat)) >= 4 for chat in CHATS),
                 timeout=30,
             )
         finally:
             stop.set()
             await asyncio.gather(*tasks)
-    for chat_id in (1, 2, 3):
+    for chat_id in CHATS:
         times = action_times(double, chat_id)
         gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
         # Never two workers for one due action (a gap near 0), never a chat forgotten.
@@ -79,8 +84,8 @@ async def test_one_action_per_chat_per_interval_whatever_the_workers_clocks(
 
 @pytest.mark.parametrize("begun_on", [0.0, 30.0, -30.0])
 async def test_the_deadline_is_kept_whatever_the_workers_clocks(
-    redis: Redis,
-    redis_prefix: str,
+    redis: RedisClient,
+    keys: Keys,
     double: BotApiDouble,
     http: httpx.AsyncClient,
     monkeypatch: pytest.MonkeyPatch,
@@ -88,15 +93,15 @@ async def test_the_deadline_is_kept_whatever_the_workers_clocks(
 ) -> None:
     give_up = 3.0
     monkeypatch.setattr(typing_keeper, "GIVE_UP_SECONDS", give_up)
-    keys = Keys(redis_prefix)
     bot = BotClient(http, double.url, TOKEN)
     # The chat is begun on one clock and kept by workers on the two others.
     skews = [skew for skew in (0.0, 30.0, -30.0) if skew != begun_on]
     stop = asyncio.Event()
 
     async def forgotten() -> bool:
-        due = await redis.zscore(keys.typing_due, "5")
-        return due is None and not await redis.hexists(keys.typing_deadline, "5")
+        shard = keys.shard_of(5)
+        due = await redis.zscore(keys.typing_due(shard), "5")
+        return due is None and not await redis.hexists(keys.typing_deadline(shard), "5")
 
     with process_clocks():
         _, tasks = await run_keepers(redis, keys, bot, skews, stop)
@@ -114,3 +119,17 @@ async def test_the_deadline_is_kept_whatever_the_workers_clocks(
     assert len(times) >= 2, times
     assert all(at - began <= give_up + 0.5 for at in times), [at - began for at in times]
     assert give_up - 0.1 <= ended - began <= give_up + INTERVAL + 3.0
+
+
+async def test_an_ended_chat_is_let_go_in_its_own_shard_only(
+    redis: RedisClient, keys: Keys, double: BotApiDouble, http: httpx.AsyncClient
+) -> None:
+    keeper = TypingKeeper(redis, keys, BotClient(http, double.url, TOKEN))
+    for chat in CHATS:
+        await keeper.begin_in(chat, 60.0)  # held back: its generation starts in a minute
+    await keeper.end(CHATS[0])
+    for chat in CHATS:
+        shard = keys.shard_of(chat)
+        kept = await redis.zscore(keys.typing_due(shard), str(chat)) is not None
+        assert kept == (chat != CHATS[0]), chat
+        assert await redis.hexists(keys.typing_deadline(shard), str(chat)) == kept, chat

@@ -8,7 +8,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -90,7 +90,8 @@ async def test_v1_text_is_cleaned_of_nul_and_lone_surrogates(
             job = json.loads(fields["job"])
             assert job["messages"] == [{"role": "user", "content": "ab\ufffdc"}]
             assert job["stop"] == ["x\ufffd"]
-            stream = Keys(redis_prefix).api_response(job["id"])
+            # ml answers in the hash slot of the web process's reader, which the job names.
+            stream = Keys(redis_prefix).api_response(job["reader"], job["id"])
             for event in ({"type": "delta", "text": "ok"}, {"type": "done"}):
                 await redis.xadd(stream, {"event": json.dumps(event)})
             response = await asyncio.wait_for(request, 30)
@@ -115,7 +116,7 @@ async def test_with_a_key_v1_requests_and_answers_are_sealed_in_redis(
             job = codec.decode(Keys(redis_prefix).openai_generate, fields["job"])
             assert job is not None
             assert job["messages"] == [{"role": "user", "content": "my secret question"}]
-            stream = Keys(redis_prefix).api_response(job["id"])
+            stream = Keys(redis_prefix).api_response(job["reader"], job["id"])
             for event in ({"type": "delta", "text": "sealed answer"}, {"type": "done"}):
                 await redis.xadd(stream, {"event": codec.encode(stream, event)})
             response = await asyncio.wait_for(request, 30)
@@ -279,7 +280,7 @@ async def test_a_client_that_leaves_cancels_its_request_at_once(
     assert sent[0]["status"] == 499
     [(_, fields)] = await stream_entries(redis, Keys(redis_prefix).openai_generate)
     job = json.loads(fields["job"])
-    assert await redis.exists(f"{redis_prefix}oai:{job['id']}:cancel") == 1  # ml skips it
+    assert await redis.exists(Keys(redis_prefix).api_cancel(job["id"])) == 1  # ml skips it
     assert job["deadline"] <= time.time() + 300  # and would drop it after the proxies gave up
     slots = [key async for key in redis.scan_iter(f"{redis_prefix}oai-in-flight:*")]
     assert slots == []  # its place is given back (the last member gone, the set is too)
@@ -343,11 +344,16 @@ async def test_ml_drops_an_api_job_past_its_deadline(redis: Redis, redis_prefix:
         "kind": "openai",
         "key": "oai:late",
         "id": "late",
+        "reader": "r1",
         "messages": [{"role": "user", "content": "hi"}],
         "deadline": time.time() - 1,
     }
     await handler(Job(keys.openai_generate, "1-0", payload))
-    assert await redis.exists(keys.api_response("late")) == 0  # not even started
+    assert await redis.exists(keys.api_response("r1", "late")) == 0  # not even started
+    # A job of a web that named no reader: nobody could read an answer, none is written.
+    unread = {**payload, "deadline": time.time() + 60, "reader": None}
+    await handler(Job(keys.openai_generate, "2-0", unread))
+    assert [key async for key in redis.scan_iter(f"{redis_prefix}*late*")] == []
 
 
 # --- one shared reader of /v1 results per process (issue 13, item 1) ----------------------------
@@ -396,7 +402,7 @@ async def test_waiting_v1_requests_share_one_redis_connection(
                 await eventually(lambda: _equals(redis.xlen(stream), requests), timeout=15)
                 await eventually(lambda: _blocked_xreads(redis, client_name, 1), timeout=15)
                 assert api.results.waiting == requests
-                pool: Any = api.redis.connection_pool
+                pool: Any = cast(Redis, api.redis).connection_pool  # own_api's: one Redis
                 assert len(pool._in_use_connections) <= 1  # the reader's
                 assert not any(task.done() for task in waiting)
         finally:
@@ -478,6 +484,7 @@ async def test_ml_takes_api_jobs_off_their_own_stream_and_a_dead_one_answers_its
         "kind": "openai",
         "key": "oai:doomed",
         "id": "doomed",
+        "reader": "r1",
         "messages": [{"role": "user", "content": "hi"}],
         "deadline": time.time() + 60,
     }
@@ -485,14 +492,14 @@ async def test_ml_takes_api_jobs_off_their_own_stream_and_a_dead_one_answers_its
     stop = asyncio.Event()
     running = asyncio.create_task(consumer.run(stop))
     try:
-        await eventually(lambda: redis.xlen(keys.dlq), timeout=15)
+        await eventually(lambda: redis.xlen(keys.dlq(keys.openai_generate)), timeout=15)
     finally:
         stop.set()
         await asyncio.wait_for(running, 30)
-    dead: Any = await redis.xrange(keys.dlq)
+    dead: Any = await redis.xrange(keys.dlq(keys.openai_generate))
     [(_, fields)] = dead
     assert json.loads(fields["job"])["stream"] == keys.openai_generate
-    answer: Any = await redis.xrange(keys.api_response("doomed"))
+    answer: Any = await redis.xrange(keys.api_response("r1", "doomed"))
     events = [json.loads(f["event"]) for _, f in answer]
     assert events[-1]["type"] == "error" and events[-1]["code"] == "generation_failed"
     assert keys.openai_generate in keys.job_streams  # trimmed, measured, replayable

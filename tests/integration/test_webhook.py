@@ -16,6 +16,8 @@ from redis.asyncio import Redis
 from starlette.testclient import TestClient
 
 from aiconv.config import Settings
+from aiconv.jobs.client import RedisClient
+from aiconv.jobs.keys import Keys
 from aiconv.jobs.messages import UpdateJob
 from aiconv.store.repository import Store
 from aiconv.telegram.models import IncomingMessage, parse_update
@@ -23,6 +25,7 @@ from aiconv.web.app import create_standalone_app
 from tests.support.database import open_pool
 from tests.support.fuzzing import fuzz_settings
 from tests.support.ports import free_port
+from tests.support.redis_targets import RedisTarget
 from tests.support.services import REDIS_URL
 from tests.support.streams import stream_entries
 from tests.support.updates import replaced
@@ -41,13 +44,21 @@ UPDATE = {
 }
 
 
-def client_for(redis_url: str, prefix: str) -> httpx.AsyncClient:
+def updates_of(prefix: str) -> str:
+    """The updates stream of a single Redis (one shard)."""
+    return Keys(prefix).updates(0)
+
+
+def client_for(
+    redis_url: str, prefix: str, redis_env: dict[str, str] | None = None
+) -> httpx.AsyncClient:
     settings = Settings.from_env(
         {
             "REDIS_URL": redis_url,
             "REDIS_KEY_PREFIX": prefix,
             "TELEGRAM_WEBHOOK_URL": "https://bot.example/webhook",
             "TELEGRAM_WEBHOOK_SECRET": SECRET,
+            **(redis_env or {}),
         }
     )
     transport = httpx.ASGITransport(app=create_standalone_app(settings))
@@ -59,7 +70,38 @@ async def test_a_valid_update_is_enqueued_once(redis: Redis, redis_prefix: str) 
     async with client_for(REDIS_URL, redis_prefix) as http:
         for _ in range(2):
             assert (await http.post("/webhook", json=UPDATE, headers=headers)).status_code == 200
-    assert await redis.xlen(f"{redis_prefix}updates") == 1
+    assert await redis.xlen(updates_of(redis_prefix)) == 1
+
+
+@pytest.mark.both_redis
+async def test_an_update_goes_to_the_stream_of_its_chats_shard(
+    redis: RedisClient, keys: Keys, redis_target: RedisTarget
+) -> None:
+    """Each chat's updates in its shard's stream, its idempotency marker beside them; an update
+    without a chat in shard 0."""
+    chats = (1, 2, 7)  # shards 2, 1 and 0 of the cluster's 3
+    updates = [
+        replaced({**UPDATE, "update_id": 100 + chat}, ("message", "chat", "id"), chat)
+        for chat in chats
+    ]
+    chatless = {"update_id": 99, "edited_message": UPDATE["message"]}
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    async with client_for(REDIS_URL, keys.prefix, redis_target.env()) as http:
+        for _ in range(2):  # a redelivery is queued once, in its shard too
+            for update in (*updates, chatless):
+                response = await http.post("/webhook", json=update, headers=headers)
+                assert response.status_code == 200
+    queued: dict[int, list[int]] = {}
+    for shard in keys.all_shards:
+        for _, fields in await stream_entries(redis, keys.updates(shard)):
+            queued.setdefault(shard, []).append(json.loads(fields["job"])["update_id"])
+    expected: dict[int, list[int]] = {0: [99]}
+    for chat in chats:
+        expected.setdefault(keys.shard_of(chat), []).append(100 + chat)
+    assert {shard: sorted(ids) for shard, ids in queued.items()} == {
+        shard: sorted(ids) for shard, ids in expected.items()
+    }
+    assert len(queued) == keys.shards  # the chats span every shard
 
 
 async def test_the_webhook_is_closed_in_polling_mode(redis: Redis, redis_prefix: str) -> None:
@@ -73,7 +115,7 @@ async def test_the_webhook_is_closed_in_polling_mode(redis: Redis, redis_prefix:
         headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
         response = await http.post("/webhook", json=UPDATE, headers=headers)
     assert response.status_code == 404
-    assert await redis.exists(f"{redis_prefix}updates") == 0
+    assert await redis.exists(updates_of(redis_prefix)) == 0
 
 
 async def test_redis_down_answers_503_so_telegram_retries(redis_prefix: str) -> None:
@@ -113,7 +155,7 @@ async def test_an_update_refused_during_an_outage_is_accepted_after_it(redis_pre
 
             await eventually(accepted, timeout=20, interval=0.2)
             probe = Redis.from_url(f"redis://127.0.0.1:{port}/0")
-            assert await probe.xlen(f"{redis_prefix}updates") == 1
+            assert await probe.xlen(updates_of(redis_prefix)) == 1
             await probe.aclose()
         finally:
             server.terminate()
@@ -169,7 +211,7 @@ async def test_deeply_nested_json_is_a_bad_request_not_a_crash(
         response = await http.post("/webhook", content=body, headers=headers)
     assert response.status_code == 400
     assert "nested deeper" in response.json()["error"]
-    assert await redis.xlen(f"{redis_prefix}updates") == 0
+    assert await redis.xlen(updates_of(redis_prefix)) == 0
 
 
 def _with(path: tuple[str, ...], value: object) -> dict[str, Any]:
@@ -196,7 +238,7 @@ async def test_ids_outside_bigint_are_refused_at_the_edge(
         response = await http.post("/webhook", content=body, headers=headers)
     assert response.status_code == 400
     assert "out of range" in response.json()["error"]
-    assert await redis.xlen(f"{redis_prefix}updates") == 0  # never queued, never dead-lettered
+    assert await redis.xlen(updates_of(redis_prefix)) == 0  # never queued, never dead-lettered
 
 
 async def test_text_postgresql_cannot_hold_is_cleaned_at_the_edge_and_stored(
@@ -210,7 +252,7 @@ async def test_text_postgresql_cannot_hold_is_cleaned_at_the_edge_and_stored(
     async with client_for(REDIS_URL, redis_prefix) as http:
         response = await http.post("/webhook", content=json.dumps(update), headers=headers)
     assert response.status_code == 200
-    [(_, fields)] = await stream_entries(redis, f"{redis_prefix}updates")
+    [(_, fields)] = await stream_entries(redis, updates_of(redis_prefix))
     payload = json.loads(fields["job"])
     assert "\\u0000" not in fields["job"] and "\\ud800" not in fields["job"]
 
@@ -328,7 +370,7 @@ def test_fuzzed_updates_get_200_or_400_and_every_accepted_one_can_be_stored(
 
     async def store_every_queued_update() -> int:
         redis = Redis.from_url(REDIS_URL, decode_responses=True)
-        entries = await stream_entries(redis, f"{redis_prefix}updates")
+        entries = await stream_entries(redis, updates_of(redis_prefix))
         await redis.aclose()
         stored = 0
         async with open_pool(database_url, max_size=1) as pool:

@@ -20,13 +20,15 @@ import pytest_asyncio
 
 from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
+from aiconv.store.migrate import apply_migrations, ensure_database
 from aiconv.testing.botapi import BotApiDouble
 from tests.support.processes import AiconvProcess, Launcher, base_env
 from tests.support.redis_targets import KINDS, RedisTarget, delete_prefixed_on, target
 from tests.support.services import (
     RUN_ID,
+    database_url_named,
     delete_prefixed,
-    migrated_database,
+    drop_database,
     new_redis_prefix,
 )
 
@@ -36,10 +38,27 @@ if TYPE_CHECKING:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def database_url() -> AsyncIterator[str]:
-    """The test run's own database, migrated."""
-    async with migrated_database(f"aiconv_test_{RUN_ID}") as url:
-        yield url
+async def run_databases() -> AsyncIterator[dict[str, str]]:
+    """The run's databases, one per kind of Redis (made when first asked for), dropped at the
+    end of the session."""
+    made: dict[str, str] = {}
+    yield made
+    for name in made:
+        await drop_database(name)
+
+
+@pytest.fixture
+async def database_url(run_databases: dict[str, str], redis_target: RedisTarget) -> str:
+    """The test run's own database, migrated. A `both_redis` test's second run gets a database
+    of its own: its chats and message ids would otherwise meet the first run's (a message
+    already stored is a redelivery, and is not answered again)."""
+    name = f"aiconv_test_{RUN_ID}" + ("" if not redis_target.cluster else "_cluster")
+    if name not in run_databases:
+        url = database_url_named(name)
+        await ensure_database(url)
+        await apply_migrations(url)
+        run_databases[name] = url
+    return run_databases[name]
 
 
 def pytest_configure(config: pytest.Config) -> None:
