@@ -23,6 +23,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -109,7 +110,22 @@ class JobQueue:
 
     async def ensure_group(self, stream: str, group: str) -> None:
         try:
-            await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
+            if isinstance(self.redis, RedisCluster):
+                # Sent to the stream's node explicitly: redis-py's cluster client cannot always
+                # find the key of XGROUP CREATE ("Missing key", seen while its command table
+                # was being loaded by a concurrent first command).
+                await self.redis.initialize()
+                await self.redis.execute_command(
+                    "XGROUP",
+                    "CREATE",
+                    stream,
+                    group,
+                    "0",
+                    "MKSTREAM",
+                    target_nodes=self.redis.get_node_from_key(stream),
+                )
+            else:
+                await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise

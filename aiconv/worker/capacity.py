@@ -183,14 +183,19 @@ class Pacer:
     queue: JobQueue
     policy: PacingPolicy
 
-    async def message_noted(self, chat_id: int) -> None:
+    async def message_noted(self, chat_id: int, thread: int | None = None) -> None:
         """Typing at once only if a turn for it would start generating within seconds."""
         estimate = await self.view.estimate_for_new_message()
         if estimate.seconds <= TYPING_LEAD_SECONDS:
-            await self.typing.begin(chat_id)
+            await self.typing.begin(chat_id, thread)
 
     async def before_generation(
-        self, job: Job, turn: TurnJob, chat_type: str, user_id: int | None
+        self,
+        job: Job,
+        turn: TurnJob,
+        chat_type: str,
+        user_id: int | None,
+        thread: int | None = None,
     ) -> bool:
         """A turn is about to be queued for the model: False if it was declined instead (its
         job then handed on to delivery: the caller hands nothing more on)."""
@@ -209,10 +214,10 @@ class Pacer:
         notice = self.policy.busy_notice_seconds
         if estimate.measured and notice > 0 and estimate.seconds > notice:
             text = texts.busy_notice(minutes_to_say(estimate.seconds))
-            if await self.turns.notify_busy(self.queue, turn, chat_type, text):
+            if await self.turns.notify_busy(self.queue, turn, chat_type, text, thread):
                 BUSY_NOTICES.inc()
                 bound.info("user told of a long wait")
-        await self.typing.begin_in(turn.chat_id, estimate.seconds - TYPING_LEAD_SECONDS)
+        await self.typing.begin_in(turn.chat_id, estimate.seconds - TYPING_LEAD_SECONDS, thread)
         self.view.queued()
         return True
 

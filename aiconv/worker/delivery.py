@@ -128,7 +128,7 @@ class DeliveryHandler:
                     sent_any = True
                     continue
                 if index > 0 and reply.paced:
-                    await self.typing.send_now(chat_id)
+                    await self.typing.send_now(chat_id, thread)
                 if plan.wait_seconds > 0:
                     await asyncio.sleep(plan.wait_seconds)  # the human pace itself
                 TYPING_SECONDS.observe(plan.wait_seconds)

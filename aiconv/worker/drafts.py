@@ -7,6 +7,8 @@ with the same id are animated), `text` (1-4096 characters after entities parsing
 `parse_mode` or `entities`; it returns True. The draft is an ephemeral preview (about 30 s):
 the answer itself must still be sent with `sendMessage`, which the existing delivery does.
 Groups and supergroups cannot get drafts: their replies keep the "typing…" of typing_keeper.py.
+A draft shows the model's Markdown rendered as the reply will be (entities, never parse_mode),
+and of a text longer than one message, the part being written.
 No rate limit of its own is documented, so every draft is counted like a message: it takes the
 chat's own slot (Telegram: about one message a second per chat) and a slot of the bot-wide
 budget (about 30 a second), the latter only if one is free soon (`try_reserve_global`, as chat
@@ -90,12 +92,13 @@ return 1
 """
 )
 
-# Worker: the shard's chats whose next draft is due. KEYS: due; ARGV: limit
+# Worker: the shard's chats whose next draft is due, with their due times (chat, time, ...).
+# KEYS: due; ARGV: limit
 _DUE = (
     _NOW
     + """
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now),
-                  'LIMIT', 0, ARGV[1])
+                  'WITHSCORES', 'LIMIT', 0, ARGV[1])
 """
 )
 
@@ -259,7 +262,6 @@ class DraftSender:
     limiter: SendLimiter
     interval: float
     renderer: MarkdownRenderer = field(default_factory=MarkdownRenderer)
-    sent: int = 0  # drafts Telegram accepted (for tests and logs)
 
     def __post_init__(self) -> None:
         register = self.redis.register_script
@@ -274,13 +276,20 @@ class DraftSender:
 
     async def send_due(self) -> None:
         """One round over every shard: each due chat's newest text, as a draft."""
-        await asyncio.gather(*(self._send_shard(shard) for shard in self.keys.all_shards))
-
-    async def _send_shard(self, shard: int) -> None:
-        # The longest waiting first (the due set's order; the semaphore keeps it).
-        chats = await self._due(keys=[self.keys.drafts_due(shard)], args=[DUE_BATCH])
-        if chats:
-            await asyncio.gather(*(self._send_chat(int(chat)) for chat in chats))
+        found = await asyncio.gather(
+            *(
+                self._due(keys=[self.keys.drafts_due(shard)], args=[DUE_BATCH])
+                for shard in self.keys.all_shards
+            )
+        )
+        due = [
+            (float(at), int(chat))
+            for chats in found
+            for chat, at in zip(chats[::2], chats[1::2], strict=True)
+        ]
+        # The longest waiting first, whatever their shard (the semaphore keeps this order): when
+        # the bot-wide budget is short, no chat and no shard is left behind.
+        await asyncio.gather(*(self._send_chat(chat) for _, chat in sorted(due)))
 
     async def _send_chat(self, chat_id: int) -> None:
         async with self._sending:
@@ -327,7 +336,6 @@ class DraftSender:
                 entities=[entity.to_api() for entity in part.entities],
                 http_timeout=CALL_TIMEOUT_SECONDS,
             )
-            self.sent += 1
         except TelegramError as error:
             log.info("draft failed", chat_id=chat_id, error=type(error).__name__)
 

@@ -397,14 +397,17 @@ class Turns:
 
     # --- a long queue for the model -------------------------------------------------------------
 
-    async def notify_busy(self, queue: JobQueue, turn: TurnJob, chat_type: str, text: str) -> bool:
+    async def notify_busy(
+        self, queue: JobQueue, turn: TurnJob, chat_type: str, text: str, thread: int | None = None
+    ) -> bool:
         """Tell the user once that this turn's reply will take a while; True if newly queued.
 
         Keyed like the dead letter's `sorry:<turn>`, by the chat and its oldest unanswered message
         (`busy:<chat>:<first_at>`): a turn job run again (crash, takeover) finds the key and
         queues nothing, and neither does the next turn of a superseded one (a user who writes
         again while waiting is not told twice). The notice is a courtesy, not an answer: it
-        settles nothing, is not stored in the history, and does not reply to a message.
+        settles nothing, is not stored in the history, and does not reply to a message; in a
+        forum it goes to the turn's topic (`thread`).
         """
         notice = ReplyJob(
             key=notice_key(turn),
@@ -416,6 +419,7 @@ class Turns:
             paced=False,
             text=text,
             notice=True,
+            message_thread_id=thread,
         )
         replies = self._replies(turn.chat_id)
         return await queue.enqueue(replies, notice.to_payload(), notice.key) is not None

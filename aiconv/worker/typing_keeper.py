@@ -24,6 +24,10 @@ Every time in that shared state is Redis's (`TIME`, read inside the scripts), ne
 own clock: with clocks that disagree, one worker would see another's chats due at once (two
 actions in a row) or never, and drop a chat long before or after its deadline. (Redis >= 5
 replicates a script's effects, so reading `TIME` before writing is allowed.)
+
+In a forum topic the action carries the topic's `message_thread_id` (kept beside the chat's
+deadline, field `<chat>:thread`, set by whoever begins typing), or Telegram would show it in the
+General topic.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 # A chat's next action is due `delay` from now (an interval after one just sent, or when its
 # generation is expected to start), and it stops give_up after that. With 'soonest', an action
 # already due sooner (the chat is typing) and a later deadline are kept.
-# KEYS: due, deadline; ARGV: chat, delay, give_up, 'soonest' or ''
+# KEYS: due, deadline; ARGV: chat, delay, give_up, 'soonest' or '', topic or ''
 _BEGIN = (
     _NOW
     + """
@@ -70,6 +74,11 @@ else
   redis.call('ZADD', KEYS[1], string.format('%.6f', at), ARGV[1])
 end
 redis.call('HSET', KEYS[2], ARGV[1], string.format('%.6f', deadline))
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[1] .. ':thread', ARGV[5])
+else
+  redis.call('HDEL', KEYS[2], ARGV[1] .. ':thread')
+end
 """
 )
 
@@ -88,6 +97,7 @@ return 1
 
 # Claims the chats whose action is due and pushes each one's next due time forward, so that of
 # all workers polling, exactly one sends each action. KEYS: due, deadline; ARGV: interval, limit
+# Returns chat, topic ('' for none), chat, topic, ...
 _CLAIM_DUE = (
     _NOW
     + """
@@ -100,9 +110,10 @@ for _, chat in ipairs(due) do
   if deadline > now then
     redis.call('ZADD', KEYS[1], next_due, chat)
     table.insert(claimed, chat)
+    table.insert(claimed, redis.call('HGET', KEYS[2], chat .. ':thread') or '')
   else
     redis.call('ZREM', KEYS[1], chat)
-    redis.call('HDEL', KEYS[2], chat)
+    redis.call('HDEL', KEYS[2], chat, chat .. ':thread')
   end
 end
 return claimed
@@ -121,31 +132,40 @@ class TypingKeeper:
         self._begin = self.redis.register_script(_BEGIN)
         self._claim = self.redis.register_script(_CLAIM_DUE)
 
-    async def begin(self, chat_id: int) -> None:
-        """Work on a reply for this chat started: show typing now and keep it up."""
-        await self.send_now(chat_id)
-        await self._schedule(chat_id, INTERVAL_SECONDS)
+    async def begin(self, chat_id: int, thread: int | None = None) -> None:
+        """Work on a reply for this chat (in forum topic `thread`) started: show typing now and
+        keep it up."""
+        await self.send_now(chat_id, thread)
+        await self._schedule(chat_id, INTERVAL_SECONDS, thread=thread)
 
-    async def begin_in(self, chat_id: int, delay: float) -> None:
+    async def begin_in(self, chat_id: int, delay: float, thread: int | None = None) -> None:
         """The reply's generation is expected to start in `delay` seconds: typing from then on
         (or from when ml starts it, if sooner; at the next tick if the delay is not positive).
         A chat already typing keeps typing, without an extra action."""
-        await self._schedule(chat_id, max(delay, 0.0), soonest=True)
+        await self._schedule(chat_id, max(delay, 0.0), soonest=True, thread=thread)
 
-    async def _schedule(self, chat_id: int, delay: float, soonest: bool = False) -> None:
+    async def _schedule(
+        self, chat_id: int, delay: float, soonest: bool = False, thread: int | None = None
+    ) -> None:
         await self._begin(
             keys=_typing_keys(self.keys, self.keys.shard_of(chat_id)),
-            args=[str(chat_id), delay, GIVE_UP_SECONDS, "soonest" if soonest else ""],
+            args=[
+                str(chat_id),
+                delay,
+                GIVE_UP_SECONDS,
+                "soonest" if soonest else "",
+                "" if thread is None else str(thread),
+            ],
         )
 
     async def end(self, chat_id: int) -> None:
         due, deadline = _typing_keys(self.keys, self.keys.shard_of(chat_id))
         async with self.redis.pipeline(transaction=True) as pipe:  # one shard: one slot
             pipe.zrem(due, str(chat_id))
-            pipe.hdel(deadline, str(chat_id))
+            pipe.hdel(deadline, str(chat_id), f"{chat_id}:thread")
             await pipe.execute()
 
-    async def send_now(self, chat_id: int) -> None:
+    async def send_now(self, chat_id: int, thread: int | None = None) -> None:
         """One typing action within the shared budget; a failure never blocks the reply."""
         try:
             if self.limiter is not None:
@@ -155,7 +175,7 @@ class TypingKeeper:
                     return  # the budget is taken by messages: they come first
                 if wait > 0:
                     await asyncio.sleep(wait)  # our reserved slot
-            await self.bot.send_chat_action(chat_id, "typing")
+            await self.bot.send_chat_action(chat_id, "typing", message_thread_id=thread)
             CHAT_ACTIONS.labels("sent").inc()
         except TelegramError as error:
             CHAT_ACTIONS.labels("failed").inc()
@@ -175,9 +195,19 @@ class TypingKeeper:
                 for shard in self.keys.all_shards
             )
         )
-        chats = [chat for shard_chats in claimed for chat in shard_chats]
-        if chats:
-            await asyncio.gather(*(self.send_now(int(chat)) for chat in chats))
+        # Each claim answers chat, thread, chat, thread, ... ('' for no topic).
+        pairs = [
+            (chat, thread)
+            for answer in claimed
+            for chat, thread in zip(answer[::2], answer[1::2], strict=True)
+        ]
+        if pairs:
+            await asyncio.gather(
+                *(
+                    self.send_now(int(chat), int(thread) if thread else None)
+                    for chat, thread in pairs
+                )
+            )
 
 
 class TypingSignal:

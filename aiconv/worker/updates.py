@@ -304,9 +304,9 @@ class UpdateHandler:
         # The reply is generated when the chat's turn comes (see turns.py), not per message.
         if await self.turns.note_message(message.chat_id, message.message_id):
             if self.pacer is not None:
-                await self.pacer.message_noted(message.chat_id)  # typing only if soon
+                await self.pacer.message_noted(message.chat_id, message.topic)  # only if soon
             else:
-                await self.typing.begin(message.chat_id)
+                await self.typing.begin(message.chat_id, message.topic)
 
     async def _start_turn(self, job: Job, turn: TurnJob) -> None:
         """A claimed turn: hand the chat's history to the ml stage, keyed by the turn."""
@@ -320,18 +320,20 @@ class UpdateHandler:
             await self.resources.queue.ack(job, UPDATES_GROUP)
             return
         chat_type, user_id = await self.resources.store.chat_party(turn.chat_id)
+        group = chat_type in ("group", "supergroup")
+        # The forum topic of the message the turn answers: its notice and typing go there.
+        thread = (
+            await self.resources.store.thread_of(turn.chat_id, turn.reply_to) if group else None
+        )
         if self.pacer is not None and not await self.pacer.before_generation(
-            job, turn, chat_type, user_id
+            job, turn, chat_type, user_id, thread
         ):
             return  # declined: the decline is the turn's reply (worker/capacity.py)
-        group = chat_type in ("group", "supergroup")
         context_limit = self.policy.group_context_messages if group else 0
         history = await self.resources.store.history(
             turn.chat_id,
             HISTORY_ROWS,
-            thread=await self.resources.store.thread_of(turn.chat_id, turn.reply_to)
-            if group
-            else None,
+            thread=thread,
             context_limit=context_limit,
             with_senders=group,
         )

@@ -19,7 +19,7 @@ DRAFTING = {
     "REPLY_STYLE": "draft",
     "DRAFT_INTERVAL_SECONDS": "1",
     # Long enough an answer that its writing takes seconds even for the small test model.
-    "MAX_TOKENS": "256",
+    "MAX_TOKENS": "128",
 }
 
 
