@@ -253,7 +253,8 @@ class Report:
     delivery_gap_before_seconds: float = 0.0
     rejoined_as_replica: bool = False
     settled: bool = False
-    logs: str = ""
+    logs: str = ""  # the tail of each process's log
+    workdir: str = ""  # where the logs are
 
     def lines(self) -> list[str]:
         promotion = f"{self.promotion_seconds:.1f}" if self.promotion_seconds is not None else "-"
@@ -276,6 +277,7 @@ class Report:
             f"  accepted after the promotion     {self.accepted_after_promotion}",
             f"  everything settled               {self.settled}",
             f"  killed node rejoined as replica  {self.rejoined_as_replica}",
+            f"  process logs                     {self.workdir}",
         ]
 
 
@@ -552,6 +554,7 @@ async def run(args: argparse.Namespace, workdir: Path | None = None) -> Report:
             final.ingest_gap_before_seconds = longest_gap(accepted, before, killed_at)
             final.delivery_gap_before_seconds = longest_gap(sent_parts, before, killed_at)
             final.rejoined_as_replica = await rejoin(cluster, final.killed_port)
+            final.workdir = str(workdir)
             for process in reversed(processes):
                 process.stop()
             final.logs = "\n".join(
