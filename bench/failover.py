@@ -1,6 +1,6 @@
 """bench/failover: `kill -9` a Redis Cluster primary under steady traffic, and count the cost.
 
-    python -m bench.failover                          # 50 users, 5 messages/s in all
+    python -m bench.failover                          # 50 users, 2 messages/s in all
     python -m bench.failover --users 10 --rate 1 --warmup 15 --after 20 --modes all
 
 It starts a Redis Cluster of its own (3 primaries + 3 replicas: `.ci/redis-cluster start 7201
@@ -253,7 +253,8 @@ class Report:
     delivery_gap_before_seconds: float = 0.0
     rejoined_as_replica: bool = False
     settled: bool = False
-    logs: str = ""
+    logs: str = ""  # the tail of each process's log
+    workdir: str = ""  # where the logs are
 
     def lines(self) -> list[str]:
         promotion = f"{self.promotion_seconds:.1f}" if self.promotion_seconds is not None else "-"
@@ -276,6 +277,7 @@ class Report:
             f"  accepted after the promotion     {self.accepted_after_promotion}",
             f"  everything settled               {self.settled}",
             f"  killed node rejoined as replica  {self.rejoined_as_replica}",
+            f"  process logs                     {self.workdir}",
         ]
 
 
@@ -552,6 +554,7 @@ async def run(args: argparse.Namespace, workdir: Path | None = None) -> Report:
             final.ingest_gap_before_seconds = longest_gap(accepted, before, killed_at)
             final.delivery_gap_before_seconds = longest_gap(sent_parts, before, killed_at)
             final.rejoined_as_replica = await rejoin(cluster, final.killed_port)
+            final.workdir = str(workdir)
             for process in reversed(processes):
                 process.stop()
             final.logs = "\n".join(
@@ -588,7 +591,7 @@ async def drop(name: str) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--users", type=int, default=50)
-    parser.add_argument("--rate", type=float, default=5.0, help="messages per second, all users")
+    parser.add_argument("--rate", type=float, default=2.0, help="messages per second, all users")
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds before the kill")
     parser.add_argument("--after", type=float, default=30.0, help="seconds of traffic after it")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up waiting (s)")

@@ -5,7 +5,6 @@ between stages cross the real slot rules)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -17,23 +16,11 @@ from aiconv.testing.botapi import BotApiDouble
 from tests.support.database import query_rows
 from tests.support.ports import free_port
 from tests.support.processes import Launcher, webhook_settings
-from tests.support.redis_targets import RedisTarget
 from tests.support.streams import stream_entries
 from tests.support.waiting import eventually
 
 SECRET = "e2e-webhook-secret"
 pytestmark = [pytest.mark.e2e, pytest.mark.both_redis]
-
-Chat = Callable[[int], int]
-
-
-@pytest.fixture
-def chat(redis_target: RedisTarget) -> Chat:
-    """A test's chat id on this kind of Redis. The `[single]` and `[cluster]` runs of a test share
-    the run's database, and the double numbers messages from 1 again: the same chat would make
-    the second run's messages look like repeats of stored ones (and they would be dropped)."""
-    offset = 100_000 if redis_target.cluster else 0
-    return lambda n: n + offset
 
 
 def stored_replies(database_url: str, *chats: int) -> list[tuple[int, int]]:
@@ -47,73 +34,67 @@ def stored_replies(database_url: str, *chats: int) -> list[tuple[int, int]]:
 
 
 async def test_webhook_message_gets_a_reply_preceded_by_typing(
-    launch: Launcher, double: BotApiDouble, database_url: str, chat: Chat
+    launch: Launcher, double: BotApiDouble, database_url: str
 ) -> None:
     await launch("all", **webhook_settings(free_port(), SECRET))
     assert double.webhook_url is not None and double.webhook_url.endswith("/webhook")
     assert double.webhook_secret == SECRET
 
-    alice = chat(501)
-    update = await double.send_user_message(alice, "Hello! What is your favourite colour?")
-    [reply] = await double.wait_for_messages(alice, 1)
+    update = await double.send_user_message(501, "Hello! What is your favourite colour?")
+    [reply] = await double.wait_for_messages(501, 1)
     assert reply.strip()
-    await eventually(lambda: stored_replies(database_url, alice), timeout=10)
+    await eventually(lambda: stored_replies(database_url, 501), timeout=10)
 
-    typing = double.calls_of("sendChatAction", alice)
-    sent = double.calls_of("sendMessage", alice)
+    typing = double.calls_of("sendChatAction", 501)
+    sent = double.calls_of("sendMessage", 501)
     assert typing and typing[0].params["action"] == "typing"
     assert typing[0].at < sent[0].at
 
     rows = query_rows(
         database_url,
         "SELECT role, telegram_message_id, completion_tokens FROM messages "
-        "WHERE chat_id = %s ORDER BY id",
-        alice,
+        "WHERE chat_id = 501 ORDER BY id",
     )
     assert [row[0] for row in rows] == ["user", "assistant"]
     assert rows[0][1] == update["message"]["message_id"]
     assert rows[1][1] is not None and rows[1][2] and rows[1][2] > 0
 
 
-async def test_polling_message_gets_a_reply(
-    launch: Launcher, double: BotApiDouble, chat: Chat
-) -> None:
+async def test_polling_message_gets_a_reply(launch: Launcher, double: BotApiDouble) -> None:
     await launch("all")
-    await double.send_user_message(chat(502), "Hi there, tell me a short fact about cats.")
-    [reply] = await double.wait_for_messages(chat(502), 1)
+    await double.send_user_message(502, "Hi there, tell me a short fact about cats.")
+    [reply] = await double.wait_for_messages(502, 1)
     assert reply.strip()
     assert double.calls_of("deleteWebhook")
     assert double.webhook_url is None
 
 
 async def test_reset_forgets_the_history(
-    launch: Launcher, double: BotApiDouble, redis: RedisClient, keys: Keys, chat: Chat
+    launch: Launcher, double: BotApiDouble, redis: RedisClient, keys: Keys
 ) -> None:
     await launch("all")
-    bob = chat(503)
-    await double.send_user_message(bob, "My name is Zorblax.")
-    await double.wait_for_messages(bob, 1)
-    await double.send_user_message(bob, "/reset")
-    replies = await double.wait_for_messages(bob, 2)
+    await double.send_user_message(503, "My name is Zorblax.")
+    await double.wait_for_messages(503, 1)
+    await double.send_user_message(503, "/reset")
+    replies = await double.wait_for_messages(503, 2)
     assert replies[1] == texts.RESET_DONE
-    await double.send_user_message(bob, "What is my name?")
-    await double.wait_for_messages(bob, 3)
+    await double.send_user_message(503, "What is my name?")
+    await double.wait_for_messages(503, 3)
 
     # The generation jobs of the chat's turns, on its shard's stream.
-    jobs = await stream_entries(redis, keys.generate(keys.shard_of(bob)))
+    jobs = await stream_entries(redis, keys.generate(keys.shard_of(503)))
     turns = [json.loads(fields["job"])["turns"] for _, fields in jobs]
     assert ["user", "My name is Zorblax."] in turns[0]
     assert turns[-1] == [["user", "What is my name?"]]
 
 
 async def test_webhook_rejects_bad_requests_and_answers_a_repeat_once(
-    launch: Launcher, double: BotApiDouble, chat: Chat
+    launch: Launcher, double: BotApiDouble
 ) -> None:
     app = await launch("all", **webhook_settings(free_port(), SECRET))
     url = f"{app.web_url}/webhook"
     good = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
-    carol = chat(504)
-    update = double.make_update(carol, "Hello, once only please.")
+    update = double.make_update(504, "Hello, once only please.")
     async with httpx.AsyncClient() as http:
         assert (await http.post(url, json=update)).status_code == 401
         wrong = {"X-Telegram-Bot-Api-Secret-Token": "nope"}
@@ -129,48 +110,44 @@ async def test_webhook_rejects_bad_requests_and_answers_a_repeat_once(
         for _ in range(3):
             response = await http.post(url, json=update, headers=good)
             assert response.status_code == 200
-    await double.wait_for_messages(carol, 1)
+    await double.wait_for_messages(504, 1)
     # A later message is answered too, so the repeat had its chance to produce a second reply.
-    await double.send_user_message(carol, "And now a second question?")
-    replies = await double.wait_for_messages(carol, 2)
+    await double.send_user_message(504, "And now a second question?")
+    replies = await double.wait_for_messages(504, 2)
     assert len(replies) == 2
-    assert len(double.sent_texts(carol)) == 2
+    assert len(double.sent_texts(504)) == 2
 
 
 async def test_two_chats_at_once_each_get_their_own_reply(
-    launch: Launcher, double: BotApiDouble, database_url: str, chat: Chat
+    launch: Launcher, double: BotApiDouble, database_url: str
 ) -> None:
     await launch("all")
-    # (On the cluster the two chats are in different shards, so on different primaries.)
-    alice, bob = chat(601), chat(602)
-    first = await double.send_user_message(alice, "Please say hello to Alice.")
-    second = await double.send_user_message(bob, "Please say hello to Bob.")
-    await double.wait_for_messages(alice, 1)
-    await double.wait_for_messages(bob, 1)
-    await eventually(lambda: len(stored_replies(database_url, alice, bob)) == 2, timeout=10)
-    rows = stored_replies(database_url, alice, bob)
+    # (On the cluster, chats 601 and 602 are in different shards, so on different primaries.)
+    first = await double.send_user_message(601, "Please say hello to Alice.")
+    second = await double.send_user_message(602, "Please say hello to Bob.")
+    await double.wait_for_messages(601, 1)
+    await double.wait_for_messages(602, 1)
+    await eventually(lambda: len(stored_replies(database_url, 601, 602)) == 2, timeout=10)
+    rows = stored_replies(database_url, 601, 602)
     assert rows == [
-        (alice, first["message"]["message_id"]),
-        (bob, second["message"]["message_id"]),
+        (601, first["message"]["message_id"]),
+        (602, second["message"]["message_id"]),
     ]
 
 
 async def test_a_photo_gets_the_polite_text_only_answer(
-    launch: Launcher, double: BotApiDouble, chat: Chat
+    launch: Launcher, double: BotApiDouble
 ) -> None:
     await launch("all")
-    for n, kind in ((701, "photo"), (702, "voice"), (703, "sticker"), (704, "document")):
-        await double.send_user_message(chat(n), kind=kind)
-        assert await double.wait_for_messages(chat(n), 1) == [texts.TEXT_ONLY]
+    for chat, kind in ((701, "photo"), (702, "voice"), (703, "sticker"), (704, "document")):
+        await double.send_user_message(chat, kind=kind)
+        assert await double.wait_for_messages(chat, 1) == [texts.TEXT_ONLY]
 
 
-async def test_commands_answer_without_generation(
-    launch: Launcher, double: BotApiDouble, chat: Chat
-) -> None:
+async def test_commands_answer_without_generation(launch: Launcher, double: BotApiDouble) -> None:
     await launch("all")
-    dave = chat(705)
-    await double.send_user_message(dave, "/start", user_id=dave)
-    await double.send_user_message(dave, "/help")
-    replies = await double.wait_for_messages(dave, 2)
+    await double.send_user_message(705, "/start", user_id=705)
+    await double.send_user_message(705, "/help")
+    replies = await double.wait_for_messages(705, 2)
     assert "/help" in replies[0]
     assert replies[1] == texts.help_text()
