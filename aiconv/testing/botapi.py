@@ -66,6 +66,19 @@ ENTITY_TYPES = frozenset(
 )
 
 
+def _text_problem(text: object, params: dict[str, Any]) -> str | None:
+    """What Telegram says about a message's (or draft's) text and its entities, or None."""
+    if not isinstance(text, str) or not text.strip():
+        return "Bad Request: message text is empty"
+    if _utf16_units(text) > MAX_MESSAGE_LENGTH:
+        return "Bad Request: message is too long"
+    if "parse_mode" in params and "entities" in params:
+        return "Bad Request: can't use parse_mode with entities"
+    if "entities" in params:
+        return entities_error(text, params["entities"])
+    return None
+
+
 def _utf16_units(text: str) -> int:
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
@@ -833,16 +846,9 @@ class BotApiDouble(_Started):
         if chat_id is None:
             return 400, self._error(400, "Bad Request: chat_id is empty")
         text = params.get("text")
-        if not isinstance(text, str) or not text.strip():
-            return 400, self._error(400, "Bad Request: message text is empty")
-        if _utf16_units(text) > MAX_MESSAGE_LENGTH:
-            return 400, self._error(400, "Bad Request: message is too long")
-        if "parse_mode" in params and "entities" in params:
-            return 400, self._error(400, "Bad Request: can't use parse_mode with entities")
-        if "entities" in params:
-            problem = entities_error(text, params["entities"])
-            if problem is not None:
-                return 400, self._error(400, problem)
+        if (problem := _text_problem(text, params)) is not None:
+            return 400, self._error(400, problem)
+        assert isinstance(text, str)
         if "reply_parameters" in params:
             problem = reply_parameters_error(params["reply_parameters"])
             if problem is not None:
@@ -882,17 +888,8 @@ class BotApiDouble(_Started):
         draft = _as_int(params.get("draft_id"))
         if draft is None or draft == 0:
             return 400, self._error(400, "Bad Request: draft_id must be non-zero")
-        text = params.get("text")
-        if not isinstance(text, str) or not text.strip():
-            return 400, self._error(400, "Bad Request: message text is empty")
-        if _utf16_units(text) > MAX_MESSAGE_LENGTH:
-            return 400, self._error(400, "Bad Request: message is too long")
-        if "parse_mode" in params and "entities" in params:
-            return 400, self._error(400, "Bad Request: can't use parse_mode with entities")
-        if "entities" in params:
-            problem = entities_error(text, params["entities"])
-            if problem is not None:
-                return 400, self._error(400, problem)
+        if (problem := _text_problem(params.get("text"), params)) is not None:
+            return 400, self._error(400, problem)
         if "message_thread_id" in params and _as_int(params["message_thread_id"]) is None:
             return 400, self._error(400, "Bad Request: message thread not found")
         return self._ok(True)

@@ -46,6 +46,7 @@ from redis.exceptions import RedisError
 
 from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
+from aiconv.jobs.lua import REDIS_NOW
 from aiconv.jobs.retry import repeat_every
 from aiconv.telegram.client import BotClient, TelegramError
 from aiconv.telegram.formatting import FormattedText, MarkdownRenderer
@@ -68,15 +69,10 @@ CLOSE_POLL_SECONDS = 0.05
 
 log = structlog.get_logger(__name__)
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-"""
-
 # ml: the text so far of a turn's reply. A new turn replaces the hash; a closed one takes
 # nothing more. KEYS: draft, due; ARGV: chat, turn, text, ttl
 _PUBLISH = (
-    _NOW
+    REDIS_NOW
     + """
 if redis.call('HGET', KEYS[1], 'turn') ~= ARGV[2] then
   redis.call('DEL', KEYS[1])
@@ -95,7 +91,7 @@ return 1
 # Worker: the shard's chats whose next draft is due, with their due times (chat, time, ...).
 # KEYS: due; ARGV: limit
 _DUE = (
-    _NOW
+    REDIS_NOW
     + """
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now),
                   'WITHSCORES', 'LIMIT', 0, ARGV[1])
@@ -108,7 +104,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now),
 # KEYS: draft, due, chat rate; ARGV: chat, max wait, lease
 # Returns {turn, text, seq} or false.
 _CLAIM = (
-    _NOW
+    REDIS_NOW
     + """
 local d = redis.call('HMGET', KEYS[1], 'turn', 'seq', 'shown', 'closed', 'busy', 'text')
 if not d[1] or d[4] or tonumber(d[2]) <= tonumber(d[3]) then
@@ -134,7 +130,7 @@ return {d[1], d[6], d[2]}
 # KEYS: draft, due, chat rate; ARGV: chat, turn, seq, interval, chat interval
 # Returns the seconds to wait for the chat's slot, or -1: send nothing.
 _TAKE = (
-    _NOW
+    REDIS_NOW
     + """
 if redis.call('HGET', KEYS[1], 'turn') ~= ARGV[2] or redis.call('HEXISTS', KEYS[1], 'closed') == 1
 then
@@ -162,7 +158,7 @@ if redis.call('HGET', KEYS[1], 'turn') == ARGV[1] then redis.call('HDEL', KEYS[1
 # ml: the turn's generation is over; no draft may be claimed any more. Returns the seconds a
 # claimed call may still be in flight ("0.000000": none). KEYS: draft, due; ARGV: chat, turn, ttl
 _CLOSE = (
-    _NOW
+    REDIS_NOW
     + """
 if redis.call('HGET', KEYS[1], 'turn') ~= ARGV[2] then
   redis.call('DEL', KEYS[1])

@@ -52,6 +52,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from aiconv.conversation import texts
 from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import UPDATES_GROUP, Keys
+from aiconv.jobs.lua import REDIS_NOW
 from aiconv.jobs.messages import ReplyJob, TurnJob, chat_of
 from aiconv.jobs.queue import TURN_LEASE_SECONDS, Job, JobQueue, TurnGuard
 from aiconv.jobs.retry import repeat_every
@@ -67,11 +68,6 @@ Outcome = Literal["delivered", "superseded", "dropped", "lost"]
 Status = Literal["owner", "stale", "lost"]
 
 log = structlog.get_logger(__name__)
-
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-"""
 
 # Puts a chat with unanswered messages and no turn in flight on the due set: after the debounce
 # from its newest message, but no later than final_after from its oldest.
@@ -89,7 +85,7 @@ end
 # ARGV: chat, message id, debounce, final_after, state ttl, noted ttl. Returns 1 if newly noted.
 _NOTE = (
     _SCHEDULE
-    + _NOW
+    + REDIS_NOW
     + """
 if redis.call('ZADD', KEYS[2], 'NX', now, ARGV[2]) == 0 then return 0 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[6]))
@@ -114,7 +110,7 @@ return 1
 
 # KEYS: due. ARGV: limit. The chats whose turn may start now.
 _DUE_NOW = (
-    _NOW
+    REDIS_NOW
     + """
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
 """
@@ -123,7 +119,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
 # KEYS: due, held, state, updates stream, live
 # ARGV: chat, lease, final_after, state ttl. Returns 1 if a turn was claimed.
 _CLAIM = (
-    _NOW
+    REDIS_NOW
     + """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) > now then return 0 end
@@ -163,7 +159,7 @@ return 1
 # Returns -1 when the caller does not own the chat's turn, else 1 if more is due, 0 if not.
 _FINISH = (
     _SCHEDULE
-    + _NOW
+    + REDIS_NOW
     + """
 if redis.call('HGET', KEYS[1], 'turn') ~= ARGV[2] then return -1 end
 if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'stage_id') ~= ARGV[6] then return -1 end
@@ -205,7 +201,7 @@ end
 
 # KEYS: state, held. ARGV: chat, turn, stage id, lease. Extends the lease of a live turn.
 _RENEW = (
-    _NOW
+    REDIS_NOW
     + """
 if redis.call('HGET', KEYS[1], 'turn') ~= ARGV[2] then return 0 end
 if redis.call('HGET', KEYS[1], 'stage_id') ~= ARGV[3] then return 0 end
@@ -221,7 +217,7 @@ if redis.call('HEXISTS', KEYS[1], 'turn') == 0 then redis.call('ZREM', KEYS[2], 
 
 # KEYS: held, lease window. Chats whose lease ends within the window.
 _EXPIRING = (
-    _NOW
+    REDIS_NOW
     + """
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now + tonumber(ARGV[1]), 'LIMIT', 0, ARGV[2])
 """

@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 
 from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
+from aiconv.jobs.lua import REDIS_NOW
 from aiconv.jobs.retry import repeat_every
 from aiconv.observability.metrics import CHAT_ACTIONS
 from aiconv.telegram.client import BotClient, TelegramError
@@ -52,18 +53,14 @@ ACTION_MAX_WAIT_SECONDS = 1.0  # an action later than this is not worth a slot o
 
 log = structlog.get_logger(__name__)
 
-# Redis's clock, in seconds; times are written as "%.6f" strings (tostring keeps 14 digits).
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-"""
+# Times are written as "%.6f" strings (tostring keeps 14 digits).
 
 # A chat's next action is due `delay` from now (an interval after one just sent, or when its
 # generation is expected to start), and it stops give_up after that. With 'soonest', an action
 # already due sooner (the chat is typing) and a later deadline are kept.
 # KEYS: due, deadline; ARGV: chat, delay, give_up, 'soonest' or '', topic or ''
 _BEGIN = (
-    _NOW
+    REDIS_NOW
     + """
 local at = now + tonumber(ARGV[2])
 local deadline = at + tonumber(ARGV[3])
@@ -86,7 +83,7 @@ end
 # worker is keeping, so a /reset or a delivered reply is never undone). KEYS: due, deadline;
 # ARGV: chat, give_up
 _GENERATION_STARTED = (
-    _NOW
+    REDIS_NOW
     + """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], string.format('%.6f', now + tonumber(ARGV[2])))
@@ -99,7 +96,7 @@ return 1
 # all workers polling, exactly one sends each action. KEYS: due, deadline; ARGV: interval, limit
 # Returns chat, topic ('' for none), chat, topic, ...
 _CLAIM_DUE = (
-    _NOW
+    REDIS_NOW
     + """
 local next_due = string.format('%.6f', now + tonumber(ARGV[1]))
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now),
