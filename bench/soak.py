@@ -55,7 +55,7 @@ from aiconv.conversation import texts
 from aiconv.conversation.prompt import DEFAULT_PERSONA
 from aiconv.store.migrate import apply_migrations, ensure_database
 from aiconv.testing.botapi import BotApiDouble
-from bench.common import Row, llama_server_binary, print_table
+from bench.common import Row, inherited_env, llama_server_binary, print_table
 
 ADMIN_DATABASE_URL = os.environ.get(
     "AICONV_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/test"
@@ -263,11 +263,7 @@ class Report:
 def process_env(
     args: argparse.Namespace, database_url: str, prefix: str, double: BotApiDouble, web_port: int
 ) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("TELEGRAM_", "DB_", "REDIS_", "DATABASE_"))
-    }
+    env = inherited_env()
     env.update(
         DATABASE_URL=database_url,
         REDIS_URL=REDIS_URL,
