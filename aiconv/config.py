@@ -689,7 +689,10 @@ class Settings:
     # --- end of streamed drafts ---
 
     worker_concurrency: int = setting(
-        "WORKER_CONCURRENCY", 64, integer(1), "jobs a worker runs at once (per stream)"
+        "WORKER_CONCURRENCY",
+        64,
+        integer(1),
+        "jobs a worker runs at once per stage (updates, replies), whatever the shards",
     )
     message_retention_days: int | None = setting(
         "MESSAGE_RETENTION_DAYS",
