@@ -279,6 +279,12 @@ def process_env(
         TELEGRAM_WEBHOOK_URL=f"http://127.0.0.1:{web_port}/webhook",
         TELEGRAM_WEBHOOK_SECRET=SECRET,
     )
+    if args.cluster:
+        env.update(
+            REDIS_CLUSTER_ENABLED="true",
+            REDIS_CLUSTER_NODES=args.cluster,
+            REDIS_SHARDS=str(args.shards),
+        )
     if args.threads:
         env["N_THREADS"] = str(args.threads)
     if args.fast_pacing:
@@ -578,7 +584,7 @@ async def run(args: argparse.Namespace) -> Report:
     finally:
         for process in processes:
             process.stop()
-        await drop(name, prefix)
+        await drop(name, prefix, args.cluster)
     for process in processes:
         report.processes[process.mode] = {
             "peak_rss_mb": process.peak_rss_kib / 1024,
@@ -597,18 +603,28 @@ async def run(args: argparse.Namespace) -> Report:
     return report
 
 
-async def drop(name: str, prefix: str) -> None:
+async def drop(name: str, prefix: str, cluster: str | None = None) -> None:
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
 
     async with await psycopg.AsyncConnection.connect(ADMIN_DATABASE_URL, autocommit=True) as conn:
         await conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
-    redis = Redis.from_url(REDIS_URL)
+    redis: Redis | RedisCluster
+    if cluster:
+        nodes = [
+            ClusterNode(h, int(p)) for h, _, p in (n.rpartition(":") for n in cluster.split(","))
+        ]
+        redis = RedisCluster(startup_nodes=nodes)
+    else:
+        redis = Redis.from_url(REDIS_URL)
     try:
         batch = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
-        for i in range(0, len(batch), 500):
-            await redis.delete(*batch[i : i + 500])
+        async with redis.pipeline(transaction=False) as pipe:  # keys of many slots: one DEL each
+            for key in batch:
+                pipe.delete(key)
+            await pipe.execute()
     finally:
         await redis.aclose()
 
@@ -617,7 +633,9 @@ def print_report(args: argparse.Namespace, report: Report) -> None:
     f = report.figures
     print()
     print(f"soak: {f['users']} users at {args.rate}/s, MAX_TOKENS={args.max_tokens}, "
-          f"ML_PARALLEL={args.ml_parallel}, load average before: {args.load_before}")  # fmt: skip
+          f"ML_PARALLEL={args.ml_parallel}, load average before: {args.load_before}, "
+          + (f"Redis Cluster {args.cluster} with {args.shards} shards" if args.cluster
+             else "one Redis"))  # fmt: skip
     for key, value in f.items():
         print(f"  {key:34}{value:12.3f}" if isinstance(value, float) else f"  {key:34}{value:12}")
     print("  Bot API calls by method:               calls   mean/s  max/s (any 1 s)")
@@ -655,6 +673,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip llama-server")
     parser.add_argument("--no-build", action="store_true", help="never build llama-server")
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--cluster",
+        default="",
+        help="host:port,... of a Redis Cluster to run on (default: one Redis)",
+    )
+    parser.add_argument("--shards", type=int, default=3, help="REDIS_SHARDS with --cluster")
     args = parser.parse_args(argv)
     args.model = args.model or default_model_path()
     args.load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
