@@ -80,6 +80,10 @@ class Keys:
     def stream(self, stage: Stage, shard: int) -> str:
         return f"{self.shard_tag(shard)}:{stage}"
 
+    def stream_for(self, stage: Stage, chat_id: int | str | None) -> str:
+        """The stage's stream in the chat's shard (shard 0 for no chat)."""
+        return self.stream(stage, self.shard_of(chat_id))
+
     def updates(self, shard: int) -> str:
         """Telegram updates (web, poller) and claimed chat turns (turn scheduler) for the worker."""
         return self.stream("updates", shard)

@@ -211,7 +211,7 @@ class GenerateHandler:
         await self.queue.hand_over(
             job,
             GENERATE_GROUP,
-            self.keys.replies(self.keys.shard_of(chat_id)),
+            self.keys.stream_for("replies", chat_id),
             reply.to_payload(),
             reply.key,
             guard=TurnGuard(chat_id=chat_id, turn=gen.turn),

@@ -498,7 +498,7 @@ class Turns:
 
     def _replies(self, chat_id: int) -> str:
         """The replies stream of the chat's shard (where its turn's work goes last)."""
-        return self.keys.replies(self.keys.shard_of(chat_id))
+        return self.keys.stream_for("replies", chat_id)
 
     async def _job_alive(self, stream: str, entry: str) -> bool:
         """Is the entry unacknowledged in its stream's group (being worked on, or not read yet)?"""

@@ -60,7 +60,7 @@ __all__ = ["UPDATES_GROUP", "UpdateHandler", "chat_lane", "update_payload", "upd
 def updates_stream(keys: Keys, payload: dict[str, Any]) -> str:
     """The updates stream of the update's chat's shard (shard 0 for an update without a chat):
     its turn, replies and idempotency marker then share that shard's slot."""
-    return keys.updates(keys.shard_of(chat_of(payload)))
+    return keys.stream_for("updates", chat_of(payload))
 
 
 def update_payload(update: dict[str, Any]) -> dict[str, Any]:
@@ -281,7 +281,7 @@ class UpdateHandler:
         await self.resources.queue.hand_over(
             job,
             UPDATES_GROUP,
-            keys.replies(keys.shard_of(message.chat_id)),
+            keys.stream_for("replies", message.chat_id),
             reply.to_payload(),
             reply.key,
         )
@@ -356,7 +356,7 @@ class UpdateHandler:
         await self.resources.queue.hand_over(
             job,
             UPDATES_GROUP,
-            keys.generate(keys.shard_of(turn.chat_id)),
+            keys.stream_for("generate", turn.chat_id),
             generate.to_payload(),
             generate.key,
             guard=self.turns.guard(turn.chat_id, turn.turn),

@@ -65,7 +65,7 @@ async def test_a_turn_behind_a_long_queue_is_told_once_and_typed_only_when_writt
     assert notice == texts.busy_notice(11)
 
     async def queued_for_the_model() -> list[dict[str, Any]]:
-        jobs = await stream_jobs(redis, keys.generate(keys.shard_of(chat)))
+        jobs = await stream_jobs(redis, keys.stream_for("generate", chat))
         return [job for _, job in jobs if job.get("chat_id") == chat]
 
     await eventually(queued_for_the_model, timeout=30)
@@ -73,7 +73,7 @@ async def test_a_turn_behind_a_long_queue_is_told_once_and_typed_only_when_writt
     assert double.calls_of("sendChatAction", chat) == []
 
     # The turn job runs again (a takeover after a crash): still one notice, one generation.
-    updates = keys.updates(keys.shard_of(chat))
+    updates = keys.stream_for("updates", chat)
     [turn_job] = [j for _, j in await stream_jobs(redis, updates) if j.get("kind") == "turn"]
     await redis.xadd(updates, {"job": json.dumps(turn_job)})
 
@@ -82,7 +82,7 @@ async def test_a_turn_behind_a_long_queue_is_told_once_and_typed_only_when_writt
         return bool(group["lag"] == 0 and group["pending"] == 0)
 
     await eventually(updates_settled, timeout=30)
-    replies = await stream_jobs(redis, keys.replies(keys.shard_of(chat)))
+    replies = await stream_jobs(redis, keys.stream_for("replies", chat))
     notices = [j for _, j in replies if j["key"].startswith("busy:")]
     assert len(notices) == 1
     assert len(await queued_for_the_model()) == 1
@@ -112,7 +112,7 @@ async def test_beyond_the_longest_wait_a_turn_is_declined_and_its_message_kept(
         return "turn" not in state and state.get("answered") == state.get("noted") == "1"
 
     await eventually(settled, timeout=30)  # the turn is closed: nothing owed, nothing lost
-    jobs = await stream_jobs(redis, keys.generate(keys.shard_of(chat)))
+    jobs = await stream_jobs(redis, keys.stream_for("generate", chat))
     assert [job for _, job in jobs if job.get("chat_id") == chat] == []  # nothing generated
     assert double.calls_of("sendChatAction", chat) == []
     rows = query_rows(

@@ -82,7 +82,7 @@ async def test_reset_forgets_the_history(
     await double.wait_for_messages(503, 3)
 
     # The generation jobs of the chat's turns, on its shard's stream.
-    jobs = await stream_entries(redis, keys.generate(keys.shard_of(503)))
+    jobs = await stream_entries(redis, keys.stream_for("generate", 503))
     turns = [json.loads(fields["job"])["turns"] for _, fields in jobs]
     assert ["user", "My name is Zorblax."] in turns[0]
     assert turns[-1] == [["user", "What is my name?"]]

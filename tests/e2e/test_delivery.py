@@ -48,7 +48,7 @@ async def inject_reply(
         "markdown": markdown,  # as the ml stage marks a generated answer
     }
     keys = Keys(prefix)
-    await redis.xadd(keys.replies(keys.shard_of(chat_id)), {"job": json.dumps(job)})
+    await redis.xadd(keys.stream_for("replies", chat_id), {"job": json.dumps(job)})
 
 
 async def test_the_reply_arrives_even_when_typing_actions_fail(

@@ -27,7 +27,7 @@ SECRET = "e2e-groups-webhook-secret"
 async def prompts_for(redis_prefix: str, chat_id: int) -> list[list[list[str]]]:
     """The turns of every generation job handed to ml for the chat, read from its stream."""
     keys = Keys(redis_prefix)
-    stream = keys.generate(keys.shard_of(chat_id))
+    stream = keys.stream_for("generate", chat_id)
     redis = Redis.from_url(REDIS_URL)
     try:
         entries = await redis.xrange(stream) or []

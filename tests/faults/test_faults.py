@@ -206,7 +206,7 @@ async def test_a_message_while_the_bot_types_is_answered_together(
     await telegram_delivers(double, first)
     # Once its generation is queued the reply is at least 4 s of "typing" away.
     keys = Keys(redis_prefix)
-    await eventually(lambda: redis.xlen(keys.generate(keys.shard_of(1601))), timeout=30)
+    await eventually(lambda: redis.xlen(keys.stream_for("generate", 1601)), timeout=30)
     second = double.make_update(1601, "And of Italy?")
     await telegram_delivers(double, second)
     await double.wait_for_messages(1601, 1)

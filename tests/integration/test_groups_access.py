@@ -38,7 +38,7 @@ def refused(reason: str) -> float:
 async def generated_prompts(resources: Resources, chat_id: int) -> list[list[list[str]]]:
     """The turns of every generation job the worker handed to ml for this chat."""
     keys = resources.keys
-    stream = keys.generate(keys.shard_of(chat_id))
+    stream = keys.stream_for("generate", chat_id)
     codec = JobCodec(None)
     prompts = []
     for _, fields in await resources.redis.xrange(stream) or []:

@@ -69,7 +69,7 @@ def job(
         turns=[("user", text)],
         persona=persona,
     )
-    stream = queue.keys.generate(queue.keys.shard_of(chat_id))
+    stream = queue.keys.stream_for("generate", chat_id)
     return Job(stream=stream, id=f"0-{message_id}", payload=generate.to_payload())
 
 
@@ -202,7 +202,7 @@ async def test_ml_mode_answers_every_chat_with_parallel_slots(
     for chat_id in chats:
         await own_turn(redis, keys, chat_id, 1)
         payload = job(queue, chat_id, 1, "Message 1: hi!").payload
-        await queue.enqueue(keys.generate(keys.shard_of(chat_id)), payload, payload["key"])
+        await queue.enqueue(keys.stream_for("generate", chat_id), payload, payload["key"])
     api: dict[str, Any] = {
         "kind": "openai",
         "key": "oai:a1",
@@ -250,7 +250,7 @@ async def test_a_dead_decode_loop_answers_with_an_apology_and_stops_the_ml_mode(
     engine.context.decode = broken  # type: ignore[method-assign]
     await own_turn(redis, queue.keys, 31, 1)
     payload = job(queue, 31, 1, "Hello?").payload
-    await queue.enqueue(queue.keys.generate(queue.keys.shard_of(31)), payload, payload["key"])
+    await queue.enqueue(queue.keys.stream_for("generate", 31), payload, payload["key"])
     settings = Settings(redis_key_prefix=redis_prefix, persona=PERSONA)
     try:
         with pytest.raises(RuntimeError, match="decode loop failed"):

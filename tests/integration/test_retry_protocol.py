@@ -101,7 +101,7 @@ class RetryRaces(RuleBasedStateMachine):
     @rule()
     def claim(self) -> None:
         self.run(self.turns.claim_due())
-        stream = self.keys.updates(self.keys.shard_of(CHAT))
+        stream = self.keys.stream_for("updates", CHAT)
         entries = self.run(self.redis.xrange(stream, min=f"({self.read_after}"))
         for entry_id, fields in entries or []:
             self.read_after = entry_id

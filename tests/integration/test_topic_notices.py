@@ -63,7 +63,7 @@ async def test_the_busy_notice_goes_to_the_turns_topic(redis: RedisClient, keys:
     turns = Turns(redis, keys, TurnConfig())
     turn = TurnJob(turn="t-1", chat_id=FORUM, reply_to=7, covers=1, mode="active", first_at=1.0)
     assert await turns.notify_busy(JobQueue(redis, keys), turn, "supergroup", "soon", TOPIC)
-    [(_, fields)] = await stream_entries(redis, keys.replies(keys.shard_of(FORUM)))
+    [(_, fields)] = await stream_entries(redis, keys.stream_for("replies", FORUM))
     notice = ReplyJob.from_payload(json.loads(fields["job"]))
     assert notice.notice and notice.message_thread_id == TOPIC
     assert notice.reply_to_message_id is None  # a courtesy: it answers nothing

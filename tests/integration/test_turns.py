@@ -38,7 +38,7 @@ def chat_per_shard(keys: Keys) -> list[int]:
 
 
 def updates_of(keys: Keys, chat: int) -> str:
-    return keys.updates(keys.shard_of(chat))
+    return keys.stream_for("updates", chat)
 
 
 def held_of(keys: Keys, chat: int) -> str:
@@ -155,7 +155,7 @@ async def test_11_a_dead_lettered_turn_releases_its_chat_and_tells_the_user(
     await turns.claim_due()
     [(_, fields)] = await stream_entries(redis, updates_of(keys, CHAT))
     await turns.abandon(queue, json.loads(fields["job"]))
-    [(_, sorry)] = await stream_entries(redis, keys.replies(keys.shard_of(CHAT)))
+    [(_, sorry)] = await stream_entries(redis, keys.stream_for("replies", CHAT))
     apology = json.loads(sorry["job"])
     assert apology["chat_id"] == CHAT and apology["key"].startswith("sorry:")
     assert apology.get("turn") is None  # delivered on its own
@@ -253,7 +253,7 @@ async def generated(queue: JobQueue, turns: Turns, keys: Keys, job: Job) -> str 
         text="hi",
         turn=gen.turn,
     )
-    replies = keys.replies(keys.shard_of(gen.chat_id))
+    replies = keys.stream_for("replies", gen.chat_id)
     guard = turns.guard(gen.chat_id, gen.turn)
     return await queue.hand_over(
         job, GENERATE_GROUP, replies, reply.to_payload(), reply.key, guard=guard
@@ -295,7 +295,7 @@ async def test_a_chat_whose_turn_state_vanished_is_answered_once_by_the_next_swe
         assert await generated(
             queue, turns, keys, await hand_to_generation(redis, queue, turns, keys, chat)
         )
-        entries = await stream_entries(redis, keys.replies(keys.shard_of(chat)))
+        entries = await stream_entries(redis, keys.stream_for("replies", chat))
         replies = [json.loads(fields["job"]) for _, fields in entries]
         assert [reply["turn"] for reply in replies if reply["chat_id"] == chat] == [new.turn]
         assert await turns.finish(chat, new.turn, "delivered") is False

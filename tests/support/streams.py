@@ -54,7 +54,7 @@ async def generation_jobs(redis: RedisClient, keys: Keys, chat_id: int) -> list[
     # Imported here: the job codec is product code this typing helper otherwise never needs.
     from aiconv.jobs.codec import JobCodec
 
-    stream = keys.generate(keys.shard_of(chat_id))
+    stream = keys.stream_for("generate", chat_id)
     codec = JobCodec(None)
     jobs = []
     for _, fields in await stream_entries(redis, stream):
