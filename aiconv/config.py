@@ -484,8 +484,8 @@ class Settings:
         "REDIS_EPHEMERAL_OK",
         False,
         flag,
-        "production only: `true` lets web/worker/all start on a Redis without persistence "
-        '(see "Redis persistence")',
+        "production only: `true` lets web/worker/all start on a Redis without persistence, "
+        'or one that evicts keys at its memory bound (see "Redis persistence")',
     )
 
     telegram_bot_token: str = setting(

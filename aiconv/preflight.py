@@ -11,6 +11,11 @@
   On a Redis Cluster every primary is asked: the updates of a chat live on its shard's primary,
   so one primary without persistence loses that part of them. (Replicas are not asked: a
   failover promotes one, and the check runs again at the next start.)
+- Redis eviction (production): at its memory bound a Redis with a `maxmemory-policy` other than
+  `noeviction` deletes keys to make room: stream entries, turn state, idempotency markers, so
+  messages would be lost or answered twice without a trace. `noeviction` fails the writes
+  instead, which the modes wait out like an outage. INFO memory tells, on every primary;
+  REDIS_EPHEMERAL_OK=true accepts the risk here too.
 """
 
 from __future__ import annotations
@@ -46,17 +51,34 @@ def ensure_port_free(host: str, port: int, variable: str) -> None:
 
 
 async def require_durable_redis(redis: RedisClient, settings: Settings) -> None:
-    """In production, refuse a Redis that would lose accepted updates on restart."""
+    """In production, refuse a Redis that would lose accepted updates on restart, or evict
+    keys at its memory bound."""
     if settings.environment != "production" or settings.redis_ephemeral_ok:
         return
     try:
-        infos = await _per_primary(redis, "info")
+        memory = await _per_primary(redis, "memory")
+        infos = await _per_primary(redis, "persistence")
     except (RedisError, RedisClusterException, OSError) as error:
         # Not reachable yet (a cluster none of whose nodes answers raises RedisClusterException,
         # not a RedisError): the modes wait outages out, and the check must not turn one into a
         # crash loop. It runs again at the next start.
         log.warning("cannot tell whether Redis persists its data", error=type(error).__name__)
         return
+    evicting = {
+        node: str(info.get("maxmemory_policy"))
+        for node, info in memory.items()
+        if int(info.get("maxmemory") or 0) > 0
+        and str(info.get("maxmemory_policy", "noeviction")) != "noeviction"
+    }
+    if evicting:
+        policies = ", ".join(sorted(set(evicting.values())))
+        where = "" if not isinstance(redis, RedisCluster) else f" (primaries {', '.join(evicting)})"
+        raise ConfigError(
+            "REDIS_EPHEMERAL_OK",
+            f"Redis evicts keys at its memory bound{where} (maxmemory-policy {policies}): it "
+            "would delete queued jobs and turn state. Set maxmemory-policy noeviction in Redis, "
+            "or set REDIS_EPHEMERAL_OK=true to accept that loss",
+        )
     undecided = [node for node, info in infos.items() if str(info.get("aof_enabled", "0")) != "1"]
     if not undecided:
         return
@@ -81,12 +103,12 @@ async def require_durable_redis(redis: RedisClient, settings: Settings) -> None:
 
 
 async def _per_primary(redis: RedisClient, what: str) -> dict[str, dict[str, Any]]:
-    """INFO persistence (`what` "info") or CONFIG GET save ("save") of each primary, by node
-    name; a single Redis is the one primary, named "redis"."""
+    """An INFO section (`what` "persistence" or "memory") or CONFIG GET save ("save") of each
+    primary, by node name; a single Redis is the one primary, named "redis"."""
 
     async def ask(**target: Any) -> dict[str, Any]:
-        if what == "info":
-            info: dict[str, Any] = await redis.info("persistence", **target)
+        if what != "save":
+            info: dict[str, Any] = await redis.info(what, **target)
             return info
         return cast(dict[str, Any], await redis.config_get("save", **target))
 

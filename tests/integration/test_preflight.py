@@ -69,6 +69,34 @@ async def test_on_a_cluster_every_primary_must_persist(tmp_path: Path) -> None:
     assert names[0] not in str(refused.value)
 
 
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
+async def test_production_refuses_a_redis_that_evicts_keys(policy: str, tmp_path: Path) -> None:
+    aof = ("--appendonly", "yes", "--appendfilename", "aof.aof", "--dir", str(tmp_path))
+    async with private_redis(*aof, "--maxmemory", "64mb", "--maxmemory-policy", policy) as redis:
+        with pytest.raises(ConfigError) as refused:
+            await require_durable_redis(redis, PRODUCTION)
+        assert refused.value.variable == "REDIS_EPHEMERAL_OK"
+        assert f"maxmemory-policy {policy}" in str(refused.value)
+        await require_durable_redis(redis, dataclasses.replace(PRODUCTION, redis_ephemeral_ok=True))
+        # The bound alone is fine: at it, writes fail (waited out), nothing is deleted.
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await require_durable_redis(redis, PRODUCTION)
+        # Without a bound no policy ever applies.
+        await redis.config_set("maxmemory-policy", policy)
+        await redis.config_set("maxmemory", 0)
+        await require_durable_redis(redis, PRODUCTION)
+
+
+async def test_on_a_cluster_no_primary_may_evict(tmp_path: Path) -> None:
+    aof = ("--appendonly", "yes", "--appendfilename", "aof.aof", "--save", "")
+    lru = (*aof, "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru")
+    async with private_cluster(tmp_path, aof, lru) as (cluster, names, _):
+        with pytest.raises(ConfigError) as refused:
+            await require_durable_redis(cluster, PRODUCTION)
+    assert f"(primaries {names[1]})" in str(refused.value)
+    assert names[0] not in str(refused.value)
+
+
 async def test_an_unreachable_cluster_is_waited_out_not_refused() -> None:
     # The modes wait outages out; a start during one must not become a crash loop.
     unreachable = RedisCluster(
