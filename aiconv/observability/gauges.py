@@ -21,6 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
+from aiconv.jobs.lag import group_lag
 from aiconv.observability.metrics import (
     ACTIVE_USERS,
     CONVERSATIONS,
@@ -83,7 +84,7 @@ async def _stream_figures(redis: RedisClient, stream: str) -> StreamFigures:
     except ResponseError:
         groups = []  # the stream does not exist yet
     for group in groups:
-        figures.lag += int(group.get("lag") or 0)
+        figures.lag += await group_lag(redis, stream, group)
         figures.pending += int(group["pending"])
         if int(group["pending"]):
             summary = await redis.xpending(stream, group["name"])

@@ -43,6 +43,7 @@ from aiconv.conversation.capacity import (
 )
 from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import GENERATE_GROUP, Keys
+from aiconv.jobs.lag import group_lag
 from aiconv.jobs.messages import TurnJob
 from aiconv.jobs.queue import Job, JobQueue
 from aiconv.observability.metrics import (
@@ -56,7 +57,6 @@ from aiconv.worker.turns import Turns
 from aiconv.worker.typing_keeper import TypingKeeper
 
 REFRESH_SECONDS = 1.0
-LAG_COUNT_CAP = 10_000  # entries counted by hand when Redis cannot say the group's lag
 
 log = structlog.get_logger(__name__)
 
@@ -164,14 +164,7 @@ class CapacityView:
         for info in groups:
             if _text(info.get("name")) != GENERATE_GROUP:
                 continue
-            pending = int(info.get("pending") or 0)
-            lag = info.get("lag")
-            if lag is not None:
-                return int(lag), pending
-            # Redis cannot say (entries deleted in the range): count the unread ones, bounded.
-            last = _text(info.get("last-delivered-id")) or "0-0"
-            unread = await self.redis.xrange(stream, min=f"({last}", max="+", count=LAG_COUNT_CAP)
-            return len(unread or []), pending
+            return await group_lag(self.redis, stream, info), int(info.get("pending") or 0)
         return int(await self.redis.xlen(stream)), 0  # no ml has ever read it: all waiting
 
 
