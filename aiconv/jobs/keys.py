@@ -147,17 +147,30 @@ class Keys:
     def chat_tag(self, chat_id: int | str) -> str:
         return f"{self.shard_tag(self.shard_of(chat_id))}:c:{chat_id}"
 
-    def chat_state(self, chat_id: int | str) -> str:
-        """Hash: the chat's turn state (noted/covered/answered counters, its turn in flight)."""
-        return f"{self.chat_tag(chat_id)}:turn"
+    def conversation_tag(self, chat_id: int | str, topic: int | None = None) -> str:
+        """A chat's keys, or (forum topic `topic`) one topic's: in the chat's shard either way,
+        so the topics of one chat share a slot."""
+        tag = self.chat_tag(chat_id)
+        return tag if topic is None else f"{tag}:t:{topic}"
+
+    def chat_state(self, chat_id: int | str, topic: int | None = None) -> str:
+        """Hash: the conversation's turn state (noted/covered/answered counters, its turn in
+        flight); one per chat, and one per forum topic (`topic`)."""
+        return f"{self.conversation_tag(chat_id, topic)}:turn"
 
     def chat_noted(self, chat_id: int | str) -> str:
-        """Sorted set: message ids already noted for a turn (a redelivered update is ignored)."""
+        """Sorted set: message ids already noted for a turn (a redelivered update is ignored).
+        Per chat: message ids are, whatever the topic."""
         return f"{self.chat_tag(chat_id)}:noted"
 
-    def chat_live(self, chat_id: int | str) -> str:
-        """String: the id of the chat's turn until something supersedes it (ml then cancels)."""
-        return f"{self.chat_tag(chat_id)}:live"
+    def chat_live(self, chat_id: int | str, topic: int | None = None) -> str:
+        """String: the id of the conversation's turn until something supersedes it (ml then
+        cancels)."""
+        return f"{self.conversation_tag(chat_id, topic)}:live"
+
+    def chat_topics(self, chat_id: int | str) -> str:
+        """Set: the forum topics of the chat that have turn state (/reset forgets them all)."""
+        return f"{self.chat_tag(chat_id)}:topics"
 
     def sent_parts(self, chat_id: int | str, turn_id: str) -> str:
         """Hash: part index -> Telegram message id, written right after Telegram accepts a part."""
@@ -185,20 +198,21 @@ class Keys:
         getChatMember said lately (changing a group's /persona is for its admins)."""
         return f"{self.chat_tag(chat_id)}:admin:{user_id}"
 
-    def chat_draft(self, chat_id: int | str) -> str:
-        """Hash: the text so far of the chat's reply being generated (REPLY_STYLE=draft), and
-        how much of it the chat was shown (aiconv/worker/drafts.py)."""
-        return f"{self.chat_tag(chat_id)}:draft"
+    def chat_draft(self, chat_id: int | str, topic: int | None = None) -> str:
+        """Hash: the text so far of the conversation's reply being generated
+        (REPLY_STYLE=draft), and how much of it was shown (aiconv/worker/drafts.py)."""
+        return f"{self.conversation_tag(chat_id, topic)}:draft"
 
     # --- turns and typing (per shard) ----------------------------------------------------------
 
     def turns_due(self, shard: int) -> str:
-        """The shard's chats with unanswered messages and no turn in flight, scored by when a
-        turn may start."""
+        """The shard's conversations (messages.conversation_id) with unanswered messages and
+        no turn in flight, scored by when a turn may start."""
         return f"{self.shard_tag(shard)}:turns:due"
 
     def turns_held(self, shard: int) -> str:
-        """The shard's chats with a turn in flight, scored by when its lease ends unless renewed."""
+        """The shard's conversations with a turn in flight, scored by when its lease ends unless
+        renewed."""
         return f"{self.shard_tag(shard)}:turns:held"
 
     def typing_due(self, shard: int) -> str:

@@ -6,7 +6,13 @@ may arrive as strings from Lua (`cjson` would round large chat ids), so decoding
 
 A chat turn's jobs all carry the turn's identity (`turn`, e.g. `123:456:7` = chat 123, answering up
 to message 456, the chat's 7th turn): every effect of the turn is keyed by it, and only the turn
-that owns its chat (worker/turns.py) may hand its work on.
+that owns its conversation (worker/turns.py) may hand its work on.
+
+A *conversation* is a chat, or one forum topic of it: turns are per conversation, so two topics of
+one forum are answered side by side, each from its own history. Its id is the chat id, with
+`/<topic>` for a topic (`-100123/42`), and a turn's id starts with it (`-100123/42:456:7`), so every
+job of a turn names its conversation without another field, and the ids of turns outside topics
+are what they were before topics had turns of their own.
 """
 
 from __future__ import annotations
@@ -81,6 +87,11 @@ class TurnJob:
     @property
     def key(self) -> str:
         return f"turn:{self.turn}"
+
+    @property
+    def topic(self) -> int | None:
+        """The forum topic the turn answers in (None outside topics)."""
+        return turn_topic(self.turn)
 
     @classmethod
     def from_payload(cls, p: dict[str, Any]) -> TurnJob:
@@ -185,12 +196,52 @@ class ReplyJob:
         )
 
 
+def conversation_id(chat_id: int | str, topic: int | None = None) -> str:
+    """The id of a chat's conversation (`topic` None: outside forum topics)."""
+    return str(chat_id) if topic is None else f"{chat_id}/{topic}"
+
+
+def parse_conversation(conversation: str | bytes) -> tuple[int, int | None]:
+    """(chat, topic) of a conversation id."""
+    text = conversation.decode() if isinstance(conversation, bytes) else conversation
+    chat, _, topic = text.partition("/")
+    return int(chat), int(topic) if topic else None
+
+
+def turn_conversation(turn: str) -> str:
+    """The conversation id a turn id starts with (`-100123/42:456:7` -> `-100123/42`)."""
+    return turn.partition(":")[0]
+
+
+def turn_topic(turn: str) -> int | None:
+    """The forum topic of a turn (None outside topics, and for an id that names none: a turn
+    id that is not one of ours owns nothing, whatever conversation it is looked up in)."""
+    _, slash, topic = turn_conversation(turn).partition("/")
+    return int(topic) if slash and topic.isdigit() else None
+
+
 def chat_of(payload: dict[str, Any]) -> int | None:
     """The chat a job belongs to, for per-chat lanes and dead-letter handling."""
     try:
         return _opt_int(payload.get("chat_id"))
     except InvalidJob:
         return None
+
+
+def conversation_of(payload: dict[str, Any]) -> str | None:
+    """The conversation a job belongs to (its lane: a conversation's jobs run in order): its
+    turn's, else its chat's, in the job's forum topic if it names one."""
+    turn = payload.get("turn")
+    if isinstance(turn, str) and turn:
+        return turn_conversation(turn)
+    chat_id = chat_of(payload)
+    if chat_id is None:
+        return None
+    try:
+        topic = _opt_int(payload.get("message_thread_id"))
+    except InvalidJob:
+        topic = None
+    return conversation_id(chat_id, topic)
 
 
 def _shallow(job: Any) -> dict[str, Any]:

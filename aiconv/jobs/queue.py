@@ -30,6 +30,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from aiconv.jobs.client import RedisClient
 from aiconv.jobs.codec import PLAIN, JobCodec
 from aiconv.jobs.keys import Keys
+from aiconv.jobs.messages import conversation_id, turn_topic
 
 # How long an idempotency marker outlives its job: longer than Telegram keeps retrying a webhook
 # (24 h) so a late redelivery still finds it.
@@ -43,8 +44,8 @@ ENQUEUE_BATCH = 256
 # KEYS: target stream, then in this order those present: done marker, source stream, turn state
 #   and turns held (both or neither). A key that is absent is left out, not passed as '': on a
 #   Redis Cluster every key of a script must lie in one hash slot, and '' has a slot of its own.
-# ARGV: ttl, job json, group, source id, turn, chat, lease, then three flags ('1' or ''): a done
-#   marker, a source, a turn guard.
+# ARGV: ttl, job json, group, source id, turn, conversation (its member of turns held), lease,
+#   then three flags ('1' or ''): a done marker, a source, a turn guard.
 # With a turn guard, the next job is added only while that turn owns its chat; the turn's state
 # then records where its work is (so its lease is renewed while that entry lives). The source is
 # acknowledged either way: a stale turn's work simply ends.
@@ -81,10 +82,19 @@ return id
 
 @dataclass(frozen=True)
 class TurnGuard:
-    """The chat turn a job works for: its hand-over happens only while the turn owns the chat."""
+    """The chat turn a job works for: its hand-over happens only while the turn owns its
+    conversation (the chat, or the forum topic the turn id names)."""
 
     chat_id: int
     turn: str
+
+    @property
+    def conversation(self) -> str:
+        return conversation_id(self.chat_id, self.topic)
+
+    @property
+    def topic(self) -> int | None:
+        return turn_topic(self.turn)
 
 
 @dataclass(frozen=True)
@@ -261,7 +271,10 @@ class JobQueue:
         if source:
             keys.append(source[0].stream)
         if guard:
-            keys += [k.chat_state(guard.chat_id), k.turns_held(k.shard_of(guard.chat_id))]
+            keys += [
+                k.chat_state(guard.chat_id, guard.topic),
+                k.turns_held(k.shard_of(guard.chat_id)),
+            ]
         if len({key_slot(key.encode()) for key in keys}) > 1:
             # Refused on one Redis too, where it would work: the layout must hold everywhere.
             raise ValueError(f"one script may not touch keys of two hash slots: {keys}")
@@ -271,7 +284,7 @@ class JobQueue:
             source[1] if source else "",
             source[0].id if source else "",
             guard.turn if guard else "",
-            guard.chat_id if guard else "",
+            guard.conversation if guard else "",
             TURN_LEASE_SECONDS,
             "1" if idempotency_key else "",
             "1" if source else "",

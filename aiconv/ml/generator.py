@@ -20,7 +20,13 @@ from aiconv.conversation import texts
 from aiconv.conversation.history import Turn, fit_history
 from aiconv.conversation.prompt import build_messages
 from aiconv.jobs.keys import GENERATE_GROUP, Keys
-from aiconv.jobs.messages import GenerateJob, ReplyJob
+from aiconv.jobs.messages import (
+    GenerateJob,
+    ReplyJob,
+    conversation_of,
+    turn_conversation,
+    turn_topic,
+)
 from aiconv.jobs.queue import Job, JobQueue, TurnGuard
 from aiconv.ml.cancel import CancelWatcher
 from aiconv.ml.engine import Completion, Engine, Generation
@@ -37,11 +43,11 @@ log = structlog.get_logger(__name__)
 
 
 def lane_of(job: Job) -> str | None:
-    """Jobs of one chat run one after another, in stream order; API requests run freely."""
+    """Jobs of one conversation (a chat, or one forum topic) run one after another, in stream
+    order; API requests run freely."""
     if job.payload.get("kind") == API_KIND:
         return None
-    chat_id = job.payload.get("chat_id")
-    return f"chat:{chat_id}" if chat_id is not None else None
+    return conversation_of(job.payload)
 
 
 def fit_turns(
@@ -115,7 +121,8 @@ class GenerateHandler:
         self.persona = persona
         self.watcher = watcher
         self.api = OpenAiJobHandler(engine, queue, keys, watcher, model_id)
-        self._anchors: OrderedDict[Any, Turn] = OrderedDict()  # chat -> first turn of its window
+        # conversation -> the first turn of its window
+        self._anchors: OrderedDict[Any, Turn] = OrderedDict()
         # What this instance publishes for the worker's wait estimates (ml/stats.py).
         self.throughput = throughput or Throughput(slots=max(1, engine.config.parallel))
         self.typing = TypingSignal(queue.redis, keys)
@@ -140,13 +147,15 @@ class GenerateHandler:
     async def _turn(self, job: Job, measured: list[int]) -> None:
         gen = GenerateJob.from_payload(job.payload)
         turns = [Turn(role=role, text=text) for role, text in gen.turns]  # type: ignore[arg-type]
-        chat_id = gen.chat_id
+        chat_id, topic = gen.chat_id, turn_topic(gen.turn)
+        conversation = turn_conversation(gen.turn)  # the chat, or its forum topic
         bound = log.bind(job_key=gen.key, chat_id=chat_id)
         stats: dict[str, Any] = {}
         cancelled = False
         drafting = self.drafts is not None and gen.chat_type == "private"  # groups: typing
-        # The chat's `live` key holds the turn's id until a newer message or /reset supersedes it.
-        live = self.keys.chat_live(chat_id)
+        # The conversation's `live` key holds the turn's id until a newer message or /reset
+        # supersedes it.
+        live = self.keys.chat_live(chat_id, topic)
         try:
             if await self.watcher.stale(live, gen.turn):
                 cancelled = True
@@ -156,12 +165,12 @@ class GenerateHandler:
             else:
                 persona = self.persona if gen.persona is None else gen.persona  # /persona
                 prompt, first = await asyncio.to_thread(
-                    prompt_tokens, self.engine, persona, turns, self._anchors.get(chat_id)
+                    prompt_tokens, self.engine, persona, turns, self._anchors.get(conversation)
                 )
-                self._remember(chat_id, first)
+                self._remember(conversation, first)
                 # The reply is being written now: "typing…" if the worker held it back.
-                await self.typing.generation_started(chat_id)
-                generation = self.engine.submit(prompt, cache_key=f"chat:{chat_id}")
+                await self.typing.generation_started(chat_id, topic)
+                generation = self.engine.submit(prompt, cache_key=f"chat:{conversation}")
                 try:
                     with self.watcher.watch(live, gen.turn, generation):
                         completion: Completion = await (

@@ -160,6 +160,11 @@ CHAT_ACTIONS = Counter(
     "'typing' chat actions, by outcome: sent, skipped (Bot API budget taken), failed",
     ["outcome"],
 )
+DRAFTS = Counter(
+    "aiconv_drafts_total",
+    "Streamed drafts (REPLY_STYLE=draft), by outcome: sent, skipped (Bot API budget taken), failed",
+    ["outcome"],
+)
 ML_CAPACITY = Gauge(
     "aiconv_ml_capacity",
     "Capacity the live ml instances publish, summed, as a worker last read it, by figure: "

@@ -30,11 +30,13 @@ class StoredMessage:
 
 @dataclass(frozen=True)
 class UnansweredChat:
-    """A chat whose newest user message has no reply stored: the recovery sweep queues its turn."""
+    """A conversation (chat, forum topic) whose newest user message has no reply stored: the
+    recovery sweep queues its turn."""
 
     chat_id: int
     telegram_message_id: int | None  # that message's id: the turn's newest message
     user_id: int | None
+    topic: int | None = None  # that message's forum topic (message_thread_id); None outside topics
 
 
 @dataclass(frozen=True)
@@ -314,41 +316,51 @@ class Store:
     async def unanswered_chats(
         self, since_seconds: float, limit: int, *, min_age_seconds: float = 0.0
     ) -> list[UnansweredChat]:
-        """Chats whose newest user message (since /reset, stored within ``since_seconds`` and at
-        least ``min_age_seconds`` ago) has no reply stored; the longest waiting first.
+        """Conversations whose newest user message (since /reset, stored within
+        ``since_seconds`` and at least ``min_age_seconds`` ago) has no reply stored; the longest
+        waiting first.
 
-        PostgreSQL is the truth the recovery sweep rebuilds lost Redis state from. A reply answers
-        a user message when its rows carry that message's Telegram id in reply_to_message_id:
-        delivery stores every part of a turn with the id of the turn's newest message (its
-        generation key). So a reply stored after a message the user sent while the bot was typing
-        does not count for it (that message is still owed the next turn), nor does a fixed reply to
-        a command (commands are not stored, so their replies name a message that is not the newest
-        stored). A reply row without reply_to_message_id counts when stored after the message.
+        PostgreSQL is the truth the recovery sweep rebuilds lost Redis state from. A conversation
+        is a (chat, forum topic) pair: each topic of a forum is its own conversation, and the
+        messages outside topics (NULL message_thread_id) are one more. So a message owed in topic
+        B is found even when topic A was answered after it, and only a reply stored in the same
+        topic can answer it (delivery stores a reply with the topic of the message it answers).
+
+        A reply answers a user message when its rows carry that message's Telegram id in
+        reply_to_message_id: delivery stores every part of a turn with the id of the turn's newest
+        message (its generation key). So a reply stored after a message the user sent while the
+        bot was typing does not count for it (that message is still owed the next turn), nor does
+        a fixed reply to a command (commands are not stored, so their replies name a message that
+        is not the newest stored). A reply row without reply_to_message_id counts when stored
+        after the message in the same topic.
 
         The newest message is the highest Telegram id (chat order, see ``history``). Users blocked
         by an admin, or who blocked the bot and have not written since, are left out: a turn for
         them would be dropped again. One query: the window's user messages come from the
-        created_at index, the reply check reads only the rows stored after the message
+        created_at index, the reply check reads only the chat's rows stored after the message
         (messages_chat_recent).
         """
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
                 """WITH newest AS (
-                       SELECT DISTINCT ON (m.chat_id)
-                              m.id, m.chat_id, m.user_id, m.telegram_message_id, m.created_at
+                       SELECT DISTINCT ON (m.chat_id, m.message_thread_id)
+                              m.id, m.chat_id, m.message_thread_id, m.user_id,
+                              m.telegram_message_id, m.created_at
                        FROM messages m JOIN chats c ON c.id = m.chat_id
                        WHERE m.created_at > now() - make_interval(secs => %(since)s::float8)
                          AND m.role = 'user' AND NOT m.context_only
                          AND m.id > c.history_starts_after
-                       ORDER BY m.chat_id, m.telegram_message_id DESC NULLS LAST, m.id DESC
+                       ORDER BY m.chat_id, m.message_thread_id,
+                                m.telegram_message_id DESC NULLS LAST, m.id DESC
                    )
-                   SELECT n.chat_id, n.telegram_message_id, n.user_id
+                   SELECT n.chat_id, n.telegram_message_id, n.user_id, n.message_thread_id
                    FROM newest n LEFT JOIN users u ON u.id = n.user_id
                    WHERE n.created_at <= now() - make_interval(secs => %(min_age)s::float8)
                      AND NOT COALESCE(u.blocked, false) AND u.blocked_bot_at IS NULL
                      AND NOT EXISTS (
                          SELECT 1 FROM messages a
                          WHERE a.chat_id = n.chat_id AND a.id > n.id AND a.role = 'assistant'
+                           AND a.message_thread_id IS NOT DISTINCT FROM n.message_thread_id
                            AND (a.reply_to_message_id IS NULL
                                 OR n.telegram_message_id IS NULL
                                 OR a.reply_to_message_id = n.telegram_message_id))
@@ -357,7 +369,7 @@ class Store:
                 {"since": since_seconds, "min_age": min_age_seconds, "limit": limit},
             )
             rows = await cursor.fetchall()
-        return [UnansweredChat(int(row[0]), row[1], row[2]) for row in rows]
+        return [UnansweredChat(int(row[0]), row[1], row[2], row[3]) for row in rows]
 
     async def thread_of(self, chat_id: int, telegram_message_id: int | None) -> int | None:
         """The forum topic of one of the chat's stored messages (None outside topics)."""

@@ -202,7 +202,7 @@ class Pacer:
             ):
                 TURNS_DECLINED.inc()
                 bound.warning("turn declined: the model's queue is too long")
-            await self.typing.end(turn.chat_id)
+            await self.typing.end(turn.chat_id, turn.topic)
             return False
         notice = self.policy.busy_notice_seconds
         if estimate.measured and notice > 0 and estimate.seconds > notice:

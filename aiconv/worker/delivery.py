@@ -12,8 +12,8 @@ Outages of Telegram (5xx, network errors, 429) are waited out here, with backoff
 use up none of the job's attempts: only a definite refusal (4xx) fails the job. A turn's reply is
 sent only while the turn owns its chat (worker/turns.py), and releases the turn when it is done.
 
-In a forum, a reply goes to the topic of the message it answers (`message_thread_id`, looked up
-from the stored message for a turn's reply). Stored parts carry their topic and the user they
+In a forum, a reply goes to its topic (`message_thread_id`; for a turn's reply, the topic its
+turn id names: turns are per topic). Stored parts carry their topic and the user they
 answer, whose daily token quota they count against (worker/access.py).
 
 A generated reply is the model's Markdown, sent as text plus message entities
@@ -36,7 +36,7 @@ import structlog
 from aiconv.conversation import texts
 from aiconv.conversation.pacing import PacingConfig, plan_delivery
 from aiconv.jobs.keys import REPLIES_GROUP
-from aiconv.jobs.messages import ReplyJob
+from aiconv.jobs.messages import ReplyJob, turn_topic
 from aiconv.jobs.queue import DONE_TTL_SECONDS, Job
 from aiconv.jobs.retry import Backoff
 from aiconv.observability.metrics import (
@@ -114,8 +114,11 @@ class DeliveryHandler:
         )
         reply_to = reply.reply_to_message_id if reply.chat_type != "private" else None
         thread = reply.message_thread_id
-        if thread is None and reply.turn is not None and reply.chat_type == "supergroup":
-            thread = await self.resources.store.thread_of(chat_id, reply.reply_to_message_id)
+        if thread is None and reply.turn is not None:
+            thread = turn_topic(reply.turn)  # a turn answers in its conversation's topic
+            if thread is None and reply.chat_type == "supergroup":
+                # A turn claimed before turns were per topic names none: its message's topic.
+                thread = await self.resources.store.thread_of(chat_id, reply.reply_to_message_id)
         bound = log.bind(chat_id=chat_id, job_key=reply.key)
         sent_record = self.resources.keys.sent_parts(chat_id, reply.key)
         sent_any = False
@@ -186,7 +189,7 @@ class DeliveryHandler:
         assert reply.turn is not None
         more = await self.turns.finish(reply.chat_id, reply.turn, outcome)
         if not more:
-            await self.typing.end(reply.chat_id)
+            await self.typing.end(reply.chat_id, turn_topic(reply.turn))
 
     async def _already_sent(self, record: str, part_key: str, index: int) -> int | None:
         """The Telegram id of a part sent before (by this process, any worker, or stored)."""

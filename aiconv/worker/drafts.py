@@ -30,6 +30,11 @@ waits until it has returned (or its lease has passed) before handing the reply o
 final message is queued only after every draft's call has finished, and its chat slot comes at
 least a chat interval after the last draft's.
 
+Drafts are per conversation, like turns (jobs/messages.py `conversation_id`): a private chat's
+topics each have their own draft hash, the due set's members are conversation ids, and a topic's
+drafts carry its `message_thread_id`. Below, "chat" means conversation; the send rate stays the
+chat's.
+
 Times are Redis's (`TIME` inside the scripts), never a process's own clock, as in
 typing_keeper.py.
 """
@@ -47,7 +52,13 @@ from redis.exceptions import RedisError
 from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.lua import REDIS_NOW
+from aiconv.jobs.messages import (
+    conversation_id,
+    parse_conversation,
+    turn_topic,
+)
 from aiconv.jobs.retry import repeat_every
+from aiconv.observability.metrics import DRAFTS
 from aiconv.telegram.client import BotClient, TelegramError
 from aiconv.telegram.formatting import FormattedText, MarkdownRenderer
 from aiconv.telegram.split import split_formatted
@@ -70,7 +81,7 @@ CLOSE_POLL_SECONDS = 0.05
 log = structlog.get_logger(__name__)
 
 # ml: the text so far of a turn's reply. A new turn replaces the hash; a closed one takes
-# nothing more. KEYS: draft, due; ARGV: chat, turn, text, ttl
+# nothing more. KEYS: draft, due; ARGV: conversation, turn, text, ttl
 _PUBLISH = (
     REDIS_NOW
     + """
@@ -101,7 +112,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now),
 # Worker: claim one chat's draft (its call now in flight, under a lease). Nothing new, closed
 # or gone: the chat leaves the due set. Another worker's call in flight: not now. The chat's
 # send slot not free within max_wait (a message just went): due again when it is.
-# KEYS: draft, due, chat rate; ARGV: chat, max wait, lease
+# KEYS: draft, due, chat rate; ARGV: conversation, max wait, lease
 # Returns {turn, text, seq} or false.
 _CLAIM = (
     REDIS_NOW
@@ -127,7 +138,7 @@ return {d[1], d[6], d[2]}
 # in the same format), counts as shown, and the chat's next draft is due an interval later.
 # A claim that got no bot-wide slot does not come here: the chat keeps its score, so the
 # longest waiting chats are claimed first and each gets its turn when the budget is short.
-# KEYS: draft, due, chat rate; ARGV: chat, turn, seq, interval, chat interval
+# KEYS: draft, due, chat rate; ARGV: conversation, turn, seq, interval, chat interval
 # Returns the seconds to wait for the chat's slot, or -1: send nothing.
 _TAKE = (
     REDIS_NOW
@@ -156,7 +167,8 @@ if redis.call('HGET', KEYS[1], 'turn') == ARGV[1] then redis.call('HDEL', KEYS[1
 """
 
 # ml: the turn's generation is over; no draft may be claimed any more. Returns the seconds a
-# claimed call may still be in flight ("0.000000": none). KEYS: draft, due; ARGV: chat, turn, ttl
+# claimed call may still be in flight ("0.000000": none). KEYS: draft, due;
+# ARGV: conversation, turn, ttl
 _CLOSE = (
     REDIS_NOW
     + """
@@ -221,7 +233,8 @@ class DraftProgress:
             return
         try:
             await self._publish(
-                keys=self._keys(chat_id), args=[str(chat_id), turn, text, DRAFT_TTL_SECONDS]
+                keys=self._keys(chat_id, turn),
+                args=[conversation_id(chat_id, turn_topic(turn)), turn, text, DRAFT_TTL_SECONDS],
             )
         except RedisError as error:
             log.info("draft not published", chat_id=chat_id, error=type(error).__name__)
@@ -233,7 +246,8 @@ class DraftProgress:
             while True:
                 pending = float(
                     await self._close(
-                        keys=self._keys(chat_id), args=[str(chat_id), turn, CLOSED_TTL_SECONDS]
+                        keys=self._keys(chat_id, turn),
+                        args=[conversation_id(chat_id, turn_topic(turn)), turn, CLOSED_TTL_SECONDS],
                     )
                 )
                 left = deadline - time.monotonic()
@@ -244,8 +258,12 @@ class DraftProgress:
         except RedisError as error:
             log.info("draft not closed", chat_id=chat_id, error=type(error).__name__)
 
-    def _keys(self, chat_id: int) -> list[str]:
-        return [self.keys.chat_draft(chat_id), self.keys.drafts_due(self.keys.shard_of(chat_id))]
+    def _keys(self, chat_id: int, turn: str) -> list[str]:
+        """The draft of the turn's conversation and its shard's due set."""
+        return [
+            self.keys.chat_draft(chat_id, turn_topic(turn)),
+            self.keys.drafts_due(self.keys.shard_of(chat_id)),
+        ]
 
 
 @dataclass(eq=False)  # a service: compared by identity
@@ -279,45 +297,50 @@ class DraftSender:
             )
         )
         due = [
-            (float(at), int(chat))
-            for chats in found
-            for chat, at in zip(chats[::2], chats[1::2], strict=True)
+            (float(at), _text(conversation))
+            for members in found
+            for conversation, at in zip(members[::2], members[1::2], strict=True)
         ]
         # The longest waiting first, whatever their shard (the semaphore keeps this order): when
         # the bot-wide budget is short, no chat and no shard is left behind.
-        await asyncio.gather(*(self._send_chat(chat) for _, chat in sorted(due)))
+        await asyncio.gather(*(self._send_chat(c) for _, c in sorted(due)))
 
-    async def _send_chat(self, chat_id: int) -> None:
+    async def _send_chat(self, conversation: str) -> None:
+        chat_id, topic = parse_conversation(conversation)
         async with self._sending:
             keys = [
-                self.keys.chat_draft(chat_id),
+                self.keys.chat_draft(chat_id, topic),
                 self.keys.drafts_due(self.keys.shard_of(chat_id)),
                 self.keys.chat_rate(chat_id),
             ]
             claimed = await self._claim(
-                keys=keys, args=[str(chat_id), CHAT_MAX_WAIT_SECONDS, CALL_LEASE_SECONDS]
+                keys=keys, args=[conversation, CHAT_MAX_WAIT_SECONDS, CALL_LEASE_SECONDS]
             )
             if not claimed:
                 return
             turn, text, seq = (_text(value) for value in claimed)
             try:
-                await self._send(chat_id, keys, turn, text, seq)
+                await self._send(chat_id, topic, keys, turn, text, seq)
             finally:
                 # Shielded: a call that was made must be seen to have returned, even on shutdown.
                 await asyncio.shield(self._returned(keys=keys[:1], args=[turn]))
 
-    async def _send(self, chat_id: int, keys: list[str], turn: str, text: str, seq: str) -> None:
+    async def _send(
+        self, chat_id: int, topic: int | None, keys: list[str], turn: str, text: str, seq: str
+    ) -> None:
         part = draft_part(self.renderer.render(text))
         if part is not None:
             seconds = await self.limiter.try_reserve_global(GLOBAL_MAX_WAIT_SECONDS)
             if seconds is None:
+                DRAFTS.labels("skipped").inc()
                 return  # the bot-wide budget is taken (messages come first): tried again soon
             if seconds > 0:
                 await asyncio.sleep(seconds)  # our reserved slot
         chat_interval = 1.0 / self.limiter.limits.chat_per_second
         wait = float(
             await self._take(
-                keys=keys, args=[str(chat_id), turn, seq, self.interval, chat_interval]
+                keys=keys,
+                args=[conversation_id(chat_id, topic), turn, seq, self.interval, chat_interval],
             )
         )
         if wait < 0 or part is None:
@@ -330,9 +353,12 @@ class DraftSender:
                 draft_id(turn),
                 part.text,
                 entities=[entity.to_api() for entity in part.entities],
+                message_thread_id=topic,
                 http_timeout=CALL_TIMEOUT_SECONDS,
             )
+            DRAFTS.labels("sent").inc()
         except TelegramError as error:
+            DRAFTS.labels("failed").inc()
             log.info("draft failed", chat_id=chat_id, error=type(error).__name__)
 
 

@@ -44,9 +44,11 @@ def scheduled_jobs(
         chats = await resources.store.unanswered_chats(
             RECOVERY_WINDOW_SECONDS, RECOVERY_BATCH, min_age_seconds=RECOVERY_MIN_AGE_SECONDS
         )
-        found = [(c.chat_id, c.telegram_message_id) for c in chats if c.telegram_message_id]
+        found = [
+            (c.chat_id, c.telegram_message_id, c.topic) for c in chats if c.telegram_message_id
+        ]
         recovered = await turns.recover(found)
-        return f"{recovered} of {len(found)} unanswered chats queued again"
+        return f"{recovered} of {len(found)} unanswered conversations queued again"
 
     async def sweep_streams() -> str:
         # Every stage's stream in every shard, and the /v1 stream. Dead-letter streams are not

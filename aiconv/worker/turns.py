@@ -1,4 +1,8 @@
-"""Turns: one reply at a time per chat, every message answered, in order, nothing sent twice.
+"""Turns: one reply at a time per conversation, every message answered, in order, nothing sent
+twice.
+
+A conversation is a chat, or one forum topic of it (jobs/messages.py `conversation_id`): the topics
+of a forum are answered side by side, each by its own turns. Below, "chat" means conversation.
 
 A person reads everything that arrived before answering. So a user's message does not queue a
 generation: it is *noted* (the chat's `noted` counter grows by one, once per message id however
@@ -28,10 +32,12 @@ generated reply, and none is generated.
 Shards (aiconv/jobs/keys.py): every key a chat's scripts touch (its state, the due and held sets,
 the stage streams its turn moves through) lies in the chat's shard, one hash slot, so each step
 above stays one atomic script on a Redis Cluster; the scheduler's tick and the lease sweep run
-over every shard.
+over every shard. A forum topic's keys lie in its chat's shard: message ids are per chat, so the
+`noted` set that makes a redelivered message count once stays one per chat, beside the states.
 
 All time is Redis time (`TIME` inside the scripts). PostgreSQL stays the truth: `recover` re-notes
-the newest unanswered stored message of every chat, so losing Redis state loses no stored message.
+the newest unanswered stored message of every chat and topic, so losing Redis state loses no stored
+message.
 A chat whose state was lost (a failover to a replica that lacked the last writes) starts a new
 incarnation of turn ids (`seq` restarts from Redis time, not from 0): a turn of the lost state
 never owns a turn of the new one, so its jobs still in flight hand nothing on and the chat is
@@ -53,7 +59,14 @@ from aiconv.conversation import texts
 from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import UPDATES_GROUP, Keys
 from aiconv.jobs.lua import REDIS_NOW
-from aiconv.jobs.messages import ReplyJob, TurnJob, chat_of
+from aiconv.jobs.messages import (
+    ReplyJob,
+    TurnJob,
+    chat_of,
+    conversation_id,
+    parse_conversation,
+    turn_topic,
+)
 from aiconv.jobs.queue import TURN_LEASE_SECONDS, Job, JobQueue, TurnGuard
 from aiconv.jobs.retry import repeat_every
 from aiconv.observability.metrics import TURNS_RECOVERED
@@ -81,8 +94,9 @@ local function schedule(state, due_key, chat, now, debounce, final_after)
 end
 """
 
-# KEYS: state, noted, due, live
-# ARGV: chat, message id, debounce, final_after, state ttl, noted ttl. Returns 1 if newly noted.
+# KEYS: state, noted, due, live, the chat's topics
+# ARGV: conversation, message id, debounce, final_after, state ttl, noted ttl, topic ('' for none).
+# Returns 1 if newly noted.
 _NOTE = (
     _SCHEDULE
     + REDIS_NOW
@@ -104,6 +118,10 @@ else
   schedule(KEYS[1], KEYS[3], ARGV[1], now, tonumber(ARGV[3]), tonumber(ARGV[4]))
 end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
+if ARGV[7] ~= '' then
+  redis.call('SADD', KEYS[5], ARGV[7])
+  redis.call('EXPIRE', KEYS[5], ARGV[5])
+end
 return 1
 """
 )
@@ -117,7 +135,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
 )
 
 # KEYS: due, held, state, updates stream, live
-# ARGV: chat, lease, final_after, state ttl. Returns 1 if a turn was claimed.
+# ARGV: conversation, lease, final_after, state ttl, chat. Returns 1 if a turn was claimed.
 _CLAIM = (
     REDIS_NOW
     + """
@@ -145,7 +163,7 @@ redis.call('HSET', KEYS[3], 'turn', turn, 'covers', noted, 'mode', mode)
 redis.call('HDEL', KEYS[3], 'next_first')
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('SET', KEYS[5], turn, 'EX', ARGV[4])
-local job = cjson.encode({kind = 'turn', key = 'turn:' .. turn, turn = turn, chat_id = ARGV[1],
+local job = cjson.encode({kind = 'turn', key = 'turn:' .. turn, turn = turn, chat_id = ARGV[5],
                           reply_to = reply_to, covers = noted, mode = mode, first_at = first})
 local entry = redis.call('XADD', KEYS[4], '*', 'job', job)
 redis.call('HSET', KEYS[3], 'stage_stream', KEYS[4], 'stage_id', entry)
@@ -155,7 +173,7 @@ return 1
 )
 
 # KEYS: state, due, held, live
-# ARGV: chat, turn, outcome, debounce, final_after, expected stage id ('' = any)
+# ARGV: conversation, turn, outcome, debounce, final_after, expected stage id ('' = any)
 # Returns -1 when the caller does not own the chat's turn, else 1 if more is due, 0 if not.
 _FINISH = (
     _SCHEDULE
@@ -187,8 +205,8 @@ return 0
 """
 )
 
-# KEYS: state, due, live. ARGV: chat, state ttl. /reset: nothing unanswered remains; a turn in
-# flight (even a final one) becomes stale.
+# KEYS: state, due, live. ARGV: conversation, state ttl. /reset: nothing unanswered remains; a
+# turn in flight (even a final one) becomes stale.
 _FORGET = """
 local noted = redis.call('HGET', KEYS[1], 'noted') or '0'
 redis.call('HSET', KEYS[1], 'answered', noted)
@@ -199,7 +217,7 @@ if redis.call('HEXISTS', KEYS[1], 'turn') == 1 then
 end
 """
 
-# KEYS: state, held. ARGV: chat, turn, stage id, lease. Extends the lease of a live turn.
+# KEYS: state, held. ARGV: conversation, turn, stage id, lease. Extends the lease of a live turn.
 _RENEW = (
     REDIS_NOW
     + """
@@ -210,12 +228,13 @@ return 1
 """
 )
 
-# KEYS: state, held. ARGV: chat. Drops a held entry whose chat has no turn (state lost).
+# KEYS: state, held. ARGV: conversation. Drops a held entry whose conversation has no turn
+# (state lost).
 _FORGET_HELD = """
 if redis.call('HEXISTS', KEYS[1], 'turn') == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
 """
 
-# KEYS: held, lease window. Chats whose lease ends within the window.
+# KEYS: held, lease window. Conversations whose lease ends within the window.
 _EXPIRING = (
     REDIS_NOW
     + """
@@ -249,30 +268,45 @@ class Turns:
 
     # --- the conversation path -----------------------------------------------------------------
 
-    async def note_message(self, chat_id: int, message_id: int) -> bool:
-        """A user's message is stored: it will be answered by a turn. False if already noted."""
+    async def note_message(self, chat_id: int, message_id: int, topic: int | None = None) -> bool:
+        """A user's message (in forum topic `topic`) is stored: it will be answered by a turn
+        of its conversation. False if already noted."""
         k = self.keys
         due = k.turns_due(k.shard_of(chat_id))
         noted = await self._note(
-            keys=[k.chat_state(chat_id), k.chat_noted(chat_id), due, k.chat_live(chat_id)],
+            keys=[
+                k.chat_state(chat_id, topic),
+                k.chat_noted(chat_id),
+                due,
+                k.chat_live(chat_id, topic),
+                k.chat_topics(chat_id),
+            ],
             args=[
-                chat_id,
+                conversation_id(chat_id, topic),
                 message_id,
                 self.config.debounce_seconds,
                 self.config.final_after_seconds,
                 STATE_TTL_SECONDS,
                 NOTED_TTL_SECONDS,
+                "" if topic is None else topic,
             ],
         )
         return bool(noted)
 
-    async def forget(self, chat_id: int) -> None:
-        """/reset (or a user who blocked the bot): nothing unanswered remains."""
+    async def forget(self, chat_id: int) -> list[int | None]:
+        """/reset (or a user who blocked the bot, a group that removed it): nothing unanswered
+        remains, in the chat and in each of its forum topics. Returns the topics forgotten
+        (None: the chat outside topics), whose typing the caller ends."""
         k = self.keys
-        await self._forget(
-            keys=[k.chat_state(chat_id), k.turns_due(k.shard_of(chat_id)), k.chat_live(chat_id)],
-            args=[chat_id, STATE_TTL_SECONDS],
-        )
+        due = k.turns_due(k.shard_of(chat_id))
+        topics: list[int | None] = [None]
+        topics += sorted(int(t) for t in await self.redis.smembers(k.chat_topics(chat_id)))
+        for topic in topics:
+            await self._forget(
+                keys=[k.chat_state(chat_id, topic), due, k.chat_live(chat_id, topic)],
+                args=[conversation_id(chat_id, topic), STATE_TTL_SECONDS],
+            )
+        return topics
 
     async def claim_due(self, limit: int = CLAIM_BATCH) -> int:
         """Claim a turn for every due chat of every shard, up to `limit` per shard (any worker
@@ -285,16 +319,24 @@ class Turns:
     async def _claim_shard(self, shard: int, limit: int) -> int:
         k = self.keys
         due, held, updates = k.turns_due(shard), k.turns_held(shard), k.updates(shard)
-        chats = await self._due_now(keys=[due], args=[limit])
-        if not chats:
+        conversations = await self._due_now(keys=[due], args=[limit])
+        if not conversations:
             return 0
-        calls = [
-            (
-                [due, held, k.chat_state(chat), updates, k.chat_live(chat)],
-                [chat, TURN_LEASE_SECONDS, self.config.final_after_seconds, STATE_TTL_SECONDS],
+        calls = []
+        for conversation in conversations:
+            chat, topic = parse_conversation(conversation)
+            calls.append(
+                (
+                    [due, held, k.chat_state(chat, topic), updates, k.chat_live(chat, topic)],
+                    [
+                        conversation,
+                        TURN_LEASE_SECONDS,
+                        self.config.final_after_seconds,
+                        STATE_TTL_SECONDS,
+                        chat,
+                    ],
+                )
             )
-            for chat in chats
-        ]
         results = await self._pipelined(self._claim, calls)
         return sum(int(r) for r in results)
 
@@ -320,10 +362,11 @@ class Turns:
 
     async def status(self, chat_id: int, turn: str) -> Status:
         """owner: the turn may go on; stale: superseded or reset, finish it; lost: not ours."""
-        state = self.keys.chat_state(chat_id)
+        topic = turn_topic(turn)
+        state = self.keys.chat_state(chat_id, topic)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(state, "turn")
-            pipe.get(self.keys.chat_live(chat_id))
+            pipe.get(self.keys.chat_live(chat_id, topic))
             owner, live = await pipe.execute()
         if owner != turn:
             return "lost"
@@ -332,27 +375,29 @@ class Turns:
         return "owner"
 
     def guard(self, chat_id: int, turn: str) -> TurnGuard:
-        """Makes a hand-over of the turn's work happen only while the turn owns its chat."""
+        """Makes a hand-over of the turn's work happen only while the turn owns its
+        conversation."""
         return TurnGuard(chat_id=chat_id, turn=turn)
 
     async def finish(self, chat_id: int, turn: str, outcome: Outcome, stage_id: str = "") -> bool:
-        """Release the chat's turn (owner only); True when newer messages wait for the next.
+        """Release the turn of its conversation (owner only; the conversation is the one the
+        turn id names); True when newer messages wait for the next.
 
         delivered / dropped: the messages it covered are answered (dropped: nobody can read the
         answer, e.g. the user blocked the bot). superseded / lost: they are not; the next turn
         answers them together with anything newer.
         """
         k = self.keys
-        shard = k.shard_of(chat_id)
+        shard, topic = k.shard_of(chat_id), turn_topic(turn)
         more = await self._finish(
             keys=[
-                k.chat_state(chat_id),
+                k.chat_state(chat_id, topic),
                 k.turns_due(shard),
                 k.turns_held(shard),
-                k.chat_live(chat_id),
+                k.chat_live(chat_id, topic),
             ],
             args=[
-                chat_id,
+                conversation_id(chat_id, topic),
                 turn,
                 outcome,
                 self.config.debounce_seconds,
@@ -386,6 +431,7 @@ class Turns:
             started_at=time.time(),
             paced=False,
             text=texts.GENERATION_FAILED,
+            message_thread_id=turn_topic(turn),
         )
         if payload.get("kind") != "reply" or not str(payload.get("key", "")).startswith("sorry:"):
             await queue.enqueue(self._replies(chat_id), sorry.to_payload(), sorry.key)
@@ -461,7 +507,7 @@ class Turns:
 
     async def sweep_leases(self, limit: int = 100) -> tuple[int, int]:
         """Renew the leases of turns whose job is alive; release those whose job is gone, in
-        every shard (up to `limit` chats each).
+        every shard (up to `limit` conversations each).
 
         Returns (renewed, released). Any worker may run it: every step is owner-checked.
         """
@@ -473,24 +519,25 @@ class Turns:
     async def _sweep_shard(self, shard: int, limit: int) -> tuple[int, int]:
         k = self.keys
         held = k.turns_held(shard)
-        chats = await self._expiring(keys=[held], args=[TURN_LEASE_SECONDS / 2, limit])
+        conversations = await self._expiring(keys=[held], args=[TURN_LEASE_SECONDS / 2, limit])
         renewed = released = 0
-        for chat in chats:
-            state = k.chat_state(chat)
+        for conversation in conversations:
+            chat, topic = parse_conversation(conversation)
+            state = k.chat_state(chat, topic)
             turn, stream, entry = (
                 _text(v)
                 for v in await self.redis.hmget(state, ["turn", "stage_stream", "stage_id"])
             )
             if turn is None or stream is None or entry is None:
-                await self._forget_held(keys=[state, held], args=[chat])
+                await self._forget_held(keys=[state, held], args=[conversation])
                 continue
             if await self._job_alive(stream, entry):
                 renewed += int(
                     await self._renew(
-                        keys=[state, held], args=[chat, turn, entry, TURN_LEASE_SECONDS]
+                        keys=[state, held], args=[conversation, turn, entry, TURN_LEASE_SECONDS]
                     )
                 )
-            elif await self.finish(int(chat), turn, "lost", stage_id=entry):
+            elif await self.finish(chat, turn, "lost", stage_id=entry):
                 released += 1
                 TURNS_RECOVERED.labels("lost_job").inc()
                 log.warning("turn lost its job; chat queued again", chat_id=chat, turn=turn)
@@ -522,12 +569,13 @@ class Turns:
 
     # --- recovery ------------------------------------------------------------------------------
 
-    async def recover(self, unanswered: list[tuple[int, int]]) -> int:
-        """Note each (chat, newest unanswered message id) from PostgreSQL; returns how many were
-        new to Redis (its state was lost: restart without persistence, FLUSHALL, failover)."""
+    async def recover(self, unanswered: list[tuple[int, int, int | None]]) -> int:
+        """Note each (chat, newest unanswered message id, its topic) from PostgreSQL; returns how
+        many were new to Redis (its state was lost: restart without persistence, FLUSHALL,
+        failover)."""
         recovered = 0
-        for chat_id, message_id in unanswered:
-            if await self.note_message(chat_id, message_id):
+        for chat_id, message_id, topic in unanswered:
+            if await self.note_message(chat_id, message_id, topic):
                 recovered += 1
                 TURNS_RECOVERED.labels("unanswered").inc()
                 log.warning("unanswered stored message queued again", chat_id=chat_id)
@@ -545,8 +593,9 @@ class Turns:
 
 
 def notice_key(turn: TurnJob) -> str:
-    """The busy notice's idempotency key: one per stretch of unanswered messages of a chat."""
-    return f"busy:{turn.chat_id}:{turn.first_at:.6f}"
+    """The busy notice's idempotency key: one per stretch of unanswered messages of a
+    conversation."""
+    return f"busy:{conversation_id(turn.chat_id, turn.topic)}:{turn.first_at:.6f}"
 
 
 def _text(value: str | bytes | None) -> str | None:

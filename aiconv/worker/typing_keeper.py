@@ -25,9 +25,9 @@ own clock: with clocks that disagree, one worker would see another's chats due a
 actions in a row) or never, and drop a chat long before or after its deadline. (Redis >= 5
 replicates a script's effects, so reading `TIME` before writing is allowed.)
 
-In a forum topic the action carries the topic's `message_thread_id` (kept beside the chat's
-deadline, field `<chat>:thread`, set by whoever begins typing), or Telegram would show it in the
-General topic.
+Typing is per conversation (jobs/messages.py `conversation_id`: a chat, or one forum topic of it),
+like turns: the sets' members are conversation ids, and a topic's action carries its
+`message_thread_id`, or Telegram would show it in the General topic.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
 from aiconv.jobs.lua import REDIS_NOW
+from aiconv.jobs.messages import conversation_id, parse_conversation
 from aiconv.jobs.retry import repeat_every
 from aiconv.observability.metrics import CHAT_ACTIONS
 from aiconv.telegram.client import BotClient, TelegramError
@@ -58,7 +59,7 @@ log = structlog.get_logger(__name__)
 # A chat's next action is due `delay` from now (an interval after one just sent, or when its
 # generation is expected to start), and it stops give_up after that. With 'soonest', an action
 # already due sooner (the chat is typing) and a later deadline are kept.
-# KEYS: due, deadline; ARGV: chat, delay, give_up, 'soonest' or '', topic or ''
+# KEYS: due, deadline; ARGV: conversation, delay, give_up, 'soonest' or ''
 _BEGIN = (
     REDIS_NOW
     + """
@@ -71,17 +72,12 @@ else
   redis.call('ZADD', KEYS[1], string.format('%.6f', at), ARGV[1])
 end
 redis.call('HSET', KEYS[2], ARGV[1], string.format('%.6f', deadline))
-if ARGV[5] ~= '' then
-  redis.call('HSET', KEYS[2], ARGV[1] .. ':thread', ARGV[5])
-else
-  redis.call('HDEL', KEYS[2], ARGV[1] .. ':thread')
-end
 """
 )
 
 # ml started generating a chat's reply: its held-back typing is due now (only for a chat the
 # worker is keeping, so a /reset or a delivered reply is never undone). KEYS: due, deadline;
-# ARGV: chat, give_up
+# ARGV: conversation, give_up
 _GENERATION_STARTED = (
     REDIS_NOW
     + """
@@ -94,7 +90,7 @@ return 1
 
 # Claims the chats whose action is due and pushes each one's next due time forward, so that of
 # all workers polling, exactly one sends each action. KEYS: due, deadline; ARGV: interval, limit
-# Returns chat, topic ('' for none), chat, topic, ...
+# Returns the conversations claimed.
 _CLAIM_DUE = (
     REDIS_NOW
     + """
@@ -107,10 +103,9 @@ for _, chat in ipairs(due) do
   if deadline > now then
     redis.call('ZADD', KEYS[1], next_due, chat)
     table.insert(claimed, chat)
-    table.insert(claimed, redis.call('HGET', KEYS[2], chat .. ':thread') or '')
   else
     redis.call('ZREM', KEYS[1], chat)
-    redis.call('HDEL', KEYS[2], chat, chat .. ':thread')
+    redis.call('HDEL', KEYS[2], chat)
   end
 end
 return claimed
@@ -147,19 +142,20 @@ class TypingKeeper:
         await self._begin(
             keys=_typing_keys(self.keys, self.keys.shard_of(chat_id)),
             args=[
-                str(chat_id),
+                conversation_id(chat_id, thread),
                 delay,
                 GIVE_UP_SECONDS,
                 "soonest" if soonest else "",
-                "" if thread is None else str(thread),
             ],
         )
 
-    async def end(self, chat_id: int) -> None:
+    async def end(self, chat_id: int, thread: int | None = None) -> None:
+        """The chat's (or its forum topic `thread`'s) reply is done: no more typing there."""
         due, deadline = _typing_keys(self.keys, self.keys.shard_of(chat_id))
+        conversation = conversation_id(chat_id, thread)
         async with self.redis.pipeline(transaction=True) as pipe:  # one shard: one slot
-            pipe.zrem(due, str(chat_id))
-            pipe.hdel(deadline, str(chat_id), f"{chat_id}:thread")
+            pipe.zrem(due, conversation)
+            pipe.hdel(deadline, conversation)
             await pipe.execute()
 
     async def send_now(self, chat_id: int, thread: int | None = None) -> None:
@@ -192,19 +188,9 @@ class TypingKeeper:
                 for shard in self.keys.all_shards
             )
         )
-        # Each claim answers chat, thread, chat, thread, ... ('' for no topic).
-        pairs = [
-            (chat, thread)
-            for answer in claimed
-            for chat, thread in zip(answer[::2], answer[1::2], strict=True)
-        ]
-        if pairs:
-            await asyncio.gather(
-                *(
-                    self.send_now(int(chat), int(thread) if thread else None)
-                    for chat, thread in pairs
-                )
-            )
+        due = [parse_conversation(c) for answer in claimed for c in answer]
+        if due:
+            await asyncio.gather(*(self.send_now(chat, thread) for chat, thread in due))
 
 
 class TypingSignal:
@@ -214,11 +200,11 @@ class TypingSignal:
         self.keys = keys
         self._started = redis.register_script(_GENERATION_STARTED)
 
-    async def generation_started(self, chat_id: int) -> None:
+    async def generation_started(self, chat_id: int, topic: int | None = None) -> None:
         try:
             await self._started(
                 keys=_typing_keys(self.keys, self.keys.shard_of(chat_id)),
-                args=[str(chat_id), GIVE_UP_SECONDS],
+                args=[conversation_id(chat_id, topic), GIVE_UP_SECONDS],
             )
         except RedisError as error:  # typing is a courtesy: the reply goes on without it
             log.info("typing not signalled", chat_id=chat_id, error=type(error).__name__)

@@ -15,9 +15,9 @@ Commands (worker/commands.py) answer with a fixed reply outside any turn, except
 marker is stored and noted here like a message, so its answer is a turn like any other. A claimed
 turn's job carries the chat's persona (/persona) when it has one.
 
-Forum topics: a message's topic is stored with it; a turn reads the history of the topic of the
-message it answers and delivery replies in that topic. Turns and typing are still per chat: when
-two topics of one forum write during the same turn, the turn answers in the newest message's topic.
+Forum topics: a message's topic is stored with it and noted for its topic's turns (turns, typing
+and notices are per conversation, worker/turns.py): a turn reads its topic's history and delivery
+replies in that topic, while the forum's other topics are answered side by side.
 """
 
 from __future__ import annotations
@@ -38,7 +38,14 @@ from aiconv.conversation.history import (
 )
 from aiconv.conversation.prompt import with_quote
 from aiconv.jobs.keys import UPDATES_GROUP, Keys
-from aiconv.jobs.messages import GenerateJob, ReplyJob, TurnJob, UpdateJob, chat_of
+from aiconv.jobs.messages import (
+    GenerateJob,
+    ReplyJob,
+    TurnJob,
+    UpdateJob,
+    chat_of,
+    conversation_of,
+)
 from aiconv.jobs.queue import Job
 from aiconv.observability.metrics import GROUP_MESSAGES, UPDATES_RECEIVED
 from aiconv.resources import Resources
@@ -98,8 +105,8 @@ def message_key(message: IncomingMessage) -> str:
 
 
 def chat_lane(job: Job) -> str | None:
-    chat_id = chat_of(job.payload)
-    return str(chat_id) if chat_id is not None else None
+    """A conversation's jobs run one after another (a chat's updates; a turn's work, per topic)."""
+    return conversation_of(job.payload)
 
 
 class UpdateHandler:
@@ -219,9 +226,9 @@ class UpdateHandler:
             by_user_id=change.by_user_id,
         )
         if not change.present:
-            # Nothing more can be sent there: drop the chat's pending turn and typing.
-            await self.turns.forget(change.chat_id)
-            await self.typing.end(change.chat_id)
+            # Nothing more can be sent there: drop the chat's pending turns and typing.
+            for topic in await self.turns.forget(change.chat_id):
+                await self.typing.end(change.chat_id, topic)
 
     async def _migrated(self, message: IncomingMessage) -> None:
         if message.migrate_to_chat_id is not None:
@@ -302,7 +309,7 @@ class UpdateHandler:
             retry=retry,
         )
         # The reply is generated when the chat's turn comes (see turns.py), not per message.
-        if await self.turns.note_message(message.chat_id, message.message_id):
+        if await self.turns.note_message(message.chat_id, message.message_id, message.topic):
             if self.pacer is not None:
                 await self.pacer.message_noted(message.chat_id, message.topic)  # only if soon
             else:
@@ -316,15 +323,12 @@ class UpdateHandler:
                 # Superseded before generation began: the next turn answers everything.
                 more = await self.turns.finish(turn.chat_id, turn.turn, "superseded")
                 if not more:
-                    await self.typing.end(turn.chat_id)
+                    await self.typing.end(turn.chat_id, turn.topic)
             await self.resources.queue.ack(job, UPDATES_GROUP)
             return
         chat_type, user_id = await self.resources.store.chat_party(turn.chat_id)
         group = chat_type in ("group", "supergroup")
-        # The forum topic of the message the turn answers: its notice and typing go there.
-        thread = (
-            await self.resources.store.thread_of(turn.chat_id, turn.reply_to) if group else None
-        )
+        thread = turn.topic  # the turn's forum topic: its history, notice and typing
         if self.pacer is not None and not await self.pacer.before_generation(
             job, turn, chat_type, user_id, thread
         ):

@@ -343,6 +343,7 @@ async def test_unanswered_chats_are_found_for_the_recovery_sweep(
         (base + 6, 1, 1),
         (base + 11, 3, 1),
     ]
+    assert all(c.topic is None for c in found)  # no forum: one conversation per chat
     assert len(await store.unanswered_chats(since_seconds=3600, limit=2)) == 2
     # too fresh: a message stored a moment ago may still be on its way to its turn
     fresh = await store.unanswered_chats(since_seconds=3600, limit=1000, min_age_seconds=600)

@@ -114,6 +114,48 @@ async def test_history_is_read_per_forum_topic(store: Store) -> None:
     assert await store.thread_of(forum, 2) is None
 
 
+async def test_the_recovery_sweep_finds_each_forum_topic_s_newest_unanswered_message(
+    store: Store,
+) -> None:
+    """Each topic is its own conversation: a message owed in one topic is found however the
+    others were answered, and only a reply in its own topic answers it."""
+    forum = -(10**12) - random.randrange(10**6)
+    await store.record_sender(member(forum, 57, "Hal"))
+
+    async def owed() -> list[tuple[int, int | None, int | None, int | None]]:
+        return [
+            (c.chat_id, c.telegram_message_id, c.user_id, c.topic)
+            for c in await store.unanswered_chats(3600, 1000)
+            if c.chat_id == forum
+        ]
+
+    await say(store, forum, 1, "A: question", user_id=57, thread=5)
+    await say(store, forum, 2, "A: answer", thread=5)
+    # B's message waits while topic A has a newer, answered exchange
+    await say(store, forum, 3, "B: question", user_id=57, thread=7)
+    await say(store, forum, 4, "A: again", user_id=57, thread=5)
+    await say(store, forum, 5, "A: answer again", thread=5)
+    assert await owed() == [(forum, 3, 57, 7)]
+    # a reply naming no message, stored after B's message but in topic A: not B's answer
+    await store.add_message(
+        chat_id=forum,
+        role="assistant",
+        text="A: aside",
+        idempotency_key=f"t:{forum}:aside",
+        message_thread_id=5,
+    )
+    assert await owed() == [(forum, 3, 57, 7)]
+    # B's newest message, after A was answered, is the one owed
+    await say(store, forum, 6, "B: anyone?", user_id=57, thread=7)
+    assert await owed() == [(forum, 6, 57, 7)]
+    # answered in its own topic: nothing owed
+    await say(store, forum, 7, "B: answer", thread=7)
+    assert await owed() == []
+    # outside topics (NULL message_thread_id) is one more conversation of the forum
+    await say(store, forum, 8, "general: hello", user_id=57)
+    assert await owed() == [(forum, 8, 57, None)]
+
+
 async def test_a_migrated_group_s_history_continues_in_its_supergroup(store: Store) -> None:
     group, supergroup = new_group(), -(10**12) - random.randrange(10**6)
     await store.record_sender(member(group, 55, "Eve"))

@@ -1,6 +1,6 @@
 """In a forum, what the bot shows while a turn waits goes to the turn's topic (issue 11 §1):
-"typing…" and the busy notice carry its `message_thread_id`, as the reply does. Real Redis,
-the Bot API double over loopback HTTP."""
+"typing…" and the busy notice carry its `message_thread_id`, as the reply does, and each topic
+has its own (turns are per topic). Real Redis, the Bot API double over loopback HTTP."""
 
 from __future__ import annotations
 
@@ -54,16 +54,40 @@ async def test_typing_in_a_topic_is_shown_in_that_topic_until_it_ends(
         await running
     assert set(action_threads(double, FORUM)) == {TOPIC}
     assert set(action_threads(double, FORUM + 1)) == {None}
-    await keeper.end(FORUM)
-    deadline = keys.typing_deadline(keys.shard_of(FORUM))
-    assert not await redis.hexists(deadline, f"{FORUM}:thread")  # nothing left behind
+    await keeper.end(FORUM, TOPIC)
+    shard = keys.shard_of(FORUM)
+    # Typing is per conversation: the topic's entry is gone, the other chat's is kept.
+    assert await redis.zscore(keys.typing_due(shard), f"{FORUM}/{TOPIC}") is None
+    assert not await redis.hexists(keys.typing_deadline(shard), f"{FORUM}/{TOPIC}")
+    assert await redis.hexists(keys.typing_deadline(keys.shard_of(FORUM + 1)), str(FORUM + 1))
 
 
 async def test_the_busy_notice_goes_to_the_turns_topic(redis: RedisClient, keys: Keys) -> None:
     turns = Turns(redis, keys, TurnConfig())
-    turn = TurnJob(turn="t-1", chat_id=FORUM, reply_to=7, covers=1, mode="active", first_at=1.0)
-    assert await turns.notify_busy(JobQueue(redis, keys), turn, "supergroup", "soon", TOPIC)
-    [(_, fields)] = await stream_entries(redis, keys.stream_for("replies", FORUM))
-    notice = ReplyJob.from_payload(json.loads(fields["job"]))
-    assert notice.notice and notice.message_thread_id == TOPIC
-    assert notice.reply_to_message_id is None  # a courtesy: it answers nothing
+    queue = JobQueue(redis, keys)
+    turn = TurnJob(
+        turn=f"{FORUM}/{TOPIC}:7:1",
+        chat_id=FORUM,
+        reply_to=7,
+        covers=1,
+        mode="active",
+        first_at=1.0,
+    )
+    assert turn.topic == TOPIC
+    assert await turns.notify_busy(queue, turn, "supergroup", "soon", TOPIC)
+    assert not await turns.notify_busy(queue, turn, "supergroup", "soon", TOPIC)  # told once
+    # Another topic's turn waiting since the same moment is told too: notices are per topic.
+    other = TurnJob(
+        turn=f"{FORUM}/{TOPIC + 1}:8:1",
+        chat_id=FORUM,
+        reply_to=8,
+        covers=1,
+        mode="active",
+        first_at=1.0,
+    )
+    assert await turns.notify_busy(queue, other, "supergroup", "soon", TOPIC + 1)
+    entries = await stream_entries(redis, keys.stream_for("replies", FORUM))
+    notices = [ReplyJob.from_payload(json.loads(fields["job"])) for _, fields in entries]
+    assert [n.message_thread_id for n in notices] == [TOPIC, TOPIC + 1]
+    assert all(n.notice for n in notices)
+    assert all(n.reply_to_message_id is None for n in notices)  # a courtesy: answers nothing

@@ -176,10 +176,10 @@ async def test_reset_supersedes_even_a_final_turn(redis: RedisClient, keys: Keys
 async def test_recovery_notes_what_redis_lost(redis: RedisClient, keys: Keys) -> None:
     turns = turns_with(redis, keys)
     await turns.note_message(CHAT, 3)
-    assert await turns.recover([(CHAT, 3)]) == 0  # Redis still knows it
+    assert await turns.recover([(CHAT, 3, None)]) == 0  # Redis still knows it
     for key in (keys.chat_state(CHAT), keys.chat_noted(CHAT), keys.turns_due(keys.shard_of(CHAT))):
         await redis.delete(key)  # FLUSHALL (one key per call: a cluster's lie in many slots)
-    assert await turns.recover([(CHAT, 3)]) == 1
+    assert await turns.recover([(CHAT, 3, None)]) == 1
     assert await turns.claim_due() == 1
 
 
@@ -283,7 +283,7 @@ async def test_a_chat_whose_turn_state_vanished_is_answered_once_by_the_next_swe
         for key in (keys.chat_state(chat), keys.chat_noted(chat), keys.chat_live(chat)):
             await redis.delete(key)  # what the promoted replica never had
 
-    unanswered = [(chat, 7) for chat in chats]
+    unanswered: list[tuple[int, int, int | None]] = [(chat, 7, None) for chat in chats]
     assert await turns.recover(unanswered) == len(chats)
     assert await turns.recover(unanswered) == 0  # a second sweep finds it noted
     assert await turns.claim_due() == len(chats)
