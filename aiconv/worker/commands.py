@@ -94,8 +94,7 @@ class CommandHandler:
         if name == "reset":
             await self.resources.store.reset_history(message.chat_id)
             # The whole chat's history is reset, so every topic's pending turn goes with it.
-            for topic in await self.turns.forget(message.chat_id):
-                await self.typing.end(message.chat_id, topic)
+            await self.typing.end_each(message.chat_id, await self.turns.forget(message.chat_id))
             return Reply(texts.RESET_DONE), "ok"
         if name == "persona":
             return await self._persona(message, command.args)

@@ -163,7 +163,8 @@ class DeliveryHandler:
             REPLIES.labels("blocked").inc()
             if reply.user_id is not None:
                 await self.resources.store.mark_bot_blocked(reply.user_id)
-            await self.turns.forget(chat_id)
+            # Nothing more can be sent to the chat: its pending turns and typing, in every topic.
+            await self.typing.end_each(chat_id, await self.turns.forget(chat_id))
             return "dropped"
         REPLIES.labels("delivered").inc()
         bound.info(

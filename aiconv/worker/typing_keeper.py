@@ -33,6 +33,7 @@ like turns: the sets' members are conversation ids, and a topic's action carries
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -151,11 +152,18 @@ class TypingKeeper:
 
     async def end(self, chat_id: int, thread: int | None = None) -> None:
         """The chat's (or its forum topic `thread`'s) reply is done: no more typing there."""
+        await self.end_each(chat_id, [thread])
+
+    async def end_each(self, chat_id: int, threads: Iterable[int | None]) -> None:
+        """No more typing in any of these conversations of the chat (a /reset, a chat that
+        removed or blocked the bot: every topic `Turns.forget` returned)."""
         due, deadline = _typing_keys(self.keys, self.keys.shard_of(chat_id))
-        conversation = conversation_id(chat_id, thread)
+        conversations = [conversation_id(chat_id, thread) for thread in threads]
+        if not conversations:
+            return
         async with self.redis.pipeline(transaction=True) as pipe:  # one shard: one slot
-            pipe.zrem(due, conversation)
-            pipe.hdel(deadline, conversation)
+            pipe.zrem(due, *conversations)
+            pipe.hdel(deadline, *conversations)
             await pipe.execute()
 
     async def send_now(self, chat_id: int, thread: int | None = None) -> None:

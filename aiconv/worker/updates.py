@@ -227,8 +227,7 @@ class UpdateHandler:
         )
         if not change.present:
             # Nothing more can be sent there: drop the chat's pending turns and typing.
-            for topic in await self.turns.forget(change.chat_id):
-                await self.typing.end(change.chat_id, topic)
+            await self.typing.end_each(change.chat_id, await self.turns.forget(change.chat_id))
 
     async def _migrated(self, message: IncomingMessage) -> None:
         if message.migrate_to_chat_id is not None:
