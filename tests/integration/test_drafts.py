@@ -15,8 +15,9 @@ import pytest
 
 from aiconv.jobs.client import RedisClient
 from aiconv.jobs.keys import Keys
+from aiconv.observability.metrics import DRAFTS
 from aiconv.telegram.client import BadRequest, BotClient, RetryAfter
-from aiconv.testing.botapi import BotApiDouble, TelegramLimits
+from aiconv.testing.botapi import ApiCall, BotApiDouble, TelegramLimits
 from aiconv.worker.drafts import DraftProgress, DraftSender, draft_id
 from aiconv.worker.rate_limit import RateLimits, SendLimiter
 from tests.support.redis_targets import RedisTarget
@@ -198,3 +199,57 @@ async def test_a_hundred_chats_draft_and_reply_without_a_single_429(
         [reply] = double.calls_of("sendMessage", chat_id)
         assert drafts, (chat_id, str(sorted(len(double.drafts_of(c)) for c in chats)))  # fair
         assert all(d.at < reply.at for d in drafts), chat_id
+
+
+def drafts_in(double: BotApiDouble, chat_id: int, thread: int) -> list[ApiCall]:
+    """The drafts Telegram accepted for one topic of a private chat."""
+    return [d for d in double.drafts_of(chat_id) if d.params.get("message_thread_id") == thread]
+
+
+def drafts_sent() -> float:
+    return float(DRAFTS.labels("sent")._value.get())
+
+
+async def test_a_private_chats_topics_each_draft_in_their_own_topic(
+    redis: RedisClient, keys: Keys, double: BotApiDouble, bot: BotClient
+) -> None:
+    """A private chat with topics: each topic's reply is drafted in its topic, under its own
+    draft id; the two drafts neither replace nor close each other, and every draft Telegram
+    accepted is counted (aiconv_drafts_total{outcome="sent"})."""
+    chat, blue, red = 70, 3, 5
+    turns = {blue: f"{chat}/{blue}:11:1", red: f"{chat}/{red}:12:1"}
+    progress = DraftProgress(redis, keys, INTERVAL)
+    counted = drafts_sent()
+    stop = asyncio.Event()
+    tasks = await running([sender(redis, keys, bot), sender(redis, keys, bot)], stop)
+    try:
+        await progress.publish(chat, turns[blue], "The blue team")
+        await progress.publish(chat, turns[red], "The red team")
+        await double.wait_for(
+            lambda: bool(drafts_in(double, chat, blue) and drafts_in(double, chat, red))
+        )
+        # Each topic's hash holds its own turn: the other topic's draft replaced nothing.
+        for thread, turn in turns.items():
+            assert await redis.hget(keys.chat_draft(chat, thread), "turn") == turn
+        assert not await redis.exists(keys.chat_draft(chat))  # nothing outside topics
+        # Blue's reply is done; red's goes on, and is still shown.
+        await progress.close(chat, turns[blue])
+        await progress.publish(chat, turns[blue], "The blue team, late")  # refused: closed
+        await progress.publish(chat, turns[red], "The red team meets at five")
+        await double.wait_for(
+            lambda: any(
+                d.params["text"] == "The red team meets at five"
+                for d in drafts_in(double, chat, red)
+            )
+        )
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    for thread, turn in turns.items():
+        assert all(d.params["draft_id"] == draft_id(turn) for d in drafts_in(double, chat, thread))
+    assert [d.params["text"] for d in drafts_in(double, chat, blue)] == ["The blue team"]
+    assert len(drafts_in(double, chat, red)) + len(drafts_in(double, chat, blue)) == len(
+        double.drafts_of(chat)
+    )  # every draft named its topic
+    assert not double.rate_limited()  # the topics share the chat's pace
+    assert drafts_sent() - counted == len(double.drafts_of(chat))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import cast
 
 import pytest
 
@@ -321,3 +322,119 @@ async def test_claims_load_the_script_on_a_node_that_lacks_it(
     assert await turns.claim_due() == len(chats)
     for chat in chats:
         assert len(await claimed(redis, keys, chat)) == 1
+
+
+# --- forum topics: turns per conversation ---------------------------------------------------
+
+BLUE, RED = 3, 5  # two forum topics of CHAT
+
+
+def by_topic(jobs: list[TurnJob]) -> dict[int | None, TurnJob]:
+    """The newest claimed turn of each of the chat's conversations."""
+    return {job.topic: job for job in jobs}
+
+
+async def held_conversations(redis: RedisClient, keys: Keys, chat: int = CHAT) -> set[str]:
+    return set(cast(list[str], await redis.zrange(held_of(keys, chat), 0, -1)))
+
+
+async def test_two_topics_of_one_chat_are_claimed_side_by_side(
+    redis: RedisClient, keys: Keys
+) -> None:
+    turns = turns_with(redis, keys)
+    assert await turns.note_message(CHAT, 1, BLUE) is True
+    assert await turns.note_message(CHAT, 2, RED) is True
+    assert await turns.note_message(CHAT, 2, RED) is False  # noted once, whatever the topic
+    assert await turns.claim_due() == 2  # one turn per topic, at once
+    claims = by_topic(await claimed(redis, keys))
+    assert set(claims) == {BLUE, RED}
+    blue, red = claims[BLUE], claims[RED]
+    assert blue.turn.startswith(f"{CHAT}/{BLUE}:1:") and red.turn.startswith(f"{CHAT}/{RED}:2:")
+    assert (blue.chat_id, blue.reply_to, blue.covers) == (CHAT, 1, 1)
+    assert (red.chat_id, red.reply_to, red.covers) == (CHAT, 2, 1)
+    assert await turns.status(CHAT, blue.turn) == "owner"
+    assert await turns.status(CHAT, red.turn) == "owner"
+    assert await held_conversations(redis, keys) == {f"{CHAT}/{BLUE}", f"{CHAT}/{RED}"}
+    # A newer message in one topic supersedes that topic's turn only.
+    assert await turns.note_message(CHAT, 3, RED) is True
+    assert await turns.status(CHAT, red.turn) == "stale"
+    assert await turns.status(CHAT, blue.turn) == "owner"
+    assert await turns.claim_due() == 0  # the red topic's next turn waits for its own to end
+
+
+async def test_a_finished_turn_in_one_topic_does_not_touch_the_other(
+    redis: RedisClient, keys: Keys
+) -> None:
+    turns = turns_with(redis, keys)
+    await turns.note_message(CHAT, 1, BLUE)
+    await turns.note_message(CHAT, 2, RED)
+    await turns.claim_due()
+    claims = by_topic(await claimed(redis, keys))
+    blue, red = claims[BLUE], claims[RED]
+    assert await turns.finish(CHAT, blue.turn, "delivered") is False  # nothing more in blue
+    assert await turns.finish(CHAT, blue.turn, "delivered") is False  # no longer its owner
+    assert await turns.status(CHAT, blue.turn) == "lost"
+    assert await turns.status(CHAT, red.turn) == "owner"
+    assert await held_conversations(redis, keys) == {f"{CHAT}/{RED}"}
+    # While red's turn is in flight, the blue topic and the chat outside topics get turns.
+    await turns.note_message(CHAT, 3, BLUE)
+    await turns.note_message(CHAT, 4)
+    assert await turns.claim_due() == 2
+    claims = by_topic(await claimed(redis, keys))
+    assert claims[BLUE].turn != blue.turn and claims[BLUE].reply_to == 3
+    assert claims[None].turn.startswith(f"{CHAT}:4:") and claims[None].reply_to == 4
+    assert claims[RED] == red  # no second turn for red
+    assert await turns.status(CHAT, red.turn) == "owner"
+    for job in claims.values():
+        assert await turns.finish(CHAT, job.turn, "delivered") is False
+    assert await held_conversations(redis, keys) == set()
+    assert await turns.claim_due() == 0
+
+
+async def test_forget_forgets_every_topic_of_the_chat_and_returns_them(
+    redis: RedisClient, keys: Keys
+) -> None:
+    turns = turns_with(redis, keys, final_after=0.0)  # final turns: only a reset stales them
+    other = CHAT + 1
+    await turns.note_message(CHAT, 1)
+    await turns.note_message(CHAT, 2, BLUE)
+    await turns.note_message(CHAT, 3, RED)
+    await turns.note_message(other, 1, BLUE)  # another chat's topic of the same number
+    assert await turns.claim_due() == 4
+    in_flight = by_topic(await claimed(redis, keys))
+    await turns.note_message(CHAT, 4, 7)  # due, no turn yet
+    await turns.note_message(CHAT, 5, BLUE)  # waiting for blue's turn to end
+    assert await turns.forget(CHAT) == [None, BLUE, RED, 7]
+    for job in in_flight.values():
+        assert await turns.status(CHAT, job.turn) == "stale"
+        assert await turns.finish(CHAT, job.turn, "superseded") is False  # nothing left
+    assert await turns.claim_due() == 0  # topic 7 was forgotten too
+    [others] = await claimed(redis, keys, other)
+    assert await turns.status(other, others.turn) == "owner"  # only CHAT was reset
+    assert await turns.finish(other, others.turn, "delivered") is False
+    assert await held_conversations(redis, keys) == set()
+
+
+async def test_recovery_notes_each_topic_in_its_own_conversation(
+    redis: RedisClient, keys: Keys
+) -> None:
+    turns = turns_with(redis, keys)
+    await turns.note_message(CHAT, 3, BLUE)
+    assert await turns.recover([(CHAT, 3, BLUE)]) == 0  # Redis still knows it
+    for key in (
+        keys.chat_state(CHAT, BLUE),
+        keys.chat_noted(CHAT),
+        keys.chat_topics(CHAT),
+        keys.turns_due(keys.shard_of(CHAT)),
+    ):
+        await redis.delete(key)  # lost (one key per call: a cluster's lie in many slots)
+    unanswered: list[tuple[int, int, int | None]] = [(CHAT, 3, BLUE), (CHAT, 6, RED)]
+    assert await turns.recover(unanswered) == 2
+    assert await turns.recover(unanswered) == 0
+    assert await turns.claim_due() == 2
+    claims = by_topic(await claimed(redis, keys))
+    assert {topic: job.reply_to for topic, job in claims.items()} == {BLUE: 3, RED: 6}
+    assert not await redis.hexists(keys.chat_state(CHAT), "turn")  # nothing outside topics
+    for topic, job in claims.items():
+        assert await redis.hget(keys.chat_state(CHAT, topic), "turn") == job.turn
+    assert await turns.forget(CHAT) == [None, BLUE, RED]  # recovered topics are known to /reset

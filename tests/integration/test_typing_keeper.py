@@ -133,3 +133,54 @@ async def test_an_ended_chat_is_let_go_in_its_own_shard_only(
         kept = await redis.zscore(keys.typing_due(shard), str(chat)) is not None
         assert kept == (chat != CHATS[0]), chat
         assert await redis.hexists(keys.typing_deadline(shard), str(chat)) == kept, chat
+
+
+def actions_in(double: BotApiDouble, chat_id: int, thread: int | None) -> list[float]:
+    """When the chat was shown typing in forum topic `thread` (None: outside topics)."""
+    return [
+        call.at
+        for call in double.calls_of("sendChatAction", chat_id)
+        if call.status == 200 and call.params.get("message_thread_id") == thread
+    ]
+
+
+async def test_topics_of_one_chat_type_each_in_their_topic_and_end_apart(
+    redis: RedisClient, keys: Keys, double: BotApiDouble, http: httpx.AsyncClient
+) -> None:
+    keeper = TypingKeeper(redis, keys, BotClient(http, double.url, TOKEN))
+    chat, shard = CHATS[0], keys.shard_of(CHATS[0])
+    conversations = {None: str(chat), 3: f"{chat}/3", 5: f"{chat}/5"}
+
+    async def kept() -> set[int | None]:
+        due = set(await redis.zrange(keys.typing_due(shard), 0, -1))
+        deadlines = set(await redis.hkeys(keys.typing_deadline(shard)))
+        assert due == deadlines
+        return {thread for thread, member in conversations.items() if member in due}
+
+    for thread in conversations:
+        await keeper.begin(chat, thread)  # each topic's reply being written, and the chat's
+    assert await kept() == {None, 3, 5}
+    stop = asyncio.Event()
+    task = asyncio.create_task(keeper.run(stop))
+    try:
+        # Kept up in each topic, each action carrying its topic's message_thread_id.
+        await double.wait_for(
+            lambda: all(len(actions_in(double, chat, t)) >= 2 for t in conversations), timeout=30
+        )
+        await keeper.end(chat, 3)  # topic 3's reply was delivered
+        assert await kept() == {None, 5}
+        ended = len(actions_in(double, chat, 3))
+        # The others go on typing: two more actions each, an interval apart.
+        others = {t: len(actions_in(double, chat, t)) for t in (None, 5)}
+        await double.wait_for(
+            lambda: all(len(actions_in(double, chat, t)) >= n + 2 for t, n in others.items()),
+            timeout=30,
+        )
+        # At most an action claimed just before the end was still on its way; none after.
+        assert len(actions_in(double, chat, 3)) <= ended + 1
+        await keeper.end(chat)  # the chat's own reply, outside topics: topic 5 keeps typing
+        assert await kept() == {5}
+    finally:
+        stop.set()
+        await task
+    assert not [c for c in double.calls_of("sendChatAction", chat) if c.status != 200]
