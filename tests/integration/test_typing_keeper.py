@@ -180,6 +180,11 @@ async def test_topics_of_one_chat_type_each_in_their_topic_and_end_apart(
         assert len(actions_in(double, chat, 3)) <= ended + 1
         await keeper.end(chat)  # the chat's own reply, outside topics: topic 5 keeps typing
         assert await kept() == {5}
+        for thread in (None, 3):
+            await keeper.begin(chat, thread)
+        # The chat blocked the bot (or /reset): every topic Turns.forget returned ends at once.
+        await keeper.end_each(chat, [None, 3, 5])
+        assert await kept() == set()
     finally:
         stop.set()
         await task
