@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from typing import Any, cast
 
 import structlog
@@ -72,10 +73,10 @@ async def require_durable_redis(redis: RedisClient, settings: Settings) -> None:
     }
     if evicting:
         policies = ", ".join(sorted(set(evicting.values())))
-        where = "" if not isinstance(redis, RedisCluster) else f" (primaries {', '.join(evicting)})"
-        raise ConfigError(
-            "REDIS_EPHEMERAL_OK",
-            f"Redis evicts keys at its memory bound{where} (maxmemory-policy {policies}): it "
+        raise _risky_redis(
+            redis,
+            evicting,
+            f"Redis evicts keys at its memory bound{{where}} (maxmemory-policy {policies}): it "
             "would delete queued jobs and turn state. Set maxmemory-policy noeviction in Redis, "
             "or set REDIS_EPHEMERAL_OK=true to accept that loss",
         )
@@ -93,13 +94,20 @@ async def require_durable_redis(redis: RedisClient, settings: Settings) -> None:
     ephemeral = [node for node in undecided if not str(saves.get(node, {}).get("save", "")).strip()]
     if not ephemeral:
         return
-    where = "" if not isinstance(redis, RedisCluster) else f" (primaries {', '.join(ephemeral)})"
-    raise ConfigError(
-        "REDIS_EPHEMERAL_OK",
-        f"Redis has no persistence{where} (appendonly no, no RDB save points): a restart would "
+    raise _risky_redis(
+        redis,
+        ephemeral,
+        "Redis has no persistence{where} (appendonly no, no RDB save points): a restart would "
         "lose updates already accepted from Telegram. Turn on appendonly yes in Redis, or set "
         "REDIS_EPHEMERAL_OK=true to accept that loss",
     )
+
+
+def _risky_redis(redis: RedisClient, nodes: Iterable[str], problem: str) -> ConfigError:
+    """The refusal to start on a Redis that may lose data; `{where}` in `problem` becomes the
+    cluster primaries concerned (nothing for a single Redis)."""
+    where = "" if not isinstance(redis, RedisCluster) else f" (primaries {', '.join(nodes)})"
+    return ConfigError("REDIS_EPHEMERAL_OK", problem.replace("{where}", where))
 
 
 async def _per_primary(redis: RedisClient, what: str) -> dict[str, dict[str, Any]]:

@@ -62,29 +62,27 @@ async def test_typing_in_a_topic_is_shown_in_that_topic_until_it_ends(
     assert await redis.hexists(keys.typing_deadline(keys.shard_of(FORUM + 1)), str(FORUM + 1))
 
 
-async def test_the_busy_notice_goes_to_the_turns_topic(redis: RedisClient, keys: Keys) -> None:
-    turns = Turns(redis, keys, TurnConfig())
-    queue = JobQueue(redis, keys)
-    turn = TurnJob(
-        turn=f"{FORUM}/{TOPIC}:7:1",
+def waiting_turn(topic: int, reply_to: int) -> TurnJob:
+    """A forum topic's turn, waiting since the same moment as every other one made here."""
+    return TurnJob(
+        turn=f"{FORUM}/{topic}:{reply_to}:1",
         chat_id=FORUM,
-        reply_to=7,
+        reply_to=reply_to,
         covers=1,
         mode="active",
         first_at=1.0,
     )
+
+
+async def test_the_busy_notice_goes_to_the_turns_topic(redis: RedisClient, keys: Keys) -> None:
+    turns = Turns(redis, keys, TurnConfig())
+    queue = JobQueue(redis, keys)
+    turn = waiting_turn(TOPIC, 7)
     assert turn.topic == TOPIC
     assert await turns.notify_busy(queue, turn, "supergroup", "soon", TOPIC)
     assert not await turns.notify_busy(queue, turn, "supergroup", "soon", TOPIC)  # told once
     # Another topic's turn waiting since the same moment is told too: notices are per topic.
-    other = TurnJob(
-        turn=f"{FORUM}/{TOPIC + 1}:8:1",
-        chat_id=FORUM,
-        reply_to=8,
-        covers=1,
-        mode="active",
-        first_at=1.0,
-    )
+    other = waiting_turn(TOPIC + 1, 8)
     assert await turns.notify_busy(queue, other, "supergroup", "soon", TOPIC + 1)
     entries = await stream_entries(redis, keys.stream_for("replies", FORUM))
     notices = [ReplyJob.from_payload(json.loads(fields["job"])) for _, fields in entries]
