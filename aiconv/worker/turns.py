@@ -206,8 +206,11 @@ return 0
 )
 
 # KEYS: state, due, live. ARGV: conversation, state ttl. /reset: nothing unanswered remains; a
-# turn in flight (even a final one) becomes stale.
+# turn in flight (even a final one) becomes stale. A conversation without state has nothing to
+# forget, and is given none (it would have no expiry: a forum's General conversation at every
+# /reset, a group the bot is removed from).
 _FORGET = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local noted = redis.call('HGET', KEYS[1], 'noted') or '0'
 redis.call('HSET', KEYS[1], 'answered', noted)
 redis.call('HDEL', KEYS[1], 'first', 'next_first')

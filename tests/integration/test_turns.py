@@ -174,6 +174,21 @@ async def test_reset_supersedes_even_a_final_turn(redis: RedisClient, keys: Keys
     assert await turns.finish(CHAT, turn.turn, "superseded") is False  # nothing left to answer
 
 
+async def test_reset_leaves_no_state_that_never_expires(redis: RedisClient, keys: Keys) -> None:
+    """/reset of a forum whose users wrote only in a topic (and of a chat with no state left,
+    or a group the bot was removed from): the conversations without state get none. It once
+    gave them one without expiry, a key kept for ever."""
+    forum = -1000000000000 - CHAT
+    turns = turns_with(redis, keys)
+    await turns.note_message(forum, 1, 7)
+    assert await turns.forget(forum) == [None, 7]
+    await turns.forget(CHAT)
+    assert await redis.exists(keys.chat_state(forum), keys.chat_state(CHAT)) == 0
+    state = keys.chat_state(forum, 7)
+    assert await redis.hget(state, "answered") == "1"  # the topic is forgotten all the same
+    assert await redis.ttl(state) > 0
+
+
 async def test_recovery_notes_what_redis_lost(redis: RedisClient, keys: Keys) -> None:
     turns = turns_with(redis, keys)
     await turns.note_message(CHAT, 3)
