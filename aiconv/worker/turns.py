@@ -210,11 +210,11 @@ return 0
 # forget, and is given none (it would have no expiry: a forum's General conversation at every
 # /reset, a group the bot is removed from).
 _FORGET = """
+redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local noted = redis.call('HGET', KEYS[1], 'noted') or '0'
 redis.call('HSET', KEYS[1], 'answered', noted)
 redis.call('HDEL', KEYS[1], 'first', 'next_first')
-redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('HEXISTS', KEYS[1], 'turn') == 1 then
   redis.call('SET', KEYS[3], 'reset', 'EX', ARGV[2])
 end
