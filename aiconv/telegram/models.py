@@ -118,8 +118,11 @@ class IncomingMessage:
 
     @property
     def topic(self) -> int | None:
-        """The forum topic to answer in, or None (replies in a plain group carry no topic)."""
-        return self.message_thread_id if self.is_topic_message else None
+        """The forum topic to answer in, or None (replies in a plain group carry no topic).
+        Topic ids are message ids, so positive: any other is answered outside topics, never
+        made a conversation whose id no turn could name (jobs/messages.py `turn_topic`)."""
+        thread = self.message_thread_id
+        return thread if self.is_topic_message and thread is not None and thread > 0 else None
 
 
 @dataclass(frozen=True)

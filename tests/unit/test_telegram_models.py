@@ -221,6 +221,14 @@ def test_a_reply_thread_outside_a_forum_is_no_topic() -> None:
     assert msg is not None and msg.topic is None
 
 
+@pytest.mark.parametrize("thread", [0, -9])
+def test_a_topic_id_that_is_no_message_id_is_no_topic(thread: int) -> None:
+    data = _text_update()
+    data["message"].update(message_thread_id=thread, is_topic_message=True)
+    msg = parse_update(data).message
+    assert msg is not None and msg.topic is None  # answered outside topics, not dropped
+
+
 def test_migration_service_messages_are_parsed() -> None:
     data = _text_update()
     del data["message"]["text"]
