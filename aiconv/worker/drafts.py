@@ -232,23 +232,19 @@ class DraftProgress:
         if not text.strip():
             return
         try:
-            await self._publish(
-                keys=self._keys(chat_id, turn),
-                args=[conversation_id(chat_id, turn_topic(turn)), turn, text, DRAFT_TTL_SECONDS],
-            )
+            keys, conversation = self._target(chat_id, turn)
+            await self._publish(keys=keys, args=[conversation, turn, text, DRAFT_TTL_SECONDS])
         except RedisError as error:
             log.info("draft not published", chat_id=chat_id, error=type(error).__name__)
 
     async def close(self, chat_id: int, turn: str) -> None:
         """No more drafts for this turn; returns once none is in flight (or its lease ended)."""
         deadline = time.monotonic() + CALL_LEASE_SECONDS
+        keys, conversation = self._target(chat_id, turn)
         try:
             while True:
                 pending = float(
-                    await self._close(
-                        keys=self._keys(chat_id, turn),
-                        args=[conversation_id(chat_id, turn_topic(turn)), turn, CLOSED_TTL_SECONDS],
-                    )
+                    await self._close(keys=keys, args=[conversation, turn, CLOSED_TTL_SECONDS])
                 )
                 left = deadline - time.monotonic()
                 if pending <= 0 or left <= 0:
@@ -258,12 +254,14 @@ class DraftProgress:
         except RedisError as error:
             log.info("draft not closed", chat_id=chat_id, error=type(error).__name__)
 
-    def _keys(self, chat_id: int, turn: str) -> list[str]:
-        """The draft of the turn's conversation and its shard's due set."""
-        return [
-            self.keys.chat_draft(chat_id, turn_topic(turn)),
+    def _target(self, chat_id: int, turn: str) -> tuple[list[str], str]:
+        """The draft of the turn's conversation and its shard's due set; the conversation."""
+        topic = turn_topic(turn)
+        keys = [
+            self.keys.chat_draft(chat_id, topic),
             self.keys.drafts_due(self.keys.shard_of(chat_id)),
         ]
+        return keys, conversation_id(chat_id, topic)
 
 
 @dataclass(eq=False)  # a service: compared by identity

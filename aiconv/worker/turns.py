@@ -304,11 +304,14 @@ class Turns:
         due = k.turns_due(k.shard_of(chat_id))
         topics: list[int | None] = [None]
         topics += sorted(int(t) for t in await self.redis.smembers(k.chat_topics(chat_id)))
-        for topic in topics:
-            await self._forget(
-                keys=[k.chat_state(chat_id, topic), due, k.chat_live(chat_id, topic)],
-                args=[conversation_id(chat_id, topic), STATE_TTL_SECONDS],
+        calls = [
+            (
+                [k.chat_state(chat_id, topic), due, k.chat_live(chat_id, topic)],
+                [conversation_id(chat_id, topic), STATE_TTL_SECONDS],
             )
+            for topic in topics
+        ]
+        await self._pipelined(self._forget, calls)  # one round trip, however many topics
         return topics
 
     async def claim_due(self, limit: int = CLAIM_BATCH) -> int:
