@@ -115,9 +115,11 @@ async def test_the_deadline_is_kept_whatever_the_workers_clocks(
             await asyncio.gather(*tasks)
     times = action_times(double, 5)
     # Typing until the deadline (not dropped at once by a worker ahead, not left waiting 30 s for
-    # one behind), no action after it, and the chat let go soon after.
+    # one behind), no action after it, and the chat let go soon after. An action claimed just
+    # before the deadline may reach the double a second or two late on a loaded machine; a
+    # worker trusting its own clock would be 30 s off.
     assert len(times) >= 2, times
-    assert all(at - began <= give_up + 0.5 for at in times), [at - began for at in times]
+    assert all(at - began <= give_up + 2 * INTERVAL for at in times), [at - began for at in times]
     assert give_up - 0.1 <= ended - began <= give_up + INTERVAL + 3.0
 
 
